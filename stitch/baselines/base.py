@@ -1,0 +1,36 @@
+"""What a baseline provides to the harness: a builder, named hook points and a way to run it.
+
+A baseline is plain data (:class:`BaselineSpec`); each baseline file builds one and
+``stitch/baselines/__init__.py`` collects them by name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """One baseline network.
+
+    - ``build(**args)`` returns the un-stitched model (weights none unless ``args`` asks).
+    - ``aliases(model)`` maps short hook-point names (``enc1``, ``c4``, ``fpn`` …) to module paths
+      of that model; every module path is a hook point too, aliases only name the useful ones.
+    - ``example_batch(args, batch_size, image_size)`` makes a small synthetic batch on CPU.
+    - ``run(model, batch)`` runs one forward that reaches every hook point (used by the probe,
+      under ``torch.no_grad``); ``loss(model, batch)`` returns a scalar to check gradients flow.
+    """
+
+    name: str
+    task: str
+    reference: str
+    summary: str
+    build: Callable[..., nn.Module]
+    aliases: Callable[[nn.Module], dict[str, str]]
+    example_batch: Callable[[dict[str, Any], int, tuple[int, int] | None], Any]
+    run: Callable[[nn.Module, Any], Any]
+    loss: Callable[[nn.Module, Any], torch.Tensor]
+    default_image_size: tuple[int, int]

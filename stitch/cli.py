@@ -1,0 +1,203 @@
+"""The ``stitch`` command: parses arguments and calls the rooms that do the work.
+
+User mistakes (:class:`~stitch.errors.StitchError`) print one line on stderr and exit with code 2;
+``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from stitch.errors import StitchError
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _table(title: str, columns: Sequence[str]):
+    from rich import box
+    from rich.table import Table
+
+    t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", show_lines=False)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    return t
+
+
+# ----------------------------------------------------------------------------- validate
+def cmd_validate(args: argparse.Namespace) -> int:
+    from stitch.config import load_experiment
+    from stitch.plan import plan_variants
+    from stitch.validate import human_count, validate_experiment
+
+    console = _console()
+    for path in args.experiments:
+        exp = load_experiment(path)
+        cfg = exp.cfg
+        variants = plan_variants(cfg)
+        console.print(
+            f"[bold]{cfg.name}[/bold] ({path}): {cfg.task}, baseline {cfg.baseline.model} "
+            f"{cfg.baseline.args or ''}, design {cfg.ablation.design}: "
+            f"{len(variants)} variants x {len(cfg.seeds)} seeds {cfg.seeds} = {len(variants) * len(cfg.seeds)} runs"
+        )
+        checks = validate_experiment(exp)
+        base_params = checks[0].built.baseline_params
+        table = _table("", ["variant", "insertion", "module", "mode", "points", "adapters", "params", "delta vs baseline"])
+        for check in checks:
+            b = check.built
+            first = True
+            rows = _group_applied(b.applied) or [("—", "—", "—", "—", "—")]
+            for ins, module, mode, points, adapters in rows:
+                table.add_row(
+                    check.variant.name if first else "",
+                    ins, module, mode, points, adapters,
+                    human_count(b.params) if first else "",
+                    ("+" if b.params >= base_params else "") + f"{human_count(b.params - base_params)} ({b.params - base_params:+,})" if first and b.applied else ("" if not first else "—"),
+                )
+                first = False
+        console.print(table)
+        console.print(
+            f"[green]ok[/green]: {len(checks)} variants built, probed, forward and backward on a dummy "
+            f"batch (CPU, {sum(c.seconds for c in checks):.1f} s)"
+        )
+    return 0
+
+
+def _group_applied(applied: list[Any]) -> list[tuple[str, str, str, str, str]]:
+    """One row per insertion: its points (aliases where they exist) and adapters."""
+    rows: dict[str, list[Any]] = {}
+    for a in applied:
+        rows.setdefault(a.insertion, []).append(a)
+    out = []
+    for name, items in rows.items():
+        points = ", ".join(a.alias or a.point for a in items)
+        adapters = ", ".join(f"{a.alias or a.point}: {a.adapter}" for a in items if a.adapter) or "—"
+        nested = [n for a in items for n in a.nested]
+        module = items[0].module + (f" ⊃ {', '.join(sorted({n.module + '@' + n.point for n in nested}))}" if nested else "")
+        out.append((name, module, items[0].mode, points, adapters))
+    return out
+
+
+# ----------------------------------------------------------------------------- points
+def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise StitchError(f"--arg {pair!r} is not KEY=VALUE (for example --arg base_width=32)")
+        k, v = pair.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def cmd_points(args: argparse.Namespace) -> int:
+    from stitch.baselines import BASELINES
+    from stitch.config import parse_experiment
+    from stitch.errors import did_you_mean
+    from stitch.build import list_points
+
+    target = args.target
+    if target in BASELINES:
+        spec = BASELINES[target]
+        text = f"name: points\ntask: {spec.task}\nbaseline: {{model: {target}}}\n"
+        exp = parse_experiment(text, f"<{target}>")
+        exp.cfg.baseline.args.update(_parse_overrides(args.arg))
+    elif Path(target).suffix in (".yaml", ".yml") or Path(target).exists():
+        from stitch.config import load_experiment
+
+        exp = load_experiment(target)
+        exp.cfg.baseline.args.update(_parse_overrides(args.arg))
+    else:
+        raise StitchError(f"{target!r} is neither a baseline nor an experiment file" + (did_you_mean(target, BASELINES) or f" (baselines: {', '.join(BASELINES)})"))
+    if args.size:
+        exp.cfg.probe.image_size = tuple(args.size)
+    rows = list_points(exp, include_all=args.all or args.json)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    from stitch.points import format_shape
+    from stitch.validate import human_count
+
+    table = _table(f"hook points of {exp.cfg.baseline.model} {exp.cfg.baseline.args or ''} (probe input {rows[0]['probe_input'] if rows else ''})", ["alias", "module path", "type", "input", "output", "params"])
+    for r in rows:
+        table.add_row(", ".join(r["aliases"]) or "", r["path"], r["type"], format_shape(r["inputs"]), format_shape(r["output"]), human_count(r["params"]))
+    _console().print(table)
+    if not args.all:
+        print("(aliased points only; --all lists every module path, each of which is a hook point too)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- zoo
+def cmd_zoo(args: argparse.Namespace) -> int:
+    import modules_zoo
+
+    entries = modules_zoo.entries()
+    if args.json:
+        print(json.dumps([
+            {
+                "name": e.name, "kind": e.kind, "modes": list(e.modes), "reference": e.reference, "summary": e.summary,
+                "probe_arguments": e.probe_arguments(),
+                "arguments": [{"name": a.name, "default": a.default, "type": a.annotation, "required": a.required} for a in e.arguments()],
+                "hook_point_aliases": dict(e.aliases),
+            }
+            for e in entries
+        ], indent=1, default=str))
+        return 0
+    table = _table("module zoo", ["name", "kind", "modes", "arguments", "reference"])
+    for e in entries:
+        arg_text = ", ".join(f"{a.name}={a.default!r}" if not a.required else a.name for a in e.arguments())
+        table.add_row(e.name, e.kind, ", ".join(e.modes), arg_text, e.reference)
+    _console().print(table)
+    print("channels, in_channels, out_channels and stride come from the shape probe")
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stitch", description="Module-stitching and ablation experiments on PyTorch vision models.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    p.add_argument("--version", action="version", version="stitch 0.1.0")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="build every variant and check it, before any training")
+    v.add_argument("experiments", nargs="+", metavar="EXPERIMENT.yaml")
+    v.set_defaults(func=cmd_validate)
+
+    pt = sub.add_parser("points", help="list hook points with their shapes")
+    pt.add_argument("target", metavar="unet|maskrcnn|EXPERIMENT.yaml")
+    pt.add_argument("--json", action="store_true", help="every module path, as JSON")
+    pt.add_argument("--all", action="store_true", help="every module path, not only aliased points")
+    pt.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE", help="baseline argument, e.g. --arg base_width=32")
+    pt.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="probe input size")
+    pt.set_defaults(func=cmd_points)
+
+    z = sub.add_parser("zoo", help="list the stitchable modules")
+    z.add_argument("--json", action="store_true")
+    z.set_defaults(func=cmd_zoo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except StitchError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

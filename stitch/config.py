@@ -1,0 +1,470 @@
+"""The experiment YAML: schema, loading, and error messages with line numbers.
+
+Loading is two steps. ``yaml.safe_load`` gives the data and ``yaml.compose`` (same safe loader)
+gives the node tree, from which every YAML path gets its line number. The data is then checked by
+the pydantic schema below; every error is turned into one line naming the file, the line, the
+YAML path and, where the value is one of a known set, the closest valid names. Checks that need
+torch (unknown modules, hook points, channels) happen later, in :mod:`stitch.validate`, and report
+through the same :class:`SourceMap`.
+"""
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stitch.errors import ConfigError, did_you_mean
+
+Mode = Literal["after", "before", "residual", "replace"]
+Design = Literal["none", "one-at-a-time", "leave-one-out", "full-factorial", "subsets"]
+
+#: Metric names each task reports (``metrics.primary`` and ``metrics.report`` choose among them).
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "segmentation": ("miou", "mdice", "pixel_acc", "mprecision", "mrecall", "fg_iou", "fg_dice"),
+    "instance": (
+        "segm_ap", "segm_ap50", "segm_ap75", "segm_aps", "segm_apm", "segm_apl", "segm_ar",
+        "bbox_ap", "bbox_ap50", "bbox_ap75", "bbox_aps", "bbox_apm", "bbox_apl", "bbox_ar",
+    ),
+}
+DEFAULT_PRIMARY = {"segmentation": "miou", "instance": "segm_ap"}
+
+
+class Strict(BaseModel):
+    """Base of every schema block: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----------------------------------------------------------------------------- model side
+class BaselineCfg(Strict):
+    model: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class NestedInsertionCfg(Strict):
+    """A module inserted into a hook point of another zoo module (nesting)."""
+
+    module: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    at: Union[str, list[str]]
+    mode: Optional[Mode] = None
+    residual_scale: Optional[float] = None
+    nest: list["NestedInsertionCfg"] = Field(default_factory=list)
+
+    @field_validator("at")
+    @classmethod
+    def _at_not_empty(cls, v: Union[str, list[str]]) -> Union[str, list[str]]:
+        if (isinstance(v, str) and not v.strip()) or (isinstance(v, list) and not v):
+            raise ValueError("needs at least one hook point or pattern")
+        return v
+
+    @property
+    def patterns(self) -> list[str]:
+        return [self.at] if isinstance(self.at, str) else list(self.at)
+
+
+class InsertionCfg(NestedInsertionCfg):
+    """One insertion: ``name`` labels it in tables, ``module`` is a zoo name, ``at`` hook points."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=24)]
+
+
+# ----------------------------------------------------------------------------- data side
+class AugmentCfg(Strict):
+    hflip: bool = True
+    vflip: bool = False
+    rotate90: bool = False
+    scale: Optional[tuple[float, float]] = None
+    color_jitter: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
+class DataBase(Strict):
+    image_size: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = (128, 128)
+    augment: AugmentCfg = Field(default_factory=AugmentCfg)
+    normalize: Union[Literal["imagenet", "none"], tuple[list[float], list[float]]] = "imagenet"
+    ignore_index: int = 255
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _square(cls, v: Any) -> Any:
+        return (v, v) if isinstance(v, int) else v
+
+
+class NucleiData(DataBase):
+    """Real DSB2018 nuclei sample shipped in the stardist wheel, cut into tiles."""
+
+    dataset: Literal["nuclei"]
+    root: Optional[str] = None
+    tile: Annotated[int, Field(gt=0)] = 128
+
+
+class ShapesData(DataBase):
+    """Procedurally generated images and masks (seeded)."""
+
+    dataset: Literal["shapes"]
+    root: Optional[str] = None
+    num_images: Annotated[int, Field(gt=1)] = 64
+    num_classes: Annotated[int, Field(ge=2)] = 3
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
+    seed: int = 0
+
+
+class FolderData(DataBase):
+    """``images/`` + ``masks/`` (PNG index masks), split by list files or a seeded ratio."""
+
+    dataset: Literal["folder"]
+    root: str
+    images: str = "images"
+    masks: str = "masks"
+    train_list: Optional[str] = None
+    val_list: Optional[str] = None
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    split_seed: int = 0
+
+
+class VOCData(DataBase):
+    """Pascal VOC 2012 segmentation layout."""
+
+    dataset: Literal["voc"]
+    root: str
+    train_split: str = "train"
+    val_split: str = "val"
+
+
+class CocoData(DataBase):
+    """COCO instances JSON (semantic masks rendered, or instances for Mask R-CNN)."""
+
+    dataset: Literal["coco"]
+    root: str
+    train_annotations: str = "annotations/instances_train2017.json"
+    val_annotations: str = "annotations/instances_val2017.json"
+    train_images: str = "train2017"
+    val_images: str = "val2017"
+
+
+class BrainData(DataBase):
+    """Axial slices of the MNI ICBM152 template shipped in the nilearn wheel."""
+
+    dataset: Literal["brain"]
+    root: Optional[str] = None
+
+
+DataCfg = Annotated[
+    Union[NucleiData, ShapesData, FolderData, VOCData, CocoData, BrainData],
+    Field(discriminator="dataset"),
+]
+
+
+# ----------------------------------------------------------------------------- training side
+class OptimizerCfg(Strict):
+    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+
+
+class SchedulerCfg(Strict):
+    name: Literal["none", "cosine", "step", "poly"] = "cosine"
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    step_size: Annotated[int, Field(gt=0)] = 10
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    power: Annotated[float, Field(gt=0)] = 0.9
+    min_lr: Annotated[float, Field(ge=0)] = 0.0
+
+
+class TrainCfg(Strict):
+    epochs: Annotated[int, Field(gt=0)] = 20
+    batch_size: Annotated[int, Field(gt=0)] = 8
+    optimizer: OptimizerCfg = Field(default_factory=OptimizerCfg)
+    scheduler: SchedulerCfg = Field(default_factory=SchedulerCfg)
+    loss: Literal["ce", "dice", "ce+dice"] = "ce"
+    grad_accum: Annotated[int, Field(gt=0)] = 1
+    clip_grad_norm: Optional[Annotated[float, Field(gt=0)]] = None
+    amp: bool = False
+    deterministic: bool = False
+    eval_every: Annotated[int, Field(gt=0)] = 1
+    keep_last: Annotated[int, Field(gt=0)] = 2
+
+
+# ----------------------------------------------------------------------------- design and report
+class AblationCfg(Strict):
+    design: Design = "none"
+    subsets: list[list[str]] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"design": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _subsets_given(self) -> "AblationCfg":
+        if self.design == "subsets" and not self.subsets:
+            raise ValueError("design 'subsets' needs a 'subsets:' list of insertion-name lists")
+        if self.design != "subsets" and self.subsets:
+            raise ValueError(f"'subsets' is only read with design 'subsets', not {self.design!r}")
+        return self
+
+
+class MetricsCfg(Strict):
+    primary: Optional[str] = None
+    report: list[str] = Field(default_factory=list)
+
+
+class ReportCfg(Strict):
+    caption: Optional[str] = None
+    label: Optional[str] = None
+    formats: list[Literal["latex", "markdown", "csv", "html"]] = Field(
+        default_factory=lambda: ["latex", "markdown", "csv"]
+    )
+    test: Literal["ttest", "wilcoxon"] = "ttest"
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    decimals: Annotated[int, Field(ge=0, le=6)] = 2
+
+
+class ProbeCfg(Strict):
+    """Input used by the dry run (shape probe, ``stitch validate``); defaults to the data size."""
+
+    image_size: Optional[tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]] = None
+    batch_size: Annotated[int, Field(ge=1)] = 2
+
+
+class ExperimentCfg(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
+    task: Literal["segmentation", "instance"]
+    description: str = ""
+    baseline: BaselineCfg
+    data: Optional[DataCfg] = None
+    train: TrainCfg = Field(default_factory=TrainCfg)
+    insertions: list[InsertionCfg] = Field(default_factory=list)
+    ablation: AblationCfg = Field(default_factory=AblationCfg)
+    seeds: Annotated[list[int], Field(min_length=1)] = Field(default_factory=lambda: [0])
+    metrics: MetricsCfg = Field(default_factory=MetricsCfg)
+    report: ReportCfg = Field(default_factory=ReportCfg)
+    probe: ProbeCfg = Field(default_factory=ProbeCfg)
+
+    @property
+    def primary_metric(self) -> str:
+        return self.metrics.primary or DEFAULT_PRIMARY[self.task]
+
+    @property
+    def probe_image_size(self) -> Optional[tuple[int, int]]:
+        if self.probe.image_size:
+            return self.probe.image_size
+        return self.data.image_size if self.data else None
+
+
+# ----------------------------------------------------------------------------- source map
+@dataclass
+class SourceMap:
+    """Line numbers of every YAML path of one file."""
+
+    file: str
+    lines: dict[tuple, int] = field(default_factory=dict)
+
+    def line(self, path: tuple) -> Optional[int]:
+        """Line of ``path`` or of its deepest ancestor present in the file."""
+        path = tuple(path)
+        while path not in self.lines and path:
+            path = path[:-1]
+        return self.lines.get(path)
+
+    def error(self, path: tuple, message: str) -> ConfigError:
+        return ConfigError(message, self.file, self.line(path), format_path(path))
+
+
+def format_path(path: tuple) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _node_lines(node: yaml.Node, path: tuple, out: dict[tuple, int]) -> None:
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = path + (key.value,)
+            out[child] = key.start_mark.line + 1
+            _node_lines(value, child, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _node_lines(item, path + (i,), out)
+
+
+@dataclass
+class Experiment:
+    """A loaded, schema-checked experiment and where each of its values came from."""
+
+    cfg: ExperimentCfg
+    source: SourceMap
+    path: Optional[Path] = None
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+
+# ----------------------------------------------------------------------------- error translation
+def _data_path(loc: tuple, data: Any) -> tuple:
+    """Keep the parts of a pydantic ``loc`` that exist in the data (drops union tags)."""
+    out: list = []
+    cur = data
+    for part in loc:
+        if isinstance(cur, dict) and part in cur:
+            out.append(part)
+            cur = cur[part]
+        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+            out.append(part)
+            cur = cur[part]
+    return tuple(out)
+
+
+def _unwrap(annotation: Any, value: Any) -> Any:
+    """The pydantic model (or Literal) an annotation stands for, given the value found there."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0], value)
+    if origin in (Union, types.UnionType):
+        members = [_unwrap(a, value) for a in typing.get_args(annotation) if a is not type(None)]
+        models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+        if len(models) > 1 and isinstance(value, dict):
+            for m in models:
+                tag = m.model_fields.get("dataset")
+                if tag is not None and value.get("dataset") in typing.get_args(tag.annotation):
+                    return m
+            return None
+        if models:
+            return models[0]
+        lits = [m for m in members if typing.get_origin(m) is Literal]
+        return lits[0] if lits else (members[0] if len(members) == 1 else None)
+    return annotation
+
+
+def _schema_at(loc: tuple, data: Any) -> Any:
+    """Walk the schema along a pydantic ``loc``; returns a model class, a Literal, or None.
+
+    Parts that are not fields (discriminated-union tags) are skipped; the data found along the
+    way picks the member of a union.
+    """
+    node: Any = ExperimentCfg
+    cur = data
+    for part in loc:
+        node = _unwrap(node, cur)
+        if isinstance(node, type) and issubclass(node, BaseModel) and isinstance(part, str):
+            f = node.model_fields.get(part)
+            if f is None:
+                continue  # a union tag such as 'nuclei'
+            node = f.annotation
+        elif typing.get_origin(node) in (list, tuple) and isinstance(part, int):
+            node = typing.get_args(node)[0]
+        else:
+            return None
+        if isinstance(cur, dict):
+            cur = cur.get(part)
+        elif isinstance(cur, list) and isinstance(part, int) and part < len(cur):
+            cur = cur[part]
+        else:
+            cur = None
+    return _unwrap(node, cur)
+
+
+def _literal_choices(node: Any) -> list[str]:
+    if typing.get_origin(node) is Literal:
+        return [str(a) for a in typing.get_args(node)]
+    return []
+
+
+def _describe(err: dict, data: Any) -> tuple[tuple, str]:
+    loc = tuple(err["loc"])
+    path = _data_path(loc, data)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = loc[-1]
+        parent = _schema_at(loc[:-1], data)
+        allowed = list(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
+        hint = did_you_mean(key, allowed) or (f" (allowed: {', '.join(allowed)})" if allowed else "")
+        return path, f"unknown key {key!r}{hint}"
+    if kind == "missing":
+        return path, f"required key {loc[-1]!r} is missing"
+    if kind in ("literal_error", "enum"):
+        choices = _literal_choices(_schema_at(loc, data))
+        got = err.get("input")
+        msg = f"{got!r} is not one of {', '.join(choices)}" if choices else err["msg"]
+        return path, msg + (did_you_mean(got, choices) if choices else "")
+    if kind == "union_tag_invalid":
+        tags = err.get("ctx", {}).get("expected_tags", "")
+        got = err.get("ctx", {}).get("tag")
+        choices = [t.strip(" '") for t in str(tags).split(",")]
+        return path + ("dataset",), f"unknown dataset {got!r}, expected one of {tags}" + did_you_mean(got, choices)
+    if kind == "union_tag_not_found":
+        return path, "needs a 'dataset:' key (nuclei, shapes, folder, voc, coco or brain)"
+    got = err.get("input")
+    message = err["msg"].removeprefix("Value error, ").rstrip(".")
+    if isinstance(got, (dict, list)) or kind == "value_error":
+        return path, message
+    return path, f"{message} (got {got!r})"
+
+
+def parse_experiment(text: str, file: str = "<string>") -> Experiment:
+    """Parse and schema-check experiment YAML text; raises :class:`ConfigError`."""
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"not valid YAML: {problem}", file, mark.line + 1 if mark else None) from None
+    if not isinstance(data, dict):
+        raise ConfigError("the experiment file must be a YAML mapping (name:, task:, baseline: …)", file, 1)
+    source = SourceMap(file)
+    if root is not None:
+        _node_lines(root, (), source.lines)
+    try:
+        cfg = ExperimentCfg.model_validate(data)
+    except ValidationError as exc:
+        # the first error in file order; an unknown key before a missing one (often its typo)
+        errors = sorted(
+            exc.errors(),
+            key=lambda e: (source.line(_data_path(tuple(e["loc"]), data)) or 0, e["type"] != "extra_forbidden"),
+        )
+        path, message = _describe(errors[0], data)
+        more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise source.error(path, message + more) from None
+    _check_cross_fields(cfg, source)
+    return Experiment(cfg=cfg, source=source)
+
+
+def _check_cross_fields(cfg: ExperimentCfg, source: SourceMap) -> None:
+    seen: dict[str, int] = {}
+    for i, ins in enumerate(cfg.insertions):
+        if ins.name in seen:
+            raise source.error(("insertions", i, "name"), f"insertion name {ins.name!r} is used twice (also insertions[{seen[ins.name]}]); names label table rows and must be unique")
+        seen[ins.name] = i
+    for i, subset in enumerate(cfg.ablation.subsets):
+        for j, n in enumerate(subset):
+            if n not in seen:
+                raise source.error(("ablation", "subsets", i, j), f"no insertion is named {n!r}" + did_you_mean(n, seen))
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise source.error(("seeds",), f"seeds repeat ({cfg.seeds}); paired statistics need distinct seeds")
+    known = TASK_METRICS[cfg.task]
+    if cfg.metrics.primary is not None and cfg.metrics.primary not in known:
+        raise source.error(("metrics", "primary"), f"unknown {cfg.task} metric {cfg.metrics.primary!r}" + did_you_mean(cfg.metrics.primary, known))
+    for i, m in enumerate(cfg.metrics.report):
+        if m not in known:
+            raise source.error(("metrics", "report", i), f"unknown {cfg.task} metric {m!r}" + did_you_mean(m, known))
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and schema-check an experiment file (model-side checks come in :mod:`stitch.validate`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"no such experiment file (check the path; `ls experiments/` lists the examples)", str(p))
+    exp = parse_experiment(p.read_text(encoding="utf-8"), str(p))
+    exp.path = p
+    return exp
