@@ -231,7 +231,7 @@ class ProbeCfg(Strict):
     """Input used by the dry run (shape probe, ``stitch validate``); defaults to the data size."""
 
     image_size: Optional[tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]] = None
-    batch_size: Annotated[int, Field(ge=1)] = 2
+    batch_size: Annotated[int, Field(ge=2)] = 2  # BatchNorm in training mode needs 2 or more
 
 
 class ExperimentCfg(Strict):

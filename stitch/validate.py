@@ -47,7 +47,11 @@ def check_variant(exp: Experiment, variant: Variant, seed: int) -> VariantCheck:
     spec = built.baseline
     batch = spec.example_batch(exp.cfg.baseline.args, exp.cfg.probe.batch_size, exp.cfg.probe_image_size)
     model = built.model.train()
-    loss = spec.loss(model, batch)
+    try:
+        loss = spec.loss(model, batch)
+    except (RuntimeError, ValueError) as exc:  # a stitched module that does not fit in training mode
+        cause = str(exc).splitlines()[0]
+        raise StitchError(f"variant {variant.name!r}: training-mode forward on a dummy batch fails: {cause} (--debug shows where)") from exc
     if not torch.isfinite(loss):
         raise StitchError(f"variant {variant.name!r}: the loss on a dummy batch is {loss.item()} (not finite)")
     loss.backward()

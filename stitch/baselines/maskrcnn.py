@@ -1,0 +1,481 @@
+"""Mask R-CNN (He, Gkioxari, Dollár, Girshick, "Mask R-CNN", ICCV 2017, https://arxiv.org/abs/1703.06870)
+as implemented by torchvision (``torchvision.models.detection``), laid out for stitching.
+
+Nothing here re-implements the network: :func:`build_maskrcnn` calls torchvision's own builders.
+
+- ``backbone="resnet50"``: ``maskrcnn_resnet50_fpn`` (``version=1``, the paper's R-50-FPN) or
+  ``maskrcnn_resnet50_fpn_v2`` (``version=2``, Li et al. 2021 "Benchmarking Detection Transfer
+  Learning with Vision Transformers": 2-conv RPN head, 4conv1fc box head, BatchNorm in FPN/heads).
+- light backbones for CPU work: ``resnet18`` / ``resnet34`` through torchvision's
+  ``resnet_fpn_backbone``, ``mobilenet_v3_large`` / ``mobilenet_v3_small`` through
+  ``mobilenet_backbone(fpn=True)`` (torchvision's default: the last two stages, both at stride 32,
+  with the anchor sizes of torchvision's ``fasterrcnn_mobilenet_v3_large_fpn``), each wrapped in
+  ``torchvision.models.detection.MaskRCNN``.
+
+Hook-point aliases (:func:`maskrcnn_aliases`; every module path is a hook point too):
+
+- ResNet backbones: ``c2``..``c5`` -> ``backbone.body.layer1``..``layer4``; each residual block
+  ``c{i}.{j}`` -> ``backbone.body.layer{i-1}.{j}`` and its convolutions ``c{i}.{j}.conv1``,
+  ``.conv2`` and (Bottleneck, ResNet-50 only) ``.conv3``.
+- MobileNetV3 backbones: ``stem`` -> ``backbone.body.0``; ``c{i}`` (i = 2..5) -> the last block of
+  ``backbone.body`` (the ``features`` sequence) whose output has stride ``2**i``, and ``c{i}.{j}``
+  -> the j-th block (from 0) with that output stride. MobileNet blocks have no conv1/conv2 names.
+- all backbones: ``fpn`` -> ``backbone.fpn``; ``rpn_head`` -> ``rpn.head``; ``box_roi_pool``,
+  ``box_head``, ``box_predictor``, ``mask_roi_pool``, ``mask_head``, ``mask_predictor`` ->
+  ``roi_heads.<same name>``.
+
+Input size: torchvision's ``GeneralizedRCNNTransform`` resizes every image so that its short side
+is ``min_size`` (long side at most ``max_size``); with the defaults (800/1333) a 128x128 image is
+run at 800x800. For fast CPU probes pass ``min_size``/``max_size`` near the image size (e.g. 128).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torchvision.models import get_model_weights, get_weight
+from torchvision.models._api import WeightsEnum
+from torchvision.models.detection import (
+    MaskRCNN,
+    MaskRCNN_ResNet50_FPN_V2_Weights,
+    MaskRCNN_ResNet50_FPN_Weights,
+    maskrcnn_resnet50_fpn,
+    maskrcnn_resnet50_fpn_v2,
+)
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from stitch.baselines.base import BaselineSpec
+
+RESNET_BACKBONES = ("resnet18", "resnet34", "resnet50")
+MOBILENET_BACKBONES = ("mobilenet_v3_large", "mobilenet_v3_small")
+BACKBONES = RESNET_BACKBONES + MOBILENET_BACKBONES
+# Which torchvision weights enum belongs to each (backbone, version) that torchvision has Mask R-CNN weights for.
+DETECTION_WEIGHTS: dict[tuple[str, int], type[WeightsEnum]] = {
+    ("resnet50", 1): MaskRCNN_ResNet50_FPN_Weights,
+    ("resnet50", 2): MaskRCNN_ResNet50_FPN_V2_Weights,
+}
+_FILE_SUFFIXES = (".pth", ".pt", ".pth.tar", ".ckpt", ".bin")
+# Trainable backbone stages when pretrained weights are used and ``trainable_layers`` is None
+# (torchvision's default in ``maskrcnn_resnet50_fpn`` / ``fasterrcnn_mobilenet_v3_large_fpn``).
+_TORCHVISION_TRAINABLE_DEFAULT = 3
+
+
+def build_maskrcnn(
+    backbone: Literal["resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "mobilenet_v3_small"] = "resnet50",
+    version: int = 1,
+    num_classes: int = 91,
+    weights: str | None = None,
+    weights_backbone: str | None = None,
+    trainable_layers: int | None = None,
+    norm: Literal["frozen_bn", "bn"] = "frozen_bn",
+    min_size: int = 800,
+    max_size: int = 1333,
+) -> MaskRCNN:
+    """Build a torchvision Mask R-CNN.
+
+    Args:
+        backbone: ``resnet50`` (torchvision's ``maskrcnn_resnet50_fpn[_v2]``) or a light backbone
+            ``resnet18``, ``resnet34``, ``mobilenet_v3_large``, ``mobilenet_v3_small``.
+        version: 1 or 2; 2 (``maskrcnn_resnet50_fpn_v2``) exists only for ``resnet50``.
+        num_classes: number of classes including the background (COCO: 91).
+        weights: whole-model weights. ``None`` (random init); a torchvision weights name for the
+            chosen builder (``"DEFAULT"``, ``"COCO_V1"`` or ``"MaskRCNN_ResNet50_FPN_Weights.COCO_V1"``;
+            downloaded, so it needs network or the torch hub cache; only ``resnet50``); or a local
+            file (``.pth``/``.pt``…) holding a state_dict or a checkpoint dict with a ``"model"``
+            (or ``"state_dict"``) key. Like torchvision, ``num_classes`` must match the weights:
+            torchvision raises ``ValueError`` for a named weight with another class count, and a
+            local file whose predictor shapes differ raises ``ValueError`` too (to fine-tune on
+            other classes, load the weights with their class count and replace the predictors).
+        weights_backbone: ImageNet weights for the backbone only (ignored by torchvision when
+            ``weights`` is a torchvision name). A torchvision name for that backbone
+            (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ``"ResNet18_Weights.IMAGENET1K_V1"``…; downloaded),
+            or a local file with the classification network's state_dict (``fc.*`` /
+            ``classifier.*`` keys are ignored).
+        trainable_layers: how many backbone stages train (ResNet 0..5, MobileNet 0..number of
+            stages), counted from the top. ``None`` follows torchvision's model builders: 3 when any
+            pretrained weights are used, otherwise every stage. An explicit value is always applied.
+        norm: normalisation in the backbone body. ``"frozen_bn"`` (torchvision's
+            ``FrozenBatchNorm2d``: fixed statistics and affine, same in train and eval mode) or
+            ``"bn"`` (``nn.BatchNorm2d``). BatchNorm in the v2 FPN and heads is part of that
+            architecture and is kept.
+        min_size: short side images are resized to by the model's transform.
+        max_size: cap on the long side after resizing.
+
+    Raises:
+        ValueError: an unknown backbone, version, norm or weights name; a local weights file that
+            is missing, unreadable, or whose keys/shapes don't match the model.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, not {backbone!r}")
+    if version not in (1, 2):
+        raise ValueError(f"version must be 1 or 2, not {version!r}")
+    if version == 2 and backbone != "resnet50":
+        raise ValueError(f"version 2 (maskrcnn_resnet50_fpn_v2) exists only for backbone 'resnet50', not {backbone!r}")
+    if norm not in ("frozen_bn", "bn"):
+        raise ValueError(f"norm must be 'frozen_bn' or 'bn', not {norm!r}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes counts the background and must be at least 2, not {num_classes}")
+
+    weights_file = weights if _is_file_ref(weights) else None
+    weights_enum = _resolve_detection_weights(weights, backbone, version) if weights and not weights_file else None
+    backbone_file = weights_backbone if _is_file_ref(weights_backbone) else None
+    backbone_enum = (
+        _resolve_backbone_weights(weights_backbone, backbone) if weights_backbone and not backbone_file else None
+    )
+    if weights:  # as in torchvision, whole-model weights make weights_backbone moot
+        backbone_file = backbone_enum = None
+    if weights_file is not None:
+        _check_file_exists(weights_file, "weights")
+    if backbone_file is not None:
+        _check_file_exists(backbone_file, "weights_backbone")
+    pretrained = any(w is not None for w in (weights_file, weights_enum, backbone_file, backbone_enum))
+    norm_layer: type[nn.Module] = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
+    # Stages to train at build time; "all" (None, untrained) is applied after building.
+    build_trainable = trainable_layers if trainable_layers is not None else _TORCHVISION_TRAINABLE_DEFAULT
+    common = {"min_size": min_size, "max_size": max_size}
+
+    if backbone == "resnet50":
+        builder = maskrcnn_resnet50_fpn if version == 1 else maskrcnn_resnet50_fpn_v2
+        tv_trained = weights_enum is not None or backbone_enum is not None
+        try:
+            model = builder(
+                weights=weights_enum,
+                weights_backbone=backbone_enum,
+                num_classes=num_classes,
+                # torchvision ignores (and warns about) this without pretrained weights; applied below then.
+                trainable_backbone_layers=build_trainable if tv_trained else None,
+                **common,
+            )
+        except OSError as exc:  # URLError is an OSError
+            raise RuntimeError(
+                f"could not download torchvision weights {weights or weights_backbone!r} ({exc}); "
+                "they need network or the torch hub cache — pass a local .pth file instead"
+            ) from exc
+        _set_norm(model.backbone.body, norm_layer)
+    elif backbone in RESNET_BACKBONES:
+        body_fpn = resnet_fpn_backbone(
+            backbone_name=backbone, weights=backbone_enum, norm_layer=norm_layer, trainable_layers=build_trainable
+        )
+        model = MaskRCNN(body_fpn, num_classes=num_classes, **common)
+    else:
+        body_fpn = mobilenet_backbone(
+            backbone_name=backbone,
+            weights=backbone_enum,
+            fpn=True,
+            norm_layer=norm_layer,
+            trainable_layers=build_trainable,
+        )
+        # As torchvision's fasterrcnn_mobilenet_v3_large_fpn: all sizes on each of the 3 feature maps.
+        anchors = AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)
+        model = MaskRCNN(body_fpn, num_classes=num_classes, rpn_anchor_generator=anchors, **common)
+
+    if backbone_file is not None:
+        _load_backbone_file(model.backbone.body, backbone_file, backbone)
+    if weights_file is not None:
+        _load_file(model, weights_file, "weights")
+    train_all = trainable_layers is None and not pretrained
+    if backbone == "resnet50":  # torchvision's builder may have used another count, and _set_norm makes new params
+        _freeze_resnet(model.backbone.body, 5 if train_all else build_trainable)
+    elif train_all:
+        for p in model.backbone.body.parameters():
+            p.requires_grad_(True)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# weights
+
+
+def _is_file_ref(ref: str | None) -> bool:
+    """Whether a weights argument names a local file rather than a torchvision weights name."""
+    if not ref:
+        return False
+    ref = str(ref)
+    return (
+        ref.lower().endswith(_FILE_SUFFIXES)
+        or "/" in ref
+        or os.sep in ref
+        or ref.startswith("~")
+        or os.path.isfile(ref)
+    )
+
+
+def _resolve_enum(name: str, enum_cls: type[WeightsEnum], what: str) -> WeightsEnum:
+    choices = ", ".join(["DEFAULT"] + [f"{enum_cls.__name__}.{m}" for m in enum_cls.__members__ if m != "DEFAULT"])
+    try:
+        value = get_weight(name) if "." in name else enum_cls.verify(name)
+    except (ValueError, KeyError, AttributeError):
+        value = None
+    if not isinstance(value, enum_cls):
+        raise ValueError(f"{what} {name!r} is not a torchvision weights name for this model; choose {choices} or a local .pth file")
+    return value
+
+
+def _resolve_detection_weights(name: str, backbone: str, version: int) -> WeightsEnum:
+    enum_cls = DETECTION_WEIGHTS.get((backbone, version))
+    if enum_cls is None:
+        raise ValueError(
+            f"torchvision has no Mask R-CNN weights for backbone {backbone!r}; "
+            f"weights {name!r} must be a local .pth file (or use weights_backbone)"
+        )
+    return _resolve_enum(name, enum_cls, "weights")
+
+
+def _resolve_backbone_weights(name: str, backbone: str) -> WeightsEnum:
+    return _resolve_enum(name, get_model_weights(backbone), "weights_backbone")
+
+
+def _check_file_exists(path: str, what: str) -> None:
+    if not os.path.isfile(os.path.expanduser(path)):
+        raise ValueError(f"{what} file {path!r} does not exist")
+
+
+def _read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
+    _check_file_exists(path, what)
+    try:
+        obj = torch.load(os.path.expanduser(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 — any unreadable file is the user's to fix
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{what} file {path!r} could not be read as a torch state_dict: {first}") from exc
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{what} file {path!r} holds no state_dict (a dict of tensors, or a checkpoint with a 'model' key)")
+    if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def _load_into(module: nn.Module, state: dict[str, torch.Tensor], path: str, what: str) -> None:
+    """Strict load that reports missing/unexpected keys and shape mismatches as one-line ValueErrors."""
+    own = module.state_dict()
+    ignorable = "num_batches_tracked"  # BatchNorm has it, FrozenBatchNorm2d does not
+    missing = [k for k in own if k not in state and not k.endswith(ignorable)]
+    unexpected = [k for k in state if k not in own and not k.endswith(ignorable)]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches file vs model (e.g. {'; '.join(shapes[:3])}) — is num_classes right?")
+    if problems:
+        raise ValueError(f"{what} file {path!r} does not match the model: {'; '.join(problems)}")
+    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
+def _load_file(model: nn.Module, path: str, what: str) -> None:
+    _load_into(model, _read_state_dict(path, what), path, what)
+
+
+def _load_backbone_file(body: nn.Module, path: str, backbone: str) -> None:
+    """Load a classification network's state_dict (or a detection checkpoint's ``backbone.body.*``)."""
+    state = _read_state_dict(path, "weights_backbone")
+    if any(k.startswith("backbone.body.") for k in state):
+        state = {k[len("backbone.body."):]: v for k, v in state.items() if k.startswith("backbone.body.")}
+    elif backbone in MOBILENET_BACKBONES:
+        state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    else:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    _load_into(body, state, path, "weights_backbone")
+
+
+# ---------------------------------------------------------------------------------------------
+# backbone normalisation and freezing
+
+
+def _set_norm(module: nn.Module, norm_layer: type[nn.Module]) -> None:
+    """Swap BatchNorm2d <-> FrozenBatchNorm2d in place, keeping statistics and affine parameters."""
+    for name, child in module.named_children():
+        if norm_layer is FrozenBatchNorm2d and type(child) is nn.BatchNorm2d:
+            new: nn.Module = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            with torch.no_grad():
+                new.weight.copy_(child.weight)
+                new.bias.copy_(child.bias)
+                new.running_mean.copy_(child.running_mean)
+                new.running_var.copy_(child.running_var)
+            setattr(module, name, new)
+        elif norm_layer is nn.BatchNorm2d and type(child) is FrozenBatchNorm2d:
+            new = nn.BatchNorm2d(child.weight.shape[0], eps=child.eps)
+            with torch.no_grad():
+                new.weight.copy_(child.weight)
+                new.bias.copy_(child.bias)
+                new.running_mean.copy_(child.running_mean)
+                new.running_var.copy_(child.running_var)
+            setattr(module, name, new)
+        else:
+            _set_norm(child, norm_layer)
+
+
+def _freeze_resnet(body: nn.Module, trainable_layers: int) -> None:
+    """torchvision's ``_resnet_fpn_extractor`` rule: train only the top ``trainable_layers`` stages."""
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be in 0..5 for a ResNet backbone, not {trainable_layers}")
+    layers = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    if trainable_layers == 5:
+        layers.append("bn1")
+    for name, p in body.named_parameters():
+        p.requires_grad_(any(name.startswith(layer) for layer in layers))
+
+
+# ---------------------------------------------------------------------------------------------
+# hook points
+
+HEAD_ALIASES = {
+    "fpn": "backbone.fpn",
+    "rpn_head": "rpn.head",
+    **{n: f"roi_heads.{n}" for n in ("box_roi_pool", "box_head", "box_predictor", "mask_roi_pool", "mask_head", "mask_predictor")},
+}
+
+
+def _block_stride(block: nn.Module) -> int:
+    stride = 1
+    for m in block.modules():
+        if isinstance(m, nn.Conv2d):
+            stride *= m.stride[0]
+    return stride
+
+
+def maskrcnn_aliases(model: nn.Module) -> dict[str, str]:
+    """Alias -> module path (as in ``model.named_modules()``); see the module docstring."""
+    body = model.backbone.body
+    aliases: dict[str, str] = {}
+    if hasattr(body, "layer1"):  # ResNet
+        for i in range(2, 6):
+            layer = getattr(body, f"layer{i - 1}", None)
+            if layer is None:
+                continue
+            aliases[f"c{i}"] = f"backbone.body.layer{i - 1}"
+            for j, block in enumerate(layer):
+                aliases[f"c{i}.{j}"] = f"backbone.body.layer{i - 1}.{j}"
+                for conv in ("conv1", "conv2", "conv3"):
+                    if hasattr(block, conv):
+                        aliases[f"c{i}.{j}.{conv}"] = f"backbone.body.layer{i - 1}.{j}.{conv}"
+    else:  # MobileNetV3 features, one child per block
+        names = [n for n, _ in body.named_children()]
+        if names:
+            aliases["stem"] = f"backbone.body.{names[0]}"
+        stride = 1
+        by_stride: dict[int, list[str]] = {}
+        for name, block in body.named_children():
+            stride *= _block_stride(block)
+            by_stride.setdefault(stride, []).append(name)
+        for i in range(2, 6):
+            blocks = by_stride.get(2**i, [])
+            if not blocks:
+                continue
+            aliases[f"c{i}"] = f"backbone.body.{blocks[-1]}"
+            for j, name in enumerate(blocks):
+                aliases[f"c{i}.{j}"] = f"backbone.body.{name}"
+    aliases.update(HEAD_ALIASES)
+    return aliases
+
+
+# ---------------------------------------------------------------------------------------------
+# data and running
+
+Batch = dict[str, Any]
+
+
+def maskrcnn_example_batch(args: dict[str, Any], batch_size: int, image_size: tuple[int, int] | None) -> Batch:
+    """A deterministic synthetic batch: ``{"images": [3xHxW in [0,1]], "targets": [{boxes, labels, masks}]}``.
+
+    Each image has 2–3 objects (filled rectangles or ellipses) pasted on noise; each box is the
+    tight box of its mask (x1, y1, x2, y2 with x2/y2 exclusive), labels are in 1..num_classes-1.
+    """
+    h, w = image_size or MASKRCNN.default_image_size
+    num_classes = int(args.get("num_classes", 91))
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, not {num_classes}")
+    g = torch.Generator().manual_seed(0)
+    ys = torch.arange(h, dtype=torch.float32).view(h, 1)
+    xs = torch.arange(w, dtype=torch.float32).view(1, w)
+    images, targets = [], []
+    for _ in range(batch_size):
+        image = torch.rand(3, h, w, generator=g) * 0.3
+        n = int(torch.randint(2, 4, (1,), generator=g))
+        masks, boxes = [], []
+        for _ in range(n):
+            r = torch.rand(5, generator=g)
+            half_h = max(2.0, float(h * (0.1 + 0.15 * r[0])))
+            half_w = max(2.0, float(w * (0.1 + 0.15 * r[1])))
+            cy = half_h + float(r[2]) * (h - 2 * half_h)
+            cx = half_w + float(r[3]) * (w - 2 * half_w)
+            if r[4] < 0.5:
+                mask = ((ys - cy).abs() <= half_h) & ((xs - cx).abs() <= half_w)
+            else:
+                mask = ((ys - cy) / half_h) ** 2 + ((xs - cx) / half_w) ** 2 <= 1.0
+            yy, xx = torch.nonzero(mask, as_tuple=True)
+            boxes.append([float(xx.min()), float(yy.min()), float(xx.max()) + 1, float(yy.max()) + 1])
+            masks.append(mask.to(torch.uint8))
+            colour = torch.rand(3, 1, 1, generator=g) * 0.7 + 0.3
+            image = torch.where(mask, colour.expand(3, h, w), image)
+        images.append(image.clamp(0, 1))
+        targets.append(
+            {
+                "boxes": torch.tensor(boxes, dtype=torch.float32),
+                "labels": torch.randint(1, num_classes, (n,), generator=g, dtype=torch.int64),
+                "masks": torch.stack(masks),
+            }
+        )
+    return {"images": images, "targets": targets}
+
+
+def _batchnorm_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [
+        (buf, buf.detach().clone())
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for buf in m.buffers()
+    ]
+
+
+def maskrcnn_run(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+    """One train-mode forward with targets, which reaches every hook point (RPN, box and mask heads
+    on sampled proposals; torchvision adds the ground-truth boxes to the proposals, so the mask
+    head always sees positives). Returns the loss dict; restores the train/eval mode and the
+    BatchNorm running statistics the model had before."""
+    was_training = model.training
+    saved = _batchnorm_buffers(model)
+    model.train()
+    try:
+        return model(batch["images"], batch["targets"])
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
+
+
+def maskrcnn_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Sum of torchvision's Mask R-CNN training losses (train-mode forward; mode restored after)."""
+    was_training = model.training
+    model.train()
+    try:
+        losses = model(batch["images"], batch["targets"])
+    finally:
+        model.train(was_training)
+    return sum(losses.values(), torch.zeros(()))
+
+
+MASKRCNN = BaselineSpec(
+    name="maskrcnn",
+    task="instance",
+    reference="He et al., Mask R-CNN, ICCV 2017 (arXiv:1703.06870); torchvision.models.detection implementation",
+    summary="torchvision Mask R-CNN with FPN: ResNet-50 v1/v2, or ResNet-18/34 / MobileNetV3 light backbones",
+    build=build_maskrcnn,
+    aliases=maskrcnn_aliases,
+    example_batch=maskrcnn_example_batch,
+    run=maskrcnn_run,
+    loss=maskrcnn_loss,
+    default_image_size=(128, 128),
+)
+
+__all__ = ["MASKRCNN", "build_maskrcnn", "maskrcnn_aliases", "maskrcnn_example_batch", "maskrcnn_run", "maskrcnn_loss"]

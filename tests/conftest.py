@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny experiments written from YAML text, so tests read like the user's files."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from stitch.config import Experiment, load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_UNET = """\
+name: tiny
+task: segmentation
+baseline:
+  model: unet
+  args: {in_channels: 3, num_classes: 3, base_width: 8}
+probe: {image_size: [32, 32]}
+"""
+
+
+@pytest.fixture
+def write_experiment(tmp_path: Path) -> Callable[[str], Path]:
+    """Write YAML text (dedented) to a file and return its path."""
+
+    def write(text: str, name: str = "exp.yaml") -> Path:
+        p = tmp_path / name
+        p.write_text(textwrap.dedent(text))
+        return p
+
+    return write
+
+
+@pytest.fixture
+def tiny_unet(write_experiment: Callable[[str], Path]) -> Callable[[str], Experiment]:
+    """A tiny U-Net experiment with the given ``insertions:``/``ablation:`` YAML appended."""
+
+    def make(extra: str = "") -> Experiment:
+        return load_experiment(write_experiment(TINY_UNET + textwrap.dedent(extra)))
+
+    return make

@@ -1,0 +1,66 @@
+"""The experiment schema: strict keys, types and values, errors with line numbers and suggestions."""
+from __future__ import annotations
+
+import pytest
+
+from stitch.config import parse_experiment
+from stitch.errors import ConfigError
+
+BASE = "name: x\ntask: segmentation\nbaseline:\n  model: unet\n"
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_experiment(text, "exp.yaml")
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (BASE + "trian: {epochs: 3}\n", "exp.yaml:5: trian: unknown key 'trian' — did you mean 'train'"),
+        (BASE + "train:\n  epochs: 3\n  optimiser: {lr: 0.1}\n", "exp.yaml:7: train.optimiser: unknown key 'optimiser' — did you mean 'optimizer'?"),
+        (BASE + "data:\n  dataset: nuclei\n  tiel: 64\n", "exp.yaml:7: data.tiel: unknown key 'tiel' — did you mean 'tile'?"),
+        (BASE + "data: {dataset: nucleii}\n", "unknown dataset 'nucleii'"),
+        ("name: x\ntask: seg\nbaseline: {model: unet}\n", "exp.yaml:2: task: 'seg' is not one of segmentation, instance — did you mean 'segmentation'?"),
+        (BASE + "train: {epochs: -1}\n", "exp.yaml:5: train.epochs: Input should be greater than 0 (got -1)"),
+        (BASE + "train: {epochs: ten}\n", "train.epochs: Input should be a valid integer"),
+        (BASE + "seeds: [1, 1]\n", "exp.yaml:5: seeds: seeds repeat"),
+        (BASE + "ablation: one-at-a-tim\n", "did you mean 'one-at-a-time'?"),
+        (BASE + "ablation: {design: subsets}\n", "design 'subsets' needs a 'subsets:' list"),
+        (BASE + "insertions:\n  - {name: CA, module: CoordAtt, at: enc1, mode: aftr}\n", "exp.yaml:6: insertions[0].mode: 'aftr' is not one of after, before, residual, replace — did you mean 'after'?"),
+        (BASE + "insertions:\n  - {name: CA, module: CoordAtt, at: []}\n", "insertions[0].at: needs at least one hook point"),
+        (BASE + "insertions:\n  - {name: CA, module: CoordAtt, at: enc1}\n  - {name: CA, module: SE, at: enc2}\n", "exp.yaml:7: insertions[1].name: insertion name 'CA' is used twice"),
+        (BASE + "insertions:\n  - {name: CA, module: CoordAtt, at: enc1}\nablation:\n  design: subsets\n  subsets: [[CA], [CAA]]\n", "exp.yaml:9: ablation.subsets[1][0]: no insertion is named 'CAA' — did you mean 'CA'?"),
+        (BASE + "metrics: {primary: mIoU}\n", "unknown segmentation metric 'mIoU' — did you mean 'miou'?"),
+        ("name: x\ntask: segmentation\nbaseline: {modell: unet}\n", "exp.yaml:3: baseline.modell: unknown key 'modell' — did you mean 'model'?"),
+        ("name: x\ntask: segmentation\n", "required key 'baseline' is missing"),
+        ("- a\n- b\n", "must be a YAML mapping"),
+        ("name: [\n", "not valid YAML"),
+    ],
+)
+def test_user_mistakes_give_one_line_with_place_and_hint(text: str, expected: str) -> None:
+    message = error_of(text)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_only_safe_yaml_is_loaded() -> None:
+    assert "not valid YAML" in error_of("name: !!python/object/apply:os.system ['echo hacked']\n")
+
+
+def test_defaults_and_shorthands() -> None:
+    exp = parse_experiment(BASE + "ablation: leave-one-out\ndata: {dataset: shapes, image_size: 64}\ntrain: {optimizer: {lr: 1e-3}}\n")
+    cfg = exp.cfg
+    assert cfg.ablation.design == "leave-one-out"
+    assert cfg.data.image_size == (64, 64)
+    assert cfg.train.optimizer.lr == pytest.approx(1e-3)  # PyYAML reads 1e-3 as a string
+    assert cfg.seeds == [0] and cfg.primary_metric == "miou"
+    assert cfg.probe_image_size == (64, 64)
+
+
+def test_every_key_of_the_schema_has_a_line() -> None:
+    exp = parse_experiment(BASE + "insertions:\n  - name: CA\n    module: CoordAtt\n    at: [enc1, enc2]\n", "e.yaml")
+    assert exp.source.line(("insertions", 0, "at")) == 8
+    assert exp.source.line(("insertions", 0, "at", 1)) == 8
+    assert exp.source.line(("insertions", 0, "args")) == 6  # absent key: its parent's line
