@@ -17,7 +17,7 @@ from stitch.errors import StitchError
 def _console():
     from rich.console import Console
 
-    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def _table(title: str, columns: Sequence[str]):
@@ -41,12 +41,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         exp = load_experiment(path)
         cfg = exp.cfg
         variants = plan_variants(cfg)
+        checks = validate_experiment(exp)  # before printing anything: a mistake is one line only
         console.print(
             f"[bold]{cfg.name}[/bold] ({path}): {cfg.task}, baseline {cfg.baseline.model} "
             f"{cfg.baseline.args or ''}, design {cfg.ablation.design}: "
             f"{len(variants)} variants x {len(cfg.seeds)} seeds {cfg.seeds} = {len(variants) * len(cfg.seeds)} runs"
         )
-        checks = validate_experiment(exp)
         base_params = checks[0].built.baseline_params
         table = _table("", ["variant", "insertion", "module", "mode", "points", "adapters", "params", "delta vs baseline"])
         for check in checks:
@@ -62,6 +62,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 )
                 first = False
         console.print(table)
+        adapters = {(a.insertion, a.alias or a.point): a for c in checks for a in c.built.applied if a.adapter}
+        for (name, point), a in adapters.items():
+            console.print(f"  adapter: {name} at {point}: {a.adapter} (+{a.adapter_params:,} params) makes {a.module}'s output fit what follows")
         console.print(
             f"[green]ok[/green]: {len(checks)} variants built, probed, forward and backward on a dummy "
             f"batch (CPU, {sum(c.seconds for c in checks):.1f} s)"
@@ -77,7 +80,8 @@ def _group_applied(applied: list[Any]) -> list[tuple[str, str, str, str, str]]:
     out = []
     for name, items in rows.items():
         points = ", ".join(a.alias or a.point for a in items)
-        adapters = ", ".join(f"{a.alias or a.point}: {a.adapter}" for a in items if a.adapter) or "—"
+        n_adapters = sum(1 for a in items if a.adapter)
+        adapters = f"{n_adapters} (listed below)" if n_adapters else "—"
         nested = [n for a in items for n in a.nested]
         module = items[0].module + (f" ⊃ {', '.join(sorted({n.module + '@' + n.point for n in nested}))}" if nested else "")
         out.append((name, module, items[0].mode, points, adapters))

@@ -396,6 +396,8 @@ def _describe(err: dict, data: Any) -> tuple[tuple, str]:
         choices = _literal_choices(_schema_at(loc, data))
         got = err.get("input")
         msg = f"{got!r} is not one of {', '.join(choices)}" if choices else err["msg"]
+        if got == "nest" and path[-1:] == ("mode",):
+            return path, msg + " — nesting is written as a 'nest:' list of insertions inside the host insertion (see README)"
         return path, msg + (did_you_mean(got, choices) if choices else "")
     if kind == "union_tag_invalid":
         tags = err.get("ctx", {}).get("expected_tags", "")

@@ -177,7 +177,7 @@ def _fit_output(label: str, path: str, got: Any, want: Any) -> nn.Module | None:
     if _is_tensor_desc(g) and _is_tensor_desc(w) and len(g) == len(w) == 4 and g[0] == w[0] and g[2:] == w[2:]:
         return nn.Conv2d(g[1], w[1], kernel_size=1)
     if _is_tensor_desc(g) and _is_tensor_desc(w) and len(g) == len(w) == 4 and g[2:] != w[2:]:
-        raise StitchingError(label, path, f"channel/size mismatch: the module outputs {format_shape(g)} but the network expects {format_shape(w)} here; a 1x1 adapter can only fix channels")
+        raise StitchingError(label, path, f"size mismatch: the module outputs {format_shape(g)} but the network expects {format_shape(w)} here; a 1x1 adapter can only fix channels")
     raise StitchingError(label, path, f"the module outputs {format_shape(g)} but the network expects {format_shape(w)} here")
 
 
@@ -275,6 +275,10 @@ def _build_module(
 ) -> tuple[nn.Module, list[Applied]]:
     """Construct the zoo module with probe-supplied channels, then stitch its nested insertions."""
     probed = {k: v for k, v in _probe_args(rec, mode).items() if v is not None}
+    for key in ("channels", "in_channels"):
+        given, seen = ins.cfg.args.get(key), probed.get(key)
+        if key in entry.parameters() and given is not None and seen is not None and given != seen:
+            raise StitchingError(ins.label, path, f"channel mismatch: args.{key}={given} but the module receives {seen} channels here (leave {key} out; the probe fills it in)", "args")
     try:
         module = entry.build(probed, ins.cfg.args)
     except TypeError as exc:

@@ -29,6 +29,7 @@ def error_of(text: str) -> str:
         (BASE + "ablation: one-at-a-tim\n", "did you mean 'one-at-a-time'?"),
         (BASE + "ablation: {design: subsets}\n", "design 'subsets' needs a 'subsets:' list"),
         (BASE + "insertions:\n  - {name: CA, module: CoordAtt, at: enc1, mode: aftr}\n", "exp.yaml:6: insertions[0].mode: 'aftr' is not one of after, before, residual, replace — did you mean 'after'?"),
+        (BASE + "insertions:\n  - {name: CA, module: CoordAtt, at: enc1, mode: nest}\n", "nesting is written as a 'nest:' list"),
         (BASE + "insertions:\n  - {name: CA, module: CoordAtt, at: []}\n", "insertions[0].at: needs at least one hook point"),
         (BASE + "insertions:\n  - {name: CA, module: CoordAtt, at: enc1}\n  - {name: CA, module: SE, at: enc2}\n", "exp.yaml:7: insertions[1].name: insertion name 'CA' is used twice"),
         (BASE + "insertions:\n  - {name: CA, module: CoordAtt, at: enc1}\nablation:\n  design: subsets\n  subsets: [[CA], [CAA]]\n", "exp.yaml:9: ablation.subsets[1][0]: no insertion is named 'CAA' — did you mean 'CA'?"),
