@@ -26,11 +26,35 @@ from torch import nn
 
 from .registry import register
 
-__all__ = ["SplitAttention", "split_attention"]
+__all__ = ["SplitAttention"]
 
 
+@register(
+    "SplitAttention",
+    kind="unary",
+    reference=(
+        "Zhang et al., 'ResNeSt: Split-Attention Networks', CVPRW 2022, arXiv:2004.08955; official "
+        "code github.com/zhanghang1989/ResNeSt (resnest.torch.splat.SplAtConv2d; via timm SplitAttn)"
+    ),
+    summary=(
+        "Split-attention conv (radix splits, softmax attention across splits); can replace a 3x3 "
+        "conv, including stride-2 and in != out ones."
+    ),
+)
 class SplitAttention(SplitAttn):
-    """timm ``SplitAttn`` with the official ResNeSt ``SplAtConv2d`` layer sizes."""
+    """timm ``SplitAttn`` with the official ResNeSt ``SplAtConv2d`` layer sizes (BN as in ResNeSt's
+    bottleneck).
+
+    Args:
+        in_channels: input channels (must be divisible by ``cardinality * radix``).
+        out_channels: output channels (default: ``in_channels``).
+        stride: conv stride (2 to replace a down-sampling 3x3 conv).
+        kernel_size: conv kernel size (padding ``kernel_size // 2``).
+        radix: number of splits attended over (1 = sigmoid gate, SE-like).
+        cardinality: groups of the conv and of the attention MLP.
+        reduction_factor: attention width ``max(in_channels * radix // reduction_factor, 32)``.
+        norm: BatchNorm after the conv and in the attention MLP (conv bias off); no norm = conv bias.
+    """
 
     def __init__(
         self,
@@ -67,49 +91,3 @@ class SplitAttention(SplitAttn):
             self.bn1 = norm_layer(inter) if norm_layer else nn.Identity()
             self.fc2 = nn.Conv2d(inter, out_channels * radix, 1, groups=cardinality)
         self.inter_channels = inter
-
-
-@register(
-    "SplitAttention",
-    kind="unary",
-    reference=(
-        "Zhang et al., 'ResNeSt: Split-Attention Networks', CVPRW 2022, arXiv:2004.08955; official "
-        "code github.com/zhanghang1989/ResNeSt (resnest.torch.splat.SplAtConv2d; via timm SplitAttn)"
-    ),
-    summary=(
-        "Split-attention conv (radix splits, softmax attention across splits); can replace a 3x3 "
-        "conv, including stride-2 and in != out ones."
-    ),
-)
-def split_attention(
-    in_channels: int,
-    out_channels: int | None = None,
-    stride: int = 1,
-    kernel_size: int = 3,
-    radix: int = 2,
-    cardinality: int = 1,
-    reduction_factor: int = 4,
-    norm: bool = True,
-) -> nn.Module:
-    """Build :class:`SplitAttention` (official ``SplAtConv2d`` sizes, BN as in ResNeSt's bottleneck).
-
-    Args:
-        in_channels: input channels (must be divisible by ``cardinality * radix``).
-        out_channels: output channels (default: ``in_channels``).
-        stride: conv stride (2 to replace a down-sampling 3x3 conv).
-        kernel_size: conv kernel size (padding ``kernel_size // 2``).
-        radix: number of splits attended over (1 = sigmoid gate, SE-like).
-        cardinality: groups of the conv and of the attention MLP.
-        reduction_factor: attention width ``max(in_channels * radix // reduction_factor, 32)``.
-        norm: BatchNorm after the conv and in the attention MLP (conv bias off); no norm = conv bias.
-    """
-    return SplitAttention(
-        in_channels,
-        out_channels,
-        stride=stride,
-        kernel_size=kernel_size,
-        radix=radix,
-        cardinality=cardinality,
-        reduction_factor=reduction_factor,
-        norm=norm,
-    )

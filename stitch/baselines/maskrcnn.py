@@ -294,21 +294,14 @@ def _load_backbone_file(body: nn.Module, path: str, backbone: str) -> None:
 def _set_norm(module: nn.Module, norm_layer: type[nn.Module]) -> None:
     """Swap BatchNorm2d <-> FrozenBatchNorm2d in place, keeping statistics and affine parameters."""
     for name, child in module.named_children():
-        if norm_layer is FrozenBatchNorm2d and type(child) is nn.BatchNorm2d:
-            new: nn.Module = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+        swap = (norm_layer is FrozenBatchNorm2d and type(child) is nn.BatchNorm2d) or (
+            norm_layer is nn.BatchNorm2d and type(child) is FrozenBatchNorm2d
+        )
+        if swap:
+            new = norm_layer(child.weight.shape[0], eps=child.eps)
             with torch.no_grad():
-                new.weight.copy_(child.weight)
-                new.bias.copy_(child.bias)
-                new.running_mean.copy_(child.running_mean)
-                new.running_var.copy_(child.running_var)
-            setattr(module, name, new)
-        elif norm_layer is nn.BatchNorm2d and type(child) is FrozenBatchNorm2d:
-            new = nn.BatchNorm2d(child.weight.shape[0], eps=child.eps)
-            with torch.no_grad():
-                new.weight.copy_(child.weight)
-                new.bias.copy_(child.bias)
-                new.running_mean.copy_(child.running_mean)
-                new.running_var.copy_(child.running_var)
+                for attr in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(new, attr).copy_(getattr(child, attr))
             setattr(module, name, new)
         else:
             _set_norm(child, norm_layer)
