@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from stitch.baselines import BASELINES, BaselineSpec
-from stitch.config import Experiment
-from stitch.errors import ConfigError, StitchingError, did_you_mean
+from stitch.config import Experiment, format_path
+from stitch.errors import ConfigError, StitchError, StitchingError, check_types, did_you_mean, exception_text
 from stitch.plan import Variant, find_variant, plan_variants
 from stitch.surgery import Applied, Insertion, count_params, stitch
 
@@ -62,22 +62,35 @@ def baseline_of(exp: Experiment) -> BaselineSpec:
     spec = BASELINES[cfg.baseline.model]
     if spec.task != cfg.task:
         raise src.error(("task",), f"baseline {spec.name!r} is a {spec.task} model but the task is {cfg.task!r}")
-    problem = check_kwargs(spec.build, cfg.baseline.args)
+    problem = check_kwargs(spec.build, cfg.baseline.args) or check_types(spec.build, cfg.baseline.args)
     if problem:
-        bad = next((k for k in cfg.baseline.args if problem.startswith(f"unknown argument {k!r}")), None)
+        bad = next((k for k in cfg.baseline.args if f"argument {k!r}" in problem), None)
         raise src.error(("baseline", "args") + ((bad,) if bad else ()), problem)
+    size = cfg.probe_image_size or spec.default_image_size
+    problem = spec.check_input(cfg.baseline.args, size)
+    if problem:
+        where = ("probe", "image_size") if cfg.probe.image_size else ("data", "image_size")
+        raise src.error(where, problem)
     return spec
 
 
-def build_baseline(exp: Experiment, seed: int = 0) -> nn.Module:
+def build_baseline(exp: Experiment, seed: int = 0, spec: BaselineSpec | None = None) -> nn.Module:
     """The un-stitched baseline, initialised under ``seed`` (global RNG state left untouched)."""
-    spec = baseline_of(exp)
+    spec = spec or baseline_of(exp)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
             return spec.build(**exp.cfg.baseline.args)
-        except (ValueError, TypeError) as exc:
-            raise exp.source.error(("baseline", "args"), f"cannot build {spec.name}: {exc}") from None
+        except Exception as exc:  # bad argument values, missing weights files, no network …
+            raise exp.source.error(("baseline", "args"), f"cannot build {spec.name} with {exp.cfg.baseline.args}: {exception_text(exc)}") from None
+
+
+def run_baseline(exp: Experiment, spec: BaselineSpec, model: nn.Module, batch: Any) -> Any:
+    """One forward of the baseline on the example batch; a failure is the arguments' fault."""
+    try:
+        return spec.run(model, batch)
+    except Exception as exc:
+        raise exp.source.error(("baseline", "args"), f"{spec.name} with {exp.cfg.baseline.args} fails on a {exp.cfg.probe.batch_size}-image dummy batch: {exception_text(exc)}") from None
 
 
 def resolve_variant(exp: Experiment, variant: str | Variant | None) -> Variant:
@@ -96,29 +109,25 @@ def stitch_variant(exp: Experiment, variant: str | Variant | None = None, seed: 
     """Build the baseline under ``seed`` and stitch the variant's insertions into it."""
     spec = baseline_of(exp)
     var = resolve_variant(exp, variant)
-    model = build_baseline(exp, seed)
+    model = build_baseline(exp, seed, spec)
     built = BuiltModel(model=model, variant=var, baseline=spec, baseline_params=count_params(model))
     if var.is_baseline:
         return built
-    chosen = [Insertion(i.name, i) for i in exp.cfg.insertions if i.name in var.insertions]
+    chosen = [Insertion(i.name, i, ("insertions", k)) for k, i in enumerate(exp.cfg.insertions) if i.name in var.insertions]
     batch = spec.example_batch(exp.cfg.baseline.args, exp.cfg.probe.batch_size, exp.cfg.probe_image_size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1_000_003)  # inserted modules' init: fixed per seed, apart from the baseline's
-        try:
-            built.applied = stitch(model, spec.aliases(model), lambda m: spec.run(m, batch), chosen)
-        except StitchingError as exc:
-            raise _located(exp, exc) from None
+    try:
+        built.applied = stitch(model, spec.aliases(model), lambda m: run_baseline(exp, spec, m, batch), chosen, seed)
+    except StitchingError as exc:
+        raise _located(exp, exc) from None
     return built
 
 
 def _located(exp: Experiment, exc: StitchingError) -> ConfigError:
     """Attach the file, line and YAML path of the insertion a stitching error is about."""
-    top = exc.insertion.split("/")[0]
-    index = next((i for i, ins in enumerate(exp.cfg.insertions) if ins.name == top), None)
-    if index is None:
+    if not exc.yaml_path:
         return ConfigError(str(exc), exp.source.file)
-    path: tuple = ("insertions", index, exc.field)
-    return ConfigError(str(exc), exp.source.file, exp.source.line(path), f"insertions[{index}].{exc.field}")
+    path = exc.yaml_path + (exc.field,)
+    return ConfigError(str(exc), exp.source.file, exp.source.line(path), format_path(path))
 
 
 def build_model(exp: Experiment, variant: str | Variant | None = None, seed: int = 0) -> nn.Module:
@@ -131,14 +140,16 @@ def list_points(exp: Experiment, include_all: bool = False) -> list[dict[str, An
     from stitch.points import probe
 
     spec = baseline_of(exp)
-    model = build_baseline(exp, exp.cfg.seeds[0])
+    model = build_baseline(exp, exp.cfg.seeds[0], spec)
     aliases = spec.aliases(model)
     batch = spec.example_batch(exp.cfg.baseline.args, exp.cfg.probe.batch_size, exp.cfg.probe_image_size)
-    records = probe(model, lambda m: spec.run(m, batch))
+    records = probe(model, lambda m: run_baseline(exp, spec, m, batch))
     by_path: dict[str, list[str]] = {}
     for alias, path in aliases.items():
         by_path.setdefault(path, []).append(alias)
-    size = list(exp.cfg.probe_image_size or spec.default_image_size)
+    h, w = exp.cfg.probe_image_size or spec.default_image_size
+    channels = batch["image"].shape[1] if isinstance(batch, dict) and "image" in batch else 3
+    size = f"{exp.cfg.probe.batch_size} x {channels} x {h} x {w}" + (" (the model may resize it, e.g. Mask R-CNN to min_size)" if spec.task == "instance" else "")
     rows = []
     for path, rec in records.items():
         if not include_all and path not in by_path:
@@ -146,7 +157,7 @@ def list_points(exp: Experiment, include_all: bool = False) -> list[dict[str, An
         rows.append({
             "aliases": by_path.get(path, []), "path": path, "type": rec.type,
             "inputs": rec.inputs, "output": rec.output, "params": rec.params,
-            "calls": rec.calls, "probe_input": [exp.cfg.probe.batch_size, *size],
+            "calls": rec.calls, "probe_input": size,
         })
     if not include_all:  # aliases in their declared order
         order = {p: i for i, p in enumerate(dict.fromkeys(aliases.values()))}

@@ -45,10 +45,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         console.print(
             f"[bold]{cfg.name}[/bold] ({path}): {cfg.task}, baseline {cfg.baseline.model} "
             f"{cfg.baseline.args or ''}, design {cfg.ablation.design}: "
-            f"{len(variants)} variants x {len(cfg.seeds)} seeds {cfg.seeds} = {len(variants) * len(cfg.seeds)} runs"
+            f"{plural(len(variants), 'variant')} x {plural(len(cfg.seeds), 'seed')} {cfg.seeds} = {plural(len(variants) * len(cfg.seeds), 'run')}"
         )
+        if not cfg.insertions:
+            console.print("note: no insertions, so the design is the baseline alone")
         base_params = checks[0].built.baseline_params
-        table = _table("", ["variant", "insertion", "module", "mode", "points", "adapters", "params", "delta vs baseline"])
+        table = _table("", ["variant", "insertion", "module", "mode", "module paths", "adapters", "params", "delta vs baseline"])
         for check in checks:
             b = check.built
             first = True
@@ -66,10 +68,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for (name, point), a in adapters.items():
             console.print(f"  adapter: {name} at {point}: {a.adapter} (+{a.adapter_params:,} params) makes {a.module}'s output fit what follows")
         console.print(
-            f"[green]ok[/green]: {len(checks)} variants built, probed, forward and backward on a dummy "
+            f"[green]ok[/green]: {plural(len(checks), 'variant')} built, probed, forward and backward on a dummy "
             f"batch (CPU, {sum(c.seconds for c in checks):.1f} s)"
         )
     return 0
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _group_applied(applied: list[Any]) -> list[tuple[str, str, str, str, str]]:
@@ -79,7 +85,7 @@ def _group_applied(applied: list[Any]) -> list[tuple[str, str, str, str, str]]:
         rows.setdefault(a.insertion, []).append(a)
     out = []
     for name, items in rows.items():
-        points = ", ".join(a.alias or a.point for a in items)
+        points = ", ".join(a.point for a in items)
         n_adapters = sum(1 for a in items if a.adapter)
         adapters = f"{n_adapters} (listed below)" if n_adapters else "—"
         nested = [n for a in items for n in a.nested]
@@ -94,34 +100,31 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
     out = {}
     for pair in pairs:
-        if "=" not in pair:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
             raise StitchError(f"--arg {pair!r} is not KEY=VALUE (for example --arg base_width=32)")
-        k, v = pair.split("=", 1)
-        out[k] = yaml.safe_load(v)
+        try:
+            out[key] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise StitchError(f"--arg {pair!r}: the value is not valid YAML (quote strings, write lists as [1, 2])") from None
     return out
 
 
 def cmd_points(args: argparse.Namespace) -> int:
     from stitch.baselines import BASELINES
-    from stitch.config import parse_experiment
-    from stitch.errors import did_you_mean
     from stitch.build import list_points
+    from stitch.config import BaselineCfg, Experiment, ExperimentCfg, SourceMap, load_experiment, with_overrides
+    from stitch.errors import did_you_mean
 
     target = args.target
     if target in BASELINES:
-        spec = BASELINES[target]
-        text = f"name: points\ntask: {spec.task}\nbaseline: {{model: {target}}}\n"
-        exp = parse_experiment(text, f"<{target}>")
-        exp.cfg.baseline.args.update(_parse_overrides(args.arg))
+        cfg = ExperimentCfg(name="points", task=BASELINES[target].task, baseline=BaselineCfg(model=target))
+        exp = Experiment(cfg=cfg, source=SourceMap(f"<{target}>"))
     elif Path(target).suffix in (".yaml", ".yml") or Path(target).exists():
-        from stitch.config import load_experiment
-
         exp = load_experiment(target)
-        exp.cfg.baseline.args.update(_parse_overrides(args.arg))
     else:
         raise StitchError(f"{target!r} is neither a baseline nor an experiment file" + (did_you_mean(target, BASELINES) or f" (baselines: {', '.join(BASELINES)})"))
-    if args.size:
-        exp.cfg.probe.image_size = tuple(args.size)
+    exp = with_overrides(exp, _parse_overrides(args.arg), tuple(args.size) if args.size else None)
     rows = list_points(exp, include_all=args.all or args.json)
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -129,7 +132,8 @@ def cmd_points(args: argparse.Namespace) -> int:
     from stitch.points import format_shape
     from stitch.validate import human_count
 
-    table = _table(f"hook points of {exp.cfg.baseline.model} {exp.cfg.baseline.args or ''} (probe input {rows[0]['probe_input'] if rows else ''})", ["alias", "module path", "type", "input", "output", "params"])
+    title = f"hook points of {exp.cfg.baseline.model} {exp.cfg.baseline.args or ''}, probe input: {rows[0]['probe_input'] if rows else ''}"
+    table = _table(title, ["alias", "module path", "type", "input", "output", "params"])
     for r in rows:
         table.add_row(", ".join(r["aliases"]) or "", r["path"], r["type"], format_shape(r["inputs"]), format_shape(r["output"]), human_count(r["params"]))
     _console().print(table)

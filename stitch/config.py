@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator, model_validator
 
 from stitch.errors import ConfigError, did_you_mean
 
@@ -56,6 +56,13 @@ class NestedInsertionCfg(Strict):
     residual_scale: Optional[float] = None
     nest: list["NestedInsertionCfg"] = Field(default_factory=list)
 
+    @field_validator("at", mode="before")
+    @classmethod
+    def _at_is_names(cls, v: Any) -> Any:
+        if not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))):
+            raise ValueError(f"must be a hook-point name or pattern, or a list of them (got {v!r}); `stitch points` lists them")
+        return v
+
     @field_validator("at")
     @classmethod
     def _at_not_empty(cls, v: Union[str, list[str]]) -> Union[str, list[str]]:
@@ -76,14 +83,43 @@ class InsertionCfg(NestedInsertionCfg):
 
 # ----------------------------------------------------------------------------- data side
 class AugmentCfg(Strict):
+    """Joint image/mask augmentation of the training split (validation is never augmented).
+
+    Applied in this order: ``rotate90`` (a random multiple of 90 degrees), ``hflip``/``vflip``
+    (each with probability 0.5), ``scale`` (resize so the image fits ``image_size`` times a factor
+    drawn uniformly from ``[lo, hi]``, then a random crop, padded where the image is smaller),
+    ``color_jitter`` (brightness, contrast and, for RGB, saturation by up to this fraction; hue by a
+    quarter of it). The mask follows every geometric step (nearest neighbour), never the colour.
+    """
+
     hflip: bool = True
     vflip: bool = False
     rotate90: bool = False
-    scale: Optional[tuple[float, float]] = None
+    scale: Optional[tuple[Annotated[float, Field(gt=0, le=8)], Annotated[float, Field(gt=0, le=8)]]] = None
     color_jitter: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+    @field_validator("scale")
+    @classmethod
+    def _ordered(cls, v: Optional[tuple[float, float]]) -> Optional[tuple[float, float]]:
+        if v is not None and v[0] > v[1]:
+            raise ValueError(f"scale is [low, high] with low <= high, got {list(v)}")
+        return v
 
 
 class DataBase(Strict):
+    """Keys every dataset takes.
+
+    - ``image_size``: ``[H, W]`` (or one int) of every sample; both divisible by 16 (the U-Net
+      halves the input four times). Training crops/pads to it (see ``augment``); validation resizes
+      keeping the aspect ratio so the image fits, then pads bottom/right (image 0, mask
+      ``ignore_index``).
+    - ``normalize``: ``imagenet`` (ImageNet mean/std; for 1-channel images the channel averages
+      0.449/0.226), ``none`` (pixels scaled to [0, 1] only), or ``[[mean...], [std...]]`` on the
+      [0, 1] scale, one value per image channel.
+    - ``ignore_index``: the mask value the loss and metrics skip (padding, VOC borders, COCO crowd
+      regions); must not be a class index.
+    """
+
     image_size: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = (128, 128)
     augment: AugmentCfg = Field(default_factory=AugmentCfg)
     normalize: Union[Literal["imagenet", "none"], tuple[list[float], list[float]]] = "imagenet"
@@ -95,28 +131,70 @@ class DataBase(Strict):
     def _square(cls, v: Any) -> Any:
         return (v, v) if isinstance(v, int) else v
 
+    @field_validator("image_size")
+    @classmethod
+    def _divisible(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] % 16 or v[1] % 16:
+            near = [max(16, round(x / 16) * 16) for x in v]
+            raise ValueError(
+                f"image_size must be divisible by 16 (the U-Net halves it four times), got {list(v)} — try {near}"
+            )
+        return v
+
+    @field_validator("normalize")
+    @classmethod
+    def _mean_std(cls, v: Any) -> Any:
+        if isinstance(v, tuple):
+            mean, std = v
+            if not mean or len(mean) != len(std):
+                raise ValueError(f"normalize is [[mean...], [std...]] with one value per channel in each, got {list(v)}")
+            if any(s <= 0 for s in std):
+                raise ValueError(f"normalize std values must be > 0, got {std}")
+            if any(abs(m) > 1 for m in mean) or any(s > 1 for s in std):
+                raise ValueError(f"normalize mean/std are on the [0, 1] pixel scale (e.g. 0.485, not 123.7), got {list(v)}")
+        return v
+
 
 class NucleiData(DataBase):
-    """Real DSB2018 nuclei sample shipped in the stardist wheel, cut into tiles."""
+    """Real DSB2018 nuclei sample shipped in the stardist wheel (512x512, 125 nuclei), cut into tiles.
+
+    Split without leakage: rows 0-383 are train (tiles of ``tile`` pixels, stride ``tile // 2``),
+    rows 384-511 are val (non-overlapping tiles). Prepared once under the cache directory (``root``,
+    else ``$STITCH_DATA``, else ``~/.cache/stitch``). Needs ``pip install --no-deps stardist==0.9.2``.
+    """
 
     dataset: Literal["nuclei"]
     root: Optional[str] = None
-    tile: Annotated[int, Field(gt=0)] = 128
+    tile: Annotated[int, Field(ge=16, le=128)] = 128  # the val band is 128 rows high
 
 
 class ShapesData(DataBase):
-    """Procedurally generated images and masks (seeded)."""
+    """Procedurally generated RGB images and index masks (seeded, written once as PNG files).
+
+    Class 0 is background; classes 1.. are, in order: circle, square, triangle, cross, ring, star,
+    hexagon (``num_classes`` 2-8). Images are ``image_size``; the last ``val_fraction`` of the
+    images (at least one) are the val split.
+    """
 
     dataset: Literal["shapes"]
     root: Optional[str] = None
     num_images: Annotated[int, Field(gt=1)] = 64
-    num_classes: Annotated[int, Field(ge=2)] = 3
+    num_classes: Annotated[int, Field(ge=2, le=8)] = 3
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
     seed: int = 0
 
 
 class FolderData(DataBase):
-    """``images/`` + ``masks/`` (PNG index masks), split by list files or a seeded ratio."""
+    """``images/`` + ``masks/`` (PNG index masks, paired by file stem), split by list files or a seeded ratio.
+
+    - ``train_list`` / ``val_list``: text files (relative to ``root``), one stem per line; with only
+      one of them the other split is every remaining pair. Without lists, ``val_fraction`` of the
+      pairs (seeded by ``split_seed``) are val.
+    - ``num_classes``: when unset, every mask is read once at build time and the largest label + 1
+      is used; when set, labels are checked as each mask is loaded.
+    - ``class_names``: optional, ``num_classes`` names (default ``class0``, ``class1`` …).
+    - ``channels``: 1 (grey) or 3 (RGB) — every image is converted; default: the first image's.
+    """
 
     dataset: Literal["folder"]
     root: str
@@ -126,19 +204,41 @@ class FolderData(DataBase):
     val_list: Optional[str] = None
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     split_seed: int = 0
+    num_classes: Optional[Annotated[int, Field(ge=2)]] = None
+    class_names: Optional[list[str]] = None
+    channels: Optional[Literal[1, 3]] = None
+
+    @model_validator(mode="after")
+    def _names_match(self) -> "FolderData":
+        if self.class_names is not None and self.num_classes is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}")
+        if self.class_names is not None and len(self.class_names) < 2:
+            raise ValueError("class_names needs at least two names (background and one class)")
+        return self
 
 
 class VOCData(DataBase):
-    """Pascal VOC 2012 segmentation layout."""
+    """Pascal VOC 2012 segmentation layout (``root`` is ``VOC2012/`` or the ``VOCdevkit/`` above it).
+
+    ``JPEGImages/``, ``{masks}/`` (palette PNGs read as class indices; 255 borders become
+    ``ignore_index``), ``ImageSets/Segmentation/{train_split,val_split}.txt``. 21 classes.
+    ``masks: SegmentationClassAug`` with ``train_split: train_aug`` reads the SBD-augmented set.
+    """
 
     dataset: Literal["voc"]
     root: str
     train_split: str = "train"
     val_split: str = "val"
+    masks: str = "SegmentationClass"
 
 
 class CocoData(DataBase):
-    """COCO instances JSON (semantic masks rendered, or instances for Mask R-CNN)."""
+    """COCO instances JSON; for segmentation the class masks are rendered with pycocotools.
+
+    Category ids map to 1..K in increasing id order (0 is background); crowd regions become
+    ``ignore_index``; larger objects are drawn first so small ones stay visible. Paths are
+    relative to ``root``.
+    """
 
     dataset: Literal["coco"]
     root: str
@@ -149,7 +249,12 @@ class CocoData(DataBase):
 
 
 class BrainData(DataBase):
-    """Axial slices of the MNI ICBM152 template shipped in the nilearn wheel."""
+    """Axial slices of the MNI ICBM152 2009a template shipped in the nilearn wheel.
+
+    T1 image, labels background / grey matter / white matter (the larger tissue probability when
+    above 0.5). Fixed split along z (documented in ``stitch.data.brain``). Needs
+    ``pip install --no-deps nilearn==0.14.1`` and ``pip install nibabel``.
+    """
 
     dataset: Literal["brain"]
     root: Optional[str] = None
@@ -179,17 +284,17 @@ class SchedulerCfg(Strict):
 
 
 class TrainCfg(Strict):
-    epochs: Annotated[int, Field(gt=0)] = 20
-    batch_size: Annotated[int, Field(gt=0)] = 8
+    epochs: Annotated[StrictInt, Field(gt=0)] = 20
+    batch_size: Annotated[StrictInt, Field(gt=0)] = 8
     optimizer: OptimizerCfg = Field(default_factory=OptimizerCfg)
     scheduler: SchedulerCfg = Field(default_factory=SchedulerCfg)
     loss: Literal["ce", "dice", "ce+dice"] = "ce"
-    grad_accum: Annotated[int, Field(gt=0)] = 1
+    grad_accum: Annotated[StrictInt, Field(gt=0)] = 1
     clip_grad_norm: Optional[Annotated[float, Field(gt=0)]] = None
-    amp: bool = False
-    deterministic: bool = False
-    eval_every: Annotated[int, Field(gt=0)] = 1
-    keep_last: Annotated[int, Field(gt=0)] = 2
+    amp: StrictBool = False
+    deterministic: StrictBool = False
+    eval_every: Annotated[StrictInt, Field(gt=0)] = 1
+    keep_last: Annotated[StrictInt, Field(gt=0)] = 2
 
 
 # ----------------------------------------------------------------------------- design and report
@@ -230,8 +335,13 @@ class ReportCfg(Strict):
 class ProbeCfg(Strict):
     """Input used by the dry run (shape probe, ``stitch validate``); defaults to the data size."""
 
-    image_size: Optional[tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]] = None
+    image_size: Optional[tuple[Annotated[StrictInt, Field(gt=0)], Annotated[StrictInt, Field(gt=0)]]] = None
     batch_size: Annotated[int, Field(ge=2)] = 2  # BatchNorm in training mode needs 2 or more
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _square(cls, v: Any) -> Any:
+        return (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 class ExperimentCfg(Strict):
@@ -243,7 +353,7 @@ class ExperimentCfg(Strict):
     train: TrainCfg = Field(default_factory=TrainCfg)
     insertions: list[InsertionCfg] = Field(default_factory=list)
     ablation: AblationCfg = Field(default_factory=AblationCfg)
-    seeds: Annotated[list[int], Field(min_length=1)] = Field(default_factory=lambda: [0])
+    seeds: Annotated[list[Annotated[StrictInt, Field(ge=0, lt=2**31)]], Field(min_length=1)] = Field(default_factory=lambda: [0])
     metrics: MetricsCfg = Field(default_factory=MetricsCfg)
     report: ReportCfg = Field(default_factory=ReportCfg)
     probe: ProbeCfg = Field(default_factory=ProbeCfg)
@@ -285,16 +395,24 @@ def format_path(path: tuple) -> str:
     return out
 
 
-def _node_lines(node: yaml.Node, path: tuple, out: dict[tuple, int]) -> None:
+def _node_lines(node: yaml.Node, path: tuple, out: dict[tuple, int], file: str = "") -> None:
+    """Record the line of every YAML path; a key given twice in one mapping is an error (PyYAML
+    would silently keep the last one, and an insertion list could vanish unnoticed)."""
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
         for key, value in node.value:
             child = path + (key.value,)
-            out[child] = key.start_mark.line + 1
-            _node_lines(value, child, out)
+            line = key.start_mark.line + 1
+            if key.value in seen:
+                where = format_path(child)
+                raise ConfigError(f"key {key.value!r} appears twice (also on line {seen[key.value]}); YAML would keep only the last one", file, line, where)
+            seen[key.value] = line
+            out[child] = line
+            _node_lines(value, child, out, file)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _node_lines(item, path + (i,), out)
+            _node_lines(item, path + (i,), out, file)
 
 
 @dataclass
@@ -426,7 +544,7 @@ def parse_experiment(text: str, file: str = "<string>") -> Experiment:
         raise ConfigError("the experiment file must be a YAML mapping (name:, task:, baseline: …)", file, 1)
     source = SourceMap(file)
     if root is not None:
-        _node_lines(root, (), source.lines)
+        _node_lines(root, (), source.lines, file)
     try:
         cfg = ExperimentCfg.model_validate(data)
     except ValidationError as exc:
@@ -436,6 +554,10 @@ def parse_experiment(text: str, file: str = "<string>") -> Experiment:
             key=lambda e: (source.line(_data_path(tuple(e["loc"]), data)) or 0, e["type"] != "extra_forbidden"),
         )
         path, message = _describe(errors[0], data)
+        if path[:1] == ("insertions",) and len(path) > 1 and isinstance(data.get("insertions"), list):
+            item = data["insertions"][path[1]]
+            if isinstance(item, dict) and item.get("name"):
+                message = f"insertion {item['name']!r}: {message}"
         more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
         raise source.error(path, message + more) from None
     _check_cross_fields(cfg, source)
@@ -460,6 +582,20 @@ def _check_cross_fields(cfg: ExperimentCfg, source: SourceMap) -> None:
     for i, m in enumerate(cfg.metrics.report):
         if m not in known:
             raise source.error(("metrics", "report", i), f"unknown {cfg.task} metric {m!r}" + did_you_mean(m, known))
+
+
+def with_overrides(exp: Experiment, baseline_args: dict[str, Any] | None = None, probe_size: Optional[tuple[int, int]] = None) -> Experiment:
+    """A re-validated copy of ``exp`` with command-line overrides (``--arg``, ``--size``)."""
+    data = exp.cfg.model_dump()
+    data["baseline"]["args"].update(baseline_args or {})
+    if probe_size is not None:
+        data["probe"]["image_size"] = list(probe_size)
+    try:
+        cfg = ExperimentCfg.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{format_path(tuple(err['loc']))}: {err['msg']} (got {err.get('input')!r})", "command line") from None
+    return Experiment(cfg=cfg, source=exp.source, path=exp.path)
 
 
 def load_experiment(path: str | Path) -> Experiment:

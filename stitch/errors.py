@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+import typing
+from typing import Any, Callable, Iterable, Mapping
 
 
 class StitchError(Exception):
@@ -25,14 +26,15 @@ class ConfigError(StitchError):
 class StitchingError(StitchError):
     """An insertion that cannot be stitched at a point (names the insertion, the point, the cause)."""
 
-    def __init__(self, insertion: str, point: str, cause: str, field: str = "at") -> None:
+    def __init__(self, insertion: str, point: str, cause: str, field: str = "at", yaml_path: tuple = ()) -> None:
         self.insertion, self.point, self.cause, self.field = insertion, point, cause, field
+        self.yaml_path = yaml_path  # ('insertions', 0) or ('insertions', 0, 'nest', 1): where in the file
         super().__init__(f"insertion {insertion!r} at {point!r}: {cause}")
 
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     """`` — did you mean 'x'?`` for the closest choices, or an empty string."""
-    choices = list(choices)
+    choices = list(dict.fromkeys(choices))
     close = difflib.get_close_matches(str(name), choices, n=n, cutoff=0.5)
     if not close:
         lowered = {c.lower(): c for c in choices}
@@ -42,3 +44,40 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     if not close:
         return ""
     return " — did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def exception_text(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text and text[0] else type(exc).__name__
+
+
+def check_types(fn: Callable[..., Any], args: Mapping[str, Any]) -> str | None:
+    """Why ``args`` do not match ``fn``'s type annotations (one line), or None.
+
+    Checked with pydantic's lax validation of each annotated parameter, so an int is fine for a
+    float and ``None`` for an ``Optional``; a string where a number is expected is not.
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: nothing to check against
+        return None
+    for name, value in args.items():
+        hint = hints.get(name)
+        if hint is None:
+            continue
+        try:
+            TypeAdapter(hint).validate_python(value, strict=isinstance(value, str) and hint is not str)
+        except ValidationError as exc:
+            first = exc.errors()[0]["msg"]
+            expected = "" if typing.get_origin(hint) is typing.Literal else f" (expected {_type_name(hint)})"
+            return f"argument {name!r}={value!r}: {first}{expected}"
+        except Exception:  # an annotation pydantic cannot check
+            continue
+    return None
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

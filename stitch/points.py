@@ -91,7 +91,7 @@ def probe(
     records: dict[str, PointRecord] = {}
     handles = []
 
-    def make_hook(path: str, module: nn.Module):
+    def make_hook(path: str):
         def hook(_mod: nn.Module, args: tuple, output: Any) -> None:
             rec = records[path]
             ins, out = [describe(a) for a in args], describe(output)
@@ -113,9 +113,9 @@ def probe(
             type=type(module).__name__,
             params=sum(p.numel() for p in module.parameters()),
         )
-        handles.append(module.register_forward_hook(make_hook(path, module)))
+        handles.append(module.register_forward_hook(make_hook(path)))
     saved = {name: b.detach().clone() for name, b in model.named_buffers()}
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad():
@@ -123,7 +123,8 @@ def probe(
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
         with torch.no_grad():
             for name, b in model.named_buffers():
                 if name in saved:
@@ -148,14 +149,17 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
         elif c == "[":
             j = pattern.find("]", i)
             if j < 0:
-                raise ValueError(f"unclosed '[' in pattern {pattern!r}")
+                raise ValueError(f"bad pattern {pattern!r}: unclosed '['")
             body = pattern[i + 1 : j]
             if body.startswith("!"):
                 body = "^" + body[1:]
             out, i = out + "[" + body + "]", j + 1
         else:
             out, i = out + re.escape(c), i + 1
-    return re.compile(out + r"\Z")
+    try:
+        return re.compile(out + r"\Z")
+    except re.error as exc:
+        raise ValueError(f"bad pattern {pattern!r}: {exc}") from None
 
 
 class PointLookupError(LookupError):

@@ -12,6 +12,7 @@ stitches the composite into the network.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from modules_zoo import registry
 from stitch.config import NestedInsertionCfg
-from stitch.errors import StitchingError, did_you_mean
+from stitch.errors import StitchingError, check_types, did_you_mean, exception_text
 from stitch.points import (
     PointLookupError,
     PointRecord,
@@ -108,11 +109,6 @@ class Applied:
         scale = 1 if self.residual_scale is not None else 0
         return self.params + self.adapter_params + scale - self.removed_params
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["nested"] = [n.to_dict() for n in self.nested]
-        d["delta"] = self.delta
-        return d
 
 
 def count_params(module: nn.Module) -> int:
@@ -151,8 +147,8 @@ def _check_point_fits(entry: registry.ZooEntry, record: PointRecord, mode: str) 
     """Why ``entry`` cannot be stitched at ``record`` with ``mode`` (None when it can)."""
     if record.calls == 0:
         return "the probe never reached this point (it is not used in the forward pass)"
-    if record.shapes_vary:
-        return f"this point is called {record.calls} times with different shapes (a shared module); choose a point that runs once"
+    if record.calls > 1:
+        return f"this module runs {record.calls} times per forward (a shared module such as a block's ReLU); a stitch here would act at every call; choose a point that runs once"
     n_in = len(record.tensor_inputs())
     if entry.kind == "fusion":
         if n_in != 2:
@@ -162,10 +158,12 @@ def _check_point_fits(entry: registry.ZooEntry, record: PointRecord, mode: str) 
             )
         return None
     if entry.kind == "unary":
-        if mode in ("after", "residual") and not _is_tensor_desc(record.output):
-            return f"{entry.name} needs a feature-map tensor but this point outputs {format_shape(record.output)}"
+        if mode in ("after", "residual") and not (_is_tensor_desc(record.output) and len(record.output) == 4):
+            return f"{entry.name} needs a 4-D feature map (N, C, H, W) but this point outputs {format_shape(record.output)}"
         if mode in ("before", "replace") and (n_in != 1 or len(record.inputs) != 1):
             return f"mode {mode!r} with a one-input module needs a point with one tensor input; this one takes {format_shape(record.inputs)}"
+        if mode in ("before", "replace") and len(record.inputs[0]) != 4:
+            return f"{entry.name} needs a 4-D feature map (N, C, H, W) but this point takes {format_shape(record.inputs[0])}"
     return None
 
 
@@ -190,10 +188,18 @@ def _expected_output(record: PointRecord, mode: str) -> Any:
 # ----------------------------------------------------------------------------- the stitcher
 @dataclass
 class Insertion:
-    """An insertion with its label (``CA``, ``CA/SE`` for nested ones) resolved."""
+    """An insertion with its label (``CA``, ``CA/SE`` for nested ones) and YAML path."""
 
     label: str
     cfg: NestedInsertionCfg
+    yaml_path: tuple = ()
+
+
+def instance_seed(seed: int, label: str, point: str) -> int:
+    """The init seed of one inserted module: the same module at the same point gets the same
+    weights in every variant of a seed, whatever else is stitched (paired ablations)."""
+    digest = hashlib.sha256(f"{seed}|{label}|{point}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 def stitch(
@@ -201,47 +207,54 @@ def stitch(
     aliases: dict[str, str],
     run: Callable[[nn.Module], Any],
     insertions: Sequence[Insertion],
+    seed: int = 0,
 ) -> list[Applied]:
     """Stitch ``insertions`` into ``model`` in place and return what was done.
 
     ``run(model)`` is one forward pass (used for the probe). Points are resolved on the
-    un-stitched model; deeper points are stitched first so a wrapper around a parent holds the
-    already-stitched child; insertions at the same point stack in declaration order.
+    un-stitched model. Deeper points are stitched first, so a wrapper around a parent holds the
+    already-stitched child; at one point a ``replace`` comes first and the other insertions wrap
+    the replacement, in declaration order. Each inserted module is initialised from
+    :func:`instance_seed`.
     """
     if not insertions:
         return []
     paths = [p for p, _ in model.named_modules() if p]
-    targets: list[tuple[int, Insertion, str]] = []
+    targets: list[tuple[int, Insertion, registry.ZooEntry, str, str]] = []
     for order, ins in enumerate(insertions):
+        where = ",".join(ins.cfg.patterns)
         try:
             entry = registry.get(ins.cfg.module)
         except KeyError:
-            raise StitchingError(ins.label, ",".join(ins.cfg.patterns), f"unknown module {ins.cfg.module!r}" + (did_you_mean(ins.cfg.module, registry.names()) or " (`stitch zoo` lists them)"), "module") from None
+            raise StitchingError(ins.label, where, f"unknown module {ins.cfg.module!r}" + (did_you_mean(ins.cfg.module, registry.names()) or " (`stitch zoo` lists them)"), "module", ins.yaml_path) from None
+        mode = ins.cfg.mode or entry.modes[0]
         try:
             hits = resolve_points(ins.cfg.patterns, aliases, paths)
         except PointLookupError as exc:
-            raise StitchingError(ins.label, ",".join(ins.cfg.patterns), str(exc)) from None
-        targets += [(order, ins, p) for p in hits]
-    records = probe(model, run, keep_values={p for _, _, p in targets})
-    # deepest first; at one point, declaration order
-    targets.sort(key=lambda t: (-t[2].count("."), t[0]))
-    replaced: dict[str, str] = {}
+            raise StitchingError(ins.label, where, str(exc), "at", ins.yaml_path) from None
+        targets += [(order, ins, entry, mode, p) for p in hits]
+    records = probe(model, run, keep_values={t[4] for t in targets})
+    targets.sort(key=lambda t: (-t[4].count("."), t[4], t[3] != "replace", t[0]))
     applied: list[Applied] = []
-    for _, ins, path in targets:
+    for _, ins, entry, mode, path in targets:
         rec = records[path]
-        entry = registry.get(ins.cfg.module)
-        mode = ins.cfg.mode or entry.modes[0]
+        shown = alias_of(path, aliases) or path
         if mode not in entry.modes:
-            raise StitchingError(ins.label, alias_of(path, aliases) or path, f"{entry.name} ({entry.kind}) cannot be stitched with mode {mode!r}; it takes: {', '.join(entry.modes)}", "mode")
+            raise StitchingError(ins.label, shown, f"{entry.name} ({entry.kind}) cannot be stitched with mode {mode!r}; it takes: {', '.join(entry.modes)}", "mode", ins.yaml_path)
         reason = _check_point_fits(entry, rec, mode)
         if reason:
-            raise StitchingError(ins.label, alias_of(path, aliases) or path, reason)
-        if mode == "replace" and path in replaced:
-            raise StitchingError(ins.label, path, f"this point is already replaced by insertion {replaced[path]!r}")
+            raise StitchingError(ins.label, shown, reason, "at", ins.yaml_path)
         if mode != "residual" and ins.cfg.residual_scale is not None:
-            raise StitchingError(ins.label, path, f"residual_scale only applies to mode 'residual', not {mode!r}", "residual_scale")
-        added, nested = _build_module(ins, entry, rec, mode, path)
-        adapter = _trial_fit(ins.label, path, added, rec, mode)
+            raise StitchingError(ins.label, shown, f"residual_scale only applies to mode 'residual', not {mode!r}", "residual_scale", ins.yaml_path)
+        if mode == "replace":
+            lost = [a for a in applied if a.point == path or a.point.startswith(path + ".")]
+            if lost:
+                what = "is already replaced by" if lost[0].point == path else f"would discard what is stitched at {lost[0].alias or lost[0].point!r} by"
+                raise StitchingError(ins.label, shown, f"this point {what} insertion {lost[0].insertion!r}; replace a point nothing else is stitched inside", "at", ins.yaml_path)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(instance_seed(seed, ins.label, path))
+            added, nested = _build_module(ins, entry, rec, mode, shown, seed)
+            adapter = _trial_fit(ins, shown, added, rec, mode)
         record = Applied(
             insertion=ins.label,
             module=entry.name,
@@ -259,7 +272,6 @@ def stitch(
         current = model.get_submodule(path)
         if mode == "replace":
             record.removed_params = count_params(current)
-            replaced[path] = ins.label
             new = added
         elif mode == "residual":
             new = Residual(current, added, ins.cfg.residual_scale)
@@ -271,33 +283,35 @@ def stitch(
 
 
 def _build_module(
-    ins: Insertion, entry: registry.ZooEntry, rec: PointRecord, mode: str, path: str
+    ins: Insertion, entry: registry.ZooEntry, rec: PointRecord, mode: str, shown: str, seed: int
 ) -> tuple[nn.Module, list[Applied]]:
     """Construct the zoo module with probe-supplied channels, then stitch its nested insertions."""
-    probed = {k: v for k, v in _probe_args(rec, mode).items() if v is not None}
+    takes = entry.probe_arguments()
+    probed = {k: v for k, v in _probe_args(rec, mode).items() if v is not None and k in takes}
     for key in ("channels", "in_channels"):
         given, seen = ins.cfg.args.get(key), probed.get(key)
-        if key in entry.parameters() and given is not None and seen is not None and given != seen:
-            raise StitchingError(ins.label, path, f"channel mismatch: args.{key}={given} but the module receives {seen} channels here (leave {key} out; the probe fills it in)", "args")
+        if given is not None and seen is not None and given != seen:
+            raise StitchingError(ins.label, shown, f"channel mismatch: args.{key}={given} but the module receives {seen} channels here (leave {key} out; the probe fills it in)", "args", ins.yaml_path)
+    known = [a.name for a in entry.arguments()]
+    bad = [a for a in ins.cfg.args if a not in entry.parameters()]
+    if bad:
+        raise StitchingError(ins.label, shown, f"{entry.name} has no argument {bad[0]!r}" + (did_you_mean(bad[0], known) or f" (arguments: {', '.join(known) or 'none'})"), "args", ins.yaml_path)
+    problem = check_types(entry.builder, ins.cfg.args)
+    if problem:
+        raise StitchingError(ins.label, shown, f"{entry.name}: {problem}", "args", ins.yaml_path)
     try:
         module = entry.build(probed, ins.cfg.args)
-    except TypeError as exc:
-        known = [a.name for a in entry.arguments()]
-        bad = [a for a in ins.cfg.args if a not in entry.parameters()]
-        if bad:
-            raise StitchingError(ins.label, path, f"{entry.name} has no argument {bad[0]!r}" + (did_you_mean(bad[0], known) or f" (arguments: {', '.join(known) or 'none'})"), "args") from None
-        raise StitchingError(ins.label, path, f"cannot build {entry.name} here: {exc}", "args") from None
-    except (ValueError, AssertionError, RuntimeError) as exc:
-        raise StitchingError(ins.label, path, f"cannot build {entry.name} with {probed | dict(ins.cfg.args)}: {exc}", "args") from None
+    except Exception as exc:  # whatever a constructor raises on these arguments is the user's to fix
+        raise StitchingError(ins.label, shown, f"cannot build {entry.name} with {probed | dict(ins.cfg.args)}: {exception_text(exc)}", "args", ins.yaml_path) from None
     nested: list[Applied] = []
     if ins.cfg.nest:
         inputs = _trial_inputs(rec, mode)
-        children = [Insertion(f"{ins.label}/{c.module}", c) for c in ins.cfg.nest]
-        nested = stitch(module, dict(entry.aliases), lambda m: m(*inputs), children)
+        children = [Insertion(f"{ins.label}/{c.module}", c, ins.yaml_path + ("nest", j)) for j, c in enumerate(ins.cfg.nest)]
+        nested = stitch(module, dict(entry.aliases), lambda m: m(*inputs), children, seed)
     return module, nested
 
 
-def _trial_fit(label: str, path: str, module: nn.Module, rec: PointRecord, mode: str) -> nn.Conv2d | None:
+def _trial_fit(ins: Insertion, path: str, module: nn.Module, rec: PointRecord, mode: str) -> nn.Conv2d | None:
     """Run the new module on the values the probe saw there; return an adapter if one is needed."""
     inputs = _trial_inputs(rec, mode)
     was_training = module.training
@@ -306,8 +320,11 @@ def _trial_fit(label: str, path: str, module: nn.Module, rec: PointRecord, mode:
         with torch.no_grad():
             out = module(*inputs)
     except Exception as exc:  # any failure here is the module not fitting the point
-        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StitchingError(label, path, f"the module fails on this point's input {format_shape(describe(inputs))}: {cause}") from None
+        raise StitchingError(ins.label, path, f"the module fails on this point's input {format_shape(describe(inputs))}: {exception_text(exc)}", "at", ins.yaml_path) from None
     finally:
         module.train(was_training)
-    return _fit_output(label, path, out, _expected_output(rec, mode))
+    try:
+        return _fit_output(ins.label, path, out, _expected_output(rec, mode))
+    except StitchingError as exc:
+        exc.yaml_path = ins.yaml_path
+        raise

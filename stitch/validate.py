@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from stitch.build import BuiltModel, stitch_variant
 from stitch.config import Experiment
-from stitch.errors import StitchError
+from stitch.errors import StitchError, exception_text
 from stitch.plan import Variant, plan_variants
 
 
@@ -26,7 +26,6 @@ class VariantCheck:
     built: BuiltModel
     loss: float
     seconds: float
-    stitched_without_grad: list[str] = field(default_factory=list)
 
 
 def stitched_parameter_names(built: BuiltModel) -> list[str]:
@@ -49,9 +48,8 @@ def check_variant(exp: Experiment, variant: Variant, seed: int) -> VariantCheck:
     model = built.model.train()
     try:
         loss = spec.loss(model, batch)
-    except (RuntimeError, ValueError) as exc:  # a stitched module that does not fit in training mode
-        cause = str(exc).splitlines()[0]
-        raise StitchError(f"variant {variant.name!r}: training-mode forward on a dummy batch fails: {cause} (--debug shows where)") from exc
+    except Exception as exc:  # a stitched module that does not fit in training mode
+        raise StitchError(f"variant {variant.name!r}: training-mode forward on a dummy batch fails: {exception_text(exc)} (--debug shows where)") from exc
     if not torch.isfinite(loss):
         raise StitchError(f"variant {variant.name!r}: the loss on a dummy batch is {loss.item()} (not finite)")
     loss.backward()
@@ -63,7 +61,7 @@ def check_variant(exp: Experiment, variant: Variant, seed: int) -> VariantCheck:
             f"({len(missing)} in all); the module's output is not used by the network"
         )
     model.zero_grad(set_to_none=True)
-    return VariantCheck(variant, built, float(loss.item()), time.perf_counter() - start, missing)
+    return VariantCheck(variant, built, float(loss.item()), time.perf_counter() - start)
 
 
 def validate_experiment(exp: Experiment) -> list[VariantCheck]:

@@ -22,6 +22,12 @@ probe: {image_size: [32, 32]}
 
 
 @pytest.fixture
+def tiny_unet_yaml() -> str:
+    """The YAML text of the tiny U-Net experiment (no insertions)."""
+    return TINY_UNET
+
+
+@pytest.fixture
 def write_experiment(tmp_path: Path) -> Callable[[str], Path]:
     """Write YAML text (dedented) to a file and return its path."""
 

@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 from stitch.cli import main
-from tests.conftest import ROOT, TINY_UNET
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_UNET = """\
+name: tiny
+task: segmentation
+baseline:
+  model: unet
+  args: {in_channels: 3, num_classes: 3, base_width: 8}
+probe: {image_size: [32, 32]}
+"""
 
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
 
@@ -35,6 +44,14 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
         ("- {name: CA, module: CoordAtt, at: enc1, mode: after, residual_scale: 0.0}", "residual_scale only applies to mode 'residual'"),
         ("- {name: SE, module: SE, at: enc2.0, mode: replace}", "insertion 'SE' at 'enc2.0': size mismatch: the module outputs [2, 8, 32, 32] but the network expects [2, 8, 16, 16] here; a 1x1 adapter can only fix channels"),
         ("- {name: A, module: SE, at: head, mode: replace}\n  - {name: B, module: SE, at: head, mode: replace}", "insertion 'B' at 'head': this point is already replaced by insertion 'A'"),
+        ("- {name: A, module: SE, at: enc2.1.0}\n  - {name: B, module: SplitAttention, at: enc2, mode: replace}", "insertion 'B' at 'enc2': this point would discard what is stitched at 'enc2.1.0' by insertion 'A'"),
+        ("- {name: CA, module: CoordAtt, at: \"enc[z-a]\"}", "insertion 'CA' at 'enc[z-a]': bad pattern 'enc[z-a]'"),
+        ("- {name: SA, module: SplitAttention, at: enc2.1.0, mode: replace, args: {radix: 0}}", "insertions[0].args: insertion 'SA' at 'enc2.1.0': cannot build SplitAttention"),
+        ("- {name: SE, module: EffectiveSE, at: enc1, args: {gate: foo}}", "insertion 'SE' at 'enc1': cannot build EffectiveSE"),
+        ("- {name: CA, module: CoordAtt, at: enc1, args: {reduction: abc}}", "insertion 'CA' at 'enc1': CoordAtt: argument 'reduction'='abc': Input should be a valid integer"),
+        ("- name: CGA\n    module: CGAFusion\n    at: skip2\n    nest:\n      - {module: SEE, at: conv}", "exp.yaml:12: insertions[0].nest[0].module: insertion 'CGA/SEE' at 'conv': unknown module 'SEE' — did you mean 'SE'?"),
+        ("- name: CGA\n    module: CGAFusion\n    at: skip2\n    nest:\n      - {module: SE, at: convv}", "exp.yaml:12: insertions[0].nest[0].at: insertion 'CGA/SE' at 'convv': no hook point 'convv' — did you mean 'conv'"),
+        ("- {name: CA, module: CoordAtt, at: enc9}", "no hook point 'enc9' — did you mean 'enc4' or 'enc3' or 'enc2'?"),
     ],
 )
 def test_stitching_mistakes_exit_2_with_one_line(write_experiment, capsys, insertions: str, expected: str) -> None:
@@ -52,7 +69,13 @@ def test_stitching_mistakes_exit_2_with_one_line(write_experiment, capsys, inser
         (TINY_UNET.replace("model: unet", "model: unett"), "baseline.model: unknown baseline 'unett' — did you mean 'unet'?"),
         (TINY_UNET.replace("base_width: 8", "base_widht: 8"), "baseline.args.base_widht: unknown argument 'base_widht' — did you mean 'base_width'?"),
         (TINY_UNET.replace("task: segmentation", "task: instance"), "task: baseline 'unet' is a segmentation model but the task is 'instance'"),
-        (TINY_UNET.replace("base_width: 8", "upsampling: nearest"), "cannot build unet: upsampling must be 'transpose' or 'bilinear'"),
+        (TINY_UNET.replace("base_width: 8", "upsampling: nearest"), "baseline.args.upsampling: argument 'upsampling'='nearest': Input should be 'transpose' or 'bilinear'"),
+        (TINY_UNET.replace("base_width: 8", "base_width: abc"), "exp.yaml:5: baseline.args.base_width: argument 'base_width'='abc': Input should be a valid integer"),
+        (TINY_UNET.replace("base_width: 8", "base_width: 0"), "baseline.args: cannot build unet with {'in_channels': 3, 'num_classes': 3, 'base_width': 0}: base_width must be at least 1, got 0"),
+        (TINY_UNET.replace("[32, 32]", "[30, 30]"), "exp.yaml:6: probe.image_size: the U-Net needs height and width divisible by 16 (4 poolings), got 30x30; try 32x32"),
+        (TINY_UNET + "insertions: []\ninsertions: []\n", "exp.yaml:8: insertions: key 'insertions' appears twice (also on line 7)"),
+        (TINY_UNET + "seeds: [99999999999999999999]\n", "seeds[0]: Input should be less than 2147483648"),
+        (TINY_UNET.replace("model: unet", "model: maskrcnn").replace("task: segmentation", "task: instance").replace("{in_channels: 3, num_classes: 3, base_width: 8}", "{backbone: resnet18, weights: /nonexistent/w.pth}"), "baseline.args: cannot build maskrcnn"),
     ],
 )
 def test_baseline_mistakes_exit_2(write_experiment, capsys, yaml_text: str, expected: str) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -170,3 +171,69 @@ def test_replacing_a_strided_conv_passes_the_stride(write_experiment) -> None:
     assert sa.conv.stride == (2, 2)
     assert len([a for a in built.applied if a.insertion == "CA"]) == 6
     check_variant(exp, built.variant, 0)
+
+
+def test_replace_comes_first_and_other_insertions_wrap_the_replacement(tiny_unet) -> None:
+    exp = tiny_unet("""
+        insertions:
+          - {name: A, module: SE, at: head}
+          - {name: B, module: ECA, at: head, mode: replace}
+    """)
+    built = stitch_variant(exp)
+    head = built.model.head
+    assert isinstance(head, After) and type(head.added).__name__ == "SEModule"
+    assert type(head.base.module).__name__ == "EcaModule"  # ECA (+ its 1x1 adapter) replaced the conv
+    assert [a.insertion for a in built.applied] == ["B", "A"]
+
+
+def test_inserted_modules_are_paired_across_variants(tiny_unet) -> None:
+    exp = tiny_unet("""
+        ablation: full-factorial
+        insertions:
+          - {name: CA, module: CoordAtt, at: enc2}
+          - {name: SE, module: SE, at: enc1.0}
+    """)
+    alone = stitch_variant(exp, "+CA", seed=4).model.enc2.added.state_dict()
+    both = stitch_variant(exp, "+CA +SE", seed=4).model.enc2.added.state_dict()
+    other_seed = stitch_variant(exp, "+CA", seed=5).model.enc2.added.state_dict()
+    assert all(torch.equal(alone[k], both[k]) for k in alone)
+    assert not torch.equal(alone["conv1.weight"], other_seed["conv1.weight"])
+
+
+@pytest.mark.parametrize(
+    "insertion, cause",
+    [
+        ("{name: SE, module: SE, at: box_head}", "SE needs a 4-D feature map (N, C, H, W) but this point outputs"),
+        ("{name: SE, module: SE, at: fpn}", "SE needs a 4-D feature map"),
+        ("{name: SE, module: SE, at: backbone.body.layer1.0.relu}", "this module runs 3 times per forward"),
+        ("{name: SE, module: SE, at: box_predictor, mode: before}", "SE needs a 4-D feature map (N, C, H, W) but this point takes"),
+    ],
+)
+def test_points_that_a_unary_module_cannot_take(write_experiment, insertion: str, cause: str) -> None:
+    from stitch.config import load_experiment
+    from stitch.errors import ConfigError
+
+    exp = load_experiment(write_experiment(f"""
+        name: mr
+        task: instance
+        baseline:
+          model: maskrcnn
+          args: {{backbone: resnet50, min_size: 128, max_size: 128, num_classes: 3}}
+        probe: {{image_size: [128, 128]}}
+        insertions:
+          - {insertion}
+    """))
+    with pytest.raises(ConfigError, match=re.escape(cause)):
+        stitch_variant(exp)
+
+
+def test_example_maskrcnn_combination_keeps_every_insertion() -> None:
+    from pathlib import Path
+
+    from stitch.config import load_experiment
+
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "maskrcnn_backbone_attention.yaml")
+    model = stitch_variant(exp, "+CA +SA").model
+    kinds = [type(m).__name__ for m in model.backbone.body.modules()]
+    assert kinds.count("CoordAttn") == 6 + 3  # after c4's six conv2s and after c5's three replacements
+    assert kinds.count("SplitAttention") == 3

@@ -7,10 +7,4 @@ from stitch.baselines.unet import UNET
 
 BASELINES: dict[str, BaselineSpec] = {b.name: b for b in (UNET, MASKRCNN)}
 
-
-def get_baseline(name: str) -> BaselineSpec:
-    """The baseline called ``name`` (``KeyError`` if there is none)."""
-    return BASELINES[name]
-
-
-__all__ = ["BASELINES", "BaselineSpec", "get_baseline"]
+__all__ = ["BASELINES", "BaselineSpec"]

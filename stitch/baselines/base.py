@@ -22,6 +22,7 @@ class BaselineSpec:
     - ``example_batch(args, batch_size, image_size)`` makes a small synthetic batch on CPU.
     - ``run(model, batch)`` runs one forward that reaches every hook point (used by the probe,
       under ``torch.no_grad``); ``loss(model, batch)`` returns a scalar to check gradients flow.
+    - ``check_input(args, (h, w))`` says why an input size cannot work (U-Net: divisible by 16).
     """
 
     name: str
@@ -34,3 +35,5 @@ class BaselineSpec:
     run: Callable[[nn.Module, Any], Any]
     loss: Callable[[nn.Module, Any], torch.Tensor]
     default_image_size: tuple[int, int]
+    #: why an input size cannot work with these arguments (one line), or None
+    check_input: Callable[[dict[str, Any], tuple[int, int]], str | None] = lambda args, size: None

@@ -240,6 +240,8 @@ def _read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
         obj = torch.load(os.path.expanduser(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 — any unreadable file is the user's to fix
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights only load failed" in first.lower():  # torch's advice (weights_only=False) is unsafe
+            first = "it holds Python objects besides tensors; save model.state_dict() with torch.save"
         raise ValueError(f"{what} file {path!r} could not be read as a torch state_dict: {first}") from exc
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

@@ -70,6 +70,9 @@ class UNet(nn.Module):
         upsampling: Literal["transpose", "bilinear"] = "transpose",
     ) -> None:
         super().__init__()
+        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("base_width", base_width)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         if upsampling not in ("transpose", "bilinear"):
             raise ValueError(f"upsampling must be 'transpose' or 'bilinear', not {upsampling!r}")
         w = [base_width * 2**i for i in range(5)]  # 64, 128, 256, 512, 1024
@@ -133,6 +136,13 @@ def unet_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(model(batch["image"]), batch["mask"])
 
 
+def unet_check_input(args: dict[str, Any], size: tuple[int, int]) -> str | None:
+    h, w = size
+    if h % 16 or w % 16:
+        return f"the U-Net needs height and width divisible by 16 (4 poolings), got {h}x{w}; try {max(16, round(h / 16) * 16)}x{max(16, round(w / 16) * 16)}"
+    return None
+
+
 UNET = BaselineSpec(
     name="unet",
     task="segmentation",
@@ -144,4 +154,5 @@ UNET = BaselineSpec(
     run=unet_run,
     loss=unet_loss,
     default_image_size=(64, 64),
+    check_input=unet_check_input,
 )
