@@ -167,7 +167,50 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- run / show
+def cmd_run(args: argparse.Namespace) -> int:
+    from stitch.config import load_experiment
+    from stitch.run import run_experiment
+
+    exp = load_experiment(args.experiment)
+    rows = run_experiment(
+        exp, out=args.out, device=args.device, epochs=args.epochs, seeds=args.seeds,
+        force=args.force, quiet=args.quiet,
+    )
+    failed = [r for r in rows if r.status == "failed"]
+    print(f"results: {Path(args.out) / exp.cfg.name} (runs.sqlite, results.csv, log.txt, tb/)")
+    return 1 if failed else 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from stitch.visualize import show_run
+
+    path = show_run(Path(args.run_dir), variant=args.variant, seed=args.seed, n=args.n, out=Path(args.output) if args.output else None)
+    print(f"wrote {path}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"seeds are 0 .. 2^31-1, got {value}")
+    return value
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stitch", description="Module-stitching and ablation experiments on PyTorch vision models.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
@@ -185,6 +228,24 @@ def make_parser() -> argparse.ArgumentParser:
     pt.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE", help="baseline argument, e.g. --arg base_width=32")
     pt.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="probe input size")
     pt.set_defaults(func=cmd_points)
+
+    r = sub.add_parser("run", help="train every variant x seed of an experiment and store the results")
+    r.add_argument("experiment", metavar="EXPERIMENT.yaml")
+    r.add_argument("--out", default="runs", help="parent of the run directory runs/<experiment>/ (default: runs)")
+    r.add_argument("--device", help="cpu, cuda, cuda:1 … (default: CUDA when present, else CPU)")
+    r.add_argument("--epochs", type=_positive_int, help="override train.epochs")
+    r.add_argument("--seeds", type=_seed, nargs="+", help="override seeds")
+    r.add_argument("--force", action="store_true", help="retrain runs that are already done")
+    r.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar (CI)")
+    r.set_defaults(func=cmd_run)
+
+    sh = sub.add_parser("show", help="write a PNG grid of images, ground truth and predictions")
+    sh.add_argument("run_dir", metavar="RUN_DIR")
+    sh.add_argument("--variant", help="variant name or slug (default: the first trained)")
+    sh.add_argument("--seed", type=_seed)
+    sh.add_argument("--n", type=_positive_int, default=8, help="number of validation images")
+    sh.add_argument("--output", help="PNG path (default: RUN_DIR/show_<variant>_s<seed>.png)")
+    sh.set_defaults(func=cmd_show)
 
     z = sub.add_parser("zoo", help="list the stitchable modules")
     z.add_argument("--json", action="store_true")

@@ -1,0 +1,121 @@
+"""``brain``: axial slices of the MNI ICBM152 2009a symmetric template shipped in the nilearn wheel.
+
+Source: ``nilearn/datasets/data/mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_converted.nii.gz``
+(197 x 233 x 189 voxels of 1 mm, found with ``importlib.util.find_spec`` without importing
+nilearn, read with nibabel). Image: the T1 slice (uint8, one channel). Labels: 0 background,
+1 grey matter, 2 white matter — the tissue with the larger probability where that probability is
+above 0.5 (probabilities are stored as 0-255).
+
+Slices are axial (``z`` fixed), rotated so anterior is up: 233 rows x 197 columns. Fixed split
+along z, contiguous so neighbouring, nearly identical slices do not straddle it:
+
+- **val**: z = 100-119 (20 slices through the top of the lateral ventricles, rich in both tissues);
+- **train**: z = 10-95 and 124-149 (112 slices); z = 96-99 and 120-123 are left out as a gap.
+
+Written once to ``<cache>/brain-icbm152-2009a-v1/`` as ``images/z<z>.png``, ``masks/z<z>.png``,
+``train.txt``, ``val.txt`` and ``meta.json``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stitch.data.common import (
+    DataError,
+    FileSource,
+    Prepared,
+    one_line,
+    prepare_once,
+    prepared_pairs,
+    resolve_cache_dir,
+    write_json,
+)
+
+VERSION = 1
+INSTALL = "pip install --no-deps nilearn==0.14.1 && pip install nibabel"
+TRAIN_Z = list(range(10, 96)) + list(range(124, 150))
+VAL_Z = list(range(100, 120))
+CLASSES = ["background", "grey_matter", "white_matter"]
+
+
+def template_files() -> dict[str, Path]:
+    """``{"t1", "gm", "wm"} -> path`` inside the installed nilearn wheel, without importing it."""
+    try:
+        spec = importlib.util.find_spec("nilearn")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"the brain dataset is the MNI template inside the nilearn wheel, which is not installed; run: {INSTALL}")
+    for loc in spec.submodule_search_locations:
+        folder = Path(loc) / "datasets" / "data"
+        files = {k: folder / f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
+        if all(p.is_file() for p in files.values()):
+            return files
+    raise DataError("nilearn is installed but the MNI template files are not there; reinstall: pip install --no-deps --force-reinstall nilearn==0.14.1",
+                    Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data")
+
+
+def read_volume(path: Path) -> np.ndarray:
+    try:
+        import nibabel
+    except ImportError:
+        raise DataError("reading the MNI template needs nibabel; run: pip install nibabel") from None
+    try:
+        return np.asarray(nibabel.load(str(path)).dataobj)
+    except Exception as exc:  # nibabel raises several types on a damaged file
+        raise DataError(f"cannot read the NIfTI volume ({one_line(exc)}); reinstall: pip install --no-deps --force-reinstall nilearn==0.14.1", path) from None
+
+
+def labels_from(gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
+    scale = 255.0 if max(float(gm.max()), float(wm.max())) > 1.0 else 1.0
+    g, w = gm.astype(np.float32) / scale, wm.astype(np.float32) / scale
+    lab = np.zeros(g.shape, dtype=np.uint8)
+    tissue = np.maximum(g, w) > 0.5
+    lab[tissue & (g >= w)] = 1
+    lab[tissue & (w > g)] = 2
+    return lab
+
+
+def prepare(out: Path) -> None:
+    from PIL import Image
+
+    files = template_files()
+    t1, gm, wm = (read_volume(files[k]) for k in ("t1", "gm", "wm"))
+    if not (t1.shape == gm.shape == wm.shape) or t1.ndim != 3 or t1.shape[2] < 150:
+        raise DataError(f"unexpected template shapes {t1.shape}, {gm.shape}, {wm.shape}; reinstall: {INSTALL}", files["t1"])
+    lab = labels_from(gm, wm)
+    t1 = t1.astype(np.float64)
+    t1 = np.clip(np.round(t1 / max(float(t1.max()), 1e-9) * 255.0), 0, 255).astype(np.uint8)
+    (out / "images").mkdir()
+    (out / "masks").mkdir()
+    for z in TRAIN_Z + VAL_Z:
+        Image.fromarray(np.ascontiguousarray(np.rot90(t1[:, :, z])), "L").save(out / "images" / f"z{z:03d}.png")
+        Image.fromarray(np.ascontiguousarray(np.rot90(lab[:, :, z])), "L").save(out / "masks" / f"z{z:03d}.png")
+    (out / "train.txt").write_text("".join(f"z{z:03d}\n" for z in TRAIN_Z))
+    (out / "val.txt").write_text("".join(f"z{z:03d}\n" for z in VAL_Z))
+    write_json(out / "meta.json", {
+        "dataset": "brain", "version": VERSION, "classes": CLASSES, "volume_shape": list(t1.shape),
+        "slice_shape": [int(t1.shape[1]), int(t1.shape[0])],
+        "source": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()},
+        "split": {"train_z": [[10, 95], [124, 149]], "val_z": [100, 119]},
+        "pixel_counts": {split: np.bincount(np.concatenate([lab[:, :, z].ravel() for z in zs]), minlength=3).tolist()
+                         for split, zs in (("train", TRAIN_Z), ("val", VAL_Z))},
+    })
+
+
+def build(cfg: Any, cache_dir: Path | None = None) -> Prepared:
+    root = prepare_once(resolve_cache_dir(cfg, cache_dir), f"brain-icbm152-2009a-v{VERSION}", prepare)
+    fix = f"delete {root} to prepare it again"
+    sources = {}
+    for split in ("train", "val"):
+        pairs = prepared_pairs(root, split)
+        sources[split] = FileSource(pairs, 1, 3, cfg.ignore_index, fix=fix)
+    return Prepared(
+        train=sources["train"], val=sources["val"], num_classes=3, in_channels=1, class_names=list(CLASSES),
+        info={"dataset": "brain", "root": str(root), "split": "axial z 10-95 and 124-149 train, z 100-119 val",
+              "train": len(sources["train"]), "val": len(sources["val"])},
+    )

@@ -1,0 +1,355 @@
+"""Shared pieces of the datasets: the error type, the cache directory, atomic preparation,
+image/mask reading with one-line errors, file pairing and splits, and the torch ``Dataset``.
+
+A dataset module turns its config into a :class:`Prepared`: two *sources* (train, val) and the
+class layout. A source knows how many samples it has, each sample's name and how to load it as
+``(image uint8 HxWxC, mask int64 HxW)`` with the ignore value already mapped and the labels
+checked. :class:`SegDataset` wraps a source with the transforms of :mod:`stitch.data.transforms`.
+(The instance task will add sources that also return per-object masks; the nuclei tiles already
+carry COCO instance JSON files for it.)
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+import numpy as np
+
+from stitch.errors import StitchError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+MASK_EXTS = (".png", ".tif", ".tiff", ".bmp")  # lossless only
+LOSSY_EXTS = (".jpg", ".jpeg", ".webp")
+
+
+class DataError(StitchError):
+    """A missing or malformed dataset: one line naming the file and the fix."""
+
+    def __init__(self, message: str, file: str | os.PathLike | None = None) -> None:
+        self.file = str(file) if file is not None else None
+        self.detail = message
+        text = f"{self.file}: {message}" if self.file else message
+        super().__init__(" ".join(text.splitlines()))
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as a short single line (for wrapping library errors)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# ----------------------------------------------------------------------------- cache and preparation
+def resolve_cache_dir(cfg: Any, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where prepared datasets live: ``cache_dir`` if given, else ``cfg.root``, else
+    ``$STITCH_DATA``, else ``~/.cache/stitch``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    root = getattr(cfg, "root", None)
+    if root:
+        return Path(root).expanduser()
+    env = os.environ.get("STITCH_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "stitch"
+
+
+def prepare_once(cache_dir: Path, name: str, build: Callable[[Path], None]) -> Path:
+    """``cache_dir / name``, built by ``build(tmp_dir)`` the first time, atomically.
+
+    ``build`` writes everything, ending with ``meta.json``, into a temporary directory beside the
+    final one, which is then renamed into place (``os.replace``): a crash leaves no half-written
+    dataset, and of two processes preparing at once one wins and the other reuses its result.
+    """
+    final = cache_dir / name
+    if (final / "meta.json").is_file():
+        return final
+    if final.exists():
+        raise DataError("exists but holds no meta.json (an incomplete preparation?); delete it to prepare again", final)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=cache_dir))
+    except OSError as exc:
+        raise DataError(f"cannot create the data cache ({one_line(exc)}); set data.root or $STITCH_DATA to a writable directory", cache_dir) from None
+    try:
+        build(tmp)
+        if not (tmp / "meta.json").is_file():  # pragma: no cover - a programming error
+            raise RuntimeError(f"preparing {name} wrote no meta.json")
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if (final / "meta.json").is_file():  # another process finished first
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- reading files
+def read_image(path: Path, channels: int) -> np.ndarray:
+    """An image file as uint8 HxWxC with C = ``channels`` (1 grey, 3 RGB).
+
+    16-bit and float images are min-max scaled to 0-255 per image; alpha is dropped.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                a = np.asarray(im, dtype=np.float64)
+                lo, hi = float(a.min()), float(a.max())
+                a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
+                grey = np.round(a).astype(np.uint8)
+                arr = grey[..., None] if channels == 1 else np.repeat(grey[..., None], 3, axis=2)
+            else:
+                arr = np.array(im.convert("L" if channels == 1 else "RGB"))
+                if channels == 1:
+                    arr = arr[..., None]
+    except FileNotFoundError:
+        raise DataError("image file is missing; restore it or remove it from the split", path) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read the image ({one_line(exc)}); re-export it (PNG/JPEG) or remove it", path) from None
+    return np.ascontiguousarray(arr)
+
+
+def image_channels(path: Path) -> int:
+    """1 for a grey image file, 3 otherwise (read from the header only)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+    except FileNotFoundError:
+        raise DataError("image file is missing; restore it or remove it from the split", path) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read the image ({one_line(exc)}); re-export it (PNG/JPEG) or remove it", path) from None
+    return 1 if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F") else 3
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A class-index mask file (PNG mode L, P, 1, I or I;16) as int64 HxW.
+
+    Palette PNGs are read as their indices (VOC style). A colour mask whose three channels are
+    equal is accepted as grey; any other colour mask is an error.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise DataError("mask file is missing; restore it or remove the image from the split", path) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read the mask ({one_line(exc)}); re-export it as a PNG index mask", path) from None
+    if arr.ndim == 3:
+        if mode in ("LA", "PA"):
+            arr = arr[..., 0]
+        elif arr.shape[2] >= 3 and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all():
+            arr = arr[..., 0]
+        else:
+            raise DataError(
+                f"mask is a colour ({mode}) image; save class indices as a single-channel PNG (mode L or P, pixel value = class)",
+                path,
+            )
+    return arr.astype(np.int64)
+
+
+def check_labels(mask: np.ndarray, num_classes: int, ignore_index: int, path: Any, fix: str = "") -> None:
+    """Raise :class:`DataError` if ``mask`` has labels outside ``0..num_classes-1`` (ignore excluded)."""
+    if mask.size == 0 or (int(mask.min()) >= 0 and int(mask.max()) < num_classes):
+        return
+    outside = mask[(mask < 0) | (mask >= num_classes)]
+    bad = np.unique(outside[outside != ignore_index])
+    if bad.size == 0:
+        return
+    shown = ", ".join(str(int(v)) for v in bad[:6]) + (" …" if len(bad) > 6 else "")
+    raise DataError(
+        f"mask has labels {shown} outside the class range 0..{num_classes - 1} (ignore_index {ignore_index}); "
+        + (fix or "fix the mask, or set num_classes / ignore_index to match it"),
+        path,
+    )
+
+
+# ----------------------------------------------------------------------------- pairing and splits
+def list_files(folder: Path, exts: Sequence[str]) -> dict[str, Path]:
+    """``stem -> path`` of the files in ``folder`` with one of ``exts``; two files with one stem are an error."""
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."):
+            if p.stem in out:
+                raise DataError(f"two files share the stem {p.stem!r} ({out[p.stem].name}, {p.name}); keep one", folder)
+            out[p.stem] = p
+    return out
+
+
+def pair_files(images_dir: Path, masks_dir: Path) -> dict[str, tuple[Path, Path]]:
+    """Pair ``images_dir/*`` with ``masks_dir/*`` by stem; any unpaired file is an error."""
+    for d, what in ((images_dir, "images"), (masks_dir, "masks")):
+        if not d.is_dir():
+            raise DataError(f"no {what} folder here; check data.root and data.{what}", d)
+    images = list_files(images_dir, IMAGE_EXTS)
+    if not images:
+        raise DataError(f"no image files ({', '.join(IMAGE_EXTS)}) in this folder; check data.root and data.images", images_dir)
+    lossy = [p for p in masks_dir.iterdir() if p.suffix.lower() in LOSSY_EXTS]
+    if lossy:
+        raise DataError("mask is a lossy JPEG/WebP file, which changes the labels; save masks as PNG index images", lossy[0])
+    masks = list_files(masks_dir, MASK_EXTS)
+    for stem, img in images.items():
+        if stem not in masks:
+            raise DataError(f"image has no mask (expected {masks_dir / (stem + '.png')}); add the mask or remove the image", img)
+    for stem, m in masks.items():
+        if stem not in images:
+            raise DataError(f"mask has no image (expected {images_dir / stem}.png/.jpg/…); add the image or remove the mask", m)
+    return {s: (images[s], masks[s]) for s in sorted(images)}
+
+
+def read_list(path: Path, known: Sequence[str] | None = None) -> list[str]:
+    """Stems listed one per line (blank lines and ``#`` comments skipped); unknown stems are errors."""
+    if not path.is_file():
+        raise DataError("split list file not found; check the path (relative to data.root)", path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the split list ({one_line(exc)})", path) from None
+    out: list[str] = []
+    known_set = set(known) if known is not None else None
+    for n, line in enumerate(lines, 1):
+        stem = line.split("#", 1)[0].strip()
+        if not stem:
+            continue
+        stem = Path(stem).stem if Path(stem).suffix.lower() in IMAGE_EXTS else stem
+        if known_set is not None and stem not in known_set:
+            raise DataError(f"line {n}: {stem!r} has no image/mask pair; fix the list or add the files", path)
+        out.append(stem)
+    return list(dict.fromkeys(out))
+
+
+def require_nonempty(split: str, n: int, where: Any, fix: str) -> None:
+    if n == 0:
+        raise DataError(f"the {split} split is empty; {fix}", where)
+
+
+# ----------------------------------------------------------------------------- sources and the dataset
+class Source(Protocol):
+    """One split of a dataset, before transforms."""
+
+    def __len__(self) -> int: ...
+    def name(self, i: int) -> str: ...
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass
+class FileSource:
+    """Image/mask file pairs. ``raw_ignore`` is the ignore value in the files (VOC's 255), mapped
+    to ``ignore_index``; labels are checked against ``num_classes`` as each mask is loaded."""
+
+    pairs: list[tuple[Path, Path]]
+    channels: int
+    num_classes: int
+    ignore_index: int
+    raw_ignore: Optional[int] = None
+    fix: str = ""
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def name(self, i: int) -> str:
+        return self.pairs[i][0].stem
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        img_path, mask_path = self.pairs[i]
+        image = read_image(img_path, self.channels)
+        mask = read_mask(mask_path)
+        if mask.shape != image.shape[:2]:
+            raise DataError(
+                f"mask is {mask.shape[1]}x{mask.shape[0]} but its image {img_path.name} is {image.shape[1]}x{image.shape[0]} (WxH); they must match",
+                mask_path,
+            )
+        if self.raw_ignore is not None and self.raw_ignore != self.ignore_index:
+            mask[mask == self.raw_ignore] = self.ignore_index
+        check_labels(mask, self.num_classes, self.ignore_index, mask_path, self.fix)
+        return image, mask
+
+
+@dataclass
+class Prepared:
+    """What a dataset module hands to :func:`stitch.data.build_data`."""
+
+    train: Any  # Source
+    val: Any  # Source
+    num_classes: int
+    in_channels: int
+    class_names: list[str]
+    info: dict = field(default_factory=dict)
+
+
+class SegDataset:
+    """``{"image": float32 CxHxW, "mask": int64 HxW, "index": int}`` per sample.
+
+    Deterministic given the index, apart from the random augmentation, which draws from torch's
+    global RNG (seed the DataLoader workers).
+    """
+
+    def __init__(self, source: Any, transform: Callable, split: str) -> None:
+        self.source, self.transform, self.split = source, transform, split
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def name(self, i: int) -> str:
+        return self.source.name(i)
+
+    def __getitem__(self, i: int) -> dict:
+        import torch
+        from torchvision import tv_tensors
+
+        if -len(self.source) <= i < 0:
+            i += len(self.source)
+        if not 0 <= i < len(self.source):
+            raise IndexError(f"index {i} out of range for the {self.split} split ({len(self.source)} samples)")
+        image, mask = self.source.load(i)
+        img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
+        msk = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)))
+        img, msk = self.transform(img, msk)
+        return {
+            "image": img.as_subclass(torch.Tensor).contiguous(),
+            "mask": msk.as_subclass(torch.Tensor).to(torch.int64).contiguous(),
+            "index": i,
+        }
+
+    def __repr__(self) -> str:
+        return f"SegDataset({self.split}, {len(self)} samples)"
+
+
+def check_prepared(pairs: Sequence[tuple[Path, Path]], root: Path) -> None:
+    """Every file of a prepared dataset exists (a cheap stat each); else say how to rebuild it."""
+    for pair in pairs:
+        for p in pair:
+            if not p.is_file():
+                raise DataError(f"a file of the prepared dataset is missing; delete {root} to prepare it again", p)
+
+
+def prepared_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+    """The ``images/<stem>.png``/``masks/<stem>.png`` pairs listed in ``root/<split>.txt`` of a
+    prepared dataset, all checked to exist."""
+    lst = root / f"{split}.txt"
+    if not lst.is_file():
+        raise DataError(f"the prepared dataset has no split list; delete {root} to prepare it again", lst)
+    pairs = [(root / "images" / f"{s}.png", root / "masks" / f"{s}.png") for s in read_list(lst)]
+    require_nonempty(split, len(pairs), lst, f"delete {root} to prepare it again")
+    check_prepared(pairs, root)
+    return pairs

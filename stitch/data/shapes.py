@@ -1,0 +1,133 @@
+"""``shapes``: a seeded procedural dataset written once as real PNG files.
+
+Each image (``image_size``, RGB) has a two-colour linear-gradient background and 1-4 shapes of
+random class, size (8-22 % of the shorter side as radius), position, rotation and colour (kept
+away from the background colour), overlapping in drawing order, then Gaussian pixel noise
+(sigma 12). Colour tells nothing about the class; the shape does. Class 0 is background, classes
+1.. are :data:`SHAPE_NAMES` in order. Image ``i`` depends only on ``(seed, i, image_size,
+num_classes)`` (``numpy.random.default_rng([seed, i])``), so the same seed gives identical files.
+
+Written to ``<cache>/shapes-n<num_images>-<H>x<W>-c<num_classes>-seed<seed>-v1/`` as
+``images/00000.png`` …, ``masks/00000.png`` … (mode L, pixel = class) and ``meta.json``. The last
+``round(num_images * val_fraction)`` images (at least one, at most ``num_images - 1``) are val.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stitch.data.common import FileSource, Prepared, check_prepared, prepare_once, resolve_cache_dir, write_json
+
+SHAPE_NAMES = ["circle", "square", "triangle", "cross", "ring", "star", "hexagon"]
+VERSION = 1
+
+
+def _polygon(cx: float, cy: float, radii: list[float], rot: float) -> list[tuple[float, float]]:
+    n = len(radii)
+    return [(cx + r * math.cos(rot + 2 * math.pi * k / n), cy + r * math.sin(rot + 2 * math.pi * k / n)) for k, r in enumerate(radii)]
+
+
+def _draw_shape(kind: str, h: int, w: int, cx: float, cy: float, r: float, rot: float) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("L", (w, h), 0)
+    d = ImageDraw.Draw(canvas)
+    if kind == "circle":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
+    elif kind == "ring":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
+        d.ellipse([cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r], fill=0)
+    elif kind == "square":
+        d.polygon(_polygon(cx, cy, [r] * 4, rot), fill=1)
+    elif kind == "triangle":
+        d.polygon(_polygon(cx, cy, [r] * 3, rot), fill=1)
+    elif kind == "hexagon":
+        d.polygon(_polygon(cx, cy, [r] * 6, rot), fill=1)
+    elif kind == "star":
+        d.polygon(_polygon(cx, cy, [r, 0.45 * r] * 5, rot), fill=1)
+    elif kind == "cross":
+        a = 0.33 * r  # half arm width
+        pts = [(a, r), (a, a), (r, a), (r, -a), (a, -a), (a, -r), (-a, -r), (-a, -a), (-r, -a), (-r, a), (-a, a), (-a, r)]
+        c, s = math.cos(rot), math.sin(rot)
+        d.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts], fill=1)
+    else:  # pragma: no cover
+        raise ValueError(kind)
+    return np.asarray(canvas, dtype=bool)
+
+
+def render(index: int, seed: int, size: tuple[int, int], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``index`` of the dataset: ``(RGB uint8 HxWx3, mask uint8 HxW)``."""
+    h, w = size
+    rng = np.random.default_rng([seed, index])
+    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    angle = rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    t = math.cos(angle) * xx / max(w - 1, 1) + math.sin(angle) * yy / max(h - 1, 1)
+    t = (t - t.min()) / max(t.max() - t.min(), 1e-9)
+    image = c0 + t[..., None] * (c1 - c0)
+    mask = np.zeros((h, w), dtype=np.uint8)
+    side = min(h, w)
+    for _ in range(int(rng.integers(1, 5))):
+        label = int(rng.integers(1, num_classes))
+        r = rng.uniform(0.08, 0.22) * side
+        cx, cy = rng.uniform(r * 0.5, w - r * 0.5), rng.uniform(r * 0.5, h - r * 0.5)
+        rot = rng.uniform(0, 2 * math.pi)
+        region = _draw_shape(SHAPE_NAMES[label - 1], h, w, cx, cy, r, rot)
+        if not region.any():
+            continue
+        under = image[region].mean(axis=0)
+        colour = rng.uniform(0, 255, 3)
+        for _ in range(20):  # keep the shape visible against what lies under it
+            if np.linalg.norm(colour - under) >= 80:
+                break
+            colour = rng.uniform(0, 255, 3)
+        shade = 1.0 + 0.15 * (t[region] - 0.5)  # a mild gradient inside the shape too
+        image[region] = colour[None, :] * shade[:, None]
+        mask[region] = label
+    image = image + rng.normal(0.0, 12.0, image.shape)
+    return np.clip(np.round(image), 0, 255).astype(np.uint8), mask
+
+
+def generate(out: Path, num_images: int, size: tuple[int, int], num_classes: int, seed: int) -> None:
+    """Write ``images/``, ``masks/`` and ``meta.json`` into ``out``."""
+    from PIL import Image
+
+    (out / "images").mkdir(parents=True)
+    (out / "masks").mkdir()
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for i in range(num_images):
+        image, mask = render(i, seed, size, num_classes)
+        Image.fromarray(image, "RGB").save(out / "images" / f"{i:05d}.png")
+        Image.fromarray(mask, "L").save(out / "masks" / f"{i:05d}.png")
+        counts += np.bincount(mask.ravel(), minlength=num_classes)
+    write_json(out / "meta.json", {
+        "dataset": "shapes", "version": VERSION, "num_images": num_images, "image_size": list(size),
+        "num_classes": num_classes, "seed": seed, "classes": ["background"] + SHAPE_NAMES[: num_classes - 1],
+        "pixel_counts": counts.tolist(),
+    })
+
+
+def build(cfg: Any, cache_dir: Path | None = None) -> Prepared:
+    size = (int(cfg.image_size[0]), int(cfg.image_size[1]))
+    name = f"shapes-n{cfg.num_images}-{size[0]}x{size[1]}-c{cfg.num_classes}-seed{cfg.seed}-v{VERSION}"
+    root = prepare_once(resolve_cache_dir(cfg, cache_dir), name,
+                        lambda tmp: generate(tmp, cfg.num_images, size, cfg.num_classes, cfg.seed))
+    n = cfg.num_images
+    n_val = min(n - 1, max(1, round(n * cfg.val_fraction)))
+    pairs = [(root / "images" / f"{i:05d}.png", root / "masks" / f"{i:05d}.png") for i in range(n)]
+    names = ["background"] + SHAPE_NAMES[: cfg.num_classes - 1]
+    fix = f"delete {root} to generate it again"
+    check_prepared(pairs, root)
+
+    def source(sel: list) -> FileSource:
+        return FileSource(sel, 3, cfg.num_classes, cfg.ignore_index, fix=fix)
+
+    return Prepared(
+        train=source(pairs[: n - n_val]), val=source(pairs[n - n_val:]), num_classes=cfg.num_classes, in_channels=3,
+        class_names=names,
+        info={"dataset": "shapes", "root": str(root), "split": f"images 0..{n - n_val - 1} train, {n - n_val}..{n - 1} val",
+              "train": n - n_val, "val": n_val},
+    )

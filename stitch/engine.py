@@ -1,0 +1,259 @@
+"""The training loop: device, precision, seeding, schedule, checkpoints, resume.
+
+It knows nothing of which task it trains: a task gives ``loss(model, batch)`` and
+``evaluate(model, batches, device)``. Resume is exact on CPU with ``deterministic: true``: every
+epoch starts by re-seeding Python, NumPy, torch and the sampler from ``(seed, epoch)``, and a
+checkpoint (written atomically every epoch) holds the model, optimiser, schedule and scaler
+state, so epoch ``e`` after a resume sees exactly the batches, augmentations and dropout masks it
+would have seen without the interruption.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from stitch.config import TrainCfg
+
+
+class Task(Protocol):
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def evaluate(self, model: nn.Module, batches: Any, device: torch.device) -> dict[str, Any]: ...
+
+
+class Diverged(RuntimeError):
+    """The training loss stopped being finite."""
+
+
+# ----------------------------------------------------------------------------- device and seeds
+def pick_device(name: str | None = None) -> torch.device:
+    """``name`` if given, else CUDA when present, else CPU."""
+    if name:
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            from stitch.errors import StitchError
+
+            raise StitchError(f"--device {name}: CUDA is not available on this machine (use --device cpu or leave it out)")
+        return dev
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(on: bool) -> None:
+    """Deterministic algorithms (and cuDNN settings) so a run repeats bit for bit."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = not on
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch of one run (distinct across seeds and epochs)."""
+    return (seed * 100_003 + epoch * 7919 + 17) % 2**31
+
+
+def _seed_worker(_worker_id: int) -> None:
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+
+
+# ----------------------------------------------------------------------------- optimiser, schedule
+def make_optimizer(params: Any, cfg: TrainCfg) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: TrainCfg) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (warm-up, then the schedule).
+
+    One function instead of chaining torch's schedulers: a ``LambdaLR`` over it is exactly
+    resumable from its state dict, and warm-up composes with every schedule the same way.
+    """
+    s = cfg.scheduler
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = min(s.warmup_epochs * steps_per_epoch, total - 1)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    floor = s.min_lr / cfg.optimizer.lr
+    if s.name == "cosine":
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    if s.name == "poly":
+        return floor + (1 - floor) * (1 - progress) ** s.power
+    if s.name == "step":
+        return s.gamma ** ((step // max(1, steps_per_epoch)) // s.step_size)
+    return 1.0
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    found = sorted(ckpt_dir.glob("epoch-*.pt"))
+    return found[-1] if found else None
+
+
+# ----------------------------------------------------------------------------- the loop
+@dataclass
+class LoopState:
+    """What a checkpoint restores besides the model and optimiser."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_value: float = float("-inf")
+    best_epoch: int | None = None
+    best_metrics: dict[str, Any] | None = None
+    last_metrics: dict[str, Any] | None = None
+    wall_time: float = 0.0
+    train_images: int = 0
+    train_seconds: float = 0.0
+
+
+@dataclass
+class Callbacks:
+    """Hooks for progress display, logging, the results store and TensorBoard (all optional)."""
+
+    on_step: Callable[[int, int, float, int], None] = lambda epoch, step, loss, images: None
+    on_epoch: Callable[[LoopState, dict[str, Any]], None] = lambda state, record: None
+    on_eval: Callable[[int, nn.Module], None] = lambda epoch, model: None
+
+
+def train(
+    model: nn.Module,
+    task: Task,
+    train_set: Dataset,
+    val_set: Dataset,
+    cfg: TrainCfg,
+    seed: int,
+    device: torch.device,
+    ckpt_dir: Path,
+    primary: str,
+    num_workers: int = 0,
+    callbacks: Callbacks | None = None,
+    stop_after: int | None = None,
+) -> LoopState:
+    """Train ``model`` for ``cfg.epochs`` epochs, resuming from ``ckpt_dir`` when it holds a run.
+
+    ``stop_after`` ends the call after that many completed epochs (as an interruption would),
+    which is how resume is tested.
+    """
+    cb = callbacks or Callbacks()
+    set_deterministic(cfg.deterministic)
+    model.to(device)
+    batch_size = min(cfg.batch_size, len(train_set))
+    # drop an incomplete last batch when it would be a single image (BatchNorm cannot train on it)
+    drop_last = len(train_set) % batch_size == 1
+    sampler_gen = torch.Generator()
+    loader = DataLoader(
+        train_set, batch_size=batch_size, shuffle=True, drop_last=drop_last, num_workers=num_workers,
+        generator=sampler_gen, worker_init_fn=_seed_worker, pin_memory=device.type == "cuda",
+    )
+    val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    micro_per_epoch = len(loader)
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, cfg))
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    state = LoopState()
+
+    last = latest_checkpoint(ckpt_dir)
+    if last is not None:
+        ck = torch.load(last, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        state = LoopState(**ck["state"])
+
+    while state.epoch < cfg.epochs:
+        if stop_after is not None and state.epoch >= stop_after:
+            break
+        epoch = state.epoch + 1
+        es = epoch_seed(seed, epoch)
+        seed_everything(es)
+        sampler_gen.manual_seed(es)
+        model.train()
+        start = time.perf_counter()
+        loss_sum, images = 0.0, 0
+        optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(loader):
+            batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                loss, _parts = task.loss(model, batch)
+            if not torch.isfinite(loss):
+                raise Diverged(f"training loss is {loss.item()} at epoch {epoch}, step {i + 1}")
+            scaler.scale(loss / cfg.grad_accum).backward()
+            if (i + 1) % cfg.grad_accum == 0 or i + 1 == micro_per_epoch:
+                if cfg.clip_grad_norm:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            n = batch["image"].shape[0] if "image" in batch else batch_size
+            loss_sum += float(loss.detach()) * n
+            images += n
+            cb.on_step(epoch, i + 1, float(loss.detach()), n)
+        train_seconds = time.perf_counter() - start
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(images, 1),
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_images_per_s": images / max(train_seconds, 1e-9),
+        }
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            metrics = task.evaluate(model, val_loader, device)
+            record.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            state.last_metrics = metrics
+            value = metrics[primary]
+            if not math.isnan(value) and value > state.best_value:
+                state.best_value, state.best_epoch, state.best_metrics = value, epoch, metrics
+                save_atomic({"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, ckpt_dir / "best.pt")
+            cb.on_eval(epoch, model)
+        state.epoch = epoch
+        state.train_images += images
+        state.train_seconds += train_seconds
+        state.wall_time += time.perf_counter() - start
+        record["seconds"] = time.perf_counter() - start
+        state.history.append(record)
+        save_atomic(
+            {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "state": state.__dict__,
+            },
+            ckpt_dir / f"epoch-{epoch:04d}.pt",
+        )
+        for old in sorted(ckpt_dir.glob("epoch-*.pt"))[: -cfg.keep_last]:
+            old.unlink()
+        cb.on_epoch(state, record)
+    return state

@@ -1,0 +1,107 @@
+"""What ``stitch run`` shows while it trains: a rich progress bar, or plain lines (``--quiet``).
+
+Every message also goes to the run directory's ``log.txt``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import sys
+from typing import Any, Sequence
+
+import torch
+
+
+class Progress:
+    """Progress of an experiment: one bar per run (variant, seed, epoch, step, loss, ETA, img/s)."""
+
+    def __init__(self, quiet: bool = False, log: logging.Logger | None = None) -> None:
+        self.quiet = quiet or not sys.stdout.isatty()
+        self.log = log or logging.getLogger("stitch.run")
+        self._bar: Any = None
+        self._task: Any = None
+        self._live = None
+        self._epoch = 0
+        self._epochs = 0
+        self._steps = 0
+        self._label = ""
+
+    def __enter__(self) -> "Progress":
+        if not self.quiet:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._bar = RichProgress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            )
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def message(self, text: str) -> None:
+        self.log.info(text)
+        if self._bar is not None:
+            self._bar.console.print(text)
+        else:
+            print(text, flush=True)
+
+    def start_experiment(self, name: str, n_runs: int, device: torch.device) -> None:
+        self.message(f"{name}: {n_runs} runs on {device}")
+
+    def skip(self, variant: str, seed: int, status: str) -> None:
+        self.message(f"{variant} seed {seed}: already {status}, skipped (--force retrains)")
+
+    def start_run(self, variant: str, seed: int, epochs: int, n_images: int, batch_size: int) -> None:
+        self._label, self._epochs = f"{variant} s{seed}", epochs
+        self._steps = max(1, math.ceil(n_images / batch_size))
+        self.message(f"{variant} seed {seed}: training {epochs} epochs on {n_images} images")
+        if self._bar is not None:
+            if self._task is not None:
+                self._bar.remove_task(self._task)
+            self._task = self._bar.add_task(self._label, total=epochs * self._steps, loss=float("nan"), ips=0.0)
+
+    def step(self, epoch: int, step: int, loss: float, images: int) -> None:
+        if self._bar is not None:
+            self._bar.update(
+                self._task, completed=(epoch - 1) * self._steps + step, loss=loss,
+                description=f"{self._label} ep {epoch}/{self._epochs}",
+            )
+
+    def epoch_done(self, record: dict[str, Any], primary: str) -> None:
+        metric = f", {primary} {record[primary]:.4f}" if primary in record else ""
+        text = (
+            f"  {self._label} epoch {record['epoch']}/{self._epochs}: loss {record['train_loss']:.4f}{metric}, "
+            f"{record['train_images_per_s']:.1f} img/s, {record['seconds']:.1f} s"
+        )
+        self.log.info(text)
+        if self._bar is not None:
+            self._bar.update(self._task, ips=record["train_images_per_s"])
+        else:
+            print(text, flush=True)
+
+    def summary(self, rows: Sequence[Any], primary: str) -> None:
+        """The short table printed at the end: mean ± std of the primary metric per variant."""
+        by_variant: dict[str, list[Any]] = {}
+        for r in rows:
+            by_variant.setdefault(r.variant, []).append(r)
+        lines = [f"{'variant':<24} {'runs':>9} {primary + ' (best)':>22} {'params':>12} {'time/run':>9}"]
+        for variant, rs in by_variant.items():
+            done = [r for r in rs if r.status == "done" and r.best_value is not None]
+            values = [r.best_value for r in done]
+            if len(values) >= 2:
+                cell = f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+            elif values:
+                cell = f"{values[0]:.4f}"
+            else:
+                cell = "—"
+            params = f"{rs[0].params:,}" if rs[0].params else "—"
+            secs = statistics.mean(r.wall_time for r in rs) if rs else 0.0
+            status = f"{len(done)}/{len(rs)} done"
+            lines.append(f"{variant:<24} {status:>9} {cell:>22} {params:>12} {secs:>8.0f}s")
+        self.message("\n".join(lines))

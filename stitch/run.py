@@ -1,0 +1,232 @@
+"""``stitch run``: every variant x seed of an experiment, trained, evaluated and stored.
+
+Layout of ``runs/<experiment>/``::
+
+    experiment.yaml   the experiment file as run (``stitch show`` / ``report`` read it)
+    runs.sqlite       one row per variant x seed (stitch/store.py)
+    results.csv       the same rows, flattened, for a spreadsheet
+    log.txt           a plain log of everything printed, with timestamps
+    tb/<variant>_s<seed>/   TensorBoard scalars and image grids
+    ckpt/<run_id>/    epoch-NNNN.pt (the last ``keep_last``) and best.pt
+
+Re-running skips finished runs, resumes unfinished ones from their last checkpoint, and
+``--force`` retrains.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from stitch.build import stitch_variant
+from stitch.config import Experiment
+from stitch.engine import Callbacks, Diverged, LoopState, pick_device, train
+from stitch.errors import StitchError
+from stitch.plan import Variant, plan_variants
+from stitch.progress import Progress
+from stitch.store import ResultStore, RunRow, run_id_of
+from stitch.tasks.segmentation import SegmentationTask
+
+
+@dataclass
+class RunPlan:
+    """One variant x seed to train."""
+
+    variant: Variant
+    seed: int
+    run_id: str
+    config: dict[str, Any]
+
+
+def resolved_config(exp: Experiment, variant: Variant, seed: int, epochs: int) -> dict[str, Any]:
+    """Everything that determines a run's result (its id is a hash of this)."""
+    cfg = exp.cfg.model_dump(mode="json")
+    train_cfg = dict(cfg["train"], epochs=epochs)
+    return {
+        "task": cfg["task"],
+        "baseline": cfg["baseline"],
+        "data": cfg["data"],
+        "train": train_cfg,
+        "insertions": [i for i in cfg["insertions"] if i["name"] in variant.insertions],
+        "seed": seed,
+        "primary_metric": exp.cfg.primary_metric,
+    }
+
+
+def plan_runs(exp: Experiment, epochs: int | None = None, seeds: Sequence[int] | None = None) -> list[RunPlan]:
+    """Variants x seeds, each with its config and run id."""
+    n_epochs = epochs or exp.cfg.train.epochs
+    out = []
+    for variant in plan_variants(exp.cfg):
+        for seed in seeds if seeds is not None else exp.cfg.seeds:
+            config = resolved_config(exp, variant, seed, n_epochs)
+            out.append(RunPlan(variant, seed, run_id_of(config), config))
+    return out
+
+
+def _logger(run_dir: Path) -> logging.Logger:
+    log = logging.getLogger(f"stitch.run.{run_dir}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not log.handlers:
+        handler = logging.FileHandler(run_dir / "log.txt")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+    return log
+
+
+def _check_data_fits(exp: Experiment, num_classes: int, in_channels: int) -> None:
+    args = exp.cfg.baseline.args
+    for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if key in args and args[key] != value:
+            raise exp.source.error(("baseline", "args", key), f"{key}={args[key]} but the {exp.cfg.data.dataset} data has {value} (set {key}: {value})")
+        if key not in args:
+            exp.cfg.baseline.args[key] = value
+
+
+def run_experiment(
+    exp: Experiment,
+    out: str | Path = "runs",
+    device: str | None = None,
+    epochs: int | None = None,
+    seeds: Sequence[int] | None = None,
+    force: bool = False,
+    quiet: bool = False,
+    stop_after: int | None = None,
+) -> list[RunRow]:
+    """Train every planned run that is not finished yet; return the rows of this experiment."""
+    from stitch.data import build_data
+    from stitch.validate import validate_experiment
+
+    if exp.cfg.task != "segmentation":
+        raise StitchError(f"stitch run trains the segmentation task for now; {exp.cfg.task!r} comes with the instance-segmentation milestone")
+    if exp.cfg.data is None:
+        raise exp.source.error(("data",), "the experiment has no 'data:' block; add one, e.g. data: {dataset: nuclei} (README: The experiment file)")
+    dev = pick_device(device)
+    data = build_data(exp.cfg.data)
+    _check_data_fits(exp, data.num_classes, data.in_channels)
+    validate_experiment(exp)  # every model-side mistake before any training
+    runs = plan_runs(exp, epochs, seeds)
+
+    run_dir = Path(out) / exp.cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if exp.path is not None:
+        shutil.copyfile(exp.path, run_dir / "experiment.yaml")
+    log = _logger(run_dir)
+    task = SegmentationTask(data.num_classes, exp.cfg.train.loss, data.ignore_index)
+    progress = Progress(quiet=quiet, log=log)
+    results: list[RunRow] = []
+    with ResultStore(run_dir / "runs.sqlite") as store, progress:
+        progress.start_experiment(exp.cfg.name, len(runs), dev)
+        for plan in runs:
+            row = store.get(plan.run_id)
+            if row is not None and row.status in ("done", "diverged") and not force:
+                progress.skip(plan.variant.name, plan.seed, row.status)
+                results.append(row)
+                continue
+            results.append(_train_run(exp, plan, data, task, run_dir, store, dev, progress, force, stop_after))
+        _write_csv(store, run_dir / "results.csv")
+        progress.summary(results, exp.cfg.primary_metric)
+    return results
+
+
+def _train_run(exp, plan: RunPlan, data, task, run_dir: Path, store: ResultStore, dev: torch.device, progress: Progress, force: bool, stop_after: int | None) -> RunRow:
+    ckpt_dir = run_dir / "ckpt" / plan.run_id
+    if force and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    built = stitch_variant(exp, plan.variant, plan.seed)
+    epochs = plan.config["train"]["epochs"]
+    train_cfg = exp.cfg.train.model_copy(update={"epochs": epochs})
+    previous = store.get(plan.run_id)
+    store.start(RunRow(
+        run_id=plan.run_id, experiment=exp.cfg.name, variant=plan.variant.name, variant_slug=plan.variant.slug,
+        insertions=list(plan.variant.insertions), seed=plan.seed, status="running", config=plan.config,
+        primary_metric=exp.cfg.primary_metric, params=built.params, baseline_params=built.baseline_params,
+        epochs=epochs, device=str(dev), started_at=previous.started_at if previous and not force else None,
+    ))
+    writer = _tensorboard(run_dir / "tb" / f"{plan.variant.slug}_s{plan.seed}")
+    primary = exp.cfg.primary_metric
+
+    def save_state(state: LoopState) -> None:
+        store.update(
+            plan.run_id, epochs_done=state.epoch, history=state.history, best_epoch=state.best_epoch,
+            best_value=None if state.best_epoch is None else state.best_value, best_metrics=state.best_metrics,
+            final_metrics=state.last_metrics, wall_time=state.wall_time,
+            train_images_per_s=state.train_images / max(state.train_seconds, 1e-9),
+        )
+
+    def on_epoch(state: LoopState, record: dict[str, Any]) -> None:
+        save_state(state)
+        if writer is not None:
+            for k, v in record.items():
+                if k != "epoch":
+                    writer.add_scalar(("train/" if k.startswith(("train", "lr")) else "val/") + k, v, record["epoch"])
+            writer.flush()
+        progress.epoch_done(record, primary)
+
+    def on_eval(epoch: int, model: torch.nn.Module) -> None:
+        if writer is not None:
+            from stitch.visualize import prediction_grid
+
+            grid = prediction_grid(model, data, n=4, device=dev)
+            writer.add_image("val/input_target_prediction", grid, epoch)
+
+    progress.start_run(plan.variant.name, plan.seed, epochs, len(data.train), train_cfg.batch_size)
+    callbacks = Callbacks(on_step=progress.step, on_epoch=on_epoch, on_eval=on_eval)
+    try:
+        state = train(
+            built.model, task, data.train, data.val, train_cfg, plan.seed, dev, ckpt_dir, primary,
+            num_workers=exp.cfg.data.num_workers, callbacks=callbacks, stop_after=stop_after,
+        )
+    except Diverged as exc:
+        store.update(plan.run_id, status="diverged", error=str(exc))
+        progress.message(f"{plan.variant.name} seed {plan.seed}: diverged ({exc})")
+    except KeyboardInterrupt:
+        progress.message(f"{plan.variant.name} seed {plan.seed}: interrupted; run the same command again to resume")
+        raise
+    except StitchError:
+        raise
+    except Exception as exc:  # a crash of one run must not lose the others
+        store.update(plan.run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        progress.message(f"{plan.variant.name} seed {plan.seed}: failed: {type(exc).__name__}: {exc} (traceback in log.txt)")
+        progress.log.error(traceback.format_exc())
+    else:
+        save_state(state)
+        if state.epoch >= epochs:
+            store.update(plan.run_id, status="done")
+    finally:
+        if writer is not None:
+            writer.close()
+    return store.get(plan.run_id)
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency; without it the run still works
+        return None
+    return SummaryWriter(str(path))
+
+
+def _write_csv(store: ResultStore, path: Path) -> None:
+    """``results.csv``: one row per run, metrics flattened into columns (written atomically)."""
+    import pandas as pd
+
+    records = []
+    for r in store.rows():
+        rec = {k: getattr(r, k) for k in ("run_id", "variant", "seed", "status", "params", "baseline_params", "epochs", "epochs_done", "best_epoch", "best_value", "wall_time", "train_images_per_s", "device", "error")}
+        rec["insertions"] = "+".join(r.insertions)
+        for prefix, metrics in (("final", r.final_metrics), ("best", r.best_metrics)):
+            for k, v in (metrics or {}).items():
+                if isinstance(v, (int, float)):
+                    rec[f"{prefix}_{k}"] = v
+        records.append(rec)
+    tmp = path.with_suffix(".csv.tmp")
+    pd.DataFrame.from_records(records).to_csv(tmp, index=False)
+    tmp.replace(path)

@@ -1,0 +1,170 @@
+"""The results database: one row per variant x seed, keyed by a hash of the resolved config.
+
+SQLite in the run directory (WAL mode, so a reader such as ``stitch report`` can look while runs
+write). Metrics, history and config are JSON columns: tables are views of these rows, and every
+number in a report can be traced back to its run id.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+STATUSES = ("running", "done", "failed", "diverged")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    experiment TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    variant_slug TEXT NOT NULL,
+    insertions TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed', 'diverged')),
+    config TEXT NOT NULL,
+    primary_metric TEXT NOT NULL,
+    params INTEGER,
+    baseline_params INTEGER,
+    epochs INTEGER,
+    epochs_done INTEGER DEFAULT 0,
+    best_epoch INTEGER,
+    best_value REAL,
+    final_metrics TEXT,
+    best_metrics TEXT,
+    history TEXT DEFAULT '[]',
+    wall_time REAL DEFAULT 0,
+    train_images_per_s REAL,
+    device TEXT,
+    error TEXT,
+    started_at REAL,
+    updated_at REAL
+);
+"""
+
+
+def run_id_of(resolved: dict[str, Any]) -> str:
+    """A stable id: the first 16 hex digits of the SHA-256 of the canonical JSON config."""
+    text = json.dumps(resolved, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class RunRow:
+    """One run as stored (JSON columns decoded)."""
+
+    run_id: str
+    experiment: str
+    variant: str
+    variant_slug: str
+    insertions: list[str]
+    seed: int
+    status: str
+    config: dict[str, Any]
+    primary_metric: str
+    params: int | None = None
+    baseline_params: int | None = None
+    epochs: int | None = None
+    epochs_done: int = 0
+    best_epoch: int | None = None
+    best_value: float | None = None
+    final_metrics: dict[str, Any] | None = None
+    best_metrics: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    wall_time: float = 0.0
+    train_images_per_s: float | None = None
+    device: str | None = None
+    error: str | None = None
+    started_at: float | None = None
+    updated_at: float | None = None
+
+
+_JSON = ("insertions", "config", "final_metrics", "best_metrics", "history")
+
+
+class ResultStore:
+    """Read and write run rows in ``runs.sqlite``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, timeout=30)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.executescript(SCHEMA)
+        self._conn.commit()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def get(self, run_id: str) -> RunRow | None:
+        row = self._conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return _decode(row) if row else None
+
+    def rows(self, status: str | None = None) -> list[RunRow]:
+        sql, args = "SELECT * FROM runs", ()
+        if status:
+            sql, args = sql + " WHERE status = ?", (status,)
+        return [_decode(r) for r in self._conn.execute(sql + " ORDER BY started_at, run_id", args)]
+
+    def start(self, row: RunRow) -> None:
+        """Insert a new run, or mark an existing one running again (resume / --force)."""
+        now = time.time()
+        values = _encode(row)
+        values.update(status="running", updated_at=now, started_at=row.started_at or now)
+        cols = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in values if c != "run_id")
+        with self._conn:
+            self._conn.execute(
+                f"INSERT INTO runs ({cols}) VALUES ({marks}) ON CONFLICT(run_id) DO UPDATE SET {updates}",
+                tuple(values.values()),
+            )
+
+    def update(self, run_id: str, **fields: Any) -> None:
+        """Set some columns of a run (JSON columns are encoded)."""
+        if "status" in fields and fields["status"] not in STATUSES:
+            raise ValueError(f"unknown status {fields['status']!r}")
+        fields["updated_at"] = time.time()
+        enc = {k: (json.dumps(v, default=_jsonable) if k in _JSON else v) for k, v in fields.items()}
+        sets = ", ".join(f"{k} = ?" for k in enc)
+        with self._conn:
+            cur = self._conn.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", (*enc.values(), run_id))
+        if cur.rowcount != 1:
+            raise KeyError(f"no run {run_id!r} in {self.path}")
+
+    def __iter__(self) -> Iterator[RunRow]:
+        return iter(self.rows())
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _encode(row: RunRow) -> dict[str, Any]:
+    d = dict(row.__dict__)
+    for k in _JSON:
+        d[k] = json.dumps(d[k], default=_jsonable) if d[k] is not None else None
+    return d
+
+
+def _decode(row: sqlite3.Row) -> RunRow:
+    d = dict(row)
+    for k in _JSON:
+        if d.get(k) is not None:
+            d[k] = json.loads(d[k])
+    d["history"] = d.get("history") or []
+    return RunRow(**d)

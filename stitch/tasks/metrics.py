@@ -1,0 +1,90 @@
+"""Segmentation metrics from a confusion matrix accumulated on the device.
+
+One ``num_classes x num_classes`` matrix (rows: target, columns: prediction) holds everything;
+per-class TP/FP/FN/TN, IoU, Dice/F1, precision and recall and pixel accuracy are read off it, so
+no metric is averaged over batches of different sizes. Pixels whose target is ``ignore_index`` are
+dropped. A class absent from both target and prediction has an undefined IoU/Dice (NaN); it is
+left out of the means rather than counted as 0 or 1.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class ConfusionMatrix:
+    """Accumulates ``target x prediction`` counts (int64, on the predictions' device)."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str = "cpu") -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: ``pred`` and ``target`` are integer label maps of the same shape."""
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+        keep = target != self.ignore_index
+        t, p = target[keep].long(), pred[keep].long()
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_classes):
+            raise ValueError(f"target labels outside 0..{self.num_classes - 1} (and not ignore_index {self.ignore_index})")
+        idx = t * self.num_classes + p
+        counts = torch.bincount(idx, minlength=self.num_classes**2)
+        self.matrix += counts.reshape(self.num_classes, self.num_classes).to(self.matrix.device)
+
+    def reset(self) -> None:
+        self.matrix.zero_()
+
+    def compute(self) -> dict[str, float | list[float]]:
+        return metrics_from_confusion(self.matrix)
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    out = num.double() / den.double()
+    return torch.where(den > 0, out, torch.full_like(out, float("nan")))
+
+
+def _nanmean(x: torch.Tensor) -> float:
+    x = x[~torch.isnan(x)]
+    return float(x.mean()) if x.numel() else float("nan")
+
+
+def metrics_from_confusion(matrix: torch.Tensor) -> dict[str, float | list[float]]:
+    """Every metric stitch reports, from one confusion matrix.
+
+    Means (``miou``, ``mdice``, ``mprecision``, ``mrecall``) are over classes where the metric is
+    defined. ``fg_iou``/``fg_dice`` treat every class but 0 as foreground (binary view), the usual
+    number for one-object-type sets such as nuclei or lesions.
+    """
+    m = matrix.detach().to("cpu", torch.int64)
+    tp = m.diag()
+    fp = m.sum(0) - tp
+    fn = m.sum(1) - tp
+    total = m.sum()
+    tn = total - tp - fp - fn
+    iou = _ratio(tp, tp + fp + fn)
+    dice = _ratio(2 * tp, 2 * tp + fp + fn)
+    precision = _ratio(tp, tp + fp)
+    recall = _ratio(tp, tp + fn)
+    # binary foreground view: class 0 is background
+    fg_tp = m[1:, 1:].sum()
+    fg_fp = m[0, 1:].sum()
+    fg_fn = m[1:, 0].sum()
+    fg_iou = _ratio(fg_tp, fg_tp + fg_fp + fg_fn)
+    fg_dice = _ratio(2 * fg_tp, 2 * fg_tp + fg_fp + fg_fn)
+    return {
+        "miou": _nanmean(iou),
+        "mdice": _nanmean(dice),
+        "mprecision": _nanmean(precision),
+        "mrecall": _nanmean(recall),
+        "pixel_acc": float(_ratio(tp.sum(), total)),
+        "fg_iou": float(fg_iou),
+        "fg_dice": float(fg_dice),
+        "iou_per_class": iou.tolist(),
+        "dice_per_class": dice.tolist(),
+        "precision_per_class": precision.tolist(),
+        "recall_per_class": recall.tolist(),
+        "tp": tp.tolist(),
+        "fp": fp.tolist(),
+        "fn": fn.tolist(),
+        "tn": tn.tolist(),
+    }

@@ -1,0 +1,77 @@
+"""The semantic-segmentation task: loss, one training step's loss, evaluation.
+
+The engine (``stitch/engine.py``) owns the loop, device, precision and checkpoints; a task only
+says how a batch becomes a loss and how a model is evaluated, so Mask R-CNN can plug in the same
+loop later.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stitch.tasks.metrics import ConfusionMatrix
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, eps: float = 1.0) -> torch.Tensor:
+    """Multi-class soft Dice loss (1 - mean Dice over classes), ignored pixels masked out.
+
+    Written here rather than imported: the segmentation libraries that ship one (smp, MONAI) would
+    be a heavy dependency for ten lines, and their ignore-index handling differs.
+    """
+    num_classes = logits.shape[1]
+    valid = (target != ignore_index).unsqueeze(1)
+    safe_target = torch.where(valid.squeeze(1), target, torch.zeros_like(target))
+    probs = logits.float().softmax(1) * valid
+    onehot = F.one_hot(safe_target, num_classes).permute(0, 3, 1, 2).to(probs.dtype) * valid
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    return 1.0 - ((2 * inter + eps) / (denom + eps)).mean()
+
+
+@dataclass
+class SegmentationTask:
+    """Loss and evaluation for semantic segmentation with ``num_classes`` classes."""
+
+    num_classes: int
+    loss_name: str = "ce"
+    ignore_index: int = 255
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss of one batch and its parts (for logging)."""
+        logits = model(batch["image"])
+        target = batch["mask"]
+        parts: dict[str, torch.Tensor] = {}
+        if "ce" in self.loss_name.split("+"):
+            parts["ce"] = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)
+        if "dice" in self.loss_name.split("+"):
+            parts["dice"] = soft_dice_loss(logits, target, self.ignore_index)
+        total = sum(parts.values())
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device) -> dict[str, Any]:
+        """Metrics over ``batches`` from one confusion matrix accumulated on ``device``."""
+        model.eval()
+        cm = ConfusionMatrix(self.num_classes, self.ignore_index, device)
+        loss_sum, n = 0.0, 0
+        for batch in batches:
+            image = batch["image"].to(device, non_blocking=True)
+            target = batch["mask"].to(device, non_blocking=True)
+            logits = model(image)
+            loss_sum += float(F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)) * image.shape[0]
+            n += image.shape[0]
+            cm.update(logits.argmax(1), target)
+        out = cm.compute()
+        out["val_loss"] = loss_sum / max(n, 1)
+        return out
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        """Label maps for a batch of images."""
+        model.eval()
+        return model(image).argmax(1)

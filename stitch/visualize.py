@@ -1,0 +1,107 @@
+"""Image grids of input / ground truth / prediction (TensorBoard and ``stitch show``)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.utils import make_grid, save_image
+
+
+def palette(num_classes: int) -> torch.Tensor:
+    """Distinct RGB colours in [0, 1] (Pascal VOC's bit-interleaved scheme); class 0 is black."""
+    out = torch.zeros(max(num_classes, 256), 3)
+    for c in range(out.shape[0]):
+        r = g = b = 0
+        cid = c
+        for shift in range(7, -1, -1):
+            r |= ((cid >> 0) & 1) << shift
+            g |= ((cid >> 1) & 1) << shift
+            b |= ((cid >> 2) & 1) << shift
+            cid >>= 3
+        out[c] = torch.tensor([r, g, b]) / 255.0
+    if num_classes == 2:
+        out[1] = torch.tensor([1.0, 1.0, 1.0])  # binary masks: white foreground
+    return out
+
+
+def colorize(mask: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """``H x W`` labels -> ``3 x H x W`` colours (ignored pixels grey)."""
+    pal = palette(num_classes)
+    m = mask.long().cpu()
+    ignored = m == ignore_index
+    rgb = pal[m.clamp(0, pal.shape[0] - 1)].permute(2, 0, 1)
+    rgb[:, ignored] = 0.5
+    return rgb
+
+
+def unnormalize(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Back to [0, 1] RGB for display (one-channel images become grey RGB)."""
+    img = image.detach().cpu().float()
+    m = torch.tensor(mean).view(-1, 1, 1)
+    s = torch.tensor(std).view(-1, 1, 1)
+    img = (img * s + m).clamp(0, 1)
+    return img.expand(3, -1, -1) if img.shape[0] == 1 else img[:3]
+
+
+@torch.no_grad()
+def prediction_grid(model: nn.Module, data: Any, n: int = 8, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Rows of (input, target, prediction) for the first ``n`` validation images."""
+    was_training = model.training
+    model.eval()
+    tiles = []
+    for i in range(min(n, len(data.val))):
+        item = data.val[i]
+        logits = model(item["image"].unsqueeze(0).to(device))
+        pred = logits.argmax(1)[0]
+        tiles += [
+            unnormalize(item["image"], data.mean, data.std),
+            colorize(item["mask"], data.num_classes, data.ignore_index),
+            colorize(pred, data.num_classes, data.ignore_index),
+        ]
+    model.train(was_training)
+    return make_grid(tiles, nrow=3, padding=2, pad_value=1.0)
+
+
+def show_run(run_dir: Path, variant: str | None = None, seed: int | None = None, n: int = 8, out: Path | None = None) -> Path:
+    """Write a PNG grid of images, ground truth and predictions of a trained variant (best checkpoint)."""
+    from stitch.build import stitch_variant
+    from stitch.config import load_experiment
+    from stitch.data import build_data
+    from stitch.errors import StitchError, did_you_mean
+    from stitch.store import ResultStore
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "runs.sqlite").is_file() or not (run_dir / "experiment.yaml").is_file():
+        raise StitchError(f"{run_dir} is not a run directory (it needs runs.sqlite and experiment.yaml; `stitch run` writes them)")
+    exp = load_experiment(run_dir / "experiment.yaml")
+    with ResultStore(run_dir / "runs.sqlite") as store:
+        rows = [r for r in store.rows() if (r.run_id and (run_dir / "ckpt" / r.run_id / "best.pt").is_file())]
+    if not rows:
+        raise StitchError(f"{run_dir} has no trained run with a best checkpoint yet")
+    if variant is not None:
+        names = sorted({r.variant for r in rows})
+        chosen = [r for r in rows if variant.lower() in (r.variant.lower(), r.variant_slug)]
+        if not chosen:
+            raise StitchError(f"no trained variant {variant!r} in {run_dir}" + (did_you_mean(variant, names) or f" (variants: {', '.join(names)})"))
+        rows = chosen
+    if seed is not None:
+        rows = [r for r in rows if r.seed == seed]
+        if not rows:
+            raise StitchError(f"no trained run with seed {seed} for that variant in {run_dir}")
+    row = rows[0]
+    data = build_data(exp.cfg.data)
+    exp.cfg.baseline.args.setdefault("num_classes", data.num_classes)
+    exp.cfg.baseline.args.setdefault("in_channels", data.in_channels)
+    from stitch.plan import Variant
+
+    model = stitch_variant(exp, Variant(row.variant, tuple(row.insertions)), row.seed).model
+    ck = torch.load(run_dir / "ckpt" / row.run_id / "best.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(ck["model"])
+    grid = prediction_grid(model, data, n=n)
+    out = out or run_dir / f"show_{row.variant_slug}_s{row.seed}.png"
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    save_image(grid, tmp)
+    tmp.replace(out)
+    return out
