@@ -109,8 +109,8 @@ class AugmentCfg(Strict):
 class DataBase(Strict):
     """Keys every dataset takes.
 
-    - ``image_size``: ``[H, W]`` (or one int) of every sample; both divisible by 16 (the U-Net
-      halves the input four times). Training crops/pads to it (see ``augment``); validation resizes
+    - ``image_size``: ``[H, W]`` (or one int) of every sample (the U-Net baseline needs both
+      divisible by 16; ``stitch validate`` says so). Training crops/pads to it (see ``augment``); validation resizes
       keeping the aspect ratio so the image fits, then pads bottom/right (image 0, mask
       ``ignore_index``).
     - ``normalize``: ``imagenet`` (ImageNet mean/std; for 1-channel images the channel averages
@@ -130,16 +130,6 @@ class DataBase(Strict):
     @classmethod
     def _square(cls, v: Any) -> Any:
         return (v, v) if isinstance(v, int) else v
-
-    @field_validator("image_size")
-    @classmethod
-    def _divisible(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if v[0] % 16 or v[1] % 16:
-            near = [max(16, round(x / 16) * 16) for x in v]
-            raise ValueError(
-                f"image_size must be divisible by 16 (the U-Net halves it four times), got {list(v)} — try {near}"
-            )
-        return v
 
     @field_validator("normalize")
     @classmethod

@@ -85,23 +85,25 @@ class Progress:
         else:
             print(text, flush=True)
 
-    def summary(self, rows: Sequence[Any], primary: str) -> None:
-        """The short table printed at the end: mean ± std of the primary metric per variant."""
+    def summary(self, rows: Sequence[Any], metrics: Sequence[str]) -> None:
+        """The short table printed at the end: per variant, mean ± std over seeds of each metric
+        at the best epoch, parameters and time per run."""
         by_variant: dict[str, list[Any]] = {}
         for r in rows:
             by_variant.setdefault(r.variant, []).append(r)
-        lines = [f"{'variant':<24} {'runs':>9} {primary + ' (best)':>22} {'params':>12} {'time/run':>9}"]
+        header = f"{'variant':<24} {'runs':>9}" + "".join(f" {m:>17}" for m in metrics) + f" {'params':>12} {'time/run':>9}"
+        lines = [header]
         for variant, rs in by_variant.items():
-            done = [r for r in rs if r.status == "done" and r.best_value is not None]
-            values = [r.best_value for r in done]
-            if len(values) >= 2:
-                cell = f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-            elif values:
-                cell = f"{values[0]:.4f}"
-            else:
-                cell = "—"
+            done = [r for r in rs if r.status == "done" and r.best_metrics]
+            cells = []
+            for m in metrics:
+                values = [r.best_metrics[m] for r in done if isinstance(r.best_metrics.get(m), (int, float))]
+                if len(values) >= 2:
+                    cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
+                else:
+                    cells.append(f"{values[0]:.4f}" if values else "—")
             params = f"{rs[0].params:,}" if rs[0].params else "—"
             secs = statistics.mean(r.wall_time for r in rs) if rs else 0.0
             status = f"{len(done)}/{len(rs)} done"
-            lines.append(f"{variant:<24} {status:>9} {cell:>22} {params:>12} {secs:>8.0f}s")
+            lines.append(f"{variant:<24} {status:>9}" + "".join(f" {c:>17}" for c in cells) + f" {params:>12} {secs:>8.0f}s")
         self.message("\n".join(lines))

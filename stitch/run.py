@@ -124,6 +124,9 @@ def run_experiment(
     results: list[RunRow] = []
     with ResultStore(run_dir / "runs.sqlite") as store, progress:
         progress.start_experiment(exp.cfg.name, len(runs), dev)
+        progress.message(f"data: {data.describe()}")
+        if exp.cfg.train.amp and dev.type != "cuda":
+            progress.message(f"note: train.amp is for CUDA; training in float32 on {dev}")
         for plan in runs:
             row = store.get(plan.run_id)
             if row is not None and row.status in ("done", "diverged") and not force:
@@ -132,7 +135,8 @@ def run_experiment(
                 continue
             results.append(_train_run(exp, plan, data, task, run_dir, store, dev, progress, force, stop_after))
         _write_csv(store, run_dir / "results.csv")
-        progress.summary(results, exp.cfg.primary_metric)
+        shown = list(dict.fromkeys([exp.cfg.primary_metric, *exp.cfg.metrics.report]))
+        progress.summary(results, shown)
     return results
 
 

@@ -73,6 +73,7 @@ def test_stitching_mistakes_exit_2_with_one_line(write_experiment, capsys, inser
         (TINY_UNET.replace("base_width: 8", "base_width: abc"), "exp.yaml:5: baseline.args.base_width: argument 'base_width'='abc': Input should be a valid integer"),
         (TINY_UNET.replace("base_width: 8", "base_width: 0"), "baseline.args: cannot build unet with {'in_channels': 3, 'num_classes': 3, 'base_width': 0}: base_width must be at least 1, got 0"),
         (TINY_UNET.replace("[32, 32]", "[30, 30]"), "exp.yaml:6: probe.image_size: the U-Net needs height and width divisible by 16 (4 poolings), got 30x30; try 32x32"),
+        (TINY_UNET.replace("probe: {image_size: [32, 32]}", "data: {dataset: shapes, image_size: 100}"), "exp.yaml:6: data.image_size: the U-Net needs height and width divisible by 16 (4 poolings), got 100x100; try 96x96"),
         (TINY_UNET + "insertions: []\ninsertions: []\n", "exp.yaml:8: insertions: key 'insertions' appears twice (also on line 7)"),
         (TINY_UNET + "seeds: [99999999999999999999]\n", "seeds[0]: Input should be less than 2147483648"),
         (TINY_UNET.replace("model: unet", "model: maskrcnn").replace("task: segmentation", "task: instance").replace("{in_channels: 3, num_classes: 3, base_width: 8}", "{backbone: resnet18, weights: /nonexistent/w.pth}"), "baseline.args: cannot build maskrcnn"),

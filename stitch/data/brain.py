@@ -18,7 +18,6 @@ Written once to ``<cache>/brain-icbm152-2009a-v1/`` as ``images/z<z>.png``, ``ma
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from stitch.data.common import (
     prepare_once,
     prepared_pairs,
     resolve_cache_dir,
+    wheel_files,
     write_json,
 )
 
@@ -43,20 +43,10 @@ CLASSES = ["background", "grey_matter", "white_matter"]
 
 
 def template_files() -> dict[str, Path]:
-    """``{"t1", "gm", "wm"} -> path`` inside the installed nilearn wheel, without importing it."""
-    try:
-        spec = importlib.util.find_spec("nilearn")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"the brain dataset is the MNI template inside the nilearn wheel, which is not installed; run: {INSTALL}")
-    for loc in spec.submodule_search_locations:
-        folder = Path(loc) / "datasets" / "data"
-        files = {k: folder / f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
-        if all(p.is_file() for p in files.values()):
-            return files
-    raise DataError("nilearn is installed but the MNI template files are not there; reinstall: pip install --no-deps --force-reinstall nilearn==0.14.1",
-                    Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data")
+    """``{"t1", "gm", "wm"} -> path`` inside the installed nilearn wheel."""
+    kinds = ("t1", "gm", "wm")
+    rel = [f"datasets/data/mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in kinds]
+    return dict(zip(kinds, wheel_files("nilearn", rel, INSTALL, "the brain dataset is the MNI template")))
 
 
 def read_volume(path: Path) -> np.ndarray:

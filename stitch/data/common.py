@@ -44,6 +44,25 @@ def one_line(exc: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------- cache and preparation
+def wheel_files(package: str, relpaths: Sequence[str], install: str, what: str) -> list[Path]:
+    """Files shipped inside an installed package, located without importing it (importing
+    stardist or nilearn would pull TensorFlow or scikit-learn; only their data files are used)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"{what} inside the {package} wheel, which is not installed; run: {install}")
+    for loc in spec.submodule_search_locations:
+        files = [Path(loc) / r for r in relpaths]
+        if all(f.is_file() for f in files):
+            return files
+    first = Path(list(spec.submodule_search_locations)[0]) / relpaths[0]
+    raise DataError(f"{package} is installed but its data files are not there; reinstall: {install.replace('install', 'install --force-reinstall', 1)}", first)
+
+
 def resolve_cache_dir(cfg: Any, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where prepared datasets live: ``cache_dir`` if given, else ``cfg.root``, else
     ``$STITCH_DATA``, else ``~/.cache/stitch``."""

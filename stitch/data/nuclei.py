@@ -25,7 +25,6 @@ annotation keeps ``instance_id``, its label in the full 512x512 map, and each im
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from stitch.data.common import (
     prepare_once,
     prepared_pairs,
     resolve_cache_dir,
+    wheel_files,
     write_json,
 )
 
@@ -47,19 +47,9 @@ INSTALL = "pip install --no-deps stardist==0.9.2"
 
 
 def sample_files() -> tuple[Path, Path]:
-    """``(img2d.tif, mask2d.tif)`` of the installed stardist wheel, without importing stardist."""
-    try:
-        spec = importlib.util.find_spec("stardist")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"the nuclei dataset is the sample image inside the stardist wheel, which is not installed; run: {INSTALL}")
-    for loc in spec.submodule_search_locations:
-        folder = Path(loc) / "data" / "images"
-        if (folder / "img2d.tif").is_file() and (folder / "mask2d.tif").is_file():
-            return folder / "img2d.tif", folder / "mask2d.tif"
-    where = Path(list(spec.submodule_search_locations)[0]) / "data" / "images" / "img2d.tif"
-    raise DataError("stardist is installed but its sample image is not there; reinstall it: pip install --no-deps --force-reinstall stardist==0.9.2", where)
+    """``(img2d.tif, mask2d.tif)`` of the installed stardist wheel."""
+    img, mask = wheel_files("stardist", ["data/images/img2d.tif", "data/images/mask2d.tif"], INSTALL, "the nuclei dataset is the sample image")
+    return img, mask
 
 
 def read_tif(path: Path) -> np.ndarray:
