@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from stitch.errors import StitchError
+from stitch.errors import StitchError, one_line_message
 
 
 def _console():
@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StitchError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -274,6 +274,8 @@ class SchedulerCfg(Strict):
 
 
 class TrainCfg(Strict):
+    """The training recipe (README: ``train:``)."""
+
     epochs: Annotated[StrictInt, Field(gt=0)] = 20
     batch_size: Annotated[StrictInt, Field(gt=0)] = 8
     optimizer: OptimizerCfg = Field(default_factory=OptimizerCfg)
@@ -285,6 +287,12 @@ class TrainCfg(Strict):
     deterministic: StrictBool = False
     eval_every: Annotated[StrictInt, Field(gt=0)] = 1
     keep_last: Annotated[StrictInt, Field(gt=0)] = 2
+
+    @model_validator(mode="after")
+    def _min_lr_below_lr(self) -> "TrainCfg":
+        if self.scheduler.min_lr > self.optimizer.lr:
+            raise ValueError(f"scheduler.min_lr {self.scheduler.min_lr} is above optimizer.lr {self.optimizer.lr}; the schedule would raise the learning rate")
+        return self
 
 
 # ----------------------------------------------------------------------------- design and report

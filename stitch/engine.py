@@ -37,15 +37,23 @@ class Diverged(RuntimeError):
 
 # ----------------------------------------------------------------------------- device and seeds
 def pick_device(name: str | None = None) -> torch.device:
-    """``name`` if given, else CUDA when present, else CPU."""
-    if name:
-        dev = torch.device(name)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            from stitch.errors import StitchError
+    """``name`` (``cpu``, ``cuda``, ``cuda:N``) if given, else CUDA when present, else CPU."""
+    from stitch.errors import StitchError
 
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise StitchError(f"--device {name!r}: use cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
             raise StitchError(f"--device {name}: CUDA is not available on this machine (use --device cpu or leave it out)")
-        return dev
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise StitchError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 def seed_everything(seed: int) -> None:
@@ -58,7 +66,9 @@ def set_deterministic(on: bool) -> None:
     """Deterministic algorithms (and cuDNN settings) so a run repeats bit for bit."""
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(on)
+    # warn_only: a few CUDA kernels (e.g. nll_loss2d forward) have no deterministic version; they
+    # warn instead of failing the run. On CPU every op used here is deterministic.
+    torch.use_deterministic_algorithms(on, warn_only=True)
     torch.backends.cudnn.deterministic = on
     torch.backends.cudnn.benchmark = not on
 
@@ -115,9 +125,25 @@ def save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    found = sorted(ckpt_dir.glob("epoch-*.pt"))
-    return found[-1] if found else None
+def train_batches(n_images: int, batch_size: int) -> tuple[int, bool, int]:
+    """``(batch size, drop_last, batches per epoch)`` of the training loader.
+
+    The last incomplete batch is dropped only when it would hold a single image (BatchNorm
+    cannot train on one)."""
+    bs = max(1, min(batch_size, n_images))
+    drop_last = n_images % bs == 1 and n_images > 1
+    return bs, drop_last, (n_images // bs if drop_last else math.ceil(n_images / bs))
+
+
+def load_latest_checkpoint(ckpt_dir: Path, device: torch.device) -> dict[str, Any] | None:
+    """The newest readable epoch checkpoint (an unreadable one, e.g. cut by a full disk, is
+    skipped for the one before it)."""
+    for path in sorted(ckpt_dir.glob("epoch-*.pt"), reverse=True):
+        try:
+            return torch.load(path, map_location=device, weights_only=False)
+        except Exception:  # a damaged file: fall back to the previous epoch
+            continue
+    return None
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -167,9 +193,7 @@ def train(
     cb = callbacks or Callbacks()
     set_deterministic(cfg.deterministic)
     model.to(device)
-    batch_size = min(cfg.batch_size, len(train_set))
-    # drop an incomplete last batch when it would be a single image (BatchNorm cannot train on it)
-    drop_last = len(train_set) % batch_size == 1
+    batch_size, drop_last, _ = train_batches(len(train_set), cfg.batch_size)
     sampler_gen = torch.Generator()
     loader = DataLoader(
         train_set, batch_size=batch_size, shuffle=True, drop_last=drop_last, num_workers=num_workers,
@@ -184,9 +208,8 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     state = LoopState()
 
-    last = latest_checkpoint(ckpt_dir)
-    if last is not None:
-        ck = torch.load(last, map_location=device, weights_only=False)
+    ck = load_latest_checkpoint(ckpt_dir, device)
+    if ck is not None:
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
@@ -207,10 +230,12 @@ def train(
         for i, batch in enumerate(loader):
             batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss, _parts = task.loss(model, batch)
+                loss, _ = task.loss(model, batch)
             if not torch.isfinite(loss):
                 raise Diverged(f"training loss is {loss.item()} at epoch {epoch}, step {i + 1}")
-            scaler.scale(loss / cfg.grad_accum).backward()
+            # the mean over the micro-batches of one optimiser step (the last group may be short)
+            group = min(cfg.grad_accum, micro_per_epoch - (i // cfg.grad_accum) * cfg.grad_accum)
+            scaler.scale(loss / group).backward()
             if (i + 1) % cfg.grad_accum == 0 or i + 1 == micro_per_epoch:
                 if cfg.clip_grad_norm:
                     scaler.unscale_(optimizer)

@@ -81,3 +81,13 @@ def check_types(fn: Callable[..., Any], args: Mapping[str, Any]) -> str | None:
 
 def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def one_line_message(exc: BaseException) -> str:
+    """The user-facing line of an error. An error raised in a DataLoader worker arrives wrapped
+    in the worker's traceback text; its own message is the last line."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+        return last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith(("Error", "Exception")) else last
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -5,7 +5,6 @@ Every message also goes to the run directory's ``log.txt``.
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 import sys
 from typing import Any, Sequence
@@ -57,9 +56,9 @@ class Progress:
     def skip(self, variant: str, seed: int, status: str) -> None:
         self.message(f"{variant} seed {seed}: already {status}, skipped (--force retrains)")
 
-    def start_run(self, variant: str, seed: int, epochs: int, n_images: int, batch_size: int) -> None:
+    def start_run(self, variant: str, seed: int, epochs: int, n_images: int, steps: int) -> None:
         self._label, self._epochs = f"{variant} s{seed}", epochs
-        self._steps = max(1, math.ceil(n_images / batch_size))
+        self._steps = max(1, steps)
         self.message(f"{variant} seed {seed}: training {epochs} epochs on {n_images} images")
         if self._bar is not None:
             if self._task is not None:

@@ -14,9 +14,11 @@ Re-running skips finished runs, resumes unfinished ones from their last checkpoi
 """
 from __future__ import annotations
 
+import inspect
 import logging
+import math
+import os
 import shutil
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +28,10 @@ import torch
 
 from stitch.build import stitch_variant
 from stitch.config import Experiment
-from stitch.engine import Callbacks, Diverged, LoopState, pick_device, train
-from stitch.errors import StitchError
+from torch.utils.tensorboard import SummaryWriter
+
+from stitch.engine import Callbacks, Diverged, LoopState, pick_device, train, train_batches
+from stitch.errors import StitchError, one_line_message
 from stitch.plan import Variant, plan_variants
 from stitch.progress import Progress
 from stitch.store import ResultStore, RunRow, run_id_of
@@ -44,16 +48,48 @@ class RunPlan:
     config: dict[str, Any]
 
 
+def _with_defaults(fn: Any, args: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``args`` plus the defaults of ``fn``'s other keyword parameters (so writing a default out
+    explicitly does not change a run id)."""
+    out = dict(args)
+    for p in inspect.signature(fn).parameters.values():
+        if p.name not in out and p.name not in skip and p.default is not p.empty:
+            out[p.name] = p.default
+    return out
+
+
+def _resolved_insertion(ins: dict[str, Any]) -> dict[str, Any]:
+    import modules_zoo
+    from modules_zoo.registry import PROBE_ARGS
+
+    entry = modules_zoo.get(ins["module"])
+    return dict(
+        ins,
+        mode=ins["mode"] or entry.modes[0],
+        args=_with_defaults(entry.builder, ins["args"], PROBE_ARGS),
+        nest=[_resolved_insertion(n) for n in ins["nest"]],
+    )
+
+
 def resolved_config(exp: Experiment, variant: Variant, seed: int, epochs: int) -> dict[str, Any]:
-    """Everything that determines a run's result (its id is a hash of this)."""
+    """Everything that determines a run's result, with defaults filled in (its id is a hash of
+    this). Settings that cannot change the result (``keep_last``; ``amp`` off CUDA is recorded
+    as it is) are left out."""
+    from stitch.baselines import BASELINES
+
     cfg = exp.cfg.model_dump(mode="json")
     train_cfg = dict(cfg["train"], epochs=epochs)
+    train_cfg.pop("keep_last")
+    data = dict(cfg["data"])
+    if data.get("root"):
+        data["root"] = os.path.normpath(data["root"])
+    baseline = dict(cfg["baseline"], args=_with_defaults(BASELINES[exp.cfg.baseline.model].build, cfg["baseline"]["args"]))
     return {
         "task": cfg["task"],
-        "baseline": cfg["baseline"],
-        "data": cfg["data"],
+        "baseline": baseline,
+        "data": data,
         "train": train_cfg,
-        "insertions": [i for i in cfg["insertions"] if i["name"] in variant.insertions],
+        "insertions": [_resolved_insertion(i) for i in cfg["insertions"] if i["name"] in variant.insertions],
         "seed": seed,
         "primary_metric": exp.cfg.primary_metric,
     }
@@ -62,6 +98,8 @@ def resolved_config(exp: Experiment, variant: Variant, seed: int, epochs: int) -
 def plan_runs(exp: Experiment, epochs: int | None = None, seeds: Sequence[int] | None = None) -> list[RunPlan]:
     """Variants x seeds, each with its config and run id."""
     n_epochs = epochs or exp.cfg.train.epochs
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        raise StitchError(f"--seeds {' '.join(map(str, seeds))}: seeds repeat; paired statistics need distinct seeds")
     out = []
     for variant in plan_variants(exp.cfg):
         for seed in seeds if seeds is not None else exp.cfg.seeds:
@@ -113,48 +151,80 @@ def run_experiment(
     _check_data_fits(exp, data.num_classes, data.in_channels)
     validate_experiment(exp)  # every model-side mistake before any training
     runs = plan_runs(exp, epochs, seeds)
+    preflight(data, exp.cfg.train.batch_size)  # unreadable files, bad labels: before anything is written
 
     run_dir = Path(out) / exp.cfg.name
+    if Path(out).exists() and not Path(out).is_dir():
+        raise StitchError(f"--out {out}: is a file, not a directory")
     run_dir.mkdir(parents=True, exist_ok=True)
-    if exp.path is not None:
+    if exp.path is not None and not _same_file(exp.path, run_dir / "experiment.yaml"):
         shutil.copyfile(exp.path, run_dir / "experiment.yaml")
     log = _logger(run_dir)
     task = SegmentationTask(data.num_classes, exp.cfg.train.loss, data.ignore_index)
     progress = Progress(quiet=quiet, log=log)
     results: list[RunRow] = []
+    current = {p.run_id for p in runs}
     with ResultStore(run_dir / "runs.sqlite") as store, progress:
-        progress.start_experiment(exp.cfg.name, len(runs), dev)
-        progress.message(f"data: {data.describe()}")
-        if exp.cfg.train.amp and dev.type != "cuda":
-            progress.message(f"note: train.amp is for CUDA; training in float32 on {dev}")
-        for plan in runs:
-            row = store.get(plan.run_id)
-            if row is not None and row.status in ("done", "diverged") and not force:
-                progress.skip(plan.variant.name, plan.seed, row.status)
-                results.append(row)
-                continue
-            results.append(_train_run(exp, plan, data, task, run_dir, store, dev, progress, force, stop_after))
-        _write_csv(store, run_dir / "results.csv")
+        try:
+            progress.start_experiment(exp.cfg.name, len(runs), dev)
+            progress.message(f"data: {data.describe()}")
+            if exp.cfg.train.amp and dev.type != "cuda":
+                progress.message(f"note: train.amp is for CUDA; training in float32 on {dev}")
+            for plan in runs:
+                row = store.get(plan.run_id)
+                if row is not None and row.status in ("done", "diverged") and not force:
+                    progress.skip(plan.variant.name, plan.seed, row.status)
+                    results.append(row)
+                    continue
+                results.append(_train_run(exp, plan, data, task, run_dir, store, dev, progress, force, stop_after))
+        except StitchError as exc:
+            log.error(f"stopped: {one_line_message(exc)}")
+            raise
+        finally:
+            _write_csv(store, run_dir / "results.csv", current)
         shown = list(dict.fromkeys([exp.cfg.primary_metric, *exp.cfg.metrics.report]))
         progress.summary(results, shown)
     return results
 
 
+def preflight(data: Any, batch_size: int) -> None:
+    """Read every validation sample and the first training batch once, so unreadable files and
+    out-of-range labels stop the command before any run directory is written."""
+    for i in range(len(data.val)):
+        data.val[i]
+    for i in range(min(len(data.train), batch_size)):
+        data.train[i]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _train_run(exp, plan: RunPlan, data, task, run_dir: Path, store: ResultStore, dev: torch.device, progress: Progress, force: bool, stop_after: int | None) -> RunRow:
     ckpt_dir = run_dir / "ckpt" / plan.run_id
-    if force and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
+    tb_dir = run_dir / "tb" / f"{plan.variant.slug}_s{plan.seed}_{plan.run_id[:8]}"
+    previous = store.get(plan.run_id)
+    fresh = force or previous is None
+    if fresh:
+        for folder in (ckpt_dir, tb_dir):
+            if folder.exists():
+                shutil.rmtree(folder)
     built = stitch_variant(exp, plan.variant, plan.seed)
     epochs = plan.config["train"]["epochs"]
     train_cfg = exp.cfg.train.model_copy(update={"epochs": epochs})
-    previous = store.get(plan.run_id)
-    store.start(RunRow(
-        run_id=plan.run_id, experiment=exp.cfg.name, variant=plan.variant.name, variant_slug=plan.variant.slug,
-        insertions=list(plan.variant.insertions), seed=plan.seed, status="running", config=plan.config,
-        primary_metric=exp.cfg.primary_metric, params=built.params, baseline_params=built.baseline_params,
-        epochs=epochs, device=str(dev), started_at=previous.started_at if previous and not force else None,
-    ))
-    writer = _tensorboard(run_dir / "tb" / f"{plan.variant.slug}_s{plan.seed}")
+    if fresh:
+        store.start(RunRow(
+            run_id=plan.run_id, experiment=exp.cfg.name, variant=plan.variant.name, variant_slug=plan.variant.slug,
+            insertions=list(plan.variant.insertions), seed=plan.seed, status="running", config=plan.config,
+            primary_metric=exp.cfg.primary_metric, params=built.params, baseline_params=built.baseline_params,
+            epochs=epochs, device=str(dev),
+        ))
+    else:  # resume: keep the history and metrics stored so far
+        store.update(plan.run_id, status="running", device=str(dev), error=None)
+    writer = SummaryWriter(str(tb_dir))
     primary = exp.cfg.primary_metric
 
     def save_state(state: LoopState) -> None:
@@ -167,21 +237,23 @@ def _train_run(exp, plan: RunPlan, data, task, run_dir: Path, store: ResultStore
 
     def on_epoch(state: LoopState, record: dict[str, Any]) -> None:
         save_state(state)
-        if writer is not None:
-            for k, v in record.items():
-                if k != "epoch":
-                    writer.add_scalar(("train/" if k.startswith(("train", "lr")) else "val/") + k, v, record["epoch"])
-            writer.flush()
+        for key, value in record.items():
+            if key != "epoch":
+                writer.add_scalar(TB_TAGS.get(key, f"val/{key}"), value, record["epoch"])
+        metrics = state.last_metrics or {}
+        for name in ("iou_per_class", "dice_per_class"):
+            for c, value in enumerate(metrics.get(name, []) if record.get("val_loss") is not None else []):
+                writer.add_scalar(f"val_{name}/{data.class_names[c]}", value, record["epoch"])
+        writer.flush()
         progress.epoch_done(record, primary)
 
     def on_eval(epoch: int, model: torch.nn.Module) -> None:
-        if writer is not None:
-            from stitch.visualize import prediction_grid
+        from stitch.visualize import prediction_grid
 
-            grid = prediction_grid(model, data, n=4, device=dev)
-            writer.add_image("val/input_target_prediction", grid, epoch)
+        writer.add_image("val/input_target_prediction", prediction_grid(model, data, n=4, device=dev), epoch)
 
-    progress.start_run(plan.variant.name, plan.seed, epochs, len(data.train), train_cfg.batch_size)
+    _, _, steps = train_batches(len(data.train), train_cfg.batch_size)
+    progress.start_run(plan.variant.name, plan.seed, epochs, len(data.train), steps)
     callbacks = Callbacks(on_step=progress.step, on_epoch=on_epoch, on_eval=on_eval)
     try:
         state = train(
@@ -194,7 +266,8 @@ def _train_run(exp, plan: RunPlan, data, task, run_dir: Path, store: ResultStore
     except KeyboardInterrupt:
         progress.message(f"{plan.variant.name} seed {plan.seed}: interrupted; run the same command again to resume")
         raise
-    except StitchError:
+    except StitchError as exc:  # bad data found while training (a file the preflight did not read)
+        store.update(plan.run_id, status="failed", error=one_line_message(exc))
         raise
     except Exception as exc:  # a crash of one run must not lose the others
         store.update(plan.run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -205,26 +278,23 @@ def _train_run(exp, plan: RunPlan, data, task, run_dir: Path, store: ResultStore
         if state.epoch >= epochs:
             store.update(plan.run_id, status="done")
     finally:
-        if writer is not None:
-            writer.close()
+        writer.close()
     return store.get(plan.run_id)
 
 
-def _tensorboard(path: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a dependency; without it the run still works
-        return None
-    return SummaryWriter(str(path))
+#: TensorBoard tag of each per-epoch record key (the rest are validation metrics, ``val/<key>``)
+TB_TAGS = {"train_loss": "train/loss", "lr": "train/lr", "train_images_per_s": "train/images_per_s", "seconds": "time/epoch_seconds"}
 
 
-def _write_csv(store: ResultStore, path: Path) -> None:
-    """``results.csv``: one row per run, metrics flattened into columns (written atomically)."""
+def _write_csv(store: ResultStore, path: Path, current: set[str]) -> None:
+    """``results.csv``: one row per run, metrics flattened into columns (written atomically).
+    ``current`` marks the runs of the experiment file as it is now (older configs stay listed)."""
     import pandas as pd
 
     records = []
     for r in store.rows():
-        rec = {k: getattr(r, k) for k in ("run_id", "variant", "seed", "status", "params", "baseline_params", "epochs", "epochs_done", "best_epoch", "best_value", "wall_time", "train_images_per_s", "device", "error")}
+        rec = {"current": r.run_id in current}
+        rec |= {k: getattr(r, k) for k in ("run_id", "variant", "seed", "status", "params", "baseline_params", "epochs", "epochs_done", "best_epoch", "best_value", "wall_time", "train_images_per_s", "device", "error")}
         rec["insertions"] = "+".join(r.insertions)
         for prefix, metrics in (("final", r.final_metrics), ("best", r.best_metrics)):
             for k, v in (metrics or {}).items():

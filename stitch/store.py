@@ -12,7 +12,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 STATUSES = ("running", "done", "failed", "diverged")
 
@@ -89,13 +89,18 @@ class ResultStore:
     """Read and write run rows in ``runs.sqlite``."""
 
     def __init__(self, path: str | Path) -> None:
+        from stitch.errors import StitchError
+
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, timeout=30)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(SCHEMA)
-        self._conn.commit()
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=30)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(SCHEMA)
+            self._conn.commit()
+        except sqlite3.DatabaseError as exc:
+            raise StitchError(f"{self.path}: not a stitch results database ({exc}); move it away or use another --out") from None
 
     def close(self) -> None:
         self._conn.close()
@@ -117,10 +122,10 @@ class ResultStore:
         return [_decode(r) for r in self._conn.execute(sql + " ORDER BY started_at, run_id", args)]
 
     def start(self, row: RunRow) -> None:
-        """Insert a new run, or mark an existing one running again (resume / --force)."""
+        """Insert a new run or start it over (``--force``): every column is (re)written."""
         now = time.time()
         values = _encode(row)
-        values.update(status="running", updated_at=now, started_at=row.started_at or now)
+        values.update(status="running", updated_at=now, started_at=now)
         cols = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         updates = ", ".join(f"{c} = excluded.{c}" for c in values if c != "run_id")
@@ -141,9 +146,6 @@ class ResultStore:
             cur = self._conn.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", (*enc.values(), run_id))
         if cur.rowcount != 1:
             raise KeyError(f"no run {run_id!r} in {self.path}")
-
-    def __iter__(self) -> Iterator[RunRow]:
-        return iter(self.rows())
 
 
 def _jsonable(value: Any) -> Any:

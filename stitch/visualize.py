@@ -69,17 +69,25 @@ def show_run(run_dir: Path, variant: str | None = None, seed: int | None = None,
     from stitch.build import stitch_variant
     from stitch.config import load_experiment
     from stitch.data import build_data
-    from stitch.errors import StitchError, did_you_mean
+    from stitch.errors import StitchError, did_you_mean, exception_text
+    from stitch.run import plan_runs
     from stitch.store import ResultStore
 
     run_dir = Path(run_dir)
     if not (run_dir / "runs.sqlite").is_file() or not (run_dir / "experiment.yaml").is_file():
         raise StitchError(f"{run_dir} is not a run directory (it needs runs.sqlite and experiment.yaml; `stitch run` writes them)")
+    if out is not None and not out.parent.is_dir():
+        raise StitchError(f"--output {out}: the folder {out.parent} does not exist")
     exp = load_experiment(run_dir / "experiment.yaml")
+    data = build_data(exp.cfg.data)
+    exp.cfg.baseline.args.setdefault("num_classes", data.num_classes)
+    exp.cfg.baseline.args.setdefault("in_channels", data.in_channels)
+    # only runs of the experiment file as it is now: an older config's checkpoint would not fit
+    plans = {p.run_id: p for p in plan_runs(exp, epochs=None)}
     with ResultStore(run_dir / "runs.sqlite") as store:
-        rows = [r for r in store.rows() if (r.run_id and (run_dir / "ckpt" / r.run_id / "best.pt").is_file())]
+        rows = [r for r in store.rows() if r.run_id in plans and (run_dir / "ckpt" / r.run_id / "best.pt").is_file()]
     if not rows:
-        raise StitchError(f"{run_dir} has no trained run with a best checkpoint yet")
+        raise StitchError(f"{run_dir} has no trained run of its experiment.yaml with a best checkpoint (run `stitch run` first)")
     if variant is not None:
         names = sorted({r.variant for r in rows})
         chosen = [r for r in rows if variant.lower() in (r.variant.lower(), r.variant_slug)]
@@ -91,14 +99,12 @@ def show_run(run_dir: Path, variant: str | None = None, seed: int | None = None,
         if not rows:
             raise StitchError(f"no trained run with seed {seed} for that variant in {run_dir}")
     row = rows[0]
-    data = build_data(exp.cfg.data)
-    exp.cfg.baseline.args.setdefault("num_classes", data.num_classes)
-    exp.cfg.baseline.args.setdefault("in_channels", data.in_channels)
-    from stitch.plan import Variant
-
-    model = stitch_variant(exp, Variant(row.variant, tuple(row.insertions)), row.seed).model
-    ck = torch.load(run_dir / "ckpt" / row.run_id / "best.pt", map_location="cpu", weights_only=False)
-    model.load_state_dict(ck["model"])
+    model = stitch_variant(exp, plans[row.run_id].variant, row.seed).model
+    best = run_dir / "ckpt" / row.run_id / "best.pt"
+    try:
+        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["model"])
+    except Exception as exc:
+        raise StitchError(f"{best}: cannot be read ({exception_text(exc)}); `stitch run --force` retrains it") from None
     grid = prediction_grid(model, data, n=n)
     out = out or run_dir / f"show_{row.variant_slug}_s{row.seed}.png"
     tmp = out.with_name(f".{out.name}.tmp.png")

@@ -46,7 +46,15 @@ def test_predicting_an_absent_class_counts_against_it() -> None:
     cm.update(torch.tensor([2, 0]), torch.tensor([0, 0]))
     m = cm.compute()
     assert m["iou_per_class"][2] == 0.0 and m["precision_per_class"][2] == 0.0
-    assert math.isnan(m["recall_per_class"][2])
+    assert m["recall_per_class"][2] == 0.0  # predicted but absent from the target
+    assert math.isnan(m["iou_per_class"][1])  # absent from both
+
+
+def test_a_class_never_predicted_has_precision_zero_not_left_out() -> None:
+    cm = ConfusionMatrix(2)
+    cm.update(torch.tensor([0, 0, 0, 0]), torch.tensor([0, 0, 1, 1]))
+    m = cm.compute()
+    assert m["precision_per_class"] == [0.5, 0.0] and m["mprecision"] == 0.25
 
 
 def test_accumulating_batches_equals_one_big_batch() -> None:

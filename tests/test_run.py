@@ -186,3 +186,75 @@ def test_learning_rate_schedules(schedule: str, checks: list[tuple[int, float]])
     cfg = parse_experiment(f"name: s\ntask: segmentation\nbaseline: {{model: unet}}\ntrain: {{epochs: 10, optimizer: {{lr: 0.001}}, scheduler: {schedule}}}\n").cfg.train
     for step, expected in checks:
         assert lr_factor(step, 10, cfg) == pytest.approx(expected), step
+
+
+def test_run_ids_ignore_defaults_written_out_and_keep_last(tmp_path: Path) -> None:
+    from stitch.run import plan_runs
+
+    plain = load_experiment(tiny(tmp_path, name="ids"))
+    path = tiny(tmp_path, name="ids_explicit")
+    path.write_text(path.read_text().replace("{base_width: 4}", "{base_width: 4, upsampling: transpose}")
+                    .replace('at: "enc*"}', 'at: "enc*", mode: after, args: {rd_ratio: 0.0625}}')
+                    .replace("keep_last: 2", "keep_last: 5").replace("name: ids_explicit", "name: ids"))
+    explicit = load_experiment(path)
+    assert [p.run_id for p in plan_runs(plain)] == [p.run_id for p in plan_runs(explicit)]
+    changed = load_experiment(tiny(tmp_path, name="ids_lr", extra=""))
+    changed.cfg.train.optimizer.lr = 0.01
+    assert not {p.run_id for p in plan_runs(plain)} & {p.run_id for p in plan_runs(changed)}
+
+
+def test_resume_keeps_the_stored_history_until_new_epochs_arrive(tmp_path: Path) -> None:
+    exp = load_experiment(tiny(tmp_path, epochs=3, name="keep"))
+    run_experiment(exp, out=tmp_path / "runs", quiet=True, stop_after=2)
+    with ResultStore(tmp_path / "runs" / "keep" / "runs.sqlite") as store:
+        before = {r.run_id: (len(r.history), r.best_epoch, r.wall_time) for r in store.rows()}
+    run_experiment(exp, out=tmp_path / "runs", quiet=True, stop_after=2)  # a session that trains nothing new
+    with ResultStore(tmp_path / "runs" / "keep" / "runs.sqlite") as store:
+        after = {r.run_id: (len(r.history), r.best_epoch, r.wall_time) for r in store.rows()}
+    assert before == after and all(h == 2 for h, _, _ in after.values())
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--device", "foo"], "--device 'foo': use cpu, cuda or cuda:N"),
+        (["--seeds", "0", "0"], "--seeds 0 0: seeds repeat"),
+    ],
+)
+def test_run_option_mistakes_exit_2(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
+    code = main(["run", str(tiny(tmp_path)), "--out", str(tmp_path / "runs"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_label_in_a_worker_is_one_line_and_nothing_is_written(tmp_path: Path, capsys) -> None:
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(root / "images" / f"s{i}.png")
+        Image.fromarray(np.full((32, 32), 7 if i == 5 else i % 2, np.uint8)).save(root / "masks" / f"s{i}.png")
+    path = tmp_path / "bad.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        name: bad
+        task: segmentation
+        baseline: {{model: unet, args: {{base_width: 4}}}}
+        data: {{dataset: folder, root: {root}, num_classes: 2, image_size: 32, num_workers: 1, val_fraction: 0.5}}
+        train: {{epochs: 1, batch_size: 2}}
+    """))
+    code = main(["run", str(path), "--out", str(tmp_path / "runs"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "s5.png" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_errors_raised_in_dataloader_workers_keep_their_own_line() -> None:
+    from stitch.data import DataError
+    from stitch.errors import one_line_message
+
+    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n  File \"x.py\", line 1, in f\nstitch.data.common.DataError: /d/masks/s5.png: label 7 outside 0..1 (set num_classes)\n")
+    assert one_line_message(wrapped) == "/d/masks/s5.png: label 7 outside 0..1 (set num_classes)"

@@ -3,8 +3,9 @@
 One ``num_classes x num_classes`` matrix (rows: target, columns: prediction) holds everything;
 per-class TP/FP/FN/TN, IoU, Dice/F1, precision and recall and pixel accuracy are read off it, so
 no metric is averaged over batches of different sizes. Pixels whose target is ``ignore_index`` are
-dropped. A class absent from both target and prediction has an undefined IoU/Dice (NaN); it is
-left out of the means rather than counted as 0 or 1.
+dropped. A class absent from both target and prediction has undefined metrics (NaN) and is left
+out of the means rather than counted as 0 or 1; a class present in one of them gets 0 where its
+ratio has no denominator (never predicted: precision 0; predicted but absent: recall 0).
 """
 from __future__ import annotations
 
@@ -38,9 +39,12 @@ class ConfusionMatrix:
         return metrics_from_confusion(self.matrix)
 
 
-def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    out = num.double() / den.double()
-    return torch.where(den > 0, out, torch.full_like(out, float("nan")))
+def _ratio(num: torch.Tensor, den: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+    """``num / den``; 0 where ``den`` is 0 but the class is present (in target or prediction),
+    NaN where it is absent from both (undefined, left out of the means)."""
+    out = num.double() / den.double().clamp(min=1)
+    defined = (den > 0) if present is None else present
+    return torch.where(defined, out, torch.full_like(out, float("nan")))
 
 
 def _nanmean(x: torch.Tensor) -> float:
@@ -61,10 +65,11 @@ def metrics_from_confusion(matrix: torch.Tensor) -> dict[str, float | list[float
     fn = m.sum(1) - tp
     total = m.sum()
     tn = total - tp - fp - fn
-    iou = _ratio(tp, tp + fp + fn)
-    dice = _ratio(2 * tp, 2 * tp + fp + fn)
-    precision = _ratio(tp, tp + fp)
-    recall = _ratio(tp, tp + fn)
+    present = (tp + fp + fn) > 0
+    iou = _ratio(tp, tp + fp + fn, present)
+    dice = _ratio(2 * tp, 2 * tp + fp + fn, present)
+    precision = _ratio(tp, tp + fp, present)  # never predicted but present: precision 0
+    recall = _ratio(tp, tp + fn, present)  # predicted but absent from the target: recall 0
     # binary foreground view: class 0 is background
     fg_tp = m[1:, 1:].sum()
     fg_fp = m[0, 1:].sum()

@@ -69,9 +69,3 @@ class SegmentationTask:
         out = cm.compute()
         out["val_loss"] = loss_sum / max(n, 1)
         return out
-
-    @torch.no_grad()
-    def predict(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
-        """Label maps for a batch of images."""
-        model.eval()
-        return model(image).argmax(1)
