@@ -85,9 +85,12 @@ def _type_name(hint: Any) -> str:
 
 def one_line_message(exc: BaseException) -> str:
     """The user-facing line of an error. An error raised in a DataLoader worker arrives wrapped
-    in the worker's traceback text; its own message is the last line."""
+    in the worker's traceback text; its own message is what follows the last ``SomeError: ``."""
+    import re
+
     text = str(exc)
     if "Original Traceback" in text:
-        last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
-        return last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith(("Error", "Exception")) else last
+        found = list(re.finditer(r"[\w.]*(?:Error|Exception): ", text))
+        if found:
+            return text[found[-1].end():].strip().splitlines()[0]
     return text.splitlines()[0] if text else type(exc).__name__
