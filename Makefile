@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 STITCH := $(PYTHON) -m stitch
 
-.PHONY: setup setup-test demo test test-fast
+.PHONY: setup setup-test setup-tex demo test test-fast report-example
 
 # torch/torchvision first and pinned exactly, so no resolver ever pulls another torch.
 # stardist and nilearn are installed only as data sources (the DSB2018 nuclei sample and the
@@ -16,9 +16,17 @@ setup:
 
 # resnest is the official ResNeSt package, used only to check SplitAttention against it; --no-deps
 # because its metadata asks for nose and an unpinned torch.
-setup-test: setup
+setup-test: setup setup-tex
 	$(PIP) install -q -e '.[test]'
 	$(PIP) install -q --no-deps resnest==0.0.5
+
+# pdflatex for the test that compiles the standalone LaTeX table (Debian packages, as root);
+# where it cannot be installed that one test is skipped with a message.
+setup-tex:
+	@command -v pdflatex >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	     texlive-latex-base texlive-latex-recommended >/dev/null; } \
+	  || echo "pdflatex could not be installed: the LaTeX compile test will be skipped"
 
 # The main job: train the baseline and the CoordAtt U-Net (3 seeds each) on the nuclei sample.
 demo: setup
@@ -30,3 +38,8 @@ test: setup-test
 
 test-fast: setup-test
 	$(PYTHON) -m pytest -q -m "not slow"
+
+# The example ablation report committed under reports/ (12 runs, then the tables and plots).
+report-example: setup
+	$(STITCH) run experiments/unet_ablation.yaml --quiet
+	$(STITCH) report runs/unet_ablation --out reports/unet_ablation --standalone

@@ -182,6 +182,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from stitch.report import default_out_dir, write_report
+
+    dirs = [Path(d) for d in args.run_dirs]
+    for d in dirs:
+        if not (d / "runs.sqlite").is_file() or not (d / "experiment.yaml").is_file():
+            raise StitchError(f"{d} is not a run directory (it needs runs.sqlite and experiment.yaml; `stitch run` writes them)")
+    out = Path(args.out) if args.out else default_out_dir(dirs)
+    written = write_report(dirs, out, standalone=args.standalone, device=args.device or "cpu", latency=not args.no_latency)
+    print(f"wrote {len(written)} files to {out}: " + ", ".join(p.name for p in written))
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from stitch.visualize import show_run
 
@@ -238,6 +251,14 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="retrain runs that are already done")
     r.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar (CI)")
     r.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser("report", help="tables (LaTeX, Markdown, CSV, HTML), plots and provenance from run directories")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rp.add_argument("--out", help="output folder (default: RUN_DIR/report, or report/ beside the first of several)")
+    rp.add_argument("--standalone", action="store_true", help="LaTeX as a full document that compiles with pdflatex")
+    rp.add_argument("--device", help="device for the latency measurement (default cpu)")
+    rp.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    rp.set_defaults(func=cmd_report)
 
     sh = sub.add_parser("show", help="write a PNG grid of images, ground truth and predictions")
     sh.add_argument("run_dir", metavar="RUN_DIR")

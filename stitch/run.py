@@ -184,7 +184,21 @@ def run_experiment(
             _write_csv(store, run_dir / "results.csv", current)
         shown = list(dict.fromkeys([exp.cfg.primary_metric, *exp.cfg.metrics.report]))
         progress.summary(results, shown)
+        _report(run_dir, dev, progress)
     return results
+
+
+def _report(run_dir: Path, dev: torch.device, progress: Progress) -> None:
+    """Tables and plots in ``RUN_DIR/report`` (the same as ``stitch report RUN_DIR``). A report
+    problem is printed, never allowed to undo the runs."""
+    from stitch.report import write_report
+
+    try:
+        written = write_report([run_dir], run_dir / "report", device=str(dev))
+        progress.message(f"report: {run_dir / 'report'} ({len(written)} files)")
+    except Exception as exc:
+        progress.message(f"report not written: {one_line_message(exc)} (stitch report {run_dir} retries)")
+        progress.log.error(traceback.format_exc())
 
 
 def preflight(data: Any, batch_size: int) -> None:

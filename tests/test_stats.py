@@ -1,0 +1,129 @@
+"""stitch.stats against scipy on known numbers, and Holm's correction on a hand-worked example."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from stitch.stats import compare_to_reference, describe_test, holm, paired_test, summarize, wilcoxon_floor
+
+BASE = {0: 0.70, 1: 0.72, 2: 0.71, 3: 0.69, 4: 0.73, 5: 0.68}
+BETTER = {0: 0.75, 1: 0.78, 2: 0.765, 3: 0.742, 4: 0.79, 5: 0.725}
+
+
+def test_summary_is_mean_and_sample_std() -> None:
+    s = summarize([0.70, 0.72, 0.71])
+    assert s.mean == pytest.approx(0.71)
+    assert s.std == pytest.approx(np.std([0.70, 0.72, 0.71], ddof=1)) == pytest.approx(0.01)
+    assert s.n == 3 and s.has_std
+    one = summarize([0.5])
+    assert one.mean == 0.5 and math.isnan(one.std) and not one.has_std
+    assert summarize([]).n == 0 and math.isnan(summarize([]).mean)
+    assert summarize([0.5, float("nan"), 0.7]).n == 2  # NaNs dropped
+
+
+@pytest.mark.parametrize("alternative", ["greater", "two-sided"])
+def test_paired_t_test_matches_scipy(alternative: str) -> None:
+    r = paired_test(BASE, BETTER, "ttest", alternative)
+    seeds = sorted(BASE)
+    ref = st.ttest_rel([BETTER[s] for s in seeds], [BASE[s] for s in seeds], alternative=alternative)
+    assert r.tested and r.n == 6 and r.seeds == seeds
+    assert r.statistic == pytest.approx(ref.statistic)
+    assert r.p == pytest.approx(ref.pvalue)
+    assert r.mean_diff == pytest.approx(np.mean([BETTER[s] - BASE[s] for s in seeds]))
+
+
+@pytest.mark.parametrize("alternative", ["greater", "two-sided"])
+def test_wilcoxon_matches_scipy(alternative: str) -> None:
+    worse_in_one = {**BETTER, 3: 0.685}
+    r = paired_test(BASE, worse_in_one, "wilcoxon", alternative)
+    seeds = sorted(BASE)
+    ref = st.wilcoxon([worse_in_one[s] for s in seeds], [BASE[s] for s in seeds], alternative=alternative)
+    assert r.tested and r.statistic == pytest.approx(ref.statistic) and r.p == pytest.approx(ref.pvalue)
+    # exact distribution: all six differences positive gives 1/2^6 one-sided
+    assert paired_test(BASE, BETTER, "wilcoxon", "greater").p == pytest.approx(1 / 64)
+    assert wilcoxon_floor(6, "greater") == pytest.approx(1 / 64)
+    assert wilcoxon_floor(3, "greater") == pytest.approx(0.125) and wilcoxon_floor(5, "two-sided") == pytest.approx(1 / 16)
+
+
+def test_pairing_is_by_seed_and_only_common_seeds_count() -> None:
+    variant = {5: BETTER[5], 1: BETTER[1], 0: BETTER[0], 9: 0.99}  # order does not matter, seed 9 has no partner
+    r = paired_test(BASE, variant)
+    ref = st.ttest_rel([BETTER[s] for s in (0, 1, 5)], [BASE[s] for s in (0, 1, 5)], alternative="greater")
+    assert r.seeds == [0, 1, 5] and r.n == 3
+    assert r.unpaired == [2, 3, 4, 9]
+    assert r.p == pytest.approx(ref.pvalue)
+
+
+def test_fewer_than_three_pairs_runs_no_test() -> None:
+    r = paired_test({0: 0.5, 1: 0.6}, {0: 0.9, 1: 0.95, 2: 0.9})
+    assert not r.tested and math.isnan(r.p) and r.n == 2
+    assert "2 paired seeds" in r.reason and "at least 3" in r.reason
+    assert not r.significant(0.05)
+
+
+def test_zero_variance_differences() -> None:
+    same = paired_test(BASE, BASE)
+    assert same.tested and same.p == 1.0 and same.reason == "identical values" and not same.significant(0.05)
+    same_w = paired_test(BASE, BASE, "wilcoxon")
+    assert same_w.p == 1.0 and same_w.reason == "identical values"
+    shifted = {s: v + 0.01 for s, v in BASE.items()}
+    up = paired_test(BASE, shifted)
+    assert up.p == pytest.approx(0.0, abs=1e-12) and "constant" in up.reason
+    down = paired_test(shifted, BASE)
+    assert down.p == pytest.approx(1.0) and not down.significant(0.05)
+    # Wilcoxon drops zero differences; with two non-zero ones left there is no test
+    two = paired_test({0: 1, 1: 1, 2: 1, 3: 1}, {0: 1, 1: 1, 2: 2, 3: 2}, "wilcoxon")
+    assert not two.tested and "non-zero" in two.reason
+
+
+def test_lower_is_better_flips_the_direction() -> None:
+    loss_base = {s: 1 - v for s, v in BASE.items()}
+    loss_var = {s: 1 - v for s, v in BETTER.items()}
+    r = paired_test(loss_base, loss_var, higher_is_better=False)
+    assert r.mean_diff > 0 and r.p == pytest.approx(paired_test(BASE, BETTER).p)
+
+
+def test_holm_hand_worked_example() -> None:
+    # m = 4; sorted p: 0.005 (x4 = 0.02), 0.01 (x3 = 0.03), 0.03 (x2 = 0.06), 0.04 (x1 = 0.04 -> monotone 0.06)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # NaN (not tested) is neither adjusted nor counted: m = 2
+    out = holm([0.01, float("nan"), 0.04])
+    assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.04)
+    assert holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1 and monotone
+    assert holm([]) == []
+    # at alpha = 0.05 Holm rejects the two smallest here, Bonferroni (x4) only the smallest
+    assert [p < 0.05 for p in holm([0.01, 0.04, 0.03, 0.005])] == [True, False, False, True]
+
+
+def test_compare_to_reference_holm_over_tested_variants_only() -> None:
+    values = {
+        "Baseline": BASE,
+        "+A": BETTER,
+        "+B": {s: v + (0.002 if s % 2 else -0.001) for s, v in BASE.items()},
+        "+C": {0: 0.9, 1: 0.9},  # two seeds: not tested, not in the family
+        "+D": {s: v - 0.03 + 0.001 * s for s, v in BASE.items()},  # clearly worse
+    }
+    res = compare_to_reference(values, "Baseline")
+    assert set(res) == {"+A", "+B", "+C", "+D"}
+    raw = [res[n].p for n in ("+A", "+B", "+D")]
+    for n, adj in zip(("+A", "+B", "+D"), holm(raw)):
+        assert res[n].p_holm == pytest.approx(adj)
+    assert res["+A"].p_holm == pytest.approx(3 * res["+A"].p)  # the smallest of three tested
+    assert not res["+C"].tested and math.isnan(res["+C"].p_holm)
+    assert res["+A"].significant(0.05) and not res["+B"].significant(0.05) and not res["+D"].significant(0.05)
+    # two-sided: a significantly *worse* variant gets no improvement mark
+    two = compare_to_reference(values, "Baseline", alternative="two-sided")
+    assert two["+D"].p_holm < 0.05 and not two["+D"].significant(0.05)
+    with pytest.raises(KeyError):
+        compare_to_reference(values, "nope")
+
+
+def test_bad_arguments_and_description() -> None:
+    with pytest.raises(ValueError):
+        paired_test(BASE, BETTER, "anova")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        paired_test(BASE, BETTER, alternative="less")  # type: ignore[arg-type]
+    assert describe_test("wilcoxon", "two-sided", 0.01) == "two-sided Wilcoxon signed-rank test over seeds, Holm-corrected, \u03b1 = 0.01"
