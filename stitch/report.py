@@ -173,7 +173,9 @@ def select_runs(exp: Experiment, rows: Sequence[RunRow]) -> tuple[list[VariantRu
     """The finished runs that belong in the tables, grouped by variant, and notes on the rest."""
     cfg = exp.cfg
     notes: list[str] = []
-    current = {i["name"]: i for i in cfg.model_dump(mode="json")["insertions"]}
+    from stitch.run import resolved_insertion
+
+    current = {i["name"]: resolved_insertion(i) for i in cfg.model_dump(mode="json")["insertions"]}
     others = Counter(r.status for r in rows if r.status != "done")
     if others:
         notes.append("Left out (not done): " + ", ".join(f"{n} {s}" for s, n in sorted(others.items())) + " run(s).")
@@ -182,7 +184,7 @@ def select_runs(exp: Experiment, rows: Sequence[RunRow]) -> tuple[list[VariantRu
         if r.status != "done":
             continue
         used = {i.get("name"): i for i in r.config.get("insertions", [])}
-        if set(r.insertions) != set(used) or any(current.get(n) != c for n, c in used.items()):
+        if set(r.insertions) != set(used) or any(current.get(n) != resolved_insertion(c) for n, c in used.items()):
             stale.append(r)
         else:
             done.append(r)

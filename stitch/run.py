@@ -58,16 +58,18 @@ def _with_defaults(fn: Any, args: dict[str, Any], skip: tuple[str, ...] = ()) ->
     return out
 
 
-def _resolved_insertion(ins: dict[str, Any]) -> dict[str, Any]:
+def resolved_insertion(ins: dict[str, Any]) -> dict[str, Any]:
+    """An insertion as stored in a run's config: mode and module-argument defaults filled in
+    (idempotent)."""
     import modules_zoo
     from modules_zoo.registry import PROBE_ARGS
 
     entry = modules_zoo.get(ins["module"])
     return dict(
         ins,
-        mode=ins["mode"] or entry.modes[0],
-        args=_with_defaults(entry.builder, ins["args"], PROBE_ARGS),
-        nest=[_resolved_insertion(n) for n in ins["nest"]],
+        mode=ins.get("mode") or entry.modes[0],
+        args=_with_defaults(entry.builder, ins.get("args") or {}, PROBE_ARGS),
+        nest=[resolved_insertion(n) for n in ins.get("nest") or []],
     )
 
 
@@ -89,7 +91,7 @@ def resolved_config(exp: Experiment, variant: Variant, seed: int, epochs: int) -
         "baseline": baseline,
         "data": data,
         "train": train_cfg,
-        "insertions": [_resolved_insertion(i) for i in cfg["insertions"] if i["name"] in variant.insertions],
+        "insertions": [resolved_insertion(i) for i in cfg["insertions"] if i["name"] in variant.insertions],
         "seed": seed,
         "primary_metric": exp.cfg.primary_metric,
     }
