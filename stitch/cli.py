@@ -185,12 +185,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from stitch.report import default_out_dir, write_report
 
+    from stitch.engine import pick_device
+
     dirs = [Path(d) for d in args.run_dirs]
     for d in dirs:
         if not (d / "runs.sqlite").is_file() or not (d / "experiment.yaml").is_file():
             raise StitchError(f"{d} is not a run directory (it needs runs.sqlite and experiment.yaml; `stitch run` writes them)")
+    if len({d.resolve() for d in dirs}) != len(dirs):
+        raise StitchError("the same run directory is given twice; name each once")
     out = Path(args.out) if args.out else default_out_dir(dirs)
-    written = write_report(dirs, out, standalone=args.standalone, device=args.device or "cpu", latency=not args.no_latency)
+    blocker = next((p for p in (out, *out.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise StitchError(f"--out {out}: {blocker} is a file, not a directory")
+    device = str(pick_device(args.device or "cpu"))
+    written = write_report(dirs, out, standalone=args.standalone, device=device, latency=not args.no_latency)
     print(f"wrote {len(written)} files to {out}: " + ", ".join(p.name for p in written))
     return 0
 

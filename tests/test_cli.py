@@ -160,3 +160,26 @@ def test_zoo_lists_every_module(capsys) -> None:
     assert code == 0 and set(entries) == set(modules_zoo.names())
     assert entries["CGAFusion"]["kind"] == "fusion" and entries["CGAFusion"]["modes"] == ["replace"]
     assert {"name": "reduction", "default": 32, "type": "int", "required": False} in entries["CoordAtt"]["arguments"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--out", "{file}"], "is a file, not a directory"),
+        (["--out", "{file}/sub"], "is a file, not a directory"),
+        (["--device", "foo"], "--device 'foo': use cpu, cuda or cuda:N"),
+        (["{run}"], "the same run directory is given twice"),
+    ],
+)
+def test_report_option_mistakes_exit_2(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
+    from stitch.store import ResultStore
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "experiment.yaml").write_text(TINY_UNET)
+    ResultStore(run / "runs.sqlite").close()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code = main(["report", str(run), *[a.format(file=afile, run=run) for a in argv]])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
