@@ -8,17 +8,7 @@ from typing import Callable
 import pytest
 
 from stitch.config import Experiment, load_experiment
-
-ROOT = Path(__file__).resolve().parents[1]
-
-TINY_UNET = """\
-name: tiny
-task: segmentation
-baseline:
-  model: unet
-  args: {in_channels: 3, num_classes: 3, base_width: 8}
-probe: {image_size: [32, 32]}
-"""
+from yaml_snippets import TINY_UNET
 
 
 @pytest.fixture

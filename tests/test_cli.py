@@ -10,16 +10,9 @@ from pathlib import Path
 import pytest
 
 from stitch.cli import main
+from yaml_snippets import TINY_UNET
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_UNET = """\
-name: tiny
-task: segmentation
-baseline:
-  model: unet
-  args: {in_channels: 3, num_classes: 3, base_width: 8}
-probe: {image_size: [32, 32]}
-"""
 
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
 
