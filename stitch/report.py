@@ -120,6 +120,15 @@ class VariantRuns:
         wanted = set(seeds)
         return [r.run_id for r in self.rows if r.seed in wanted]
 
+    def recipe_key(self) -> tuple:
+        """What the runs trained, seed by seed, ignoring settings that cannot change a result
+        (``keep_last``): two experiments' baselines with equal keys are the same runs."""
+        def clean(config: dict[str, Any]) -> str:
+            train = {k: v for k, v in config.get("train", {}).items() if k != "keep_last"}
+            return json.dumps(dict(config, train=train), sort_keys=True, default=str)
+
+        return tuple(sorted((r.seed, clean(r.config)) for r in self.rows))
+
 
 @dataclass
 class ExperimentResults:
@@ -535,8 +544,13 @@ def _metric_cells(res: ExperimentResults, rows: list[Row], pick: dict[str, Varia
             vals = v.values(m)
             s = summarize(vals.values())
             means[r.key] = s.mean
+            ids, source = v.ids_for(vals), f"best_metrics.{m}"
+            ref = res.reference
+            if ref is not None and ref is not v:  # the † comes from a test against the reference's runs
+                ids = ids + [i for i in ref.ids_for(vals) if i not in ids]
+                source += f"; the paired test also reads the reference's ({ref.name}) runs"
             r.cells[key] = summary_cell(s, res.scale[m], decimals, dagger=res.significant(m, v.name),
-                                        run_ids=v.ids_for(vals), seeds=sorted(vals), source=f"best_metrics.{m}")
+                                        run_ids=ids, seeds=sorted(vals), source=source)
         _bold_best(rows, key, means, decimals, res.scale[m])
 
 
@@ -665,7 +679,7 @@ def _comparison_many(results: Sequence[ExperimentResults]) -> Table:
     for res in results:
         picks = ([res.reference] if res.reference is not None and res.reference is not res.full else []) + [res.full]
         for v in picks:
-            same = next((e for e in entries if e[1].variant.is_baseline and v.variant.is_baseline and set(e[1].run_ids) == set(v.run_ids)), None)
+            same = next((e for e in entries if e[1].variant.is_baseline and v.variant.is_baseline and e[1].recipe_key() == v.recipe_key()), None)
             if same is not None:
                 same[0].append(res)
             else:
@@ -850,7 +864,8 @@ def plot_metrics(res: ExperimentResults, stem: Path) -> list[Path]:
             lo = min(a - e for a, e in zip(means, errs) if not math.isnan(a))
             hi = max(a + e for a, e in zip(means, errs) if not math.isnan(a))
             pad = max((hi - lo) * 0.5, 1e-3 * max(1.0, abs(hi)))
-            ax.set_ylim(lo - pad, hi + pad)
+            # bars start at 0 (a cropped axis exaggerates differences); negative values go below
+            ax.set_ylim(min(0.0, lo - pad), hi + pad)
         ax.set_xticks(x, names, rotation=30 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center")
         ax.set_ylabel(metric_label(m) + (" (%)" if sc == 100.0 else ""))
         ax.grid(axis="y", alpha=0.3)
