@@ -188,9 +188,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     from stitch.engine import pick_device
 
     dirs = [Path(d) for d in args.run_dirs]
-    for d in dirs:
-        if not (d / "runs.sqlite").is_file() or not (d / "experiment.yaml").is_file():
-            raise StitchError(f"{d} is not a run directory (it needs runs.sqlite and experiment.yaml; `stitch run` writes them)")
     if len({d.resolve() for d in dirs}) != len(dirs):
         raise StitchError("the same run directory is given twice; name each once")
     out = Path(args.out) if args.out else default_out_dir(dirs)

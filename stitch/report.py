@@ -61,7 +61,7 @@ from stitch.config import TASK_METRICS, Experiment, load_experiment, with_overri
 from stitch.errors import StitchError
 from stitch.plan import Variant, plan_variants
 from stitch.stats import MIN_PAIRS, PairedTest, Summary, compare_to_reference, describe_test, summarize, wilcoxon_floor
-from stitch.store import ResultStore, RunRow
+from stitch.store import ResultStore, RunRow, run_dir_files
 
 PERCENT_METRICS = frozenset(m for ms in TASK_METRICS.values() for m in ms)
 METRIC_LABELS = {
@@ -246,11 +246,10 @@ def load_results(
 ) -> ExperimentResults:
     """Read one run directory: the finished runs, the paired tests, and the (cached) costs."""
     run_dir = Path(run_dir)
-    exp_file, db = run_dir / "experiment.yaml", run_dir / "runs.sqlite"
-    if not exp_file.is_file():
-        raise ReportError(f"{run_dir}: no experiment.yaml (is this a run directory written by `stitch run`?)")
-    if not db.is_file():
-        raise ReportError(f"{run_dir}: no runs.sqlite (run `stitch run {exp_file}` first)")
+    try:
+        exp_file, db = run_dir_files(run_dir)
+    except StitchError as exc:
+        raise ReportError(str(exc)) from None
     exp = load_experiment(exp_file)
     with ResultStore(db) as store:
         rows = store.rows()
@@ -974,8 +973,8 @@ def write_report(
     if not dirs:
         raise ReportError("no run directory given")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     results = [load_results(d, costs=costs, device=device, latency=latency, warmup=latency_warmup, repeats=latency_repeats, alternative=alternative) for d in dirs]
+    out.mkdir(parents=True, exist_ok=True)  # only once every run directory has loaded
     many = len(results) > 1
     suffixes = _unique_suffixes(results) if many else [""]
     written: list[Path] = []

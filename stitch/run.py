@@ -121,7 +121,8 @@ def _logger(run_dir: Path) -> logging.Logger:
     return log
 
 
-def _check_data_fits(exp: Experiment, num_classes: int, in_channels: int) -> None:
+def fit_baseline_to_data(exp: Experiment, num_classes: int, in_channels: int) -> None:
+    """Fill the baseline's ``num_classes``/``in_channels`` from the data, or say they disagree."""
     args = exp.cfg.baseline.args
     for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if key in args and args[key] != value:
@@ -150,7 +151,7 @@ def run_experiment(
         raise exp.source.error(("data",), "the experiment has no 'data:' block; add one, e.g. data: {dataset: nuclei} (README: The experiment file)")
     dev = pick_device(device)
     data = build_data(exp.cfg.data)
-    _check_data_fits(exp, data.num_classes, data.in_channels)
+    fit_baseline_to_data(exp, data.num_classes, data.in_channels)
     validate_experiment(exp)  # every model-side mistake before any training
     runs = plan_runs(exp, epochs, seeds)
     preflight(data, exp.cfg.train.batch_size)  # unreadable files, bad labels: before anything is written

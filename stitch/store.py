@@ -46,6 +46,20 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
+def run_dir_files(run_dir: str | Path) -> tuple[Path, Path]:
+    """``(experiment.yaml, runs.sqlite)`` of a run directory written by ``stitch run``; a
+    :class:`~stitch.errors.StitchError` naming what is missing otherwise."""
+    from stitch.errors import StitchError
+
+    run_dir = Path(run_dir)
+    exp_file, db = run_dir / "experiment.yaml", run_dir / "runs.sqlite"
+    if not exp_file.is_file():
+        raise StitchError(f"{run_dir}: no experiment.yaml (is this a run directory written by `stitch run`?)")
+    if not db.is_file():
+        raise StitchError(f"{run_dir}: no runs.sqlite (run `stitch run {exp_file}` first)")
+    return exp_file, db
+
+
 def run_id_of(resolved: dict[str, Any]) -> str:
     """A stable id: the first 16 hex digits of the SHA-256 of the canonical JSON config."""
     text = json.dumps(resolved, sort_keys=True, separators=(",", ":"), default=str)

@@ -70,21 +70,19 @@ def show_run(run_dir: Path, variant: str | None = None, seed: int | None = None,
     from stitch.config import load_experiment
     from stitch.data import build_data
     from stitch.errors import StitchError, did_you_mean, exception_text
-    from stitch.run import plan_runs
-    from stitch.store import ResultStore
+    from stitch.run import fit_baseline_to_data, plan_runs
+    from stitch.store import ResultStore, run_dir_files
 
     run_dir = Path(run_dir)
-    if not (run_dir / "runs.sqlite").is_file() or not (run_dir / "experiment.yaml").is_file():
-        raise StitchError(f"{run_dir} is not a run directory (it needs runs.sqlite and experiment.yaml; `stitch run` writes them)")
+    exp_file, db = run_dir_files(run_dir)
     if out is not None and not out.parent.is_dir():
         raise StitchError(f"--output {out}: the folder {out.parent} does not exist")
-    exp = load_experiment(run_dir / "experiment.yaml")
+    exp = load_experiment(exp_file)
     data = build_data(exp.cfg.data)
-    exp.cfg.baseline.args.setdefault("num_classes", data.num_classes)
-    exp.cfg.baseline.args.setdefault("in_channels", data.in_channels)
+    fit_baseline_to_data(exp, data.num_classes, data.in_channels)
     # only runs of the experiment file as it is now: an older config's checkpoint would not fit
     plans = {p.run_id: p for p in plan_runs(exp, epochs=None)}
-    with ResultStore(run_dir / "runs.sqlite") as store:
+    with ResultStore(db) as store:
         rows = [r for r in store.rows() if r.run_id in plans and (run_dir / "ckpt" / r.run_id / "best.pt").is_file()]
     if not rows:
         raise StitchError(f"{run_dir} has no trained run of its experiment.yaml with a best checkpoint (run `stitch run` first)")
