@@ -78,6 +78,30 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 100_003 + epoch * 7919 + 17) % 2**31
 
 
+def to_device(value: Any, device: torch.device) -> Any:
+    """Tensors in ``value`` (nested dicts, lists, tuples) moved to ``device``; the rest unchanged."""
+    if torch.is_tensor(value):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
+def batch_images(batch: dict[str, Any]) -> int:
+    """How many images a batch holds: a stacked ``image`` tensor (segmentation) or an
+    ``images`` list (detection models take lists of differently sized images)."""
+    if "images" in batch:
+        return len(batch["images"])
+    return int(batch["image"].shape[0])
+
+
+def loss_key(part: str) -> str:
+    """History key of one loss component: ``ce`` -> ``train_loss_ce``, ``loss_mask`` -> ``train_loss_mask``."""
+    return "train_" + (part if part.startswith("loss") else f"loss_{part}")
+
+
 def _seed_worker(_worker_id: int) -> None:
     s = torch.initial_seed() % 2**32
     random.seed(s)
@@ -169,6 +193,8 @@ class Callbacks:
     on_step: Callable[[int, int, float, int], None] = lambda epoch, step, loss, images: None
     on_epoch: Callable[[LoopState, dict[str, Any]], None] = lambda state, record: None
     on_eval: Callable[[int, nn.Module], None] = lambda epoch, model: None
+    #: every optimiser micro-step's loss components (only when the task's loss has two or more)
+    on_losses: Callable[[int, int, dict[str, float]], None] = lambda epoch, step, parts: None
 
 
 def train(
@@ -184,11 +210,13 @@ def train(
     num_workers: int = 0,
     callbacks: Callbacks | None = None,
     stop_after: int | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> LoopState:
     """Train ``model`` for ``cfg.epochs`` epochs, resuming from ``ckpt_dir`` when it holds a run.
 
     ``stop_after`` ends the call after that many completed epochs (as an interruption would),
-    which is how resume is tested.
+    which is how resume is tested. ``collate_fn`` builds a batch from dataset items (detection
+    data: lists of images and target dicts); torch's default stacks tensors.
     """
     cb = callbacks or Callbacks()
     set_deterministic(cfg.deterministic)
@@ -197,9 +225,9 @@ def train(
     sampler_gen = torch.Generator()
     loader = DataLoader(
         train_set, batch_size=batch_size, shuffle=True, drop_last=drop_last, num_workers=num_workers,
-        generator=sampler_gen, worker_init_fn=_seed_worker, pin_memory=device.type == "cuda",
+        generator=sampler_gen, worker_init_fn=_seed_worker, pin_memory=device.type == "cuda", collate_fn=collate_fn,
     )
-    val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_fn)
     micro_per_epoch = len(loader)
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
@@ -226,11 +254,12 @@ def train(
         model.train()
         start = time.perf_counter()
         loss_sum, images = 0.0, 0
+        part_sums: dict[str, float] = {}
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(loader):
-            batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            batch = to_device(batch, device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss, _ = task.loss(model, batch)
+                loss, parts = task.loss(model, batch)
             if not torch.isfinite(loss):
                 raise Diverged(f"training loss is {loss.item()} at epoch {epoch}, step {i + 1}")
             # the mean over the micro-batches of one optimiser step (the last group may be short)
@@ -244,14 +273,19 @@ def train(
                 scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            n = batch["image"].shape[0] if "image" in batch else batch_size
+            n = batch_images(batch)
             loss_sum += float(loss.detach()) * n
             images += n
+            if len(parts) > 1:
+                for part, value in parts.items():
+                    part_sums[part] = part_sums.get(part, 0.0) + value * n
+                cb.on_losses(epoch, i + 1, parts)
             cb.on_step(epoch, i + 1, float(loss.detach()), n)
         train_seconds = time.perf_counter() - start
         record: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": loss_sum / max(images, 1),
+            **{loss_key(part): total / max(images, 1) for part, total in part_sums.items()},
             "lr": optimizer.param_groups[0]["lr"],
             "train_images_per_s": images / max(train_seconds, 1e-9),
         }

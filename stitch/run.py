@@ -35,7 +35,7 @@ from stitch.errors import StitchError, one_line_message
 from stitch.plan import Variant, plan_variants
 from stitch.progress import Progress
 from stitch.store import ResultStore, RunRow, run_id_of
-from stitch.tasks.segmentation import SegmentationTask
+from stitch.tasks import make_task
 
 
 @dataclass
@@ -122,9 +122,18 @@ def _logger(run_dir: Path) -> logging.Logger:
 
 
 def fit_baseline_to_data(exp: Experiment, num_classes: int, in_channels: int) -> None:
-    """Fill the baseline's ``num_classes``/``in_channels`` from the data, or say they disagree."""
+    """Fill the baseline's ``num_classes``/``in_channels`` (those its builder takes) from the
+    data, or say they disagree."""
+    import inspect
+
+    from stitch.baselines import BASELINES
+
     args = exp.cfg.baseline.args
+    spec = BASELINES.get(exp.cfg.baseline.model)
+    takes = set(inspect.signature(spec.build).parameters) if spec else {"num_classes", "in_channels"}
     for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if key not in takes:
+            continue
         if key in args and args[key] != value:
             raise exp.source.error(("baseline", "args", key), f"{key}={args[key]} but the {exp.cfg.data.dataset} data has {value} (set {key}: {value})")
         if key not in args:
@@ -145,12 +154,10 @@ def run_experiment(
     from stitch.data import build_data
     from stitch.validate import validate_experiment
 
-    if exp.cfg.task != "segmentation":
-        raise StitchError(f"stitch run trains the segmentation task for now; {exp.cfg.task!r} comes with the instance-segmentation milestone")
     if exp.cfg.data is None:
         raise exp.source.error(("data",), "the experiment has no 'data:' block; add one, e.g. data: {dataset: nuclei} (README: The experiment file)")
     dev = pick_device(device)
-    data = build_data(exp.cfg.data)
+    data = build_data(exp.cfg.data, task=exp.cfg.task)
     fit_baseline_to_data(exp, data.num_classes, data.in_channels)
     validate_experiment(exp)  # every model-side mistake before any training
     runs = plan_runs(exp, epochs, seeds)
@@ -163,7 +170,7 @@ def run_experiment(
     if exp.path is not None and not _same_file(exp.path, run_dir / "experiment.yaml"):
         shutil.copyfile(exp.path, run_dir / "experiment.yaml")
     log = _logger(run_dir)
-    task = SegmentationTask(data.num_classes, exp.cfg.train.loss, data.ignore_index)
+    task = make_task(exp.cfg.task, data, exp.cfg.train.loss)
     progress = Progress(quiet=quiet, log=log)
     results: list[RunRow] = []
     current = {p.run_id for p in runs}
@@ -256,7 +263,7 @@ def _train_run(exp, plan: RunPlan, data, task, run_dir: Path, store: ResultStore
         save_state(state)
         for key, value in record.items():
             if key != "epoch":
-                writer.add_scalar(TB_TAGS.get(key, f"val/{key}"), value, record["epoch"])
+                writer.add_scalar(tb_tag(key), value, record["epoch"])
         metrics = state.last_metrics or {}
         for name in ("iou_per_class", "dice_per_class"):
             for c, value in enumerate(metrics.get(name, []) if record.get("val_loss") is not None else []):
@@ -269,13 +276,19 @@ def _train_run(exp, plan: RunPlan, data, task, run_dir: Path, store: ResultStore
 
         writer.add_image("val/input_target_prediction", prediction_grid(model, data, n=4, device=dev), epoch)
 
+    def on_losses(epoch: int, step: int, parts: dict[str, float]) -> None:
+        global_step = (epoch - 1) * steps + step
+        for part, value in parts.items():
+            writer.add_scalar(f"train_step/{part}", value, global_step)
+
     _, _, steps = train_batches(len(data.train), train_cfg.batch_size)
     progress.start_run(plan.variant.name, plan.seed, epochs, len(data.train), steps)
-    callbacks = Callbacks(on_step=progress.step, on_epoch=on_epoch, on_eval=on_eval)
+    callbacks = Callbacks(on_step=progress.step, on_epoch=on_epoch, on_eval=on_eval, on_losses=on_losses)
     try:
         state = train(
             built.model, task, data.train, data.val, train_cfg, plan.seed, dev, ckpt_dir, primary,
             num_workers=exp.cfg.data.num_workers, callbacks=callbacks, stop_after=stop_after,
+            collate_fn=getattr(data, "collate_fn", None),
         )
     except Diverged as exc:
         store.update(plan.run_id, status="diverged", error=str(exc))
@@ -301,6 +314,15 @@ def _train_run(exp, plan: RunPlan, data, task, run_dir: Path, store: ResultStore
 
 #: TensorBoard tag of each per-epoch record key (the rest are validation metrics, ``val/<key>``)
 TB_TAGS = {"train_loss": "train/loss", "lr": "train/lr", "train_images_per_s": "train/images_per_s", "seconds": "time/epoch_seconds"}
+
+
+def tb_tag(key: str) -> str:
+    """TensorBoard tag of a per-epoch record key (loss components go under ``train/``)."""
+    if key in TB_TAGS:
+        return TB_TAGS[key]
+    if key.startswith("train_loss_"):
+        return f"train/{key[len('train_'):]}"
+    return f"val/{key}"
 
 
 def _write_csv(store: ResultStore, path: Path, current: set[str]) -> None:

@@ -48,6 +48,8 @@ def unnormalize(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, 
 @torch.no_grad()
 def prediction_grid(model: nn.Module, data: Any, n: int = 8, device: torch.device | str = "cpu") -> torch.Tensor:
     """Rows of (input, target, prediction) for the first ``n`` validation images."""
+    if getattr(data, "coco_gt", None) is not None:
+        return instance_grid(model, data, n, device)
     was_training = model.training
     model.eval()
     tiles = []
@@ -61,6 +63,46 @@ def prediction_grid(model: nn.Module, data: Any, n: int = 8, device: torch.devic
             colorize(pred, data.num_classes, data.ignore_index),
         ]
     model.train(was_training)
+    return make_grid(tiles, nrow=3, padding=2, pad_value=1.0)
+
+
+def draw_instances(image: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor, labels: list[str]) -> torch.Tensor:
+    """``image`` (3xHxW in [0, 1]) with each object's mask filled (alpha 0.45) and its box and
+    label drawn, one colour per object; returns 3xHxW in [0, 1]."""
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    canvas = (image.detach().cpu().clamp(0, 1) * 255).to(torch.uint8)
+    if len(boxes):
+        colours = [tuple(int(v * 255) for v in palette(len(boxes) + 2)[k + 1]) for k in range(len(boxes))]
+        canvas = draw_segmentation_masks(canvas, masks.cpu().bool(), alpha=0.45, colors=colours)
+        canvas = draw_bounding_boxes(canvas, boxes.cpu(), labels=labels, colors=colours, width=1)
+    return canvas.float() / 255
+
+
+@torch.no_grad()
+def instance_grid(model: nn.Module, data: Any, n: int = 8, device: torch.device | str = "cpu", score_threshold: float = 0.5) -> torch.Tensor:
+    """Rows of (image, ground-truth objects, predicted objects with score >= ``score_threshold``)
+    for the first ``n`` validation images of an instance dataset."""
+    was_training = model.training
+    model.eval()
+    names = data.class_names
+    tiles = []
+    for i in range(min(n, len(data.val))):
+        item = data.val[i]
+        image, target = item["image"], item["target"]
+        out = model([image.to(device)])[0]
+        keep = out["scores"].cpu() >= score_threshold
+        pred_masks = out["masks"].cpu()[keep][:, 0] > 0.5
+        pred_labels = [f"{names[int(c)]} {float(s):.2f}" for c, s in zip(out["labels"].cpu()[keep], out["scores"].cpu()[keep])]
+        rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+        tiles += [
+            rgb.cpu(),
+            draw_instances(rgb, target["boxes"], target["masks"], [names[int(c)] for c in target["labels"]]),
+            draw_instances(rgb, out["boxes"].cpu()[keep], pred_masks, pred_labels),
+        ]
+    model.train(was_training)
+    size = max(t.shape[1] for t in tiles), max(t.shape[2] for t in tiles)
+    tiles = [torch.nn.functional.pad(t, (0, size[1] - t.shape[2], 0, size[0] - t.shape[1]), value=1.0) for t in tiles]
     return make_grid(tiles, nrow=3, padding=2, pad_value=1.0)
 
 
@@ -78,7 +120,7 @@ def show_run(run_dir: Path, variant: str | None = None, seed: int | None = None,
     if out is not None and not out.parent.is_dir():
         raise StitchError(f"--output {out}: the folder {out.parent} does not exist")
     exp = load_experiment(exp_file)
-    data = build_data(exp.cfg.data)
+    data = build_data(exp.cfg.data, task=exp.cfg.task)
     fit_baseline_to_data(exp, data.num_classes, data.in_channels)
     # only runs of the experiment file as it is now: an older config's checkpoint would not fit
     plans = {p.run_id: p for p in plan_runs(exp, epochs=None)}

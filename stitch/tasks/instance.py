@@ -1,0 +1,159 @@
+"""The instance-segmentation task (torchvision Mask R-CNN): training loss and COCO evaluation.
+
+Loss: torchvision's detection models return their losses in train mode; the task sums them and
+hands the parts (``loss_objectness``, ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg``,
+``loss_mask``) to the engine, which logs each per step and per epoch.
+
+Evaluation: the official COCO protocol through pycocotools' ``COCOeval`` (``bbox`` and ``segm``:
+AP, AP50, AP75, APs/m/l and AR@100), on the val split's ground truth in its original pixel
+coordinates and original category ids. ``faster-coco-eval`` is used instead when it is installed
+(a C++ drop-in with the same protocol; a test checks both give the same numbers), unless
+``STITCH_COCO_EVAL=pycocotools``. Detections are converted the way torchvision's detection
+references do: boxes to ``[x, y, w, h]``, masks thresholded at 0.5 and RLE-encoded, contiguous
+labels mapped back to category ids, and bbox and segm results loaded separately (pycocotools'
+``loadRes`` would otherwise give segm detections their box area).
+
+A metric COCO leaves undefined (``-1``: no ground truth of that size range, e.g. APl on small
+tiles) is reported as NaN, not as a number. With no detections at all every metric that has
+ground truth is 0.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+#: COCOeval ``stats`` index of each reported metric (the first 9 entries of its summary).
+COCO_STATS = {"ap": 0, "ap50": 1, "ap75": 2, "aps": 3, "apm": 4, "apl": 5, "ar": 8}
+IOU_TYPES = ("bbox", "segm")
+
+
+def coco_backend() -> str:
+    """``faster-coco-eval`` when installed (and not switched off), else ``pycocotools``."""
+    if os.environ.get("STITCH_COCO_EVAL", "").lower() == "pycocotools":
+        return "pycocotools"
+    try:
+        import faster_coco_eval  # noqa: F401
+    except ImportError:
+        return "pycocotools"
+    return "faster-coco-eval"
+
+
+def detections_to_coco(
+    output: dict[str, torch.Tensor], image_id: int, label_to_category: dict[int, int], mask_threshold: float = 0.5
+) -> dict[str, list[dict[str, Any]]]:
+    """One image's torchvision detections as COCO result entries, ``{"bbox": [...], "segm": [...]}``."""
+    from pycocotools import mask as mask_utils
+
+    boxes = output["boxes"].detach().float().cpu()
+    scores = output["scores"].detach().float().cpu().tolist()
+    labels = output["labels"].detach().cpu().tolist()
+    out: dict[str, list[dict[str, Any]]] = {"bbox": [], "segm": []}
+    if boxes.numel() == 0:
+        return out
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1).tolist()
+    masks = None
+    if "masks" in output:
+        m = output["masks"].detach().cpu()
+        m = m[:, 0] if m.dim() == 4 else m
+        masks = (m.float() > mask_threshold).numpy().astype(np.uint8)
+    for k, (box, score, label) in enumerate(zip(xywh, scores, labels)):
+        cat = label_to_category[int(label)]
+        out["bbox"].append({"image_id": int(image_id), "category_id": cat, "bbox": [round(v, 3) for v in box], "score": float(score)})
+        if masks is not None:
+            rle = mask_utils.encode(np.asfortranarray(masks[k]))
+            rle["counts"] = rle["counts"].decode("ascii")
+            out["segm"].append({"image_id": int(image_id), "category_id": cat, "segmentation": rle, "score": float(score)})
+    return out
+
+
+def _evaluate_one(coco_gt: Any, results: list[dict[str, Any]], iou_type: str, image_ids: Sequence[int], backend: str) -> list[float]:
+    """COCOeval ``stats`` for one IoU type (quiet)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        if backend == "faster-coco-eval":
+            from faster_coco_eval import COCO as FasterCOCO
+            from faster_coco_eval import COCOeval_faster
+
+            gt = FasterCOCO(copy.deepcopy(coco_gt.dataset))
+            dt = gt.loadRes(copy.deepcopy(results))
+            ev = COCOeval_faster(gt, dt, iou_type, print_function=lambda *a, **k: None)
+        else:
+            from pycocotools.cocoeval import COCOeval
+
+            dt = coco_gt.loadRes(copy.deepcopy(results))
+            ev = COCOeval(coco_gt, dt, iou_type)
+        ev.params.imgIds = list(image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return [float(s) for s in ev.stats]
+
+
+def coco_metrics(
+    coco_gt: Any, results: dict[str, list[dict[str, Any]]], image_ids: Sequence[int], backend: str | None = None
+) -> dict[str, float]:
+    """``bbox_ap``, ``bbox_ap50`` … ``segm_ar`` (fractions in [0, 1]; NaN where COCO has no value)."""
+    backend = backend or coco_backend()
+    ids = sorted(set(int(i) for i in image_ids))
+    has_gt = any(not a.get("iscrowd", 0) for i in ids for a in coco_gt.imgToAnns.get(i, []))
+    out: dict[str, float] = {}
+    for iou_type in IOU_TYPES:
+        dets = results.get(iou_type, [])
+        if dets:
+            stats = _evaluate_one(coco_gt, dets, iou_type, ids, backend)
+        else:  # COCOeval cannot load an empty result list: nothing detected scores 0 where there is ground truth
+            stats = [0.0 if has_gt else -1.0] * 12
+        for name, idx in COCO_STATS.items():
+            value = stats[idx]
+            out[f"{iou_type}_{name}"] = float("nan") if value < 0 else value
+    return out
+
+
+@dataclass
+class InstanceTask:
+    """Loss and COCO evaluation of a torchvision Mask R-CNN.
+
+    ``coco_gt`` is the val split's pycocotools ``COCO`` (original coordinates and category ids);
+    ``label_to_category`` maps the model's contiguous labels back to those ids.
+    """
+
+    coco_gt: Any
+    label_to_category: dict[int, int]
+    mask_threshold: float = 0.5
+    backend: str | None = None
+    last_results: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Sum of the model's training losses (the model is in train mode) and each part."""
+        losses = model(batch["images"], batch["targets"])
+        total = sum(losses.values(), torch.zeros((), device=next(iter(losses.values())).device))
+        return total, {k: float(v.detach()) for k, v in losses.items()}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device) -> dict[str, Any]:
+        """COCO bbox and segm metrics of ``model`` on ``batches`` (the val loader)."""
+        model.eval()
+        results: dict[str, list[dict[str, Any]]] = {t: [] for t in IOU_TYPES}
+        image_ids: list[int] = []
+        detections = 0
+        for batch in batches:
+            images = [im.to(device, non_blocking=True) for im in batch["images"]]
+            outputs = model(images)
+            for target, output in zip(batch["targets"], outputs):
+                image_id = int(target["image_id"])
+                image_ids.append(image_id)
+                converted = detections_to_coco(output, image_id, self.label_to_category, self.mask_threshold)
+                detections += len(converted["bbox"])
+                for t in IOU_TYPES:
+                    results[t] += converted[t]
+        self.last_results = results
+        metrics: dict[str, Any] = coco_metrics(self.coco_gt, results, image_ids, self.backend)
+        metrics["detections_per_image"] = detections / max(len(image_ids), 1)
+        return metrics
