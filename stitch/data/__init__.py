@@ -9,9 +9,10 @@ directory and reused.
 Every missing or malformed input raises :class:`DataError` (a :class:`~stitch.errors.StitchError`)
 with one line naming the file and the fix.
 
-Semantic segmentation only for now. For the instance task the nuclei tiles already carry COCO
-instance JSON files (``annotations/instances_{train,val}.json`` beside the tiles), so an instance
-source can be a COCO reader over the same folder.
+``build_data(cfg, task="instance")`` gives the instance-segmentation datasets of torchvision's
+Mask R-CNN (``coco``, ``voc``, ``nuclei``, ``shapes``; see :mod:`stitch.data.instance` for the
+items, the collate function, ``coco_gt`` and the policy for bad annotations). Each of those
+modules also has a ``build_instance(cfg, cache_dir) -> InstancePrepared``.
 """
 from __future__ import annotations
 
@@ -19,23 +20,35 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from stitch.data.common import DataError, Prepared, SegDataset, resolve_cache_dir
 
-__all__ = ["DataBundle", "DataError", "build_data", "resolve_cache_dir", "DATASETS"]
+__all__ = ["DataBundle", "DataError", "build_data", "resolve_cache_dir", "DATASETS", "INSTANCE_DATASETS", "TASKS"]
 
 #: ``data.dataset`` -> module of :mod:`stitch.data` with a ``build(cfg, cache_dir) -> Prepared``.
 DATASETS = {name: f"stitch.data.{name}" for name in ("folder", "voc", "coco", "nuclei", "shapes", "brain")}
+#: the datasets with per-object masks (a ``build_instance`` function): the instance task.
+INSTANCE_DATASETS = ("coco", "voc", "nuclei", "shapes")
+TASKS = ("segmentation", "instance")
 
 
 @dataclass
 class DataBundle:
     """The train and val datasets of an experiment and what the model and reports need to know.
 
-    Items of ``train``/``val``: ``{"image": float32 CxHxW (normalised), "mask": int64 HxW,
-    "index": int}``, all of ``image_size``; ``val`` is deterministic, ``train`` augments with
-    torch's global RNG. ``dataset.name(i)`` gives a sample's file stem.
+    Segmentation: items of ``train``/``val`` are ``{"image": float32 CxHxW (normalised), "mask":
+    int64 HxW, "index": int}``, all of ``image_size``; ``val`` is deterministic, ``train`` augments
+    with torch's global RNG. ``dataset.name(i)`` gives a sample's file stem.
+
+    Instance (``task == "instance"``): items are ``{"image": float32 3xHxW in [0, 1] (not
+    normalised), "target": {"boxes": float32 Nx4 xyxy pixels, "labels": int64 N in 1..K, "masks":
+    uint8 NxHxW, "image_id": int}, "index": int}``; val images at their native size (so
+    predictions are in ``coco_gt``'s coordinates), train images augmented jointly. Batch them with
+    ``collate_fn`` (lists, not stacked). ``coco_gt`` is a pycocotools ``COCO`` of the val split
+    (original ids, crowd regions included, skipped annotations removed); ``label_to_category``
+    maps labels 1..K back to category ids; ``num_classes`` = K + 1; mean/std are 0/1 (Mask R-CNN
+    normalises inside its own transform); ``info["skipped"]`` counts the annotations left out.
     """
 
     train: Any  # torch.utils.data.Dataset
@@ -47,27 +60,55 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     info: dict = field(default_factory=dict)  # dataset, root (the folder read), split (how), train/val counts
+    task: str = "segmentation"
+    collate_fn: Optional[Callable] = None  # instance task: stitch.data.instance.collate_instances
+    coco_gt: Any = None  # instance task: pycocotools COCO of the val split
+    label_to_category: dict[int, int] = field(default_factory=dict)  # instance task: label 1..K -> category id
 
     def describe(self) -> str:
-        """One line for logs: dataset, sizes, classes, where it lives."""
+        """One line for logs: dataset, sizes, classes, where it lives (instance task: objects and
+        skipped annotations)."""
         i = self.info
-        return (
+        text = (
             f"{i.get('dataset', '?')}: {len(self.train)} train / {len(self.val)} val, {self.num_classes} classes "
             f"({', '.join(self.class_names)}), {self.in_channels} channel(s), split {i.get('split', '?')}, at {i.get('root', '?')}"
         )
+        if self.task == "instance":
+            obj = i.get("objects", {})
+            parts = [f"{obj.get(s, {}).get('objects', 0)} {s} objects" for s in ("train", "val")]
+            crowd = sum(v.get("crowd", 0) for v in obj.values())
+            if crowd:
+                parts.append(f"{crowd} crowd regions (not trained on, kept for evaluation)")
+            total: dict[str, int] = {}
+            for counts in i.get("skipped", {}).values():
+                for k, v in counts.items():
+                    total[k] = total.get(k, 0) + v
+            skipped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in total.items() if v)
+            parts.append(f"skipped: {skipped}" if skipped else "nothing skipped")
+            text += "; instance task: " + ", ".join(parts)
+        return text
 
 
-def build_data(cfg: Any, cache_dir: Optional[str | os.PathLike] = None) -> DataBundle:
+def build_data(cfg: Any, cache_dir: Optional[str | os.PathLike] = None, task: str = "segmentation") -> DataBundle:
     """Build the datasets of a ``data:`` config block (a :data:`stitch.config.DataCfg`).
 
     ``cache_dir`` is where prepared datasets (nuclei tiles, shapes files, brain slices) live; when
     not given: ``cfg.root`` if set, else ``$STITCH_DATA``, else ``~/.cache/stitch``. The
-    ``folder``/``voc``/``coco`` datasets are read in place from ``cfg.root``.
+    ``folder``/``voc``/``coco`` datasets are read in place from ``cfg.root``. ``task`` is the
+    experiment's: ``segmentation`` (class masks) or ``instance`` (objects for Mask R-CNN; only the
+    :data:`INSTANCE_DATASETS`).
     """
     from stitch.data.transforms import build_transforms, normalization
 
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     if cfg.dataset not in DATASETS:
         raise DataError(f"unknown dataset {cfg.dataset!r}; expected one of {', '.join(DATASETS)}")
+    if task == "instance":
+        if cfg.dataset not in INSTANCE_DATASETS:
+            raise DataError(f"the {cfg.dataset} dataset has no object instances, so it cannot serve the instance task; "
+                            f"use one of {', '.join(INSTANCE_DATASETS)}, or task: segmentation")
+        return _build_instance(cfg, cache_dir)
     module = importlib.import_module(DATASETS[cfg.dataset])
     prep: Prepared = module.build(cfg, Path(cache_dir).expanduser() if cache_dir is not None else None)
     k, ii = prep.num_classes, cfg.ignore_index
@@ -86,4 +127,26 @@ def build_data(cfg: Any, cache_dir: Optional[str | os.PathLike] = None) -> DataB
         mean=tuple(mean),
         std=tuple(std),
         info=dict(prep.info),
+    )
+
+
+def _build_instance(cfg: Any, cache_dir: Optional[str | os.PathLike]) -> DataBundle:
+    from stitch.data.instance import InstanceDataset, InstancePrepared, collate_instances, instance_transforms
+
+    module = importlib.import_module(DATASETS[cfg.dataset])
+    prep: InstancePrepared = module.build_instance(cfg, Path(cache_dir).expanduser() if cache_dir is not None else None)
+    return DataBundle(
+        train=InstanceDataset(prep.train, instance_transforms(cfg, train=True), "train"),
+        val=InstanceDataset(prep.val, instance_transforms(cfg, train=False), "val"),
+        num_classes=len(prep.class_names),
+        in_channels=3,
+        class_names=list(prep.class_names),
+        ignore_index=cfg.ignore_index,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        info=dict(prep.info, task="instance"),
+        task="instance",
+        collate_fn=collate_instances,
+        coco_gt=prep.coco_gt,
+        label_to_category=dict(prep.label_to_category),
     )

@@ -59,9 +59,10 @@ def _size_of(flat_inputs: list[Any]) -> tuple[int, int]:
 
 
 class RandomRot90(v2.Transform):
-    """Rotate by k * 90 degrees, k uniform in {0, 1, 2, 3} (exact, no interpolation)."""
+    """Rotate by k * 90 degrees, k uniform in {0, 1, 2, 3} (exact, no interpolation); boxes
+    (instance task, XYXY) are rotated with the image."""
 
-    _transformed_types = (tv_tensors.Image, tv_tensors.Mask)
+    _transformed_types = (tv_tensors.Image, tv_tensors.Mask, tv_tensors.BoundingBoxes)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         return {"k": int(torch.randint(4, (1,)).item())}
@@ -69,7 +70,45 @@ class RandomRot90(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if params["k"] == 0:
             return inpt
+        if isinstance(inpt, tv_tensors.BoundingBoxes):
+            return rot90_boxes(inpt, params["k"])
         return tv_tensors.wrap(torch.rot90(inpt.as_subclass(torch.Tensor), params["k"], dims=(-2, -1)), like=inpt)
+
+
+def rot90_boxes(boxes: tv_tensors.BoundingBoxes, k: int) -> tv_tensors.BoundingBoxes:
+    """XYXY boxes under ``torch.rot90(image, k, dims=(-2, -1))`` (counter-clockwise): once, a box
+    ``[x0, y0, x1, y1]`` on an H x W canvas becomes ``[y0, W - x1, y1, W - x0]`` on W x H."""
+    fmt = boxes.format
+    xyxy = F.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.XYXY)
+    b = xyxy.as_subclass(torch.Tensor)
+    h, w = boxes.canvas_size
+    for _ in range(k % 4):
+        b = torch.stack([b[..., 1], w - b[..., 2], b[..., 3], w - b[..., 0]], dim=-1)
+        h, w = w, h
+    out = tv_tensors.wrap(b, like=xyxy, canvas_size=(h, w))
+    return F.convert_bounding_box_format(out, new_format=fmt) if fmt != tv_tensors.BoundingBoxFormat.XYXY else out
+
+
+class RandomScale(v2.Transform):
+    """Resize by a factor drawn uniformly from ``[lo, hi]`` (instance task: no crop; images
+    bilinear, masks nearest, boxes scaled)."""
+
+    _transformed_types = (tv_tensors.Image, tv_tensors.Mask, tv_tensors.BoundingBoxes)
+
+    def __init__(self, scale_range: Sequence[float]) -> None:
+        super().__init__()
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = _size_of(flat_inputs)
+        lo, hi = self.scale_range
+        r = lo + float(torch.rand(1).item()) * (hi - lo)
+        return {"out": (max(1, round(h * r)), max(1, round(w * r))), "in": (h, w)}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if params["out"] == params["in"]:
+            return inpt
+        return self._call_kernel(F.resize, inpt, size=list(params["out"]), antialias=True)
 
 
 class FitResize(v2.Transform):
