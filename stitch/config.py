@@ -118,6 +118,14 @@ class DataBase(Strict):
       [0, 1] scale, one value per image channel.
     - ``ignore_index``: the mask value the loss and metrics skip (padding, VOC borders, COCO crowd
       regions); must not be a class index.
+
+    Instance task (``task: instance``; datasets ``coco``, ``voc``, ``nuclei``, ``shapes``): the
+    images are not resized to ``image_size`` (the Mask R-CNN's own ``min_size``/``max_size`` are
+    the resize targets; ``shapes`` still generates its images at ``image_size``); validation
+    images keep their native size; training images are augmented jointly with their boxes and
+    masks (``augment.scale`` resizes by the random factor, without cropping); ``normalize`` and
+    ``ignore_index`` are not used (Mask R-CNN normalises inside the model). See
+    :mod:`stitch.data.instance`.
     """
 
     image_size: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = (128, 128)
@@ -151,6 +159,7 @@ class NucleiData(DataBase):
     Split without leakage: rows 0-383 are train (tiles of ``tile`` pixels, stride ``tile // 2``),
     rows 384-511 are val (non-overlapping tiles). Prepared once under the cache directory (``root``,
     else ``$STITCH_DATA``, else ``~/.cache/stitch``). Needs ``pip install --no-deps stardist==0.9.2``.
+    Instance task: the COCO JSON files written beside the tiles (one category, RLE masks).
     """
 
     dataset: Literal["nuclei"]
@@ -163,7 +172,8 @@ class ShapesData(DataBase):
 
     Class 0 is background; classes 1.. are, in order: circle, square, triangle, cross, ring, star,
     hexagon (``num_classes`` 2-8). Images are ``image_size``; the last ``val_fraction`` of the
-    images (at least one) are the val split.
+    images (at least one) are the val split. Instance task: a separate set (2-5 possibly
+    overlapping objects per image, COCO JSON with RLE masks of the visible parts).
     """
 
     dataset: Literal["shapes"]
@@ -213,6 +223,8 @@ class VOCData(DataBase):
     ``JPEGImages/``, ``{masks}/`` (palette PNGs read as class indices; 255 borders become
     ``ignore_index``), ``ImageSets/Segmentation/{train_split,val_split}.txt``. 21 classes.
     ``masks: SegmentationClassAug`` with ``train_split: train_aug`` reads the SBD-augmented set.
+    Instance task: ``{objects}/`` holds the instance-index palette PNGs (255 borders); each
+    object's class is the majority class of its pixels in ``{masks}/``.
     """
 
     dataset: Literal["voc"]
@@ -220,6 +232,7 @@ class VOCData(DataBase):
     train_split: str = "train"
     val_split: str = "val"
     masks: str = "SegmentationClass"
+    objects: str = "SegmentationObject"
 
 
 class CocoData(DataBase):
@@ -227,7 +240,8 @@ class CocoData(DataBase):
 
     Category ids map to 1..K in increasing id order (0 is background); crowd regions become
     ``ignore_index``; larger objects are drawn first so small ones stay visible. Paths are
-    relative to ``root``.
+    relative to ``root``; the defaults fit a COCO 2017 download. Instance task: polygon and RLE
+    objects, crowd regions kept for evaluation only (see :mod:`stitch.data.instance`).
     """
 
     dataset: Literal["coco"]

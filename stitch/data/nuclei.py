@@ -20,7 +20,8 @@ Written once to ``<cache>/nuclei-dsb2018-tile<t>-v1/``: ``images/<split>_y<row>_
 (mode L), ``masks/…`` (mode L, 0/1), ``train.txt``, ``val.txt``, and
 ``annotations/instances_{train,val}.json`` (COCO, one category ``nucleus``, RLE masks; each
 annotation keeps ``instance_id``, its label in the full 512x512 map, and each image its
-``tile_box`` [x0, y0, x1, y1]) for the instance task.
+``tile_box`` [x0, y0, x1, y1]) for the instance task, which :func:`build_instance` reads through
+:mod:`stitch.data.instance` (grey tiles repeated to RGB).
 """
 from __future__ import annotations
 
@@ -171,4 +172,18 @@ def build(cfg: Any, cache_dir: Path | None = None) -> Prepared:
         train=sources["train"], val=sources["val"], num_classes=2, in_channels=1, class_names=["background", "nucleus"],
         info={"dataset": "nuclei", "root": str(root), "split": "rows 0-383 train (stride tile/2), rows 384-511 val (no overlap)",
               "train": len(sources["train"]), "val": len(sources["val"])},
+    )
+
+
+def build_instance(cfg: Any, cache_dir: Path | None = None) -> Any:
+    """The instance task: the tiles' COCO JSON files read by :mod:`stitch.data.instance`."""
+    from stitch.data.instance import from_coco_files
+
+    tile = int(cfg.tile)
+    if tile > 128:
+        raise DataError(f"tile {tile} is larger than the val band (128 rows); use data.tile <= 128")
+    root = prepare_once(resolve_cache_dir(cfg, cache_dir), f"nuclei-dsb2018-tile{tile}-v{VERSION}", lambda tmp: prepare(tmp, tile))
+    return from_coco_files(
+        {s: (root / "annotations" / f"instances_{s}.json", root / "images") for s in ("train", "val")},
+        {"dataset": "nuclei", "root": str(root), "split": "rows 0-383 train (stride tile/2), rows 384-511 val (no overlap)"},
     )

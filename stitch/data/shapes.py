@@ -10,6 +10,14 @@ num_classes)`` (``numpy.random.default_rng([seed, i])``), so the same seed gives
 Written to ``<cache>/shapes-n<num_images>-<H>x<W>-c<num_classes>-seed<seed>-v1/`` as
 ``images/00000.png`` …, ``masks/00000.png`` … (mode L, pixel = class) and ``meta.json``. The last
 ``round(num_images * val_fraction)`` images (at least one, at most ``num_images - 1``) are val.
+
+Instance task (:func:`build_instance`): a separate set under
+``<cache>/shapes-instances-n<num_images>-<H>x<W>-c<num_classes>-seed<seed>-v1/`` drawn the same
+way but with 2-5 objects per image; a later object occludes the earlier ones, so each object's
+mask is its visible part (the masks of one image are disjoint; an object hidden completely is not
+annotated). ``images/00000.png`` … plus ``annotations/instances_{train,val}.json`` (COCO, RLE
+masks, category ids 1.. = the class indices, image id = file index + 1) and ``meta.json``; the
+split is the same as above.
 """
 from __future__ import annotations
 
@@ -58,8 +66,9 @@ def _draw_shape(kind: str, h: int, w: int, cx: float, cy: float, r: float, rot: 
     return np.asarray(canvas, dtype=bool)
 
 
-def render(index: int, seed: int, size: tuple[int, int], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image ``index`` of the dataset: ``(RGB uint8 HxWx3, mask uint8 HxW)``."""
+def render_objects(index: int, seed: int, size: tuple[int, int], num_classes: int, count: tuple[int, int] = (1, 5)) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """Image ``index``: ``(RGB uint8 HxWx3, [(label, drawn region bool HxW)] in drawing order)``;
+    ``count`` is the range ``[lo, hi)`` of the number of shapes drawn."""
     h, w = size
     rng = np.random.default_rng([seed, index])
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
@@ -68,9 +77,9 @@ def render(index: int, seed: int, size: tuple[int, int], num_classes: int) -> tu
     t = math.cos(angle) * xx / max(w - 1, 1) + math.sin(angle) * yy / max(h - 1, 1)
     t = (t - t.min()) / max(t.max() - t.min(), 1e-9)
     image = c0 + t[..., None] * (c1 - c0)
-    mask = np.zeros((h, w), dtype=np.uint8)
+    objects: list[tuple[int, np.ndarray]] = []
     side = min(h, w)
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(*count))):
         label = int(rng.integers(1, num_classes))
         r = rng.uniform(0.08, 0.22) * side
         cx, cy = rng.uniform(r * 0.5, w - r * 0.5), rng.uniform(r * 0.5, h - r * 0.5)
@@ -86,9 +95,30 @@ def render(index: int, seed: int, size: tuple[int, int], num_classes: int) -> tu
             colour = rng.uniform(0, 255, 3)
         shade = 1.0 + 0.15 * (t[region] - 0.5)  # a mild gradient inside the shape too
         image[region] = colour[None, :] * shade[:, None]
-        mask[region] = label
+        objects.append((label, region))
     image = image + rng.normal(0.0, 12.0, image.shape)
-    return np.clip(np.round(image), 0, 255).astype(np.uint8), mask
+    return np.clip(np.round(image), 0, 255).astype(np.uint8), objects
+
+
+def render(index: int, seed: int, size: tuple[int, int], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``index`` of the dataset: ``(RGB uint8 HxWx3, mask uint8 HxW)``."""
+    image, objects = render_objects(index, seed, size, num_classes)
+    mask = np.zeros(size, dtype=np.uint8)
+    for label, region in objects:
+        mask[region] = label
+    return image, mask
+
+
+def visible_parts(objects: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]]:
+    """Each object's region minus what later objects cover; completely hidden objects dropped."""
+    out = []
+    covered = np.zeros_like(objects[0][1]) if objects else None
+    for label, region in reversed(objects):
+        vis = region & ~covered
+        covered |= region
+        if vis.any():
+            out.append((label, vis))
+    return out[::-1]
 
 
 def generate(out: Path, num_images: int, size: tuple[int, int], num_classes: int, seed: int) -> None:
@@ -130,4 +160,56 @@ def build(cfg: Any, cache_dir: Path | None = None) -> Prepared:
         class_names=names,
         info={"dataset": "shapes", "root": str(root), "split": f"images 0..{n - n_val - 1} train, {n - n_val}..{n - 1} val",
               "train": n - n_val, "val": n_val},
+    )
+
+
+INSTANCE_COUNT = (2, 6)  # 2-5 shapes per image
+
+
+def generate_instances(out: Path, num_images: int, size: tuple[int, int], num_classes: int, seed: int, n_val: int) -> None:
+    """Write ``images/``, ``annotations/instances_{train,val}.json`` and ``meta.json`` into ``out``."""
+    from PIL import Image
+    from pycocotools import mask as mask_util
+
+    (out / "images").mkdir(parents=True)
+    (out / "annotations").mkdir()
+    h, w = size
+    cats = [{"id": k, "name": n, "supercategory": "shape"} for k, n in enumerate(SHAPE_NAMES[: num_classes - 1], 1)]
+    docs = {s: {"info": {"description": f"stitch shapes instances seed {seed}", "version": str(VERSION)},
+                "images": [], "annotations": [], "categories": cats} for s in ("train", "val")}
+    for i in range(num_images):
+        image, objects = render_objects(i, seed, size, num_classes, INSTANCE_COUNT)
+        Image.fromarray(image, "RGB").save(out / "images" / f"{i:05d}.png")
+        doc = docs["train" if i < num_images - n_val else "val"]
+        doc["images"].append({"id": i + 1, "file_name": f"{i:05d}.png", "height": h, "width": w})
+        for label, vis in visible_parts(objects):
+            rle = mask_util.encode(np.asfortranarray(vis.astype(np.uint8)))
+            n = sum(len(d["annotations"]) for d in docs.values()) + 1
+            doc["annotations"].append({
+                "id": n, "image_id": i + 1, "category_id": label, "iscrowd": 0,
+                "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
+                "area": float(mask_util.area(rle)), "bbox": [float(v) for v in mask_util.toBbox(rle)],
+            })
+    for split, doc in docs.items():
+        write_json(out / "annotations" / f"instances_{split}.json", doc)
+    write_json(out / "meta.json", {
+        "dataset": "shapes-instances", "version": VERSION, "num_images": num_images, "image_size": list(size),
+        "num_classes": num_classes, "seed": seed, "val_images": n_val, "objects_per_image": [INSTANCE_COUNT[0], INSTANCE_COUNT[1] - 1],
+        "annotations": {s: len(d["annotations"]) for s, d in docs.items()},
+    })
+
+
+def build_instance(cfg: Any, cache_dir: Path | None = None) -> Any:
+    """The instance set (module docstring), generated once, read through the COCO path."""
+    from stitch.data.instance import from_coco_files
+
+    size = (int(cfg.image_size[0]), int(cfg.image_size[1]))
+    n = cfg.num_images
+    n_val = min(n - 1, max(1, round(n * cfg.val_fraction)))
+    name = f"shapes-instances-n{n}-{size[0]}x{size[1]}-c{cfg.num_classes}-seed{cfg.seed}-v{VERSION}"
+    root = prepare_once(resolve_cache_dir(cfg, cache_dir), name,
+                        lambda tmp: generate_instances(tmp, n, size, cfg.num_classes, cfg.seed, n_val))
+    return from_coco_files(
+        {s: (root / "annotations" / f"instances_{s}.json", root / "images") for s in ("train", "val")},
+        {"dataset": "shapes", "root": str(root), "split": f"images 0..{n - n_val - 1} train, {n - n_val}..{n - 1} val"},
     )
