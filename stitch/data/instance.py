@@ -238,7 +238,10 @@ class InstanceSource:
 class InstanceDataset:
     """``{"image": float32 3xHxW in [0, 1], "target": {"boxes", "labels", "masks", "image_id"},
     "index": int}`` per image. Validation items are the images at their native size; training
-    items are augmented (torch's global RNG) and objects that collapse are dropped."""
+    items are augmented (torch's global RNG), objects whose box or mask collapsed are dropped, and
+    the boxes are set to the tight boxes of the augmented masks (flips and rot90 are exact;
+    after a rescale, nearest resampling can thin a mask by a pixel, and box and mask then still
+    agree)."""
 
     def __init__(self, source: Any, transform: Callable, split: str) -> None:
         self.source, self.transform, self.split = source, transform, split
@@ -272,7 +275,8 @@ class InstanceDataset:
         labels = target["labels"].to(torch.int64)
         if self.split == "train" and len(masks):
             keep = (masks.flatten(1) > 0).any(1)  # an object whose mask vanished when resized
-            masks, boxes, labels = masks[keep], boxes[keep], labels[keep]
+            masks, labels = masks[keep], labels[keep]
+            boxes = tight_boxes(masks)  # nearest resampling can thin a mask: keep boxes on it
         return {
             "image": img.as_subclass(torch.Tensor).contiguous(),
             "target": {"boxes": (boxes.reshape(-1, 4) + 0.0).contiguous(),  # + 0.0: no -0.0 from flips
@@ -283,6 +287,17 @@ class InstanceDataset:
 
     def __repr__(self) -> str:
         return f"InstanceDataset({self.split}, {len(self)} images)"
+
+
+def tight_boxes(masks: Any) -> Any:
+    """float32 Nx4 ``[x0, y0, x1 + 1, y1 + 1]`` of the pixels of each (non-empty) mask NxHxW."""
+    import torch
+    from torchvision.ops import masks_to_boxes
+
+    if len(masks) == 0:
+        return torch.zeros((0, 4), dtype=torch.float32)
+    b = masks_to_boxes(masks > 0).to(torch.float32)
+    return b + torch.tensor([0.0, 0.0, 1.0, 1.0])
 
 
 def collate_instances(batch: Sequence[dict]) -> dict:
@@ -355,8 +370,9 @@ def from_coco_files(splits: dict[str, tuple[Path, Path]], info: dict) -> Instanc
 
 def instance_transforms(cfg: Any, train: bool) -> Callable:
     """Joint image/boxes/masks pipeline (``transforms.v2``). Training: rotate90 -> hflip/vflip ->
-    random rescale (``augment.scale``, no crop) -> colour jitter -> float [0, 1] -> drop objects
-    whose boxes collapsed. Validation: float [0, 1] only (native size, not normalised)."""
+    random rescale (``augment.scale``, no crop) -> colour jitter -> float [0, 1] ->
+    ``SanitizeBoundingBoxes`` (objects whose boxes collapsed are dropped; :class:`InstanceDataset`
+    then drops empty masks and puts the boxes on the masks). Validation: float [0, 1] only (native size, not normalised)."""
     import torch
     from torchvision import tv_tensors
     from torchvision.transforms import v2
