@@ -284,6 +284,9 @@ BAD: dict[str, tuple[Callable[[dict], Any], str]] = {
     "annotation_id_twice": (lambda d: d["annotations"][1].update(id=1), "twice"),
     "image_size_type": (lambda d: d["images"][0].update(height="24"), "height/width"),
     "missing_key": (lambda d: d["annotations"][0].pop("segmentation"), "lacks"),
+    "category_id_list": (lambda d: d["annotations"][0].update(category_id=[3]), "category_id [3] is not an integer"),
+    "category_entry": (lambda d: d["categories"].append({"name": "x"}), "category entry"),
+    "category_twice": (lambda d: d["categories"].append({"id": 3, "name": "again"}), "twice"),
 }
 
 

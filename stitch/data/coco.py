@@ -48,15 +48,31 @@ def check_coco(data: Any, path: Path) -> None:
     for im in data["images"]:
         if not isinstance(im, dict) or not {"id", "file_name", "height", "width"} <= im.keys():
             raise DataError(f"an image entry lacks id/file_name/height/width: {str(im)[:80]}", path)
+        if not _is_id(im["id"]):
+            raise DataError(f"image id {str(im['id'])[:40]} ({im['file_name']}) is not an integer", path)
         image_ids.add(im["id"])
-    cat_ids = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
+    cat_ids = set()
+    for c in data["categories"]:
+        if not isinstance(c, dict) or not _is_id(c.get("id")):
+            raise DataError(f"a category entry lacks an integer id: {str(c)[:80]}", path)
+        if c["id"] in cat_ids:
+            raise DataError(f"category id {c['id']} appears twice in 'categories'", path)
+        cat_ids.add(c["id"])
     for ann in data["annotations"]:
         if not isinstance(ann, dict) or not {"id", "image_id", "category_id", "segmentation"} <= ann.keys():
             raise DataError(f"an annotation lacks id/image_id/category_id/segmentation: {str(ann)[:80]}", path)
+        for key in ("id", "image_id", "category_id"):
+            if not _is_id(ann[key]):
+                raise DataError(f"annotation {str(ann['id'])[:40]}: {key} {str(ann[key])[:40]} is not an integer", path)
         if ann["category_id"] not in cat_ids:
             raise DataError(f"annotation {ann['id']} has category_id {ann['category_id']}, which is not in 'categories'", path)
         if ann["image_id"] not in image_ids:
             raise DataError(f"annotation {ann['id']} refers to image_id {ann['image_id']}, which is not in 'images'", path)
+
+
+def _is_id(v: Any) -> bool:
+    """COCO ids are integers (strings are tolerated: pycocotools only needs them hashable)."""
+    return isinstance(v, (int, str)) and not isinstance(v, bool)
 
 
 def coco_index(data: dict) -> Any:
