@@ -9,6 +9,6 @@ from . import registry
 from .registry import PROBE_ARGS, ZooEntry, entries, get, names, register
 
 # Family files: imported for their registrations.
-from . import cgafusion, coordatt, split_attention, timm_attention  # noqa: E402,F401  isort: skip
+from . import cgafusion, coordatt, panet, split_attention, timm_attention  # noqa: E402,F401  isort: skip
 
 __all__ = ["registry", "get", "names", "entries", "register", "ZooEntry", "PROBE_ARGS"]

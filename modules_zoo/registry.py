@@ -8,22 +8,62 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping, Union
 
 from torch import nn
 
 Kind = Literal["unary", "fusion", "neck", "roi_head"]
 
 #: Constructor arguments the harness fills in from the shape probe when the user has not set them.
-PROBE_ARGS: tuple[str, ...] = ("channels", "in_channels", "out_channels", "stride")
+#: ``in_channels_list`` is the channel count of each level of an ordered dict of feature maps (a
+#: neck's input); for such points ``in_channels`` / ``out_channels`` are the common width of the
+#: input / output levels (None when they differ) and ``channels`` the width of the output levels.
+PROBE_ARGS: tuple[str, ...] = ("channels", "in_channels", "out_channels", "stride", "in_channels_list")
 
-#: Stitching modes each kind of module can take.
+#: Stitching modes each kind of module can take (the first is the default). A neck either replaces
+#: the neck (``replace``) or refines its output (``after``); which one a neck supports is checked by
+#: its ``fit`` hook.
 DEFAULT_MODES: dict[str, tuple[str, ...]] = {
     "unary": ("after", "before", "residual", "replace"),
     "fusion": ("replace",),
-    "neck": ("replace",),
+    "neck": ("replace", "after"),
     "roi_head": ("replace",),
 }
+
+
+class SiteError(ValueError):
+    """Raised by an entry's ``absorbs`` / ``fit`` hook: the module cannot be stitched at this site.
+    The message is one line and names the fix; the harness reports it as a stitching error."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a module is about to be stitched, as an entry's ``absorbs`` and ``fit`` hooks see it.
+
+    ``module`` is what sits at the point now (after deeper stitches), ``parent`` the module holding
+    it (paths in ``absorbs`` are relative to it), ``inputs`` / ``output`` the probe's shape
+    description of the point's first call (``stitch.points.describe``). ``absorbed`` maps each
+    absorbed sibling path (relative to ``parent``) to its module and ``absorbed_outputs`` to the
+    shape the probe saw it return; both are empty while ``absorbs`` itself is being evaluated.
+    """
+
+    path: str
+    mode: str
+    module: nn.Module
+    parent: nn.Module
+    inputs: Any
+    output: Any
+    absorbed: Mapping[str, nn.Module] = field(default_factory=dict)
+    absorbed_outputs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The point's attribute name in ``parent`` (``box_roi_pool``)."""
+        return self.path.rsplit(".", 1)[-1]
+
+
+#: Sibling paths a stitched module takes over: a fixed tuple or a function of the site.
+Absorbs = Union[tuple[str, ...], Callable[[Site], tuple[str, ...]]]
 
 
 @dataclass(frozen=True)
@@ -43,6 +83,19 @@ class ZooEntry:
     ``kind`` says how it is called: ``unary`` is ``x -> x'``, ``fusion`` is ``(x, y) -> z`` (for
     example at a U-Net skip merge), ``neck`` maps an ordered dict of feature levels to another,
     ``roi_head`` replaces a detector's RoI head parts.
+
+    ``absorbs``: modules next to the point that the new module takes over, as paths relative to
+    the point's parent (``("box_head.fc6",)``) or a function of the :class:`Site` returning them.
+    The harness replaces each by ``nn.Identity`` after stitching, counts their parameters as
+    removed, and checks the new module's output against what the probe saw the *last* absorbed
+    module return (the new module now produces what used to come out of it). Used by modules
+    that fuse a layer into the step before it (PANet's adaptive feature pooling takes the first
+    layer of the box head into the RoI pooler).
+
+    ``fit``: a function of the :class:`Site` returning constructor arguments the site determines
+    (feature-level names, RoI sizes, class counts, the absorbed layer's width and type); raises
+    :class:`SiteError` when the module cannot go there. ``fit_args`` names the arguments it may
+    fill: like :data:`PROBE_ARGS` they are not user settings (``stitch zoo`` leaves them out).
     """
 
     name: str
@@ -52,6 +105,9 @@ class ZooEntry:
     summary: str
     modes: tuple[str, ...]
     aliases: Mapping[str, str] = field(default_factory=dict)
+    absorbs: Absorbs = ()
+    fit: Callable[[Site], dict[str, Any]] | None = None
+    fit_args: tuple[str, ...] = ()
 
     def parameters(self) -> dict[str, inspect.Parameter]:
         return dict(inspect.signature(self.builder).parameters)
@@ -60,7 +116,7 @@ class ZooEntry:
         """User-settable arguments (the probe-supplied ones are left out)."""
         out = []
         for p in self.parameters().values():
-            if p.name in PROBE_ARGS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            if p.name in PROBE_ARGS or p.name in self.fit_args or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 continue
             if p.name in ("device", "dtype"):
                 continue
@@ -71,9 +127,14 @@ class ZooEntry:
         return out
 
     def probe_arguments(self) -> list[str]:
-        """Which of :data:`PROBE_ARGS` this builder takes."""
+        """Which of :data:`PROBE_ARGS` (and of its own ``fit_args``) this builder takes."""
         params = self.parameters()
-        return [a for a in PROBE_ARGS if a in params]
+        return [a for a in PROBE_ARGS + tuple(self.fit_args) if a in params]
+
+    def absorbed_paths(self, site: Site) -> tuple[str, ...]:
+        """The sibling paths (relative to ``site.parent``) this module takes over at ``site``."""
+        paths = self.absorbs(site) if callable(self.absorbs) else self.absorbs
+        return tuple(paths)
 
     def build(self, probed: Mapping[str, Any], args: Mapping[str, Any]) -> nn.Module:
         """Construct the module: user ``args`` win over values from the probe."""
@@ -92,8 +153,12 @@ def register(
     summary: str,
     modes: tuple[str, ...] | None = None,
     aliases: Mapping[str, str] | None = None,
+    absorbs: Absorbs = (),
+    fit: Callable[[Site], dict[str, Any]] | None = None,
+    fit_args: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a module class or builder function under ``name``."""
+    """Decorator registering a module class or builder function under ``name``
+    (``absorbs``, ``fit`` and ``fit_args``: see :class:`ZooEntry`)."""
 
     def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
@@ -106,6 +171,9 @@ def register(
             summary=summary,
             modes=tuple(modes) if modes else DEFAULT_MODES[kind],
             aliases=dict(aliases or {}),
+            absorbs=absorbs if callable(absorbs) else tuple(absorbs),
+            fit=fit,
+            fit_args=tuple(fit_args),
         )
         return builder
 

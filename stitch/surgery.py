@@ -9,11 +9,17 @@ Modes: ``after`` (``added(base(x))``), ``before`` (``base(added(x))``), ``residu
 (``y = base(x); y + s * added(y)``, ``s`` a learnable scalar when ``residual_scale`` is set), and
 ``replace``. Nesting stitches insertions into a zoo module first, with this same code, and then
 stitches the composite into the network.
+
+Absorbing: a zoo entry may take over modules next to its point (``ZooEntry.absorbs``, paths
+relative to the point's parent; PANet's adaptive feature pooling replaces ``box_roi_pool`` and
+absorbs ``box_head.fc6``). Each absorbed module becomes ``nn.Identity``; its parameters count as
+removed (``Applied.absorbed_params``), and the new module's trial output is checked against what
+the probe saw the last absorbed module return.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace as dataclass_replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -102,12 +108,21 @@ class Applied:
     adapter_params: int = 0
     residual_scale: float | None = None
     nested: list["Applied"] = field(default_factory=list)
+    absorbed: list[str] = field(default_factory=list)  # module paths taken over (now nn.Identity)
+    absorbed_params: int = 0
 
     @property
     def delta(self) -> int:
-        """Parameters this stitch adds to the network (nested modules are inside ``params``)."""
+        """Parameters this stitch adds to the network (nested modules are inside ``params``):
+        new module + adapter + residual scale - the replaced module - the absorbed ones."""
         scale = 1 if self.residual_scale is not None else 0
-        return self.params + self.adapter_params + scale - self.removed_params
+        return self.params + self.adapter_params + scale - self.removed_params - self.absorbed_params
+
+    def describe_absorbed(self) -> str:
+        """``absorbs roi_heads.box_head.fc6 (-12.8M... params)`` or an empty string."""
+        if not self.absorbed:
+            return ""
+        return f"absorbs {', '.join(self.absorbed)} ({self.absorbed_params:,} params removed, now nn.Identity)"
 
 
 
@@ -126,8 +141,32 @@ def _trial_inputs(record: PointRecord, mode: str) -> tuple:
     return tuple(args)
 
 
+def _is_levels_desc(d: Any) -> bool:
+    """Whether a shape description is an ordered dict of 4-D feature maps (a neck's levels)."""
+    return isinstance(d, dict) and bool(d) and all(_is_tensor_desc(v) and len(v) == 4 for v in d.values())
+
+
+def _common(widths: list[int]) -> int | None:
+    return widths[0] if widths and all(w == widths[0] for w in widths) else None
+
+
 def _probe_args(record: PointRecord, mode: str) -> dict[str, Any]:
-    """Constructor arguments taken from the probe: channels, in/out channels and stride."""
+    """Constructor arguments taken from the probe: channels, in/out channels and stride; for an
+    ordered dict of feature levels also ``in_channels_list`` (see ``modules_zoo.registry.PROBE_ARGS``)."""
+    first = record.inputs[0] if record.inputs else None
+    if _is_levels_desc(first) or _is_levels_desc(record.output):
+        in_list = [v[1] for v in first.values()] if _is_levels_desc(first) else None
+        out_list = [v[1] for v in record.output.values()] if _is_levels_desc(record.output) else None
+        if mode in ("after", "residual"):
+            in_list = out_list
+        c_out = _common(out_list or [])
+        return {
+            "channels": c_out if c_out is not None else _common(in_list or []),
+            "in_channels": _common(in_list or []),
+            "out_channels": c_out,
+            "stride": 1,
+            "in_channels_list": in_list,
+        }
     ins = record.tensor_inputs()
     out = record.output if _is_tensor_desc(record.output) else None
     if mode in ("after", "residual"):
@@ -164,6 +203,14 @@ def _check_point_fits(entry: registry.ZooEntry, record: PointRecord, mode: str) 
             return f"mode {mode!r} with a one-input module needs a point with one tensor input; this one takes {format_shape(record.inputs)}"
         if mode in ("before", "replace") and len(record.inputs[0]) != 4:
             return f"{entry.name} needs a 4-D feature map (N, C, H, W) but this point takes {format_shape(record.inputs[0])}"
+    if entry.kind == "neck":
+        seen = record.output if mode == "after" else (record.inputs[0] if record.inputs else None)
+        if not _is_levels_desc(seen) or not _is_levels_desc(record.output):
+            what = "outputs" if mode == "after" else "takes"
+            return (
+                f"{entry.name} is a neck: it maps an ordered dict of feature maps to another, but this point "
+                f"{what} {format_shape(seen)}; stitch it at a feature pyramid (e.g. 'fpn')"
+            )
     return None
 
 
@@ -179,10 +226,73 @@ def _fit_output(label: str, path: str, got: Any, want: Any) -> nn.Module | None:
     raise StitchingError(label, path, f"the module outputs {format_shape(g)} but the network expects {format_shape(w)} here")
 
 
-def _expected_output(record: PointRecord, mode: str) -> Any:
+def _expected_output(record: PointRecord, mode: str, absorbed: Sequence[PointRecord] = ()) -> Any:
+    if absorbed:  # the new module now produces what the last absorbed module used to return
+        return absorbed[-1].output
     if mode == "before":
         return record.inputs[0]
     return record.output
+
+
+def _parent_path(path: str) -> str:
+    return path.rsplit(".", 1)[0] if "." in path else ""
+
+
+def _site(model: nn.Module, path: str, mode: str, rec: PointRecord) -> registry.Site:
+    parent_path = _parent_path(path)
+    return registry.Site(
+        path=path,
+        mode=mode,
+        module=model.get_submodule(path),
+        parent=model.get_submodule(parent_path) if parent_path else model,
+        inputs=rec.inputs,
+        output=rec.output,
+    )
+
+
+def _join(parent_path: str, rel: str) -> str:
+    return f"{parent_path}.{rel}" if parent_path else rel
+
+
+def _inside(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or a module under it."""
+    return path == root or path.startswith(root + ".")
+
+
+def _stitch_order(targets: list, model: nn.Module, records: dict[str, PointRecord]) -> list:
+    """Deeper points first; at one point a ``replace`` first, then declaration order. A module
+    that absorbs siblings goes after every stitch at (or around) what it absorbs, so it takes over
+    the module that will really be there (PANet's adaptive pooling after a new mask head)."""
+    targets = sorted(targets, key=lambda t: (-t[4].count("."), t[4], t[3] != "replace", t[0]))
+    absorbed: dict[int, list[str]] = {}
+    for i, (_, _, entry, mode, path) in enumerate(targets):
+        if not entry.absorbs:
+            continue
+        try:
+            rel = entry.absorbed_paths(_site(model, path, mode, records[path]))
+        except Exception:  # reported properly when this target is stitched
+            continue
+        absorbed[i] = [_join(_parent_path(path), r) for r in rel]
+    if not absorbed:
+        return targets
+    out: list = []
+    placed: set[int] = set()
+
+    def place(i: int, stack: tuple[int, ...] = ()) -> None:
+        if i in placed or i in stack:
+            return
+        point = targets[i][4]
+        for j, t in enumerate(targets):
+            inner = j < i and _inside(t[4], point)  # deeper stitches inside this point (already first)
+            around = j != i and any(_inside(a, t[4]) for a in absorbed.get(i, []))  # around what i absorbs
+            if inner or around:
+                place(j, stack + (i,))
+        placed.add(i)
+        out.append(targets[i])
+
+    for i in range(len(targets)):
+        place(i)
+    return out
 
 
 # ----------------------------------------------------------------------------- the stitcher
@@ -234,7 +344,7 @@ def stitch(
             raise StitchingError(ins.label, where, str(exc), "at", ins.yaml_path) from None
         targets += [(order, ins, entry, mode, p) for p in hits]
     records = probe(model, run, keep_values={t[4] for t in targets})
-    targets.sort(key=lambda t: (-t[4].count("."), t[4], t[3] != "replace", t[0]))
+    targets = _stitch_order(targets, model, records)
     applied: list[Applied] = []
     for _, ins, entry, mode, path in targets:
         rec = records[path]
@@ -246,15 +356,26 @@ def stitch(
             raise StitchingError(ins.label, shown, reason, "at", ins.yaml_path)
         if mode != "residual" and ins.cfg.residual_scale is not None:
             raise StitchingError(ins.label, shown, f"residual_scale only applies to mode 'residual', not {mode!r}", "residual_scale", ins.yaml_path)
+        gone = [a for a in applied if any(_inside(path, b) for b in a.absorbed)]
+        if gone:
+            raise StitchingError(ins.label, shown, f"this point was absorbed by insertion {gone[0].insertion!r} ({gone[0].module}) and is now an nn.Identity; stitch at another point", "at", ins.yaml_path)
         if mode == "replace":
-            lost = [a for a in applied if a.point == path or a.point.startswith(path + ".")]
+            lost = [a for a in applied if _inside(a.point, path) or any(_inside(b, path) for b in a.absorbed)]
             if lost:
-                what = "is already replaced by" if lost[0].point == path else f"would discard what is stitched at {lost[0].alias or lost[0].point!r} by"
+                if lost[0].point == path:
+                    what = "is already replaced by"
+                elif _inside(lost[0].point, path):
+                    what = f"would discard what is stitched at {lost[0].alias or lost[0].point!r} by"
+                else:
+                    what = f"holds {', '.join(lost[0].absorbed)}, absorbed by"
                 raise StitchingError(ins.label, shown, f"this point {what} insertion {lost[0].insertion!r}; replace a point nothing else is stitched inside", "at", ins.yaml_path)
+        site = _site(model, path, mode, rec)
+        absorbed_paths, absorbed_recs, site = _absorbed(ins, entry, shown, site, records, applied)
+        fitted = _fit_site(ins, entry, shown, site)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(instance_seed(seed, ins.label, path))
-            added, nested = _build_module(ins, entry, rec, mode, shown, seed)
-            adapter = _trial_fit(ins, shown, added, rec, mode)
+            added, nested = _build_module(ins, entry, rec, mode, shown, seed, fitted)
+            adapter = _trial_fit(ins, shown, added, rec, mode, absorbed_recs)
         record = Applied(
             insertion=ins.label,
             module=entry.name,
@@ -278,16 +399,73 @@ def stitch(
         else:
             new = WRAPPERS[mode](current, added)
         model.set_submodule(path, new)
+        for ab in absorbed_paths:
+            record.absorbed_params += count_params(model.get_submodule(ab))
+            model.set_submodule(ab, nn.Identity())
+        record.absorbed = list(absorbed_paths)
         applied.append(record)
     return applied
 
 
+def _absorbed(
+    ins: Insertion,
+    entry: registry.ZooEntry,
+    shown: str,
+    site: registry.Site,
+    records: dict[str, PointRecord],
+    applied: list[Applied],
+) -> tuple[list[str], list[PointRecord], registry.Site]:
+    """The module paths ``entry`` takes over at ``site``, their probe records, and the site with
+    the absorbed modules filled in. Errors name the insertion and the point."""
+    if not entry.absorbs:
+        return [], [], site
+    try:
+        rel = entry.absorbed_paths(site)
+    except registry.SiteError as exc:
+        raise StitchingError(ins.label, shown, str(exc), "at", ins.yaml_path) from None
+    parent_path = _parent_path(site.path)
+    paths, recs, modules, outputs = [], [], {}, {}
+    for r in rel:
+        full = _join(parent_path, r)
+        try:
+            module = site.parent.get_submodule(r)
+        except AttributeError:
+            raise StitchingError(ins.label, shown, f"{entry.name} takes over {r!r} next to this point, but {type(site.parent).__name__} has no such submodule", "at", ins.yaml_path) from None
+        taken = [a for a in applied if any(_inside(full, b) or _inside(b, full) for b in a.absorbed)]
+        inside = [a for a in applied if _inside(a.point, full)]
+        if taken:
+            raise StitchingError(ins.label, shown, f"{entry.name} takes over {full!r}, already absorbed by insertion {taken[0].insertion!r}; stitch only one of them", "at", ins.yaml_path)
+        if inside:
+            raise StitchingError(ins.label, shown, f"{entry.name} takes over {full!r}, where insertion {inside[0].insertion!r} is stitched; drop one of them", "at", ins.yaml_path)
+        rec = records.get(full)
+        if rec is None or rec.calls == 0:
+            raise StitchingError(ins.label, shown, f"{entry.name} takes over {full!r}, which the probe never reached", "at", ins.yaml_path)
+        paths.append(full)
+        recs.append(rec)
+        modules[r] = module
+        outputs[r] = rec.output
+    return paths, recs, dataclass_replace(site, absorbed=modules, absorbed_outputs=outputs)
+
+
+def _fit_site(ins: Insertion, entry: registry.ZooEntry, shown: str, site: registry.Site) -> dict[str, Any]:
+    """Constructor arguments from the entry's own ``fit`` hook (empty without one)."""
+    if entry.fit is None:
+        return {}
+    try:
+        return dict(entry.fit(site))
+    except registry.SiteError as exc:
+        raise StitchingError(ins.label, shown, str(exc), "at", ins.yaml_path) from None
+
+
 def _build_module(
-    ins: Insertion, entry: registry.ZooEntry, rec: PointRecord, mode: str, shown: str, seed: int
+    ins: Insertion, entry: registry.ZooEntry, rec: PointRecord, mode: str, shown: str, seed: int,
+    fitted: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, list[Applied]]:
-    """Construct the zoo module with probe-supplied channels, then stitch its nested insertions."""
+    """Construct the zoo module with probe-supplied channels (and what the entry's ``fit`` hook
+    derived from the site), then stitch its nested insertions."""
     takes = entry.probe_arguments()
     probed = {k: v for k, v in _probe_args(rec, mode).items() if v is not None and k in takes}
+    probed.update({k: v for k, v in (fitted or {}).items() if v is not None and k in takes})
     for key in ("channels", "in_channels"):
         given, seen = ins.cfg.args.get(key), probed.get(key)
         if given is not None and seen is not None and given != seen:
@@ -311,7 +489,9 @@ def _build_module(
     return module, nested
 
 
-def _trial_fit(ins: Insertion, path: str, module: nn.Module, rec: PointRecord, mode: str) -> nn.Conv2d | None:
+def _trial_fit(
+    ins: Insertion, path: str, module: nn.Module, rec: PointRecord, mode: str, absorbed: Sequence[PointRecord] = ()
+) -> nn.Conv2d | None:
     """Run the new module on the values the probe saw there; return an adapter if one is needed."""
     inputs = _trial_inputs(rec, mode)
     was_training = module.training
@@ -324,7 +504,7 @@ def _trial_fit(ins: Insertion, path: str, module: nn.Module, rec: PointRecord, m
     finally:
         module.train(was_training)
     try:
-        return _fit_output(ins.label, path, out, _expected_output(rec, mode))
+        return _fit_output(ins.label, path, out, _expected_output(rec, mode, absorbed))
     except StitchingError as exc:
         exc.yaml_path = ins.yaml_path
         raise
