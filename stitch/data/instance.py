@@ -54,6 +54,17 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _numbers(values: list) -> bool:
+    """A flat list of finite numbers (not bools), checked with numpy (polygons are long)."""
+    if not values:
+        return True
+    try:
+        a = np.asarray(values)
+    except (ValueError, TypeError):
+        return False
+    return a.ndim == 1 and a.dtype.kind in "iuf" and bool(np.isfinite(a).all())
+
+
 def rle_string_total(s: str) -> Optional[int]:
     """Sum of the run lengths of a COCO-compressed RLE string (pycocotools' ``rleFrString`` in
     Python), or None if the string is malformed. pycocotools does not check this itself and
@@ -88,7 +99,7 @@ def to_rle(seg: Any, h: int, w: int, where: str, ann_file: Any) -> tuple[Optiona
     from pycocotools import mask as mask_util
 
     if isinstance(seg, list):
-        if not all(isinstance(p, list) and all(_is_num(v) for v in p) for p in seg):
+        if not all(isinstance(p, list) and _numbers(p) for p in seg):
             raise DataError(f"{where}: segmentation is a list but not of polygons (flat [x1, y1, x2, y2, ...] lists of numbers); fix or drop it", ann_file)
         if any(len(p) % 2 for p in seg):
             raise DataError(f"{where}: a polygon has an odd number of coordinates; polygons are [x1, y1, x2, y2, ...]", ann_file)
