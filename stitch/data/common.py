@@ -5,8 +5,8 @@ A dataset module turns its config into a :class:`Prepared`: two *sources* (train
 class layout. A source knows how many samples it has, each sample's name and how to load it as
 ``(image uint8 HxWxC, mask int64 HxW)`` with the ignore value already mapped and the labels
 checked. :class:`SegDataset` wraps a source with the transforms of :mod:`stitch.data.transforms`.
-(The instance task will add sources that also return per-object masks; the nuclei tiles already
-carry COCO instance JSON files for it.)
+The instance task's sources and dataset (per-object masks, boxes, ``coco_gt``) are in
+:mod:`stitch.data.instance`.
 """
 from __future__ import annotations
 
