@@ -6,6 +6,9 @@ as a bag of tensors (weights, BN statistics) and recomputes the official forward
 
 * CoordAtt: github.com/Andrew-Qibin/CoordAttention (houqb/CoordAttention), ``coordatt.py``.
 * CGAFusion: github.com/cecret3350/DEA-Net, ``code/model/modules/cga.py`` and ``fusion.py``.
+* PANet: github.com/ShuLiu1993/PANet, ``lib/modeling/FPN.py``, ``fast_rcnn_heads.py``,
+  ``mask_rcnn_heads.py``: plain ``nn.Module`` transcriptions of the official layer definitions
+  (same layer types, order, widths, bias flags; the bottom-up forward follows the official loop).
 """
 from __future__ import annotations
 
@@ -101,3 +104,153 @@ def cgafusion_official_forward(m: nn.Module, x: Tensor, y: Tensor, sigmoids: int
         z = torch.sigmoid(z)
     result = initial + z * x + (1 - z) * y
     return F.conv2d(result, m.conv.weight, m.conv.bias)
+
+
+# --------------------------------------------------------------------------------------------
+# PANet (github.com/ShuLiu1993/PANet): layer-by-layer transcriptions of the official definitions
+# --------------------------------------------------------------------------------------------
+# Detectron defaults: GROUP_NORM.NUM_GROUPS = 32, DIM_PER_GP = -1 (so get_group_gn(dim) == 32),
+# EPSILON = 1e-5. The official PANet heads exist only with GroupNorm; for ``use_gn=False`` these
+# transcriptions use the official non-GN definitions of the same layers (``roi_Xconv1fc_head``,
+# ``mask_rcnn_fcn_head_v1upXconvs``: Conv2d with bias, ReLU, no norm), as the FPN does.
+PANET_GN_GROUPS = 32
+
+
+def _panet_gn(c: int) -> nn.GroupNorm:
+    return nn.GroupNorm(PANET_GN_GROUPS, c, eps=1e-5)
+
+
+def _panet_head_conv(cin: int, cout: int, use_gn: bool) -> nn.Sequential:
+    # fast_rcnn_heads / mask_rcnn_heads: Conv2d(3, 1, 1, bias=False) + GN + ReLU (GN variant),
+    # Conv2d(3, 1, 1) + ReLU (non-GN variant)
+    if use_gn:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), _panet_gn(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1), nn.ReLU(inplace=True))
+
+
+class PanetOfficialFPN(nn.Module):
+    """``FPN.fpn(conv_body, level_info, panet_buttomup=True)`` without the conv body.
+
+    ``dims_lateral`` is in the official (coarsest first) order, e.g. ``[2048, 1024, 512, 256]``.
+    ``forward`` takes the backbone blobs finest first ``[C2, C3, C4, C5]`` and returns the official
+    ``fpn_output_blobs`` order, coarsest first: ``[P6 (maxpool_p6), N5, N4, N3, N2]``.
+    """
+
+    def __init__(self, dims_lateral: list[int], fpn_dim: int = 256, use_gn: bool = True, panet_buttomup: bool = True) -> None:
+        super().__init__()
+        self.use_gn, self.panet_buttomup = use_gn, panet_buttomup
+        self.num_backbone_stages = len(dims_lateral)
+        if use_gn:
+            self.conv_top = nn.Sequential(nn.Conv2d(dims_lateral[0], fpn_dim, 1, 1, 0, bias=False), _panet_gn(fpn_dim))
+        else:
+            self.conv_top = nn.Conv2d(dims_lateral[0], fpn_dim, 1, 1, 0)
+        self.topdown_lateral_modules = nn.ModuleList()
+        for i in range(self.num_backbone_stages - 1):  # topdown_lateral_module: only conv_lateral has weights
+            lateral = nn.Module()
+            if use_gn:
+                lateral.conv_lateral = nn.Sequential(nn.Conv2d(dims_lateral[i + 1], fpn_dim, 1, 1, 0, bias=False), _panet_gn(fpn_dim))
+            else:
+                lateral.conv_lateral = nn.Conv2d(dims_lateral[i + 1], fpn_dim, 1, 1, 0)
+            self.topdown_lateral_modules.append(lateral)
+        self.posthoc_modules = nn.ModuleList()
+        for _ in range(self.num_backbone_stages):
+            if use_gn:
+                self.posthoc_modules.append(nn.Sequential(nn.Conv2d(fpn_dim, fpn_dim, 3, 1, 1, bias=False), _panet_gn(fpn_dim)))
+            else:
+                self.posthoc_modules.append(nn.Conv2d(fpn_dim, fpn_dim, 3, 1, 1))
+        if panet_buttomup:
+            self.panet_buttomup_conv1_modules = nn.ModuleList()
+            self.panet_buttomup_conv2_modules = nn.ModuleList()
+            for _ in range(self.num_backbone_stages - 1):
+                if use_gn:  # note: bias=True next to GN, and ReLU, in the official code
+                    self.panet_buttomup_conv1_modules.append(nn.Sequential(
+                        nn.Conv2d(fpn_dim, fpn_dim, 3, 2, 1, bias=True), _panet_gn(fpn_dim), nn.ReLU(inplace=True)))
+                    self.panet_buttomup_conv2_modules.append(nn.Sequential(
+                        nn.Conv2d(fpn_dim, fpn_dim, 3, 1, 1, bias=True), _panet_gn(fpn_dim), nn.ReLU(inplace=True)))
+                else:  # no ReLU in the official non-GN bottom-up convs
+                    self.panet_buttomup_conv1_modules.append(nn.Conv2d(fpn_dim, fpn_dim, 3, 2, 1))
+                    self.panet_buttomup_conv2_modules.append(nn.Conv2d(fpn_dim, fpn_dim, 3, 1, 1))
+        self.maxpool_p6 = nn.MaxPool2d(kernel_size=1, stride=2, padding=0)
+
+    def forward(self, conv_body_blobs: list[Tensor]) -> list[Tensor]:
+        fpn_inner_blobs = [self.conv_top(conv_body_blobs[-1])]
+        for i in range(self.num_backbone_stages - 1):
+            lat = self.topdown_lateral_modules[i].conv_lateral(conv_body_blobs[-(i + 2)])
+            td = F.interpolate(fpn_inner_blobs[-1], scale_factor=2, mode="nearest")
+            fpn_inner_blobs.append(lat + td)
+        fpn_output_blobs: list[Tensor] = []
+        fpn_middle_blobs = [self.posthoc_modules[i](fpn_inner_blobs[i]) for i in range(self.num_backbone_stages)]
+        if not self.panet_buttomup:
+            fpn_output_blobs = fpn_middle_blobs
+        else:
+            fpn_output_blobs.append(fpn_middle_blobs[-1])
+            for i in range(2, self.num_backbone_stages + 1):
+                tmp = self.panet_buttomup_conv1_modules[i - 2](fpn_output_blobs[0])
+                tmp = tmp + fpn_middle_blobs[self.num_backbone_stages - i]
+                tmp = self.panet_buttomup_conv2_modules[i - 2](tmp)
+                fpn_output_blobs.insert(0, tmp)
+        fpn_output_blobs.insert(0, self.maxpool_p6(fpn_output_blobs[0]))
+        return fpn_output_blobs
+
+    def bottom_up_parameters(self) -> int:
+        mods = list(self.panet_buttomup_conv1_modules) + list(self.panet_buttomup_conv2_modules)
+        return sum(p.numel() for m in mods for p in m.parameters())
+
+
+class PanetOfficialBoxHead(nn.Module):
+    """``fast_rcnn_heads.roi_Xconv1fc_gn_head_panet`` (NUM_STACKED_CONVS=4, CONV_HEAD_DIM=256,
+    MLP_HEAD_DIM=1024, ROI_XFORM_RESOLUTION=7, 4 RoI levels)."""
+
+    def __init__(self, dim_in: int = 256, hidden_dim: int = 256, fc_dim: int = 1024, roi_size: int = 7,
+                 num_stacked_convs: int = 4, num_levels: int = 4, use_gn: bool = True) -> None:
+        super().__init__()
+        convs = []
+        for _ in range(num_stacked_convs - 1):  # official loop: the first takes dim_in, then dim_in = hidden_dim
+            convs.append(_panet_head_conv(dim_in, hidden_dim, use_gn))
+            dim_in = hidden_dim
+        self.convs = nn.Sequential(*convs)
+        self.fc = nn.Linear(dim_in * roi_size * roi_size, fc_dim)
+        # conv1_head is built after the loop, so it takes the updated dim_in (== hidden_dim)
+        self.conv1_head = nn.ModuleList(_panet_head_conv(dim_in, hidden_dim, use_gn) for _ in range(num_levels))
+
+
+class PanetOfficial2MLPHead(nn.Module):
+    """``fast_rcnn_heads.roi_2mlp_head_gn_panet``: per-level fc1 = Linear + ReLU (GN commented out),
+    fc2 = Linear + GN + ReLU."""
+
+    def __init__(self, dim_in: int = 256, hidden_dim: int = 1024, roi_size: int = 7, num_levels: int = 4) -> None:
+        super().__init__()
+        self.fc1 = nn.ModuleList(nn.Sequential(nn.Linear(dim_in * roi_size**2, hidden_dim), nn.ReLU(inplace=True)) for _ in range(num_levels))
+        self.fc2 = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), _panet_gn(hidden_dim), nn.ReLU(inplace=True))
+
+
+class PanetOfficialMaskHeadFF(nn.Module):
+    """``mask_rcnn_heads.mask_rcnn_fcn_head_v1upXconvs_gn_adp_ff`` (num_convs=4, DIM_REDUCED=256,
+    ROI_XFORM_RESOLUTION=14, RESOLUTION=28) plus ``mask_rcnn_outputs.classify`` (1x1 conv to the
+    classes; CLS_SPECIFIC_MASK, UPSAMPLE_RATIO=1: no extra upsample layer)."""
+
+    def __init__(self, num_classes: int, dim_in: int = 256, dim_inner: int = 256, roi_xform: int = 14,
+                 resolution: int = 28, num_levels: int = 4, use_gn: bool = True) -> None:
+        super().__init__()
+        conv_fcn = []
+        for _ in range(2):  # official loop: the first takes dim_in, then dim_in = dim_inner
+            conv_fcn.append(_panet_head_conv(dim_in, dim_inner, use_gn))
+            dim_in = dim_inner
+        self.conv_fcn = nn.Sequential(*conv_fcn)
+        self.mask_conv1 = nn.ModuleList(_panet_head_conv(dim_in, dim_inner, use_gn) for _ in range(num_levels))
+        self.mask_conv4 = _panet_head_conv(dim_in, dim_inner, use_gn)
+        self.mask_conv4_fc = _panet_head_conv(dim_in, dim_inner, use_gn)
+        half = int(dim_inner / 2)
+        if use_gn:  # official: GroupNorm(get_group_gn(dim_inner) = 32, dim_inner / 2)
+            self.mask_conv5_fc = nn.Sequential(nn.Conv2d(dim_in, half, 3, 1, 1, bias=False), _panet_gn(half), nn.ReLU(inplace=True))
+        else:
+            self.mask_conv5_fc = nn.Sequential(nn.Conv2d(dim_in, half, 3, 1, 1), nn.ReLU(inplace=True))
+        self.mask_fc = nn.Sequential(nn.Linear(half * roi_xform**2, resolution**2, bias=True), nn.ReLU(inplace=True))
+        self.upconv = nn.ConvTranspose2d(dim_inner, dim_inner, 2, 2, 0)
+        self.classify = nn.Conv2d(dim_inner, num_classes, 1, 1, 0)  # mask_rcnn_outputs
+
+
+def panet_param_count(module: nn.Module, *names: str) -> int:
+    """Parameters of ``module`` (or of its named children only)."""
+    mods = [module] if not names else [getattr(module, n) for n in names]
+    return sum(p.numel() for m in mods for p in m.parameters())
