@@ -455,9 +455,8 @@ def _afp_absorbs(site: Site) -> tuple[str, ...]:
     head_name, head = _afp_branch(site)
     if isinstance(head, TwoMLPHead):
         return (f"{head_name}.fc6",)
-    supported = isinstance(head, (FastRCNNConvFCHead, MaskRCNNHeads, FullyConnectedFusion))
-    if supported and _first_conv_block(head) is not None:
-        return (f"{head_name}.0",)
+    if isinstance(head, (FastRCNNConvFCHead, MaskRCNNHeads, FullyConnectedFusion)):
+        return (f"{head_name}.0",)  # its first conv block (checked by the fit hook)
     raise SiteError(
         f"AdaptiveFeaturePooling supports torchvision's TwoMLPHead (fuses after fc6), FastRCNNConvFCHead and MaskRCNNHeads "
         f"(fuse after the first conv) and FullyConnectedFusion, but {head_name} is a {type(head).__name__}; "
@@ -482,7 +481,10 @@ def _afp_fit(site: Site) -> dict[str, Any]:
     if isinstance(layer, nn.Linear):
         out.update(first_layer="fc", width=layer.out_features)
     else:
-        conv = next(m for m in layer.modules() if isinstance(m, nn.Conv2d))
+        conv = _first_conv_block(nn.Sequential(layer))
+        conv = conv if isinstance(conv, nn.Conv2d) else next(iter(conv.children()), None) if conv is not None else None
+        if conv is None:
+            raise SiteError(f"AdaptiveFeaturePooling copies the head's first conv per level, but {rel} is a {type(layer).__name__} (a head without convs?)")
         if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.groups != 1:
             raise SiteError(f"AdaptiveFeaturePooling copies a 3x3 stride-1 first conv per level, but {rel} is {conv}")
         out.update(first_layer="conv", width=conv.out_channels, dilation=conv.dilation[0])

@@ -1,0 +1,463 @@
+"""PANet zoo modules: stitched into torchvision's Mask R-CNN, fidelity to the official code
+(github.com/ShuLiu1993/PANet, transcribed in ``reference_impls``), behaviour, the absorb mechanism."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.ops import MultiScaleRoIAlign
+
+import modules_zoo
+from modules_zoo.panet import AdaptiveFeaturePooling, BottomUpPath, FullyConnectedFusion, PAFPN
+from stitch.baselines.maskrcnn import MASKRCNN, build_maskrcnn, maskrcnn_aliases
+from stitch.build import stitch_variant
+from stitch.config import NestedInsertionCfg, load_experiment
+from stitch.errors import ConfigError, StitchingError
+from stitch.surgery import Insertion, count_params, stitch
+
+try:  # tests/ may or may not become a package
+    from . import reference_impls as ref
+except ImportError:
+    import reference_impls as ref
+
+PANET = ("PAFPN", "BottomUpPath", "AdaptiveFeaturePooling", "FullyConnectedFusion")
+SIZE = 64
+R50_LEVELS = [256, 512, 1024, 2048]  # ResNet-50 C2..C5
+COCO_CLASSES = 81  # official Detectron COCO configs (80 + background)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def experiment(write_experiment, insertions: str, image: int = SIZE):
+    return load_experiment(write_experiment(f"""
+        name: panet
+        task: instance
+        baseline:
+          model: maskrcnn
+          args: {{backbone: resnet18, min_size: {image}, max_size: {image}, num_classes: 3}}
+        probe: {{image_size: [{image}, {image}]}}
+        insertions:
+        {insertions}
+    """))
+
+
+def lighten(model: nn.Module) -> nn.Module:
+    """Fewer RoIs per image after stitching (CPU time; the 2fc AFP runs 4 x 12.8M-weight fcs)."""
+    model.roi_heads.fg_bg_sampler.batch_size_per_image = 64
+    model.rpn._post_nms_top_n = {"training": 200, "testing": 100}
+    return model
+
+
+def batch(n: int = 1):
+    return MASKRCNN.example_batch({"num_classes": 3}, n, (SIZE, SIZE))
+
+
+def perturb(m: nn.Module, scale: float = 0.05) -> nn.Module:
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return m
+
+
+def copy_params(dst: nn.Module, src: nn.Module) -> None:
+    """Copy ``src``'s parameters into ``dst`` in order (same layer types and order, shapes checked)."""
+    dp, sp = list(dst.parameters()), list(src.parameters())
+    assert [p.shape for p in dp] == [p.shape for p in sp]
+    with torch.no_grad():
+        for d, s in zip(dp, sp):
+            d.copy_(s)
+
+
+def levels(channels=(256, 256, 256, 256), size: int = 32, batch: int = 2, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    return {str(i): torch.randn(batch, c, size >> i, size >> i, dtype=dtype) for i, c in enumerate(channels)}
+
+
+# ------------------------------------------------------------------------------------------------
+# registry / CLI
+# ------------------------------------------------------------------------------------------------
+def test_stitch_zoo_lists_the_panet_modules(capsys) -> None:
+    from stitch.cli import main
+
+    assert main(["zoo", "--json"]) == 0
+    entries = {e["name"]: e for e in json.loads(capsys.readouterr().out)}
+    assert {n: entries[n]["kind"] for n in PANET} == {
+        "PAFPN": "neck", "BottomUpPath": "neck", "AdaptiveFeaturePooling": "roi_head", "FullyConnectedFusion": "roi_head",
+    }
+    for name in PANET:
+        assert "1803.01534" in entries[name]["reference"] and "ShuLiu1993/PANet" in entries[name]["reference"]
+        assert [a["name"] for a in entries[name]["arguments"]][0] == "norm"  # site-derived arguments are not user settings
+    assert "site_norm" in entries["AdaptiveFeaturePooling"]["probe_arguments"]
+
+
+# ------------------------------------------------------------------------------------------------
+# stitched into Mask R-CNN: trains, evaluates, keeps torchvision's interfaces
+# ------------------------------------------------------------------------------------------------
+STITCHES = {
+    "PAFPN": "- {name: PA, module: PAFPN, at: fpn}",
+    "BottomUpPath": "- {name: BU, module: BottomUpPath, at: fpn, mode: after}",
+    "AFP-box": "- {name: AFP, module: AdaptiveFeaturePooling, at: box_roi_pool}",
+    "AFP-mask-gn": "- {name: AFPm, module: AdaptiveFeaturePooling, at: mask_roi_pool, args: {norm: gn}}",
+    "FF-gn": "- {name: FF, module: FullyConnectedFusion, at: mask_head, args: {norm: gn}}",
+    "all": """- {name: PA, module: PAFPN, at: fpn, args: {norm: gn}}
+        - {name: AFPm, module: AdaptiveFeaturePooling, at: mask_roi_pool}
+        - {name: FF, module: FullyConnectedFusion, at: mask_head}
+        - {name: AFP, module: AdaptiveFeaturePooling, at: box_roi_pool}""",
+}
+
+
+@pytest.mark.parametrize("which", list(STITCHES))
+def test_stitched_maskrcnn_trains_and_evaluates(write_experiment, which: str) -> None:
+    built = stitch_variant(experiment(write_experiment, STITCHES[which]))
+    model = lighten(built.model)
+    assert built.delta == sum(a.delta for a in built.applied)
+    data = batch()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+    for _ in range(2):
+        loss = MASKRCNN.loss(model, data)
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        for a in built.applied:  # the stitched module is used: its parameters get gradients
+            new = model.get_submodule(a.point)
+            assert all(p.grad is not None for p in new.parameters()), a.insertion
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([data["images"][0]])
+    assert set(out) >= {"boxes", "labels", "scores", "masks"}
+    assert out["masks"].shape[1:] == (1, SIZE, SIZE) and len(out["boxes"]) == len(out["masks"])
+
+
+def test_all_three_survive_zero_detections_deepcopy_and_state_dict(write_experiment) -> None:
+    exp = experiment(write_experiment, STITCHES["all"])
+    model = lighten(stitch_variant(exp, seed=0).model).eval()
+    image = batch()["images"][0]
+    model.roi_heads.score_thresh = 1.01  # no detection survives: the mask branch runs on 0 RoIs
+    with torch.no_grad():
+        (out,) = model([image])
+    assert len(out["boxes"]) == 0 and out["masks"].shape == (0, 1, SIZE, SIZE)
+    model.roi_heads.score_thresh = 0.0
+    with torch.no_grad():
+        ref_out = model([image])[0]
+        assert torch.equal(copy.deepcopy(model)([image])[0]["masks"], ref_out["masks"])
+        other = perturb(copy.deepcopy(model), 0.5)
+        assert not torch.equal(other([image])[0]["scores"], ref_out["scores"])
+        other.load_state_dict(model.state_dict())
+        torch.testing.assert_close(other([image])[0]["masks"], ref_out["masks"])
+
+
+def test_frozen_bn_backbone_and_v2_style_conv_heads_take_afp_and_ff() -> None:
+    """torchvision v2's heads (FastRCNNConvFCHead, MaskRCNNHeads with BatchNorm): AFP fuses after the
+    first conv of each and copies its norm ('auto'); FF takes the BatchNorm too."""
+    torch.manual_seed(0)
+    model = build_maskrcnn(backbone="resnet18", num_classes=3, min_size=SIZE, max_size=SIZE)  # FrozenBatchNorm2d body
+    rh = model.roi_heads
+    rh.box_head = FastRCNNConvFCHead((256, 7, 7), [256, 256, 256, 256], [1024], norm_layer=nn.BatchNorm2d)
+    rh.box_predictor = FastRCNNPredictor(1024, 3)
+    rh.mask_head = MaskRCNNHeads(256, [256, 256, 256, 256], 1, norm_layer=nn.BatchNorm2d)
+    before = count_params(model)
+    data = batch()
+    lighten(model)
+    ins = [
+        Insertion("AFP", NestedInsertionCfg(module="AdaptiveFeaturePooling", at="box_roi_pool")),
+        Insertion("AFPm", NestedInsertionCfg(module="AdaptiveFeaturePooling", at="mask_roi_pool")),
+        Insertion("FF", NestedInsertionCfg(module="FullyConnectedFusion", at="mask_head")),
+    ]
+    applied = stitch(model, maskrcnn_aliases(model), lambda m: MASKRCNN.run(m, data), ins)
+    assert count_params(model) - before == sum(a.delta for a in applied)
+    assert isinstance(rh.box_head[0], nn.Identity) and isinstance(rh.mask_head, FullyConnectedFusion)
+    assert isinstance(rh.mask_head[0] if False else getattr(rh.mask_head, "0"), nn.Identity)
+    assert isinstance(rh.box_roi_pool.levels[0][1], nn.BatchNorm2d) and isinstance(rh.mask_head.conv5_fc[1], nn.BatchNorm2d)
+    loss = MASKRCNN.loss(model, data)
+    loss.backward()
+    assert torch.isfinite(loss)
+    model.eval()
+    with torch.no_grad():
+        assert "masks" in model(data["images"])[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# fidelity: parameter counts at ResNet-50 widths vs the official layer definitions
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("norm", ["gn", "none"])
+def test_neck_parameter_counts_match_official(norm: str) -> None:
+    official = ref.PanetOfficialFPN(R50_LEVELS[::-1], 256, use_gn=norm == "gn")
+    pafpn = modules_zoo.get("PAFPN").build({"in_channels_list": R50_LEVELS, "channels": 256, "site_norm": "none"}, {"norm": norm})
+    assert count_params(pafpn) == ref.panet_param_count(official) == {"gn": 6_889_984, "none": 6_884_864}[norm]
+    bup = modules_zoo.get("BottomUpPath").build({"channels": 256, "num_levels": 4, "site_norm": "none"}, {"norm": norm})
+    assert count_params(bup) == official.bottom_up_parameters() == {"gn": 3_543_552, "none": 3_540_480}[norm]
+
+
+@pytest.mark.parametrize("norm", ["gn", "none"])
+def test_box_afp_parameter_counts_match_official(norm: str) -> None:
+    gn = norm == "gn"
+    official = ref.PanetOfficialBoxHead(use_gn=gn)  # roi_Xconv1fc_gn_head_panet (4conv1fc)
+    afp = modules_zoo.get("AdaptiveFeaturePooling").build(
+        {"in_channels": 256, "width": 256, "first_layer": "conv", "featmap_names": list("0123"), "output_size": 7,
+         "sampling_ratio": 2, "site_norm": "none", "dilation": 1},
+        {"norm": norm},
+    )
+    assert count_params(afp) == ref.panet_param_count(official, "conv1_head")
+    # stitched: AFP + torchvision's 4conv1fc head with its first conv absorbed == the official head
+    head = FastRCNNConvFCHead((256, 7, 7), [256] * 4, [1024], norm_layer=(lambda c: nn.GroupNorm(32, c)) if gn else None)
+    assert count_params(afp) + count_params(head) - count_params(head[0]) == ref.panet_param_count(official)
+    # 2fc variant (roi_2mlp_head_gn_panet): per-level fc1 = Linear -> ReLU
+    afp_fc = modules_zoo.get("AdaptiveFeaturePooling").build(
+        {"in_channels": 256, "width": 1024, "first_layer": "fc", "featmap_names": list("0123"), "output_size": 7,
+         "sampling_ratio": 2, "site_norm": "none", "dilation": 1},
+        {},
+    )
+    assert count_params(afp_fc) == ref.panet_param_count(ref.PanetOfficial2MLPHead(), "fc1") == 4 * (256 * 49 * 1024 + 1024)
+
+
+@pytest.mark.parametrize("norm", ["gn", "none"])
+def test_mask_afp_and_ff_parameter_counts_match_official(norm: str) -> None:
+    official = ref.PanetOfficialMaskHeadFF(COCO_CLASSES, use_gn=norm == "gn")  # ..._gn_adp_ff + mask_rcnn_outputs
+    afp = modules_zoo.get("AdaptiveFeaturePooling").build(
+        {"in_channels": 256, "width": 256, "first_layer": "conv", "featmap_names": list("0123"), "output_size": 14,
+         "sampling_ratio": 2, "site_norm": "none", "dilation": 1},
+        {"norm": norm},
+    )
+    ff = modules_zoo.get("FullyConnectedFusion").build(
+        {"in_channels": 256, "num_classes": COCO_CLASSES, "roi_size": 14, "dim": 256, "num_convs": 4, "dilation": 1,
+         "deconv_dim": 256, "site_norm": "none"},
+        {"norm": norm},
+    )
+    assert count_params(afp) == ref.panet_param_count(official, "mask_conv1")
+    # FF alone holds one conv1; with AFP stitched in front, that conv1 is absorbed
+    assert count_params(afp) + count_params(ff) - count_params(getattr(ff, "0")) == ref.panet_param_count(official)
+    assert count_params(ff.fc) == ref.panet_param_count(official, "mask_fc") == 128 * 14 * 14 * 784 + 784
+
+
+# ------------------------------------------------------------------------------------------------
+# fidelity: outputs vs the official forward with the same weights
+# ------------------------------------------------------------------------------------------------
+def _to_official_fpn(official: ref.PanetOfficialFPN, ours: PAFPN) -> None:
+    fpn, n = ours.fpn, len(ours.fpn.inner_blocks)
+    copy_params(official.conv_top, fpn.inner_blocks[n - 1])
+    for j, lateral in enumerate(official.topdown_lateral_modules):
+        copy_params(lateral.conv_lateral, fpn.inner_blocks[n - 2 - j])
+    for j, post in enumerate(official.posthoc_modules):
+        copy_params(post, fpn.layer_blocks[n - 1 - j])
+    for j in range(n - 1):
+        copy_params(official.panet_buttomup_conv1_modules[j], ours.bottom_up.downsample[j])
+        copy_params(official.panet_buttomup_conv2_modules[j], ours.bottom_up.fuse[j])
+
+
+@pytest.mark.parametrize("norm, relu", [("gn", True), ("none", False)])
+def test_pafpn_and_bottom_up_outputs_equal_the_official_forward(norm: str, relu: bool) -> None:
+    """The official GN code has ReLU in the bottom-up convs, its no-GN code has none."""
+    channels = [16, 32, 64, 128]
+    official = ref.PanetOfficialFPN(channels[::-1], 32, use_gn=norm == "gn").double().eval()
+    ours = perturb(PAFPN(channels, 32, norm=norm, relu=relu)).double().eval()
+    _to_official_fpn(official, ours)
+    x = levels(channels, size=32, dtype=torch.float64)
+    with torch.no_grad():
+        out = ours(x)
+        expected = official(list(x.values()))[::-1]  # official order is coarsest first
+    assert list(out) == ["0", "1", "2", "3", "pool"]
+    for got, want in zip(out.values(), expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    # the bottom-up path alone on the official FPN's P levels (official panet_buttomup=False)
+    plain = ref.PanetOfficialFPN(channels[::-1], 32, use_gn=norm == "gn", panet_buttomup=False).double().eval()
+    plain.load_state_dict({k: v for k, v in official.state_dict().items() if "buttomup" not in k})
+    with torch.no_grad():
+        p = plain(list(x.values()))[::-1]
+        bup = ours.bottom_up(dict(zip(["0", "1", "2", "3", "pool"], p)))
+    for got, want in zip(bup.values(), expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------------
+# behaviour
+# ------------------------------------------------------------------------------------------------
+def test_necks_keep_key_order_and_shapes_and_pool_from_n5() -> None:
+    x = levels((8, 16, 32, 64), size=32)
+    pafpn = PAFPN([8, 16, 32, 64], 32).eval()
+    out = pafpn(x)
+    assert list(out) == ["0", "1", "2", "3", "pool"]
+    assert [tuple(v.shape) for v in out.values()] == [(2, 32, 32, 32), (2, 32, 16, 16), (2, 32, 8, 8), (2, 32, 4, 4), (2, 32, 2, 2)]
+    torch.testing.assert_close(out["pool"], F.max_pool2d(out["3"], 1, 2))
+    fpn_out = {**levels((32,) * 4, size=32)}
+    fpn_out["pool"] = F.max_pool2d(fpn_out["3"], 1, 2)  # torchvision's LastLevelMaxPool: from P5
+    bup = BottomUpPath(32).eval()
+    with torch.no_grad():
+        n = bup(fpn_out)
+    assert list(n) == list(fpn_out) and all(n[k].shape == fpn_out[k].shape for k in n)
+    assert torch.equal(n["0"], fpn_out["0"])  # N2 = P2
+    torch.testing.assert_close(n["pool"], F.max_pool2d(n["3"], 1, 2))  # from N5, not P5
+    assert not torch.allclose(n["pool"], fpn_out["pool"])
+
+
+def _afp_inputs(n_rois: int = 6):
+    feats = {**levels((16,) * 4, size=32, batch=2), "pool": torch.randn(2, 16, 1, 1)}  # image 128x128: strides 4..32
+    g = torch.Generator().manual_seed(3)
+    boxes = []
+    for _ in range(2):
+        xy = torch.rand(n_rois, 2, generator=g) * 80
+        wh = torch.rand(n_rois, 2, generator=g) * 40 + 4
+        boxes.append(torch.cat([xy, xy + wh], 1))
+    return feats, boxes, [(128, 128), (120, 128)]
+
+
+@pytest.mark.parametrize("first_layer", ["conv", "fc"])
+def test_afp_pools_every_roi_from_every_level_and_fuses_by_elementwise_max(first_layer: str) -> None:
+    afp = AdaptiveFeaturePooling(16, 32, first_layer, output_size=7, norm="none").eval()
+    perturb(afp, 0.1)
+    feats, boxes, shapes = _afp_inputs()
+    with torch.no_grad():
+        out = afp(feats, boxes, shapes)
+        per_level = [layer(x) for layer, x in zip(afp.levels, afp.pool(feats, boxes, shapes))]
+        assert torch.equal(out, torch.stack(per_level).amax(0))  # element-wise max over levels
+        winners = torch.stack(per_level).argmax(0)
+        for k in feats:
+            if k == "pool":
+                continue
+            zeroed = dict(feats, **{k: torch.zeros_like(feats[k])})
+            changed = (afp(zeroed, boxes, shapes) != out).flatten(1).any(1)
+            assert changed.all(), f"zeroing level {k} left some RoIs unchanged"
+            assert (winners == int(k)).flatten(1).any(1).all()  # every level wins somewhere for every RoI
+        assert torch.equal(afp(dict(feats, pool=torch.zeros(2, 16, 1, 1)), boxes, shapes), out)  # 'pool' is not used
+
+
+def test_afp_pooling_matches_multiscale_roialign_on_the_assigned_level() -> None:
+    afp = AdaptiveFeaturePooling(16, 8, "conv", norm="none")
+    tv = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+    feats, boxes, shapes = _afp_inputs(10)
+    boxes = [b * 4 for b in boxes]  # spread RoIs over levels
+    pooled = afp.pool(feats, boxes, shapes)
+    expected = tv(feats, boxes, shapes)
+    from torchvision.ops.poolers import _setup_scales
+
+    _, mapper = _setup_scales([feats[k] for k in "0123"], shapes, 224, 4)
+    level = mapper(boxes)
+    for i, lvl in enumerate(level.tolist()):
+        torch.testing.assert_close(pooled[lvl][i], expected[i])
+    assert len(set(level.tolist())) > 1
+
+
+def test_afp_and_ff_accept_zero_rois() -> None:
+    feats, _, shapes = _afp_inputs()
+    empty = [torch.zeros(0, 4), torch.zeros(0, 4)]
+    for norm in ("gn", "none"):
+        afp = AdaptiveFeaturePooling(16, 32, "conv", output_size=14, norm=norm).eval()
+        assert afp(feats, empty, shapes).shape == (0, 32, 14, 14)
+    ff = FullyConnectedFusion(32, 5, roi_size=14, dim=64, norm="gn").eval()
+    assert ff(torch.zeros(0, 32, 14, 14)).shape == (0, 5, 28, 28)
+
+
+def test_ff_adds_the_same_fc_map_to_every_class() -> None:
+    ff = perturb(FullyConnectedFusion(16, 5, roi_size=6, dim=64, norm="gn"), 0.1).eval()
+    x = torch.randn(3, 16, 6, 6)
+    with torch.no_grad():
+        out = ff(x)
+        h = x
+        for i in range(3):
+            h = getattr(ff, str(i))(h)
+        ff_map = F.relu(ff.fc(ff.conv5_fc(ff.conv4_fc(h)).flatten(1))).view(3, 1, 12, 12)
+        fcn = ff.mask_fcn_logits(F.relu(ff.conv5_mask(getattr(ff, "3")(h))))
+    assert out.shape == (3, 5, 12, 12)
+    diff = out - fcn
+    torch.testing.assert_close(diff, ff_map.expand_as(diff))
+    assert torch.equal(ff.fc_branch(h), ff_map)
+    assert ff_map.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# the absorb mechanism and its errors
+# ------------------------------------------------------------------------------------------------
+def test_absorbed_layers_become_identity_and_their_params_count_as_removed(write_experiment) -> None:
+    exp = experiment(write_experiment, STITCHES["all"])
+    base = stitch_variant(exp, "baseline").model
+    built = stitch_variant(exp)
+    by = {a.insertion: a for a in built.applied}
+    rh, base_rh = built.model.roi_heads, base.roi_heads
+    assert isinstance(rh.box_head.fc6, nn.Identity) and isinstance(rh.mask_predictor, nn.Identity)
+    assert isinstance(getattr(rh.mask_head, "0"), nn.Identity)
+    assert by["AFP"].absorbed == ["roi_heads.box_head.fc6"]
+    assert by["AFP"].absorbed_params == count_params(base_rh.box_head.fc6)
+    assert by["FF"].absorbed == ["roi_heads.mask_predictor"]
+    assert by["FF"].absorbed_params == count_params(base_rh.mask_predictor)
+    assert by["FF"].removed_params == count_params(base_rh.mask_head)
+    assert by["AFPm"].absorbed == ["roi_heads.mask_head.0"]  # FF's conv1, stitched first
+    assert by["AFPm"].absorbed_params == count_params(getattr(FullyConnectedFusion(256, 3, 14, norm="none"), "0"))
+    for a in built.applied:
+        assert a.delta == a.params + a.adapter_params - a.removed_params - a.absorbed_params
+    assert built.delta == count_params(built.model) - count_params(base) == sum(a.delta for a in built.applied)
+    assert "absorbs roi_heads.box_head.fc6" in by["AFP"].describe_absorbed()
+    assert f"{by['AFP'].absorbed_params:,} params removed" in by["AFP"].describe_absorbed()
+    assert by["PA"].describe_absorbed() == ""
+
+
+@pytest.mark.parametrize(
+    "insertions, cause",
+    [
+        ("- {name: A, module: AdaptiveFeaturePooling, at: box_head}",
+         "AdaptiveFeaturePooling replaces a torchvision MultiScaleRoIAlign (box_roi_pool or mask_roi_pool), but this point is a TwoMLPHead; stitch it at box_roi_pool or mask_roi_pool"),
+        ("- {name: A, module: AdaptiveFeaturePooling, at: c5}", "but this point is a Sequential; stitch it at box_roi_pool"),
+        ("- {name: F, module: FullyConnectedFusion, at: box_head}", "FullyConnectedFusion replaces torchvision's MaskRCNNHeads (stitch it at mask_head)"),
+        ("- {name: B, module: BottomUpPath, at: fpn}", "BottomUpPath refines an FPN's output: use mode: after"),
+        ("- {name: P, module: PAFPN, at: fpn, mode: after}", "PAFPN replaces the FPN (it holds its own top-down FPN); use mode: replace"),
+        ("- {name: P, module: PAFPN, at: c4}", "PAFPN is a neck: it maps an ordered dict of feature maps to another"),
+        ("""- {name: SE, module: SE, at: roi_heads.mask_head.0}
+        - {name: A, module: AdaptiveFeaturePooling, at: mask_roi_pool}""",
+         "AdaptiveFeaturePooling takes over 'roi_heads.mask_head.0', where insertion 'SE' is stitched; drop one of them"),
+        ("""- {name: A, module: AdaptiveFeaturePooling, at: box_roi_pool}
+        - {name: B, module: AdaptiveFeaturePooling, at: box_roi_pool}""", "this point is already replaced by insertion 'A'"),
+    ],
+)
+def test_stitching_errors_are_one_line_and_name_the_fix(write_experiment, insertions: str, cause: str) -> None:
+    exp = experiment(write_experiment, insertions)
+    with pytest.raises(ConfigError, match=re.escape(cause)) as err:
+        stitch_variant(exp)
+    assert "\n" not in str(err.value)
+
+
+def test_afp_rejects_a_head_it_does_not_support() -> None:
+    model = build_maskrcnn(backbone="resnet18", num_classes=3, min_size=SIZE, max_size=SIZE)
+    model.roi_heads.box_head = nn.Sequential(nn.Flatten(), nn.Linear(256 * 49, 1024), nn.ReLU())
+    data = batch()
+    ins = [Insertion("AFP", NestedInsertionCfg(module="AdaptiveFeaturePooling", at="box_roi_pool"))]
+    with pytest.raises(StitchingError, match=re.escape("AdaptiveFeaturePooling supports torchvision's TwoMLPHead")) as err:
+        stitch(model, maskrcnn_aliases(model), lambda m: MASKRCNN.run(m, data), ins)
+    assert "box_head is a Sequential; use one of those heads or drop AdaptiveFeaturePooling" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bottom_up_path_rejects_a_pyramid_whose_levels_do_not_halve(write_experiment) -> None:
+    exp = load_experiment(write_experiment(f"""
+        name: panet
+        task: instance
+        baseline:
+          model: maskrcnn
+          args: {{backbone: mobilenet_v3_small, min_size: {SIZE}, max_size: {SIZE}, num_classes: 3}}
+        probe: {{image_size: [{SIZE}, {SIZE}]}}
+        insertions:
+          - {{name: B, module: BottomUpPath, at: fpn, mode: after}}
+    """))
+    with pytest.raises(ConfigError, match="needs pyramid levels that halve in size"):
+        stitch_variant(exp)
+
+
+def test_norm_auto_follows_the_site_and_user_norm_wins(write_experiment) -> None:
+    exp = experiment(write_experiment, """- {name: BU, module: BottomUpPath, at: fpn, mode: after}
+        - {name: FF, module: FullyConnectedFusion, at: mask_head, args: {norm: gn}}""")
+    model = stitch_variant(exp).model
+    bup = model.backbone.fpn.added
+    assert not any(isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)) for m in bup.modules())  # v1 FPN: no norm
+    assert sum(isinstance(m, nn.ReLU) for m in bup.modules()) == 6
+    ff = model.roi_heads.mask_head
+    assert isinstance(getattr(ff, "0")[1], nn.GroupNorm) and getattr(ff, "0")[1].num_groups == 32
+    assert ff.conv5_fc[1].num_groups == 32 and ff.conv5_fc[1].num_channels == 128
