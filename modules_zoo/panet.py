@@ -277,8 +277,6 @@ def _pyramid_levels(site: Site, levels: dict[str, Any], what: str) -> int:
 
 
 def _fpn_fit(site: Site) -> dict[str, Any]:
-    if site.mode != "replace":
-        raise SiteError("PAFPN replaces the FPN (it holds its own top-down FPN); use mode: replace, or BottomUpPath with mode: after to keep the network's FPN")
     ins = list(site.inputs[0])
     outs = list(site.output)
     if outs != ins + [POOL_KEY]:
@@ -288,8 +286,6 @@ def _fpn_fit(site: Site) -> dict[str, Any]:
 
 
 def _bottom_up_fit(site: Site) -> dict[str, Any]:
-    if site.mode != "after":
-        raise SiteError("BottomUpPath refines an FPN's output: use mode: after at the FPN (or PAFPN with mode: replace)")
     return {"num_levels": _pyramid_levels(site, dict(site.output), "BottomUpPath"), "site_norm": norm_of(site.module)}
 
 
@@ -298,6 +294,7 @@ def _bottom_up_fit(site: Site) -> dict[str, Any]:
     kind="neck",
     reference=REFERENCE + "lib/modeling/FPN.py (fpn, panet_buttomup=True)",
     summary="FPN + PANet bottom-up path augmentation (N_{i+1} = conv(P_{i+1} + conv_s2(N_i))); 'pool' from N5. Replaces fpn.",
+    modes=("replace",),
     fit=_fpn_fit,
     fit_args=("site_norm",),
 )
@@ -320,6 +317,7 @@ def pafpn(in_channels_list: list[int], channels: int, site_norm: str, norm: Norm
     kind="neck",
     reference=REFERENCE + "lib/modeling/FPN.py (panet_buttomup_conv1/conv2_modules)",
     summary="PANet bottom-up path on an existing FPN's output (keeps its weights); 'pool' from N5. mode: after at fpn.",
+    modes=("after",),
     fit=_bottom_up_fit,
     fit_args=("num_levels", "site_norm"),
 )

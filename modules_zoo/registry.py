@@ -21,8 +21,7 @@ Kind = Literal["unary", "fusion", "neck", "roi_head"]
 PROBE_ARGS: tuple[str, ...] = ("channels", "in_channels", "out_channels", "stride", "in_channels_list")
 
 #: Stitching modes each kind of module can take (the first is the default). A neck either replaces
-#: the neck (``replace``) or refines its output (``after``); which one a neck supports is checked by
-#: its ``fit`` hook.
+#: the neck (``replace``) or refines its output (``after``); each neck registers the one it supports.
 DEFAULT_MODES: dict[str, tuple[str, ...]] = {
     "unary": ("after", "before", "residual", "replace"),
     "fusion": ("replace",),

@@ -67,6 +67,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         adapters = {(a.insertion, a.alias or a.point): a for c in checks for a in c.built.applied if a.adapter}
         for (name, point), a in adapters.items():
             console.print(f"  adapter: {name} at {point}: {a.adapter} (+{a.adapter_params:,} params) makes {a.module}'s output fit what follows")
+        absorbed = {(a.insertion, a.alias or a.point): a for c in checks for a in c.built.applied if a.absorbed}
+        for (name, point), a in absorbed.items():
+            console.print(f"  absorbed: {name} at {point}: {a.module} {a.describe_absorbed()}")
         console.print(
             f"[green]ok[/green]: {plural(len(checks), 'variant')} built, probed, forward and backward on a dummy "
             f"batch (CPU, {sum(c.seconds for c in checks):.1f} s)"

@@ -279,12 +279,26 @@ class OptimizerCfg(Strict):
 
 
 class SchedulerCfg(Strict):
+    """``step`` multiplies the rate by ``gamma`` every ``step_size`` epochs, or, with
+    ``milestones``, after each listed epoch (Detectron's "1x" Mask R-CNN schedule: 12 epochs,
+    milestones [8, 11])."""
+
     name: Literal["none", "cosine", "step", "poly"] = "cosine"
     warmup_epochs: Annotated[int, Field(ge=0)] = 0
     step_size: Annotated[int, Field(gt=0)] = 10
+    milestones: Optional[list[Annotated[StrictInt, Field(gt=0)]]] = None
     gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
     power: Annotated[float, Field(gt=0)] = 0.9
     min_lr: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _milestones_for_step(self) -> "SchedulerCfg":
+        if self.milestones is not None:
+            if self.name != "step":
+                raise ValueError(f"milestones are read by the 'step' schedule only, not {self.name!r}")
+            if not self.milestones or sorted(set(self.milestones)) != self.milestones:
+                raise ValueError(f"milestones must be increasing epoch numbers, got {self.milestones}")
+        return self
 
 
 class TrainCfg(Strict):

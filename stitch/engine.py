@@ -136,7 +136,10 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: TrainCfg) -> float:
     if s.name == "poly":
         return floor + (1 - floor) * (1 - progress) ** s.power
     if s.name == "step":
-        return s.gamma ** ((step // max(1, steps_per_epoch)) // s.step_size)
+        epochs_done = step // max(1, steps_per_epoch)
+        if s.milestones:
+            return s.gamma ** sum(epochs_done >= m for m in s.milestones)
+        return s.gamma ** (epochs_done // s.step_size)
     return 1.0
 
 

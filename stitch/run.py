@@ -82,6 +82,8 @@ def resolved_config(exp: Experiment, variant: Variant, seed: int, epochs: int) -
     cfg = exp.cfg.model_dump(mode="json")
     train_cfg = dict(cfg["train"], epochs=epochs)
     train_cfg.pop("keep_last")
+    if train_cfg["scheduler"].get("milestones") is None:  # added later: unset, it must not change older run ids
+        train_cfg["scheduler"] = {k: v for k, v in train_cfg["scheduler"].items() if k != "milestones"}
     data = dict(cfg["data"])
     if data.get("root"):
         data["root"] = os.path.normpath(data["root"])

@@ -105,7 +105,7 @@ def test_stitch_zoo_lists_the_panet_modules(capsys) -> None:
 # ------------------------------------------------------------------------------------------------
 STITCHES = {
     "PAFPN": "- {name: PA, module: PAFPN, at: fpn}",
-    "BottomUpPath": "- {name: BU, module: BottomUpPath, at: fpn, mode: after}",
+    "BottomUpPath": "- {name: BU, module: BottomUpPath, at: fpn}",  # its one mode, after, is the default
     "AFP-box": "- {name: AFP, module: AdaptiveFeaturePooling, at: box_roi_pool}",
     "AFP-mask-gn": "- {name: AFPm, module: AdaptiveFeaturePooling, at: mask_roi_pool, args: {norm: gn}}",
     "FF-gn": "- {name: FF, module: FullyConnectedFusion, at: mask_head, args: {norm: gn}}",
@@ -408,8 +408,8 @@ def test_absorbed_layers_become_identity_and_their_params_count_as_removed(write
          "AdaptiveFeaturePooling replaces a torchvision MultiScaleRoIAlign (box_roi_pool or mask_roi_pool), but this point is a TwoMLPHead; stitch it at box_roi_pool or mask_roi_pool"),
         ("- {name: A, module: AdaptiveFeaturePooling, at: c5}", "but this point is a Sequential; stitch it at box_roi_pool"),
         ("- {name: F, module: FullyConnectedFusion, at: box_head}", "FullyConnectedFusion replaces torchvision's MaskRCNNHeads (stitch it at mask_head)"),
-        ("- {name: B, module: BottomUpPath, at: fpn}", "BottomUpPath refines an FPN's output: use mode: after"),
-        ("- {name: P, module: PAFPN, at: fpn, mode: after}", "PAFPN replaces the FPN (it holds its own top-down FPN); use mode: replace"),
+        ("- {name: B, module: BottomUpPath, at: fpn, mode: replace}", "BottomUpPath (neck) cannot be stitched with mode 'replace'; it takes: after"),
+        ("- {name: P, module: PAFPN, at: fpn, mode: after}", "PAFPN (neck) cannot be stitched with mode 'after'; it takes: replace"),
         ("- {name: P, module: PAFPN, at: c4}", "PAFPN is a neck: it maps an ordered dict of feature maps to another"),
         ("""- {name: SE, module: SE, at: roi_heads.mask_head.0}
         - {name: A, module: AdaptiveFeaturePooling, at: mask_roi_pool}""",

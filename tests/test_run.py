@@ -178,6 +178,7 @@ def test_class_count_mismatch_is_reported_at_the_baseline(tmp_path: Path, capsys
     [
         ("{name: cosine, warmup_epochs: 1, min_lr: 0.0001}", [(0, 0.1), (9, 1.0), (10, 1.0), (99, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 89 / 90)))]),
         ("{name: step, step_size: 3, gamma: 0.5}", [(0, 1.0), (29, 1.0), (30, 0.5), (60, 0.25)]),
+        ("{name: step, milestones: [8, 9], gamma: 0.1}", [(0, 1.0), (79, 1.0), (80, 0.1), (89, 0.1), (90, 0.01), (99, 0.01)]),
         ("{name: poly, power: 1.0}", [(0, 1.0), (50, 0.5)]),
         ("{name: none, warmup_epochs: 2}", [(0, 0.05), (19, 1.0), (99, 1.0)]),
     ],
@@ -186,6 +187,17 @@ def test_learning_rate_schedules(schedule: str, checks: list[tuple[int, float]])
     cfg = parse_experiment(f"name: s\ntask: segmentation\nbaseline: {{model: unet}}\ntrain: {{epochs: 10, optimizer: {{lr: 0.001}}, scheduler: {schedule}}}\n").cfg.train
     for step, expected in checks:
         assert lr_factor(step, 10, cfg) == pytest.approx(expected), step
+
+
+@pytest.mark.parametrize("schedule, problem", [
+    ("{name: cosine, milestones: [3]}", "milestones are read by the 'step' schedule only"),
+    ("{name: step, milestones: [5, 3]}", "milestones must be increasing"),
+])
+def test_bad_milestones_are_one_line_errors(schedule: str, problem: str) -> None:
+    from stitch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=problem):
+        parse_experiment(f"name: s\ntask: segmentation\nbaseline: {{model: unet}}\ntrain: {{scheduler: {schedule}}}\n")
 
 
 def test_run_ids_ignore_defaults_written_out_and_keep_last(tmp_path: Path) -> None:

@@ -74,6 +74,14 @@ def build_maskrcnn(
     norm: Literal["frozen_bn", "bn"] = "frozen_bn",
     min_size: int = 800,
     max_size: int = 1333,
+    anchor_sizes: list[int] | None = None,
+    rpn_pre_nms_top_n_train: int = 2000,
+    rpn_pre_nms_top_n_test: int = 1000,
+    rpn_post_nms_top_n_train: int = 2000,
+    rpn_post_nms_top_n_test: int = 1000,
+    rpn_batch_size_per_image: int = 256,
+    box_batch_size_per_image: int = 512,
+    box_detections_per_img: int = 100,
 ) -> MaskRCNN:
     """Build a torchvision Mask R-CNN.
 
@@ -104,6 +112,14 @@ def build_maskrcnn(
             architecture and is kept.
         min_size: short side images are resized to by the model's transform.
         max_size: cap on the long side after resizing.
+        anchor_sizes: anchor sizes in pixels of the resized image. ResNet backbones: one per
+            pyramid level P2..P6 (torchvision: 32, 64, 128, 256, 512; small objects such as nuclei
+            want smaller ones); MobileNetV3: every size on each of its 3 maps. Aspect ratios stay
+            0.5, 1, 2.
+        rpn_pre_nms_top_n_train, rpn_pre_nms_top_n_test, rpn_post_nms_top_n_train,
+        rpn_post_nms_top_n_test, rpn_batch_size_per_image, box_batch_size_per_image,
+        box_detections_per_img: torchvision's ``MaskRCNN`` arguments of the same names (its
+            defaults), e.g. fewer proposals and sampled RoIs for fast CPU runs on small images.
 
     Raises:
         ValueError: an unknown backbone, version, norm or weights name; a local weights file that
@@ -136,7 +152,23 @@ def build_maskrcnn(
     norm_layer: type[nn.Module] = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
     # Stages to train at build time; "all" (None, untrained) is applied after building.
     build_trainable = trainable_layers if trainable_layers is not None else _TORCHVISION_TRAINABLE_DEFAULT
-    common = {"min_size": min_size, "max_size": max_size}
+    counts = {
+        "rpn_pre_nms_top_n_train": rpn_pre_nms_top_n_train, "rpn_pre_nms_top_n_test": rpn_pre_nms_top_n_test,
+        "rpn_post_nms_top_n_train": rpn_post_nms_top_n_train, "rpn_post_nms_top_n_test": rpn_post_nms_top_n_test,
+        "rpn_batch_size_per_image": rpn_batch_size_per_image, "box_batch_size_per_image": box_batch_size_per_image,
+        "box_detections_per_img": box_detections_per_img,
+    }
+    for key, value in counts.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, not {value!r}")
+    common: dict[str, Any] = {"min_size": min_size, "max_size": max_size, **counts}
+    if anchor_sizes is not None:
+        if not anchor_sizes or any(not isinstance(a, int) or a < 1 for a in anchor_sizes):
+            raise ValueError(f"anchor_sizes must be a list of positive integers (pixels), not {anchor_sizes!r}")
+        if backbone in RESNET_BACKBONES and len(anchor_sizes) != 5:
+            raise ValueError(f"anchor_sizes needs 5 sizes for the ResNet-FPN levels P2..P6 (torchvision: [32, 64, 128, 256, 512]), not {len(anchor_sizes)}")
+        if backbone in RESNET_BACKBONES:
+            common["rpn_anchor_generator"] = AnchorGenerator(tuple((a,) for a in anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
 
     if backbone == "resnet50":
         builder = maskrcnn_resnet50_fpn if version == 1 else maskrcnn_resnet50_fpn_v2
@@ -170,7 +202,8 @@ def build_maskrcnn(
             trainable_layers=build_trainable,
         )
         # As torchvision's fasterrcnn_mobilenet_v3_large_fpn: all sizes on each of the 3 feature maps.
-        anchors = AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)
+        sizes = tuple(anchor_sizes or (32, 64, 128, 256, 512))
+        anchors = AnchorGenerator((sizes,) * 3, ((0.5, 1.0, 2.0),) * 3)
         model = MaskRCNN(body_fpn, num_classes=num_classes, rpn_anchor_generator=anchors, **common)
 
     if backbone_file is not None:

@@ -34,6 +34,7 @@ category ids in increasing order (``label_to_category`` maps back).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -237,7 +238,9 @@ class InstanceSource:
             raise DataError(f"image is {image.shape[1]}x{image.shape[0]} but {Path(str(self.ann_file)).name} says {w}x{h} (WxH); fix the JSON or the file", path)
         n = len(rec.rles)
         if n:
-            masks = np.ascontiguousarray(mask_util.decode(rec.rles).transpose(2, 0, 1))
+            with warnings.catch_warnings():  # pycocotools' numpy-2 copy= DeprecationWarning
+                warnings.simplefilter("ignore", DeprecationWarning)
+                masks = np.ascontiguousarray(mask_util.decode(rec.rles).transpose(2, 0, 1))
             xywh = mask_util.toBbox(rec.rles).astype(np.float32).reshape(n, 4)
             boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         else:
