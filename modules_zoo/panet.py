@@ -336,12 +336,15 @@ def bottom_up_path(channels: int, num_levels: int, site_norm: str, norm: Norm = 
 
 # ----------------------------------------------------------------------------------- adaptive pooling
 def _rois(boxes: Sequence[Tensor], like: Tensor) -> Tensor:
-    """``[K_i x 4]`` per image -> ``[sum K_i x 5]`` rows ``(image index, x1, y1, x2, y2)``."""
+    """``[K_i x 4]`` per image -> ``[sum K_i x 5]`` rows ``(image index, x1, y1, x2, y2)``, in
+    float32 whatever the features' dtype (as ``MultiScaleRoIAlign``: under AMP, float16 would
+    round coordinates of large images by up to a pixel)."""
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
     rows = [
-        torch.cat([torch.full((len(b), 1), float(i), dtype=like.dtype, device=like.device), b.to(like)], dim=1)
+        torch.cat([torch.full((len(b), 1), float(i), dtype=dtype, device=like.device), b.to(device=like.device, dtype=dtype)], dim=1)
         for i, b in enumerate(boxes)
     ]
-    return torch.cat(rows, dim=0) if rows else like.new_zeros((0, 5))
+    return torch.cat(rows, dim=0) if rows else torch.zeros((0, 5), dtype=dtype, device=like.device)
 
 
 def infer_scale(feature: Tensor, image_shapes: Sequence[Sequence[int]]) -> float:

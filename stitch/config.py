@@ -32,6 +32,11 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     ),
 }
 DEFAULT_PRIMARY = {"segmentation": "miou", "instance": "segm_ap"}
+#: why ``augment.scale`` is refused for the instance task
+SCALE_UNDONE_FOR_INSTANCES = (
+    "does nothing for Mask R-CNN: the model resizes every image to min_size itself, undoing a random rescale; "
+    "for scale jitter give baseline.args.min_size a list, e.g. [96, 112, 128] (torchvision's multi-scale training)"
+)
 
 
 class Strict(BaseModel):
@@ -602,6 +607,8 @@ def _check_cross_fields(cfg: ExperimentCfg, source: SourceMap) -> None:
                 raise source.error(("ablation", "subsets", i, j), f"no insertion is named {n!r}" + did_you_mean(n, seen))
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise source.error(("seeds",), f"seeds repeat ({cfg.seeds}); paired statistics need distinct seeds")
+    if cfg.task == "instance" and cfg.data is not None and cfg.data.augment.scale is not None:
+        raise source.error(("data", "augment", "scale"), SCALE_UNDONE_FOR_INSTANCES)
     known = TASK_METRICS[cfg.task]
     if cfg.metrics.primary is not None and cfg.metrics.primary not in known:
         raise source.error(("metrics", "primary"), f"unknown {cfg.task} metric {cfg.metrics.primary!r}" + did_you_mean(cfg.metrics.primary, known))

@@ -876,6 +876,7 @@ def plot_metrics(res: ExperimentResults, stem: Path) -> list[Path]:
 def plot_curves(res: ExperimentResults, stem: Path) -> list[Path]:
     """Training loss, validation loss and the primary metric per epoch: mean over seeds, ± std band."""
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     keys = [k for k in ("train_loss", "val_loss", res.primary)
             if any(k in h for v in res.variants for r in v.rows for h in r.history)]
@@ -897,6 +898,7 @@ def plot_curves(res: ExperimentResults, stem: Path) -> list[Path]:
             ax.plot(ep, mean, label=v.name, color=color, linewidth=1.4)
             ax.fill_between(ep, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric_label(k) + (" (%)" if sc == 100.0 else ""))
         ax.set_title(("validation " if k not in ("train_loss", "val_loss") else "") + metric_label(k), fontsize=10)
         ax.grid(alpha=0.3)

@@ -85,6 +85,8 @@ def resolved_config(exp: Experiment, variant: Variant, seed: int, epochs: int) -
     if train_cfg["scheduler"].get("milestones") is None:  # added later: unset, it must not change older run ids
         train_cfg["scheduler"] = {k: v for k, v in train_cfg["scheduler"].items() if k != "milestones"}
     data = dict(cfg["data"])
+    if cfg["task"] != "instance":  # read by the instance task only (added later: must not change older run ids)
+        data.pop("objects", None)
     if data.get("root"):
         data["root"] = os.path.normpath(data["root"])
     baseline = dict(cfg["baseline"], args=_with_defaults(BASELINES[exp.cfg.baseline.model].build, cfg["baseline"]["args"]))

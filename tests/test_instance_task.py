@@ -126,10 +126,17 @@ def test_faster_coco_eval_gives_the_same_numbers_as_pycocotools():
     assert 0 < a["segm_ap"] < 1
 
 
-def test_no_detections_scores_zero():
+@pytest.mark.parametrize("backend", ["pycocotools", "faster-coco-eval"])
+def test_no_detections_scores_zero_where_there_is_ground_truth_and_nan_elsewhere(backend):
+    if backend == "faster-coco-eval":
+        pytest.importorskip("faster_coco_eval")
     gt, targets = _coco_gt()
-    metrics = coco_metrics(gt, {"bbox": [], "segm": []}, [t["image_id"] for t in targets], "pycocotools")
-    assert metrics["segm_ap"] == 0.0 and metrics["bbox_ar"] == 0.0
+    ids = [t["image_id"] for t in targets]
+    none = coco_metrics(gt, {"bbox": [], "segm": []}, ids, backend)
+    assert none["segm_ap"] == 0.0 and none["bbox_ar"] == 0.0 and none["segm_aps"] == 0.0
+    # the same undefined metrics as when there are detections (no large objects in 48-px images)
+    some = coco_metrics(gt, _results(_as_outputs(targets), targets), ids, backend)
+    assert [k for k, v in none.items() if math.isnan(v)] == [k for k, v in some.items() if math.isnan(v)] != []
 
 
 def test_instance_task_trains_and_evaluates_a_tiny_mask_rcnn(tmp_path):

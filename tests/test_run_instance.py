@@ -110,3 +110,66 @@ def test_instance_task_refuses_a_dataset_without_objects(tmp_path: Path, capsys)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "instance" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_augment_scale_is_refused_for_the_instance_task_with_the_fix(tmp_path: Path, capsys) -> None:
+    exp_path = tiny_instance(tmp_path)
+    exp_path.write_text(exp_path.read_text().replace("  num_classes: 3\n", "  num_classes: 3\n  augment: {scale: [0.5, 1.5]}\n"))
+    assert main(["validate", str(exp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "data.augment.scale" in err and "min_size a list" in err
+
+
+def test_multi_scale_min_size_draws_per_batch_in_training_and_uses_the_last_in_eval() -> None:
+    import torch
+
+    from stitch.baselines.maskrcnn import build_maskrcnn
+
+    model = build_maskrcnn("resnet18", num_classes=2, min_size=[48, 64, 80], max_size=200)
+    model.transform.train()
+    seen = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        images, _ = model.transform([torch.rand(3, 32, 32)])
+        seen.add(images.image_sizes[0][1])  # before padding to a multiple of 32
+    assert seen == {48, 64, 80}
+    model.transform.eval()
+    assert model.transform([torch.rand(3, 32, 32)])[0].image_sizes[0] == (80, 80)
+    with pytest.raises(ValueError, match="min_size"):
+        build_maskrcnn("resnet18", num_classes=2, min_size=[64, 0])
+
+
+def test_the_voc_objects_folder_does_not_change_segmentation_run_ids() -> None:
+    from stitch.config import parse_experiment
+    from stitch.plan import plan_variants
+    from stitch.run import resolved_config
+
+    text = "name: v\ntask: {task}\nbaseline: {{model: {model}}}\ndata: {{dataset: voc, root: /data/VOC2012}}\n"
+    seg = parse_experiment(text.format(task="segmentation", model="unet"))
+    assert "objects" not in resolved_config(seg, plan_variants(seg.cfg)[0], 0, 1)["data"]
+    inst = parse_experiment(text.format(task="instance", model="maskrcnn"))
+    assert resolved_config(inst, plan_variants(inst.cfg)[0], 0, 1)["data"]["objects"] == "SegmentationObject"
+
+
+def test_the_readme_coco_recipe_is_the_example_with_its_starred_lines_replaced() -> None:
+    """The README's full-scale recipe: the (*) lines of experiments/maskrcnn_panet.yaml swapped for
+    the README's, and the result is a valid experiment with the 1x schedule on COCO 2017."""
+    import re
+
+    from stitch.config import parse_experiment
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## Mask R-CNN and PANet"):readme.index("## Architecture")]
+    recipe = re.search(r"```yaml\n(.*?)```", section, re.S).group(1).splitlines()
+    example = (root / "experiments" / "maskrcnn_panet.yaml").read_text().splitlines()
+    starred = [i for i, line in enumerate(example) if line.rstrip().endswith("# (*)")]
+    assert len(starred) == len(recipe) == 3
+    for i, line in zip(starred, recipe):
+        assert line.split(":")[0] == example[i].split(":")[0]  # the same key, replaced in place
+        example[i] = line
+    cfg = parse_experiment("\n".join(example) + "\n").cfg
+    assert cfg.baseline.args["backbone"] == "resnet50" and cfg.data.dataset == "coco"
+    assert cfg.data.train_annotations == "annotations/instances_train2017.json"
+    assert cfg.train.scheduler.milestones == [8, 11] and cfg.train.epochs == 12
+    assert cfg.train.batch_size * cfg.train.grad_accum == 16

@@ -72,7 +72,7 @@ def build_maskrcnn(
     weights_backbone: str | None = None,
     trainable_layers: int | None = None,
     norm: Literal["frozen_bn", "bn"] = "frozen_bn",
-    min_size: int = 800,
+    min_size: int | list[int] = 800,
     max_size: int = 1333,
     anchor_sizes: list[int] | None = None,
     rpn_pre_nms_top_n_train: int = 2000,
@@ -110,7 +110,9 @@ def build_maskrcnn(
             ``FrozenBatchNorm2d``: fixed statistics and affine, same in train and eval mode) or
             ``"bn"`` (``nn.BatchNorm2d``). BatchNorm in the v2 FPN and heads is part of that
             architecture and is kept.
-        min_size: short side images are resized to by the model's transform.
+        min_size: short side images are resized to by the model's transform; a list gives
+            torchvision's multi-scale training (one size drawn per batch while training, the last
+            one in evaluation).
         max_size: cap on the long side after resizing.
         anchor_sizes: anchor sizes in pixels of the resized image. ResNet backbones: one per
             pyramid level P2..P6 (torchvision: 32, 64, 128, 256, 512; small objects such as nuclei
@@ -161,7 +163,10 @@ def build_maskrcnn(
     for key, value in counts.items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be a positive integer, not {value!r}")
-    common: dict[str, Any] = {"min_size": min_size, "max_size": max_size, **counts}
+    sizes = list(min_size) if isinstance(min_size, (list, tuple)) else [min_size]
+    if not sizes or any(not isinstance(v, int) or v < 1 for v in sizes):
+        raise ValueError(f"min_size must be a positive integer or a list of them, not {min_size!r}")
+    common: dict[str, Any] = {"min_size": tuple(sizes) if isinstance(min_size, (list, tuple)) else min_size, "max_size": max_size, **counts}
     if anchor_sizes is not None:
         if not anchor_sizes or any(not isinstance(a, int) or a < 1 for a in anchor_sizes):
             raise ValueError(f"anchor_sizes must be a list of positive integers (pixels), not {anchor_sizes!r}")

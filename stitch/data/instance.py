@@ -19,10 +19,12 @@ training; nothing is left to fail deep inside an epoch.
 - **Skipped and counted** (``info["skipped"][split]``, shown by ``DataBundle.describe()``): a
   polygon with fewer than 3 points (``short_polygons``; the annotation keeps its other polygons);
   an annotation left with no usable polygon (``no_polygon``); a degenerate object (``degenerate``:
-  its ``bbox`` is under 1 px wide or high, or its mask is empty); for ``voc``, an object whose pixels
-  have no class in ``SegmentationClass`` (``no_class``). Skipped annotations are removed from
-  ``coco_gt`` too, so COCOeval never sees them and ``coco_gt``'s non-crowd annotations are exactly
-  the val targets.
+  its mask is empty; the JSON ``bbox`` is not used, training boxes come from the masks); for
+  ``voc``, an object whose pixels have no class in ``SegmentationClass`` (``no_class``). Annotations
+  without a usable polygon are removed from ``coco_gt`` too (COCOeval cannot rasterise them) and
+  short polygons are left out of their annotation's segmentation there; degenerate objects stay in
+  ``coco_gt``, as they are in the official ground truth (an empty object nobody can detect), so
+  ``coco_gt``'s non-crowd annotations with a non-empty mask are exactly the val targets.
 - **Kept, not trained on**: crowd regions (``iscrowd: 1``) are left out of the targets but kept in
   ``coco_gt`` (COCOeval ignores detections on them); images without annotations are kept with
   empty targets.
@@ -186,15 +188,14 @@ def parse_split(data: dict, ann_file: Any, cat_to_label: dict[int, int], keep_gt
             counts["no_polygon"] += 1
             continue
         area = float(mask_util.area(rle))
-        if not crowd:
-            if area == 0 or (bbox is not None and (bbox[2] < 1 or bbox[3] < 1)):
-                counts["degenerate"] += 1
-                continue
+        if crowd:
+            counts["crowd"] += 1
+        elif area == 0:  # nothing to train on; still ground truth for the evaluation, as in COCO's own
+            counts["degenerate"] += 1
+        else:
             rec.labels.append(cat_to_label[ann["category_id"]])
             rec.rles.append(rle)
             counts["objects"] += 1
-        else:
-            counts["crowd"] += 1
         if keep_gt:
             g = dict(ann, iscrowd=int(crowd))
             if short:
@@ -384,26 +385,28 @@ def from_coco_files(splits: dict[str, tuple[Path, Path]], info: dict) -> Instanc
 
 def instance_transforms(cfg: Any, train: bool) -> Callable:
     """Joint image/boxes/masks pipeline (``transforms.v2``). Training: rotate90 -> hflip/vflip ->
-    random rescale (``augment.scale``, no crop) -> colour jitter -> float [0, 1] ->
+    colour jitter -> float [0, 1] ->
     ``SanitizeBoundingBoxes`` (objects whose boxes collapsed are dropped; :class:`InstanceDataset`
     then drops empty masks and puts the boxes on the masks). Validation: float [0, 1] only (native size, not normalised)."""
     import torch
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
-    from stitch.data.transforms import RandomRot90, RandomScale
+    from stitch.data.transforms import RandomRot90
 
     steps: list[Any] = []
     if train:
         aug = cfg.augment
+        if aug.scale is not None:
+            from stitch.config import SCALE_UNDONE_FOR_INSTANCES
+
+            raise DataError(f"data.augment.scale {SCALE_UNDONE_FOR_INSTANCES}")
         if aug.rotate90:
             steps.append(RandomRot90())
         if aug.hflip:
             steps.append(v2.RandomHorizontalFlip(0.5))
         if aug.vflip:
             steps.append(v2.RandomVerticalFlip(0.5))
-        if aug.scale is not None:
-            steps.append(RandomScale(aug.scale))
         if aug.color_jitter > 0:
             c = aug.color_jitter
             steps.append(v2.ColorJitter(brightness=c, contrast=c, saturation=c, hue=min(0.5, c / 4)))

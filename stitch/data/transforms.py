@@ -89,28 +89,6 @@ def rot90_boxes(boxes: tv_tensors.BoundingBoxes, k: int) -> tv_tensors.BoundingB
     return F.convert_bounding_box_format(out, new_format=fmt) if fmt != tv_tensors.BoundingBoxFormat.XYXY else out
 
 
-class RandomScale(v2.Transform):
-    """Resize by a factor drawn uniformly from ``[lo, hi]`` (instance task: no crop; images
-    bilinear, masks nearest, boxes scaled)."""
-
-    _transformed_types = (tv_tensors.Image, tv_tensors.Mask, tv_tensors.BoundingBoxes)
-
-    def __init__(self, scale_range: Sequence[float]) -> None:
-        super().__init__()
-        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
-
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        h, w = _size_of(flat_inputs)
-        lo, hi = self.scale_range
-        r = lo + float(torch.rand(1).item()) * (hi - lo)
-        return {"out": (max(1, round(h * r)), max(1, round(w * r))), "in": (h, w)}
-
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if params["out"] == params["in"]:
-            return inpt
-        return self._call_kernel(F.resize, inpt, size=list(params["out"]), antialias=True)
-
-
 class FitResize(v2.Transform):
     """Resize keeping the aspect ratio so the image fits ``size`` (H, W), times a factor drawn
     uniformly from ``scale_range`` when given (random scale jitter)."""

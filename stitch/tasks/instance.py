@@ -32,6 +32,9 @@ from torch import nn
 
 #: COCOeval ``stats`` index of each reported metric (the first 9 entries of its summary).
 COCO_STATS = {"ap": 0, "ap50": 1, "ap75": 2, "aps": 3, "apm": 4, "apl": 5, "ar": 8}
+#: the COCO area range each metric is computed over (COCOeval's ``areaRng``, in pixels^2)
+METRIC_AREA = {"ap": "all", "ap50": "all", "ap75": "all", "ar": "all", "aps": "small", "apm": "medium", "apl": "large"}
+AREA_RANGES = {"all": (0.0, 1e10), "small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, 1e10)}
 IOU_TYPES = ("bbox", "segm")
 
 
@@ -74,14 +77,26 @@ def detections_to_coco(
     return out
 
 
+_FASTER_GT: dict[int, tuple[Any, Any]] = {}
+
+
+def _faster_gt(coco_gt: Any) -> Any:
+    """faster-coco-eval's own index of ``coco_gt``, built once per ground truth (not per evaluation)."""
+    from faster_coco_eval import COCO as FasterCOCO
+
+    key = id(coco_gt)
+    if key not in _FASTER_GT or _FASTER_GT[key][0] is not coco_gt:
+        _FASTER_GT[key] = (coco_gt, FasterCOCO(copy.deepcopy(coco_gt.dataset)))
+    return _FASTER_GT[key][1]
+
+
 def _evaluate_one(coco_gt: Any, results: list[dict[str, Any]], iou_type: str, image_ids: Sequence[int], backend: str) -> list[float]:
     """COCOeval ``stats`` for one IoU type (quiet)."""
     with contextlib.redirect_stdout(io.StringIO()):
         if backend == "faster-coco-eval":
-            from faster_coco_eval import COCO as FasterCOCO
             from faster_coco_eval import COCOeval_faster
 
-            gt = FasterCOCO(copy.deepcopy(coco_gt.dataset))
+            gt = _faster_gt(coco_gt)
             dt = gt.loadRes(copy.deepcopy(results))
             ev = COCOeval_faster(gt, dt, iou_type, print_function=lambda *a, **k: None)
         else:
@@ -102,18 +117,27 @@ def coco_metrics(
     """``bbox_ap``, ``bbox_ap50`` … ``segm_ar`` (fractions in [0, 1]; NaN where COCO has no value)."""
     backend = backend or coco_backend()
     ids = sorted(set(int(i) for i in image_ids))
-    has_gt = any(not a.get("iscrowd", 0) for i in ids for a in coco_gt.imgToAnns.get(i, []))
     out: dict[str, float] = {}
     for iou_type in IOU_TYPES:
         dets = results.get(iou_type, [])
         if dets:
             stats = _evaluate_one(coco_gt, dets, iou_type, ids, backend)
-        else:  # COCOeval cannot load an empty result list: nothing detected scores 0 where there is ground truth
-            stats = [0.0 if has_gt else -1.0] * 12
-        for name, idx in COCO_STATS.items():
-            value = stats[idx]
+            values = {name: stats[idx] for name, idx in COCO_STATS.items()}
+        else:  # COCOeval cannot load an empty result list: 0 where there is ground truth, else undefined
+            values = {name: 0.0 if _has_ground_truth(coco_gt, ids, METRIC_AREA[name]) else -1.0 for name in COCO_STATS}
+        for name, value in values.items():
             out[f"{iou_type}_{name}"] = float("nan") if value < 0 else value
     return out
+
+
+def _has_ground_truth(coco_gt: Any, image_ids: Sequence[int], area: str) -> bool:
+    """Whether COCOeval would count any ground-truth object of the area range (non-crowd, its
+    ``area`` inside the range, as COCOeval decides what to ignore)."""
+    lo, hi = AREA_RANGES[area]
+    return any(
+        not a.get("iscrowd", 0) and lo <= float(a.get("area", 0.0)) <= hi
+        for i in image_ids for a in coco_gt.imgToAnns.get(i, [])
+    )
 
 
 @dataclass
