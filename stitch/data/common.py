@@ -316,12 +316,9 @@ class Prepared:
     info: dict = field(default_factory=dict)
 
 
-class SegDataset:
-    """``{"image": float32 CxHxW, "mask": int64 HxW, "index": int}`` per sample.
-
-    Deterministic given the index, apart from the random augmentation, which draws from torch's
-    global RNG (seed the DataLoader workers).
-    """
+class SourceDataset:
+    """A torch ``Dataset`` over a source (``len``, ``name(i)``, ``load(i)``) and a transform; the
+    task's subclass turns a loaded sample into an item."""
 
     def __init__(self, source: Any, transform: Callable, split: str) -> None:
         self.source, self.transform, self.split = source, transform, split
@@ -332,14 +329,27 @@ class SegDataset:
     def name(self, i: int) -> str:
         return self.source.name(i)
 
-    def __getitem__(self, i: int) -> dict:
-        import torch
-        from torchvision import tv_tensors
-
+    def index(self, i: int) -> int:
+        """``i`` as a non-negative index (negative ones count from the end), or ``IndexError``."""
         if -len(self.source) <= i < 0:
             i += len(self.source)
         if not 0 <= i < len(self.source):
             raise IndexError(f"index {i} out of range for the {self.split} split ({len(self.source)} samples)")
+        return i
+
+
+class SegDataset(SourceDataset):
+    """``{"image": float32 CxHxW, "mask": int64 HxW, "index": int}`` per sample.
+
+    Deterministic given the index, apart from the random augmentation, which draws from torch's
+    global RNG (seed the DataLoader workers).
+    """
+
+    def __getitem__(self, i: int) -> dict:
+        import torch
+        from torchvision import tv_tensors
+
+        i = self.index(i)
         image, mask = self.source.load(i)
         img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
         msk = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)))

@@ -43,7 +43,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from stitch.data.common import DataError, read_image
+from stitch.data.common import DataError, SourceDataset, read_image
 
 SKIP_KINDS = ("short_polygons", "no_polygon", "degenerate")
 
@@ -250,7 +250,7 @@ class InstanceSource:
         return image, {"boxes": boxes, "labels": np.asarray(rec.labels, np.int64), "masks": masks, "image_id": rec.image_id}
 
 
-class InstanceDataset:
+class InstanceDataset(SourceDataset):
     """``{"image": float32 3xHxW in [0, 1], "target": {"boxes", "labels", "masks", "image_id"},
     "index": int}`` per image. Validation items are the images at their native size; training
     items are augmented (torch's global RNG), objects whose box or mask collapsed are dropped, and
@@ -258,23 +258,11 @@ class InstanceDataset:
     after a rescale, nearest resampling can thin a mask by a pixel, and box and mask then still
     agree)."""
 
-    def __init__(self, source: Any, transform: Callable, split: str) -> None:
-        self.source, self.transform, self.split = source, transform, split
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def name(self, i: int) -> str:
-        return self.source.name(i)
-
     def __getitem__(self, i: int) -> dict:
         import torch
         from torchvision import tv_tensors
 
-        if -len(self.source) <= i < 0:
-            i += len(self.source)
-        if not 0 <= i < len(self.source):
-            raise IndexError(f"index {i} out of range for the {self.split} split ({len(self.source)} samples)")
+        i = self.index(i)
         image, t = self.source.load(i)
         h, w = image.shape[:2]
         img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
@@ -392,7 +380,7 @@ def instance_transforms(cfg: Any, train: bool) -> Callable:
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
-    from stitch.data.transforms import RandomRot90
+    from stitch.data.transforms import color_jitter, flip_steps
 
     steps: list[Any] = []
     if train:
@@ -401,15 +389,9 @@ def instance_transforms(cfg: Any, train: bool) -> Callable:
             from stitch.config import SCALE_UNDONE_FOR_INSTANCES
 
             raise DataError(f"data.augment.scale {SCALE_UNDONE_FOR_INSTANCES}")
-        if aug.rotate90:
-            steps.append(RandomRot90())
-        if aug.hflip:
-            steps.append(v2.RandomHorizontalFlip(0.5))
-        if aug.vflip:
-            steps.append(v2.RandomVerticalFlip(0.5))
+        steps += flip_steps(aug)
         if aug.color_jitter > 0:
-            c = aug.color_jitter
-            steps.append(v2.ColorJitter(brightness=c, contrast=c, saturation=c, hue=min(0.5, c / 4)))
+            steps.append(color_jitter(aug.color_jitter, 3))
     steps.append(v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True))
     if train:
         steps.append(v2.SanitizeBoundingBoxes(min_size=1.0, min_area=1.0))

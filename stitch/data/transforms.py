@@ -135,23 +135,35 @@ class PadTo(v2.Transform):
         return self._call_kernel(F.pad, inpt, padding=params["pad"], fill=fill)
 
 
+def flip_steps(aug: Any) -> list[Any]:
+    """The geometric steps both tasks share, in order: rotate90, hflip, vflip (each p = 0.5)."""
+    steps: list[Any] = []
+    if aug.rotate90:
+        steps.append(RandomRot90())
+    if aug.hflip:
+        steps.append(v2.RandomHorizontalFlip(0.5))
+    if aug.vflip:
+        steps.append(v2.RandomVerticalFlip(0.5))
+    return steps
+
+
+def color_jitter(c: float, in_channels: int) -> v2.ColorJitter:
+    """Brightness and contrast by up to ``c``; for RGB also saturation, and hue by ``c / 4``."""
+    rgb = in_channels == 3
+    return v2.ColorJitter(brightness=c, contrast=c, saturation=c if rgb else None, hue=min(0.5, c / 4) if rgb else None)
+
+
 def build_transforms(cfg: Any, in_channels: int, mean: Sequence[float], std: Sequence[float], train: bool) -> v2.Compose:
     """The train or val pipeline for a data config (see the module docstring)."""
     size = tuple(cfg.image_size)
     aug = cfg.augment
     steps: list[Any] = []
     if train:
-        if aug.rotate90:
-            steps.append(RandomRot90())
-        if aug.hflip:
-            steps.append(v2.RandomHorizontalFlip(0.5))
-        if aug.vflip:
-            steps.append(v2.RandomVerticalFlip(0.5))
+        steps += flip_steps(aug)
         steps.append(FitResize(size, aug.scale))
         steps.append(v2.RandomCrop(size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: cfg.ignore_index}))
         if aug.color_jitter > 0:
-            c = aug.color_jitter
-            steps.append(v2.ColorJitter(brightness=c, contrast=c, saturation=c if in_channels == 3 else None, hue=min(0.5, c / 4) if in_channels == 3 else None))
+            steps.append(color_jitter(aug.color_jitter, in_channels))
     else:
         steps += [FitResize(size), PadTo(size, cfg.ignore_index)]
     steps += [
