@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 STITCH := $(PYTHON) -m stitch
 
-.PHONY: setup setup-test setup-tex demo test test-fast report-example
+.PHONY: setup setup-test setup-tex setup-postgres demo test test-fast report-example
 
 # torch/torchvision first and pinned exactly, so no resolver ever pulls another torch.
 # stardist and nilearn are installed only as data sources (the DSB2018 nuclei sample and the
@@ -16,9 +16,14 @@ setup:
 
 # resnest is the official ResNeSt package, used only to check SplitAttention against it; --no-deps
 # because its metadata asks for nose and an unpinned torch.
-setup-test: setup setup-tex
+setup-test: setup setup-tex setup-postgres
 	$(PIP) install -q -e '.[test]'
 	$(PIP) install -q --no-deps resnest==0.0.5
+
+# PostgreSQL from Debian's packages for the distributed sweep test (the test starts its own
+# throwaway server on 127.0.0.1); where it cannot be installed that test is skipped with a message.
+setup-postgres:
+	@bash .ci/postgres.sh
 
 # pdflatex for the test that compiles the standalone LaTeX table (Debian packages, as root);
 # where it cannot be installed that one test is skipped with a message.

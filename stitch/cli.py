@@ -42,12 +42,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
         cfg = exp.cfg
         variants = plan_variants(cfg)
         checks = validate_experiment(exp)  # before printing anything: a mistake is one line only
+        sweep_line = None
+        if cfg.sweep is not None:
+            from stitch.sweep import check_sweep
+
+            sweep_line = check_sweep(exp)
         console.print(
             f"[bold]{cfg.name}[/bold] ({path}): {cfg.task}, baseline {cfg.baseline.model} "
             f"{cfg.baseline.args or ''}, design {cfg.ablation.design}: "
             f"{plural(len(variants), 'variant')} x {plural(len(cfg.seeds), 'seed')} {cfg.seeds} = {plural(len(variants) * len(cfg.seeds), 'run')}"
         )
-        if not cfg.insertions:
+        if sweep_line is not None:
+            console.print(sweep_line)
+        elif not cfg.insertions:
             console.print("note: no insertions, so the design is the baseline alone")
         base_params = checks[0].built.baseline_params
         table = _table("", ["variant", "insertion", "module", "mode", "module paths", "adapters", "params", "delta vs baseline"])
@@ -185,6 +192,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from stitch.config import load_experiment
+    from stitch.sweep import run_sweep
+
+    exp = load_experiment(args.experiment)
+    result = run_sweep(
+        exp, out=args.out, n_trials=args.n_trials, timeout=args.timeout, storage=args.storage,
+        study_name=args.study, device=args.device, quiet=args.quiet,
+    )
+    print(f"sweep: {result.run_dir / 'sweep'} ({', '.join(p.name for p in result.written)})")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from stitch.report import default_out_dir, write_report
 
@@ -259,6 +279,17 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="retrain runs that are already done")
     r.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar (CI)")
     r.set_defaults(func=cmd_run)
+
+    sw = sub.add_parser("sweep", help="Optuna search over insertion points, modules, modes and hyper-parameters")
+    sw.add_argument("experiment", metavar="EXPERIMENT.yaml")
+    sw.add_argument("--n-trials", type=_positive_int, help="finished trials to reach in the study (default: sweep.trials)")
+    sw.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    sw.add_argument("--storage", help="SQLAlchemy URL of the study (default: sqlite:///RUN_DIR/sweep.sqlite); share one across workers")
+    sw.add_argument("--study", help="study name (default: the experiment's name)")
+    sw.add_argument("--out", default="runs", help="parent of the run directory runs/<experiment>/ (default: runs)")
+    sw.add_argument("--device", help="cpu, cuda, cuda:1 … (default: CUDA when present, else CPU)")
+    sw.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
+    sw.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser("report", help="tables (LaTeX, Markdown, CSV, HTML), plots and provenance from run directories")
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

@@ -375,6 +375,73 @@ class ProbeCfg(Strict):
         return (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
+# ----------------------------------------------------------------------------- sweep
+class RangeCfg(Strict):
+    """A numeric search range: ``{low, high}``, ``log: true`` for a log scale, ``step`` for a grid
+    of values; integers when ``low`` and ``high`` are both integers."""
+
+    low: Union[StrictInt, float]
+    high: Union[StrictInt, float]
+    log: bool = False
+    step: Optional[Union[StrictInt, float]] = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "RangeCfg":
+        if self.low >= self.high:
+            raise ValueError(f"low must be below high, got [{self.low}, {self.high}]")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        return self
+
+
+#: a searched value: a list of choices (categorical) or a numeric range
+SearchValue = Union[list[Any], RangeCfg]
+
+
+class SlotCfg(Strict):
+    """One insertion the sweep chooses: where (``at``, one of the candidates, or none when
+    ``optional``), which module (``modules``), how (``modes``) and module arguments per module
+    (``args: {SE: {rd_ratio: [0.0625, 0.25]}}``; a parameter exists only when its module is
+    chosen)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=24)]
+    at: Annotated[list[str], Field(min_length=1)]
+    modules: Annotated[list[str], Field(min_length=1)]
+    modes: Optional[list[Mode]] = None
+    optional: bool = True
+    args: dict[str, dict[str, SearchValue]] = Field(default_factory=dict)
+
+
+class ObjectiveCfg(Strict):
+    metric: str
+    direction: Optional[Literal["maximize", "minimize"]] = None  # default: maximize metrics, minimize costs
+
+
+class SweepCfg(Strict):
+    """Optuna search over insertion points, modules, modes, module arguments and training
+    hyper-parameters (README: ``stitch sweep``)."""
+
+    trials: Annotated[StrictInt, Field(gt=0)] = 20
+    epochs: Optional[Annotated[StrictInt, Field(gt=0)]] = None
+    seed: Annotated[StrictInt, Field(ge=0, lt=2**31)] = 0
+    sampler: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    objectives: list[Union[str, ObjectiveCfg]] = Field(default_factory=list)
+    slots: list[SlotCfg] = Field(default_factory=list)
+    train: dict[str, SearchValue] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _something_to_search(self) -> "SweepCfg":
+        if not self.slots and not self.train:
+            raise ValueError("a sweep needs 'slots' (insertions to place) or 'train' (hyper-parameters) to search")
+        names = [s.name for s in self.slots]
+        if len(set(names)) != len(names):
+            raise ValueError(f"slot names repeat: {names}")
+        return self
+
+
 class ExperimentCfg(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
     task: Literal["segmentation", "instance"]
@@ -388,6 +455,7 @@ class ExperimentCfg(Strict):
     metrics: MetricsCfg = Field(default_factory=MetricsCfg)
     report: ReportCfg = Field(default_factory=ReportCfg)
     probe: ProbeCfg = Field(default_factory=ProbeCfg)
+    sweep: Optional[SweepCfg] = None
 
     @property
     def primary_metric(self) -> str:

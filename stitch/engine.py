@@ -35,6 +35,15 @@ class Diverged(RuntimeError):
     """The training loss stopped being finite."""
 
 
+class StopTraining(Exception):
+    """Raised by a callback to end a run early on purpose (a sweep pruning a weak trial); the
+    run is stored with ``status`` and ``reason``, not as a failure."""
+
+    def __init__(self, reason: str, status: str = "pruned") -> None:
+        super().__init__(reason)
+        self.reason, self.status = reason, status
+
+
 # ----------------------------------------------------------------------------- device and seeds
 def pick_device(name: str | None = None) -> torch.device:
     """``name`` (``cpu``, ``cuda``, ``cuda:N``) if given, else CUDA when present, else CPU."""

@@ -30,7 +30,7 @@ from stitch.build import stitch_variant
 from stitch.config import Experiment
 from torch.utils.tensorboard import SummaryWriter
 
-from stitch.engine import Callbacks, Diverged, LoopState, pick_device, train, train_batches
+from stitch.engine import Callbacks, Diverged, LoopState, StopTraining, pick_device, train, train_batches
 from stitch.errors import StitchError, one_line_message
 from stitch.plan import Variant, plan_variants
 from stitch.progress import Progress
@@ -231,7 +231,9 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _train_run(exp, plan: RunPlan, data, task, run_dir: Path, store: ResultStore, dev: torch.device, progress: Progress, force: bool, stop_after: int | None) -> RunRow:
+def _train_run(exp, plan: RunPlan, data, task, run_dir: Path, store: ResultStore, dev: torch.device, progress: Progress, force: bool, stop_after: int | None, on_record: Any = None) -> RunRow:
+    """Train one run (fresh or resumed) and store it. ``on_record(record)`` sees every epoch's
+    record after it is stored and may raise :class:`~stitch.engine.StopTraining` (sweep pruning)."""
     ckpt_dir = run_dir / "ckpt" / plan.run_id
     tb_dir = run_dir / "tb" / f"{plan.variant.slug}_s{plan.seed}_{plan.run_id[:8]}"
     previous = store.get(plan.run_id)
@@ -274,6 +276,8 @@ def _train_run(exp, plan: RunPlan, data, task, run_dir: Path, store: ResultStore
                 writer.add_scalar(f"val_{name}/{data.class_names[c]}", value, record["epoch"])
         writer.flush()
         progress.epoch_done(record, primary)
+        if on_record is not None:
+            on_record(record)
 
     def on_eval(epoch: int, model: torch.nn.Module) -> None:
         from stitch.visualize import prediction_grid
@@ -297,6 +301,10 @@ def _train_run(exp, plan: RunPlan, data, task, run_dir: Path, store: ResultStore
     except Diverged as exc:
         store.update(plan.run_id, status="diverged", error=str(exc))
         progress.message(f"{plan.variant.name} seed {plan.seed}: diverged ({exc})")
+    except StopTraining as exc:
+        store.update(plan.run_id, status=exc.status, error=exc.reason)
+        progress.message(f"{plan.variant.name} seed {plan.seed}: {exc.status} ({exc.reason})")
+        raise
     except KeyboardInterrupt:
         progress.message(f"{plan.variant.name} seed {plan.seed}: interrupted; run the same command again to resume")
         raise

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("running", "done", "failed", "diverged")
+STATUSES = ("running", "done", "failed", "diverged", "pruned")  # pruned: a sweep stopped it early
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS runs (
     variant_slug TEXT NOT NULL,
     insertions TEXT NOT NULL,
     seed INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed', 'diverged')),
+    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed', 'diverged', 'pruned')),
     config TEXT NOT NULL,
     primary_metric TEXT NOT NULL,
     params INTEGER,
@@ -113,8 +113,20 @@ class ResultStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(SCHEMA)
             self._conn.commit()
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise StitchError(f"{self.path}: not a stitch results database ({exc}); move it away or use another --out") from None
+
+    def _migrate(self) -> None:
+        """Databases written before the ``pruned`` status existed: the same table with the new
+        status check (SQLite cannot alter a CHECK constraint in place), in one transaction."""
+        sql = self._conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()[0]
+        if "'pruned'" in sql:
+            return
+        self._conn.executescript(
+            "BEGIN IMMEDIATE; ALTER TABLE runs RENAME TO runs_before_pruned;" + SCHEMA
+            + "INSERT INTO runs SELECT * FROM runs_before_pruned; DROP TABLE runs_before_pruned; COMMIT;"
+        )
 
     def close(self) -> None:
         self._conn.close()

@@ -1,6 +1,8 @@
 """Shared fixtures: tiny experiments written from YAML text, so tests read like the user's files."""
 from __future__ import annotations
 
+pytest_plugins = ["postgres_fixture"]  # the throwaway PostgreSQL server of the distributed sweep test
+
 import textwrap
 from pathlib import Path
 from typing import Callable

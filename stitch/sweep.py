@@ -1,0 +1,509 @@
+"""``stitch sweep``: Optuna chooses where, which module and how to stitch, and training
+hyper-parameters; each trial trains through the same path as ``stitch run`` and is a run in the
+results database.
+
+- Search space (the experiment's ``sweep:`` block, :class:`stitch.config.SweepCfg`), define-by-run:
+  per slot ``<slot>.at`` (a candidate point, or ``none`` when optional), then only if a point was
+  taken ``<slot>.module``, ``<slot>.mode`` and ``<slot>.<module>.<arg>``; ``train.<path>`` for
+  training hyper-parameters.
+- A choice that cannot be stitched (channel mismatch, a fusion module at a one-input point, a mode
+  the module cannot take) is found by building and probing the variant before any training; the
+  trial is pruned with the reason in its ``invalid`` user attribute and never trains.
+- The objective is the primary validation metric at the run's best epoch (maximised), reported
+  per epoch so the pruner (median by default, Hyperband) stops weak trials. Several objectives
+  (a metric and ``params``, ``flops`` or ``latency_ms``) give a Pareto front (NSGA-II).
+- Storage: ``sqlite:///RUN_DIR/sweep.sqlite`` unless ``--storage URL`` (any SQLAlchemy URL, e.g.
+  PostgreSQL shared by several workers). Re-running continues the study until ``trials`` trials
+  have finished (complete or pruned). A trial whose worker died (no heartbeat) or that was
+  interrupted is retried once with the same parameters; its run resumes from its checkpoint, and
+  a configuration trained before is never trained again (runs are keyed by their config's hash).
+- Outputs in ``RUN_DIR/sweep/``: ``trials.csv``/``trials.md``, ``best.yaml`` (a runnable
+  experiment of the best trial) and plots from ``optuna.visualization.matplotlib``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from stitch.config import TASK_METRICS, Experiment, RangeCfg, SweepCfg, parse_experiment
+from stitch.errors import StitchError, one_line_message
+
+#: objectives that are costs of the network, minimised by default
+COST_OBJECTIVES = ("params", "flops", "latency_ms")
+#: seconds between a running trial's heartbeats, and after how long without one it counts as dead
+HEARTBEAT_SECONDS = 30
+GRACE_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: str  # "maximize" | "minimize"
+
+
+def objectives_of(exp: Experiment) -> list[Objective]:
+    """The sweep's objectives with their directions (default: the primary metric, maximised)."""
+    sweep = _sweep(exp)
+    known = TASK_METRICS[exp.cfg.task]
+    out = []
+    for i, item in enumerate(sweep.objectives or [exp.cfg.primary_metric]):
+        name = item if isinstance(item, str) else item.metric
+        given = None if isinstance(item, str) else item.direction
+        if name not in known and name not in COST_OBJECTIVES:
+            raise exp.source.error(("sweep", "objectives", i), f"unknown objective {name!r}: a {exp.cfg.task} metric ({', '.join(known)}) or a cost ({', '.join(COST_OBJECTIVES)})")
+        out.append(Objective(name, given or ("minimize" if name in COST_OBJECTIVES else "maximize")))
+    if len({o.metric for o in out}) != len(out):
+        raise exp.source.error(("sweep", "objectives"), "an objective is listed twice")
+    return out
+
+
+def _sweep(exp: Experiment) -> SweepCfg:
+    if exp.cfg.sweep is None:
+        raise exp.source.error(("sweep",), "the experiment has no 'sweep:' block; add one (README: stitch sweep)")
+    return exp.cfg.sweep
+
+
+# ----------------------------------------------------------------------------- the search space
+def _suggest(trial: Any, name: str, space: Any) -> Any:
+    if isinstance(space, RangeCfg):
+        if isinstance(space.low, int) and isinstance(space.high, int) and (space.step is None or isinstance(space.step, int)):
+            return trial.suggest_int(name, space.low, space.high, step=space.step or 1, log=space.log)
+        return trial.suggest_float(name, float(space.low), float(space.high), step=space.step, log=space.log)
+    return space[0] if len(space) == 1 else trial.suggest_categorical(name, list(space))
+
+
+def suggest(trial: Any, sweep: SweepCfg) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The insertions and training overrides of one trial (define-by-run: a slot's module,
+    mode and arguments are only asked for when the slot takes a point)."""
+    insertions = []
+    for slot in sweep.slots:
+        at = _suggest(trial, f"{slot.name}.at", list(slot.at) + (["none"] if slot.optional else []))
+        if at == "none":
+            continue
+        module = _suggest(trial, f"{slot.name}.module", slot.modules)
+        ins: dict[str, Any] = {"name": slot.name, "module": module, "at": at}
+        if slot.modes:
+            ins["mode"] = _suggest(trial, f"{slot.name}.mode", slot.modes)
+        args = {k: _suggest(trial, f"{slot.name}.{module}.{k}", v) for k, v in slot.args.get(module, {}).items()}
+        if args:
+            ins["args"] = args
+        insertions.append(ins)
+    train = {path: _suggest(trial, f"train.{path}", v) for path, v in sweep.train.items()}
+    return insertions, train
+
+
+def grid_space(sweep: SweepCfg) -> dict[str, list[Any]]:
+    """Every parameter's values for the grid sampler (ranges need a ``step``)."""
+    def values(name: str, space: Any) -> list[Any]:
+        if isinstance(space, RangeCfg):
+            if space.step is None:
+                raise StitchError(f"sweep: {name} is a range without a step; the grid sampler needs a list of values or a step")
+            n = int(math.floor((space.high - space.low) / space.step + 1e-9)) + 1
+            vals = [space.low + k * space.step for k in range(n)]
+            return [int(v) for v in vals] if isinstance(space.step, int) and isinstance(space.low, int) else vals
+        return list(space)
+
+    grid: dict[str, list[Any]] = {}
+    for slot in sweep.slots:
+        grid[f"{slot.name}.at"] = list(slot.at) + (["none"] if slot.optional else [])
+        if len(slot.modules) > 1:
+            grid[f"{slot.name}.module"] = list(slot.modules)
+        if slot.modes and len(slot.modes) > 1:
+            grid[f"{slot.name}.mode"] = list(slot.modes)
+        for module, args in slot.args.items():
+            for k, v in args.items():
+                vals = values(f"{slot.name}.{module}.{k}", v)
+                if len(vals) > 1:
+                    grid[f"{slot.name}.{module}.{k}"] = vals
+    for path, v in sweep.train.items():
+        vals = values(f"train.{path}", v)
+        if len(vals) > 1:
+            grid[f"train.{path}"] = vals
+    return grid
+
+
+def check_train_paths(exp: Experiment) -> None:
+    """Each ``sweep.train`` key names a ``train:`` setting (dotted: ``optimizer.lr``)."""
+    train = exp.cfg.train.model_dump()
+    for path in _sweep(exp).train:
+        node: Any = train
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise exp.source.error(("sweep", "train", path), f"{path!r} is not a train setting (e.g. optimizer.lr, optimizer.weight_decay, batch_size)")
+            node = node[part]
+
+
+def trial_experiment(exp: Experiment, insertions: list[dict[str, Any]], train: dict[str, Any], label: str) -> Experiment:
+    """The plain experiment one trial runs: the sweep's settings with these insertions and
+    training values, one seed (``sweep.seed``), no sweep block. Schema-checked again."""
+    sweep = _sweep(exp)
+    data = exp.cfg.model_dump(mode="json", exclude={"sweep"})
+    data["insertions"] = copy.deepcopy(insertions)
+    data["ablation"] = {"design": "none"}
+    data["seeds"] = [sweep.seed]
+    if sweep.epochs:
+        data["train"]["epochs"] = sweep.epochs
+    for path, value in train.items():
+        node = data["train"]
+        *parents, last = path.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return parse_experiment(experiment_yaml(data), label)
+
+
+def experiment_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=120)
+
+
+def check_sweep(exp: Experiment) -> str:
+    """Every mistake in the ``sweep:`` block that needs no training (objectives, train paths,
+    module names, candidate points of the baseline, the grid); returns a one-line summary."""
+    import modules_zoo
+    from stitch.build import baseline_of, build_baseline
+    from stitch.errors import did_you_mean
+    from stitch.points import PointLookupError, resolve_points
+
+    sweep = _sweep(exp)
+    objectives = objectives_of(exp)
+    check_train_paths(exp)
+    if sweep.sampler == "grid":
+        grid_space(sweep)
+    spec = baseline_of(exp)
+    model = build_baseline(exp, 0, spec)
+    aliases, paths = spec.aliases(model), [p for p, _ in model.named_modules() if p]
+    for i, slot in enumerate(sweep.slots):
+        for j, module in enumerate(slot.modules):
+            if module not in modules_zoo.names():
+                raise exp.source.error(("sweep", "slots", i, "modules", j), f"unknown module {module!r}" + (did_you_mean(module, modules_zoo.names()) or " (`stitch zoo` lists them)"))
+        for module in slot.args:
+            if module not in slot.modules:
+                raise exp.source.error(("sweep", "slots", i, "args", module), f"arguments for {module!r}, which is not in this slot's modules {slot.modules}")
+        for j, point in enumerate(slot.at):
+            try:
+                resolve_points([point], aliases, paths)
+            except PointLookupError as exc:
+                raise exp.source.error(("sweep", "slots", i, "at", j), str(exc)) from None
+    choices = 1
+    for slot in sweep.slots:
+        choices *= len(slot.at) + slot.optional
+    return (
+        f"sweep: {sweep.trials} trials ({sweep.sampler}, pruner {sweep.pruner}) over {len(sweep.slots)} slot(s) "
+        f"({choices} placements) and {len(sweep.train)} training setting(s); objective(s) "
+        + ", ".join(f"{o.direction} {o.metric}" for o in objectives)
+    )
+
+
+# ----------------------------------------------------------------------------- running
+def _storage(url: str) -> Any:
+    import optuna
+
+    def retry_once(study: Any, trial: Any) -> None:
+        """A trial that died (stale heartbeat) runs again once, with the same parameters."""
+        _retry(study, trial)
+
+    import warnings
+
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=retry_once,
+                    engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+                )
+        except Exception as exc:  # a bad URL, a missing driver, a server that refuses
+            # Two workers creating Optuna's tables in one new database at once: one of them loses
+            # the race (optuna/optuna#1092); the tables exist by the time it tries again.
+            if attempt < 2 and ("already exists" in str(exc) or "duplicate key" in str(exc)):
+                time.sleep(1.0 + attempt)
+                continue
+            raise StitchError(f"--storage {url}: cannot open the study storage ({one_line_message(exc)}); use an SQLAlchemy URL such as sqlite:///sweep.sqlite or postgresql+psycopg2://user@host/db") from None
+    raise AssertionError("unreachable")
+
+
+def _retry(study: Any, trial: Any) -> None:
+    if trial.user_attrs.get("retry_of") is not None:
+        return  # a retry that failed again is not retried a second time
+    if any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False)):
+        return
+    study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+
+
+def _sampler(name: str, sweep: SweepCfg, multi: bool, shared: bool) -> Any:
+    """The sampler, seeded with ``sweep.seed``; on a shared storage each worker adds its process
+    id, or every worker would propose the same parameters in the same order."""
+    import os
+
+    import optuna
+
+    seed = (sweep.seed + 7919 * os.getpid()) % 2**31 if shared else sweep.seed
+    if name == "grid":
+        return optuna.samplers.GridSampler(grid_space(sweep), seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2" or multi:
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _pruner(name: str) -> Any:
+    import optuna
+
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    return optuna.pruners.NopPruner()
+
+
+@dataclass
+class SweepResult:
+    study: Any
+    run_dir: Path
+    written: list[Path]
+
+
+def run_sweep(
+    exp: Experiment,
+    out: str | Path = "runs",
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    device: str | None = None,
+    quiet: bool = False,
+) -> SweepResult:
+    """Run trials until ``n_trials`` (default ``sweep.trials``) have finished in the study."""
+    import optuna
+
+    from stitch.build import stitch_variant
+    from stitch.data import build_data
+    from stitch.engine import StopTraining, pick_device
+    from stitch.plan import Variant
+    from stitch.progress import Progress
+    from stitch.run import RunPlan, _logger, _train_run, _write_csv, fit_baseline_to_data, preflight, resolved_config
+    from stitch.store import ResultStore, run_id_of
+    from stitch.tasks import make_task
+
+    sweep = _sweep(exp)
+    objectives = objectives_of(exp)
+    check_train_paths(exp)
+    multi = len(objectives) > 1
+    if exp.cfg.data is None:
+        raise exp.source.error(("data",), "the experiment has no 'data:' block; add one, e.g. data: {dataset: nuclei}")
+    target = n_trials or sweep.trials
+    sampler = _sampler(sweep.sampler, sweep, multi, shared=storage is not None)
+    if sweep.sampler == "grid":  # exhaustive: never more trials than grid points
+        target = min(target, math.prod(len(v) for v in grid_space(sweep).values()))
+    dev = pick_device(device)
+    data = build_data(exp.cfg.data, task=exp.cfg.task)
+    fit_baseline_to_data(exp, data.num_classes, data.in_channels)
+    preflight(data, exp.cfg.train.batch_size)
+    run_dir = Path(out) / exp.cfg.name
+    if Path(out).exists() and not Path(out).is_dir():
+        raise StitchError(f"--out {out}: is a file, not a directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(run_dir / 'sweep.sqlite').resolve()}"
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(
+        storage=_storage(url), study_name=study_name or exp.cfg.name, load_if_exists=True, sampler=sampler,
+        pruner=_pruner("none" if multi else sweep.pruner), directions=[o.direction for o in objectives],
+    )
+    log = _logger(run_dir)
+    task = make_task(exp.cfg.task, data, exp.cfg.train.loss)
+    progress = Progress(quiet=quiet, log=log)
+    primary = exp.cfg.primary_metric
+
+    def objective(trial: Any) -> Any:
+        insertions, train = suggest(trial, sweep)
+        trial.set_user_attr("insertions", " ".join(f"{i['name']}:{i['module']}@{i['at']}" + (f"/{i['mode']}" if "mode" in i else "") for i in insertions) or "baseline")
+        try:
+            texp = trial_experiment(exp, insertions, train, f"{exp.path or exp.cfg.name} (trial {trial.number})")
+            variant = Variant(f"trial {trial.number}" if insertions else "Baseline", tuple(i["name"] for i in insertions))
+            stitch_variant(texp, variant, sweep.seed)  # the dry run: anything that cannot be stitched stops here
+        except StitchError as exc:
+            reason = one_line_message(exc)
+            trial.set_user_attr("invalid", reason)
+            progress.message(f"trial {trial.number}: not stitchable, pruned without training: {reason}")
+            raise optuna.TrialPruned(reason) from None
+        config = resolved_config(texp, variant, sweep.seed, texp.cfg.train.epochs)
+        run_id = run_id_of(config)
+        trial.set_user_attr("run_id", run_id)
+        trial.set_user_attr("experiment_yaml", experiment_yaml(texp.cfg.model_dump(mode="json", exclude={"sweep"})))
+        with ResultStore(run_dir / "runs.sqlite") as store:
+            row = store.get(run_id)
+            if row is not None and row.status in ("pruned", "diverged"):
+                trial.set_user_attr("reused", run_id)
+                raise optuna.TrialPruned(f"the same configuration was already {row.status} ({row.error})")
+            if row is None or row.status != "done":
+                def on_record(record: dict[str, Any]) -> None:
+                    value = record.get(primary)
+                    if multi or value is None or (isinstance(value, float) and math.isnan(value)):
+                        return
+                    trial.report(float(value), int(record["epoch"]))
+                    if trial.should_prune():
+                        raise StopTraining(f"pruned at epoch {record['epoch']} ({primary} {value:.4f})")
+
+                plan = RunPlan(variant, sweep.seed, run_id, config)
+                try:
+                    row = _train_run(texp, plan, data, task, run_dir, store, dev, progress, False, None, on_record=on_record)
+                except StopTraining as exc:
+                    raise optuna.TrialPruned(exc.reason) from None
+                finally:
+                    _write_csv(store, run_dir / "results.csv", {run_id})
+            else:
+                trial.set_user_attr("reused", run_id)
+                progress.message(f"trial {trial.number}: configuration trained before (run {run_id[:8]}), result reused")
+        if row.status == "diverged":
+            raise optuna.TrialPruned(f"diverged: {row.error}")
+        if row.status != "done":
+            raise RuntimeError(f"run {run_id[:8]} {row.status}: {row.error}")
+        return _values(row, objectives, texp, variant, sweep.seed)
+
+    start = time.monotonic()
+    optuna.storages.fail_stale_trials(study)  # workers silent for longer than the grace period: their trials failed
+    for t in study.get_trials(deepcopy=False):  # interrupted before (Ctrl-C, a crash, a dead worker): once more
+        if t.state == optuna.trial.TrialState.FAIL:
+            _retry(study, t)
+    progress.message(f"sweep {study.study_name}: {_finished(study)} of {target} trials finished, storage {url.split('@')[-1]}")
+    with progress:
+        while _finished(study) + _running(study) < target or _waiting(study):
+            if _finished(study) >= target:
+                break
+            if timeout is not None and time.monotonic() - start > timeout:
+                progress.message(f"--timeout {timeout:g} s reached")
+                break
+            study.optimize(objective, n_trials=1, catch=(RuntimeError,))
+    written = write_outputs(study, exp, run_dir / "sweep", objectives)
+    progress.message(f"sweep: {_finished(study)} trials finished; outputs in {run_dir / 'sweep'}")
+    return SweepResult(study, run_dir, written)
+
+
+def _count(study: Any, *states: str) -> int:
+    import optuna
+
+    wanted = {getattr(optuna.trial.TrialState, s) for s in states}
+    return sum(t.state in wanted for t in study.get_trials(deepcopy=False))
+
+
+def _finished(study: Any) -> int:
+    return _count(study, "COMPLETE", "PRUNED")
+
+
+def _running(study: Any) -> int:
+    return _count(study, "RUNNING")
+
+
+def _waiting(study: Any) -> int:
+    return _count(study, "WAITING")
+
+
+def _values(row: Any, objectives: Sequence[Objective], exp: Experiment, variant: Any, seed: int) -> Any:
+    out = []
+    costs = None
+    for o in objectives:
+        if o.metric == "params":
+            out.append(float(row.params))
+        elif o.metric in ("flops", "latency_ms"):
+            if costs is None:
+                from stitch.costs import variant_costs
+
+                costs = variant_costs(exp, variant, seed, latency=o.metric == "latency_ms" or any(x.metric == "latency_ms" for x in objectives))
+            value = getattr(costs, o.metric)
+            out.append(float("nan") if value is None else float(value))
+        else:
+            out.append(float((row.best_metrics or {}).get(o.metric, float("nan"))))
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+# ----------------------------------------------------------------------------- outputs
+def write_outputs(study: Any, exp: Experiment, out_dir: Path, objectives: Sequence[Objective]) -> list[Path]:
+    """``trials.csv``, ``trials.md``, ``best.yaml`` and the plots (each written atomically)."""
+    import optuna
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rec: dict[str, Any] = {"trial": t.number, "state": t.state.name.lower()}
+        for o, v in zip(objectives, t.values or [None] * len(objectives)):
+            rec[o.metric] = v
+        rec["insertions"] = t.user_attrs.get("insertions", "")
+        rec |= {k: v for k, v in t.params.items()}
+        rec["note"] = t.user_attrs.get("invalid") or (f"retry of trial {t.user_attrs['retry_of']}" if t.user_attrs.get("retry_of") is not None else "")
+        rec["run_id"] = (t.user_attrs.get("run_id") or "")[:12]
+        rec["seconds"] = round(t.duration.total_seconds(), 1) if t.duration else None
+        rows.append(rec)
+    df = pd.DataFrame.from_records(rows)
+    written = [_atomic(out_dir / "trials.csv", df.to_csv(index=False)), _atomic(out_dir / "trials.md", df.to_markdown(index=False) + "\n")]
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if complete:
+        best = _best_trial(study, objectives, complete)
+        header = (
+            f"# Best trial {best.number} of sweep {study.study_name} ({', '.join(f'{o.metric} {v:.4f}' for o, v in zip(objectives, best.values))}).\n"
+            f"# `stitch run` of this file trains the Baseline and this variant with the sweep's seed and epochs.\n"
+        )
+        best_exp = yaml.safe_load(best.user_attrs["experiment_yaml"])
+        best_exp["name"] = f"{exp.cfg.name}_best"  # its own run directory (the name is not part of run ids)
+        written.append(_atomic(out_dir / "best.yaml", header + experiment_yaml(best_exp)))
+    written += _plots(study, out_dir, objectives, len(complete))
+    return written
+
+
+def _best_trial(study: Any, objectives: Sequence[Objective], complete: list[Any]) -> Any:
+    if len(objectives) == 1:
+        return study.best_trial
+    front = study.best_trials  # the Pareto front: its best in the first objective
+    sign = 1 if objectives[0].direction == "maximize" else -1
+    return max(front, key=lambda t: sign * t.values[0])
+
+
+def _plots(study: Any, out_dir: Path, objectives: Sequence[Objective], n_complete: int) -> list[Path]:
+    """Optuna's matplotlib plots as PNG files; one that cannot be drawn (too few trials) is skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as ovm
+
+    names = [o.metric for o in objectives]
+    plots: dict[str, Any] = {}
+    if len(objectives) == 1:
+        plots["history"] = lambda: ovm.plot_optimization_history(study, target_name=names[0])
+        plots["parallel_coordinate"] = lambda: ovm.plot_parallel_coordinate(study, target_name=names[0])
+        if n_complete >= 2:
+            plots["importances"] = lambda: ovm.plot_param_importances(study, target_name=names[0])
+    else:
+        plots["pareto_front"] = lambda: ovm.plot_pareto_front(study, target_names=names)
+    written = []
+    import warnings
+
+    for name, draw in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+                ax = draw()
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            path = out_dir / f"{name}.png"
+            tmp = path.with_name(f".{path.name}.tmp.png")
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+            plt.close(fig)
+            tmp.replace(path)
+            written.append(path)
+        except Exception:  # e.g. importances with a single distinct parameter value: leave that plot out
+            plt.close("all")
+    return written
+
+
+def _atomic(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path

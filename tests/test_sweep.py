@@ -1,0 +1,216 @@
+"""`stitch sweep`: Optuna over insertion points, modules and hyper-parameters, on tiny shapes data."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from stitch.cli import main
+from stitch.config import load_experiment
+from stitch.store import ResultStore
+
+
+def sweep_file(tmp_path: Path, sweep: str, name: str = "tiny_sweep") -> Path:
+    """A width-4 U-Net on 16 generated 32x32 images, 2 epochs per trial, and a ``sweep:`` block."""
+    text = textwrap.dedent(f"""\
+        name: {name}
+        task: segmentation
+        baseline:
+          model: unet
+          args: {{base_width: 4}}
+        data:
+          dataset: shapes
+          root: {tmp_path / 'data'}
+          num_images: 16
+          image_size: [32, 32]
+          num_classes: 3
+        train:
+          epochs: 2
+          batch_size: 4
+          deterministic: true
+    """) + textwrap.dedent(sweep)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+SLOTS = """\
+    sweep:
+      trials: 4
+      seed: 0
+      sampler: random
+      slots:
+        - {name: A, at: [enc1, enc2, dec1], modules: [SE, CoordAtt], args: {SE: {rd_ratio: [0.125, 0.25]}}}
+      train: {optimizer.lr: {low: 1.0e-4, high: 1.0e-2, log: true}}
+"""
+
+
+def _trials(run_dir: Path):
+    import optuna
+
+    return optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{run_dir / 'sweep.sqlite'}").get_trials()
+
+
+def test_sweep_writes_trials_plots_and_a_best_yaml_that_run_reproduces(tmp_path: Path, capsys) -> None:
+    path = sweep_file(tmp_path, SLOTS)
+    assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
+    out_dir = tmp_path / "runs" / "tiny_sweep" / "sweep"
+    for name in ("trials.csv", "trials.md", "best.yaml", "history.png", "parallel_coordinate.png"):
+        assert (out_dir / name).is_file(), name
+    trials = _trials(tmp_path / "runs" / "tiny_sweep")
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+    assert all(t.intermediate_values for t in trials)  # reported per epoch, for the pruner
+    for t in trials:  # define-by-run: an argument exists only with its module
+        assert ("A.SE.rd_ratio" in t.params) == (t.params.get("A.module") == "SE")
+    with ResultStore(tmp_path / "runs" / "tiny_sweep" / "runs.sqlite") as store:
+        rows = {r.run_id: r for r in store.rows()}
+    assert {t.user_attrs["run_id"] for t in trials} <= set(rows)  # every trial is a run in the database
+    csv = (out_dir / "trials.csv").read_text().splitlines()
+    assert len(csv) == 5 and csv[0].startswith("trial,state,miou,insertions")
+
+    best = max(trials, key=lambda t: t.value)
+    assert main(["validate", str(out_dir / "best.yaml")]) == 0
+    assert main(["run", str(out_dir / "best.yaml"), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    with ResultStore(tmp_path / "again" / "tiny_sweep_best" / "runs.sqlite") as store:
+        again = {r.run_id: r for r in store.rows()}
+    assert again[best.user_attrs["run_id"]].best_value == pytest.approx(best.value, abs=1e-12)  # deterministic CPU run
+
+
+def test_choices_that_cannot_be_stitched_are_pruned_without_training(tmp_path: Path) -> None:
+    path = sweep_file(tmp_path, """\
+        sweep:
+          trials: 3
+          sampler: grid
+          slots:
+            - {name: F, at: [enc1, skip4], modules: [CGAFusion], optional: false}
+    """)
+    assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
+    trials = {t.params["F.at"]: t for t in _trials(tmp_path / "runs" / "tiny_sweep")}
+    assert set(trials) == {"enc1", "skip4"} and len(_trials(tmp_path / "runs" / "tiny_sweep")) == 2  # the grid has 2 points
+    assert trials["enc1"].state.name == "PRUNED" and "two-input fusion module" in trials["enc1"].user_attrs["invalid"]
+    assert "run_id" not in trials["enc1"].user_attrs  # never trained
+    assert trials["skip4"].state.name == "COMPLETE"
+    with ResultStore(tmp_path / "runs" / "tiny_sweep" / "runs.sqlite") as store:
+        assert len(store.rows()) == 1
+    assert "two-input fusion module" in (tmp_path / "runs" / "tiny_sweep" / "sweep" / "trials.md").read_text()
+
+
+def test_an_interrupted_sweep_resumes_to_the_requested_trials_without_duplicates(tmp_path: Path, monkeypatch) -> None:
+    import stitch.run
+
+    path = sweep_file(tmp_path, SLOTS)
+    real = stitch.run._train_run
+    calls = {"n": 0}
+
+    def interrupted_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stitch.run, "_train_run", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        from stitch.sweep import run_sweep
+
+        run_sweep(load_experiment(path), out=tmp_path / "runs", quiet=True)
+    monkeypatch.setattr(stitch.run, "_train_run", real)
+    assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet", "--n-trials", "5"]) == 0
+    trials = _trials(tmp_path / "runs" / "tiny_sweep")
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") + states.count("PRUNED") == 5 and states.count("FAIL") == 1
+    failed = next(t for t in trials if t.state.name == "FAIL")
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == failed.number]
+    assert len(retries) == 1 and retries[0].params == failed.params and retries[0].state.name == "COMPLETE"
+    assert len({t.number for t in trials}) == len(trials)
+    with ResultStore(tmp_path / "runs" / "tiny_sweep" / "runs.sqlite") as store:
+        rows = store.rows()
+    finished = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(rows) == len({t.user_attrs["run_id"] for t in finished})  # no configuration trained twice
+    assert all(r.status == "done" for r in rows)
+
+
+def test_two_objectives_give_a_pareto_front(tmp_path: Path) -> None:
+    path = sweep_file(tmp_path, """\
+        sweep:
+          trials: 3
+          objectives: [miou, params]
+          slots:
+            - {name: A, at: [enc1, enc4], modules: [SE]}
+    """)
+    assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
+    out_dir = tmp_path / "runs" / "tiny_sweep" / "sweep"
+    assert (out_dir / "pareto_front.png").is_file() and (out_dir / "best.yaml").is_file()
+    trials = _trials(tmp_path / "runs" / "tiny_sweep")
+    assert all(len(t.values) == 2 for t in trials if t.state.name == "COMPLETE")
+
+
+@pytest.mark.parametrize("sweep, problem", [
+    ("sweep: {objectives: [mIoU], slots: [{name: A, at: [enc1], modules: [SE]}]}", "unknown objective 'mIoU'"),
+    ("sweep: {train: {optimizer.learning_rate: [0.1]}}", "'optimizer.learning_rate' is not a train setting"),
+    ("sweep: {trials: 2}", "a sweep needs 'slots'"),
+    ("sweep: {sampler: grid, train: {optimizer.lr: {low: 0.001, high: 0.01}}}", "range without a step"),
+])
+def test_sweep_mistakes_are_one_line_errors(tmp_path: Path, capsys, sweep: str, problem: str) -> None:
+    path = sweep_file(tmp_path, sweep + "\n")
+    assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and problem in err, err
+
+
+def test_a_bad_storage_url_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    path = sweep_file(tmp_path, SLOTS)
+    assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--storage", "nosuchdb://x", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--storage nosuchdb://x" in err
+
+
+def test_two_workers_share_one_postgresql_study(tmp_path: Path, postgres_url: str) -> None:
+    """Two `stitch sweep` processes (separate run directories, as on two machines) on one
+    PostgreSQL study reach the requested finished trials; each trial and each run once."""
+    import subprocess
+    import sys
+
+    import optuna
+
+    path = sweep_file(tmp_path, SLOTS)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "stitch", "sweep", str(path), "--out", str(tmp_path / f"worker{k}"), "--storage", postgres_url,
+             "--study", "shared", "--n-trials", "6", "--quiet"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        )
+        for k in range(2)
+    ]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    trials = optuna.load_study(study_name="shared", storage=postgres_url).get_trials()
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert 6 <= len(finished) <= 7  # a worker may start one trial while the other finishes the 6th
+    assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING", "FAIL")]
+    assert len({t.number for t in trials}) == len(trials)
+    run_ids: list[str] = []
+    for k in range(2):
+        with ResultStore(tmp_path / f"worker{k}" / "tiny_sweep" / "runs.sqlite") as store:
+            run_ids += [r.run_id for r in store.rows()]
+    assert len(run_ids) == len(set(run_ids))  # no run trained by both workers
+    complete = {t.user_attrs["run_id"] for t in finished if t.state.name == "COMPLETE"}
+    assert complete <= set(run_ids)
+
+
+def test_a_results_database_from_before_the_pruned_status_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    from stitch import store
+
+    db = tmp_path / "runs.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript(store.SCHEMA.replace(", 'pruned'", ""))
+    con.execute("INSERT INTO runs (run_id, experiment, variant, variant_slug, insertions, seed, status, config, primary_metric) "
+                "VALUES ('a', 'e', 'v', 'v', '[]', 0, 'done', '{}', 'miou')")
+    con.commit()
+    con.close()
+    with ResultStore(db) as s:
+        assert [r.status for r in s.rows()] == ["done"]
+        s.update("a", status="pruned")
+        assert s.get("a").status == "pruned"
