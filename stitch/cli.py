@@ -218,6 +218,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     if blocker is not None and not blocker.is_dir():
         raise StitchError(f"--out {out}: {blocker} is a file, not a directory")
     device = str(pick_device(args.device or "cpu"))
+    from stitch.sweep import is_sweep_dir, write_runs_table
+
+    sweeps = [d for d in dirs if is_sweep_dir(d)]
+    if sweeps:
+        if len(dirs) > 1:
+            raise StitchError(f"{sweeps[0]} is a sweep's run directory: report it on its own (its trials are not variants of one design)")
+        written = write_runs_table(dirs[0], Path(args.out) if args.out else dirs[0] / "sweep", standalone=args.standalone)
+        print(f"wrote {len(written)} files to {written[0].parent}: " + ", ".join(p.name for p in written))
+        return 0
     written = write_report(dirs, out, standalone=args.standalone, device=device, latency=not args.no_latency)
     print(f"wrote {len(written)} files to {out}: " + ", ".join(p.name for p in written))
     return 0

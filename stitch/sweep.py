@@ -253,13 +253,17 @@ def _sampler(name: str, sweep: SweepCfg, multi: bool, shared: bool) -> Any:
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def _pruner(name: str) -> Any:
+def _pruner(name: str, epochs: int) -> Any:
+    """Median: a trial stops when its metric is below the median of earlier trials at the same
+    epoch, from the second half of its epochs on and once 3 trials have finished (early epochs of
+    a network trained from scratch say little: a U-Net's foreground IoU often stays flat for a few
+    epochs, then jumps). Hyperband: optuna's, from 1 epoch to all of them."""
     import optuna
 
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner()
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=epochs // 2)
     return optuna.pruners.NopPruner()
 
 
@@ -310,11 +314,18 @@ def run_sweep(
     if Path(out).exists() and not Path(out).is_dir():
         raise StitchError(f"--out {out}: is a file, not a directory")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if exp.path is not None:
+        import shutil
+
+        from stitch.run import _same_file
+
+        if not _same_file(exp.path, run_dir / "experiment.yaml"):
+            shutil.copyfile(exp.path, run_dir / "experiment.yaml")  # what `stitch report RUN_DIR` reads
     url = storage or f"sqlite:///{(run_dir / 'sweep.sqlite').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(
         storage=_storage(url), study_name=study_name or exp.cfg.name, load_if_exists=True, sampler=sampler,
-        pruner=_pruner("none" if multi else sweep.pruner), directions=[o.direction for o in objectives],
+        pruner=_pruner("none" if multi else sweep.pruner, sweep.epochs or exp.cfg.train.epochs), directions=[o.direction for o in objectives],
     )
     log = _logger(run_dir)
     task = make_task(exp.cfg.task, data, exp.cfg.train.loss)
@@ -382,6 +393,10 @@ def run_sweep(
                 break
             study.optimize(objective, n_trials=1, catch=(RuntimeError,))
     written = write_outputs(study, exp, run_dir / "sweep", objectives)
+    try:
+        written += write_runs_table(run_dir, run_dir / "sweep")
+    except StitchError as exc:  # e.g. no finished run yet
+        progress.message(f"runs table not written: {one_line_message(exc)}")
     progress.message(f"sweep: {_finished(study)} trials finished; outputs in {run_dir / 'sweep'}")
     return SweepResult(study, run_dir, written)
 
@@ -507,3 +522,87 @@ def _atomic(path: Path, text: str) -> Path:
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+# ----------------------------------------------------------------------------- the runs table (stitch report)
+def is_sweep_dir(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` was written by ``stitch sweep`` (its experiment has a ``sweep:`` block)."""
+    path = Path(run_dir) / "experiment.yaml"
+    if not path.is_file():
+        return False
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return False
+    return isinstance(data, dict) and data.get("sweep") is not None
+
+
+def _describe_insertion(ins: dict[str, Any]) -> str:
+    args = ", ".join(f"{k}={v}" for k, v in (ins.get("args") or {}).items() if k not in ("channels", "in_channels", "out_channels", "stride"))
+    return f"{ins['module']}@{ins['at']}" + (f" ({ins['mode']})" if ins.get("mode") else "")
+
+
+def write_runs_table(run_dir: str | Path, out_dir: str | Path, standalone: bool = False) -> list[Path]:
+    """The sweep's trained runs from ``runs.sqlite`` as a table (Markdown, CSV, LaTeX): one row
+    per distinct configuration, its slot choices, searched training settings, the report metrics
+    at its best epoch (in %), parameters, epochs trained and status (done or pruned), best first;
+    the best value of each metric column in bold. ``stitch report RUN_DIR`` of a sweep writes it."""
+    import pandas as pd
+
+    from stitch.config import load_experiment
+    from stitch.store import ResultStore, run_dir_files
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    exp_file, db = run_dir_files(run_dir)
+    exp = load_experiment(exp_file)
+    sweep = _sweep(exp)
+    metrics = list(dict.fromkeys([exp.cfg.primary_metric, *exp.cfg.metrics.report]))
+    with ResultStore(db) as store:
+        rows = [r for r in store.rows() if r.status in ("done", "pruned")]
+    if not rows:
+        raise StitchError(f"{run_dir}: no finished trial runs yet (run `stitch sweep {exp_file}`)")
+    records = []
+    for r in rows:
+        rec: dict[str, Any] = {"run": r.variant, "status": r.status}
+        by_slot = {i["name"]: i for i in r.config.get("insertions", [])}
+        for slot in sweep.slots:
+            rec[slot.name] = _describe_insertion(by_slot[slot.name]) if slot.name in by_slot else "–"
+        for path in sweep.train:
+            node: Any = r.config.get("train", {})
+            for part in path.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            rec[path] = node
+        for m in metrics:
+            value = (r.best_metrics or {}).get(m)
+            rec[m] = None if value is None else 100.0 * float(value)
+        rec["params (M)"] = None if r.params is None else r.params / 1e6
+        rec["epochs"] = r.epochs_done
+        rec["run_id"] = r.run_id[:12]
+        records.append(rec)
+    df = pd.DataFrame.from_records(records)
+    df = df.sort_values(by=[exp.cfg.primary_metric, "epochs"], ascending=[False, False], na_position="last").reset_index(drop=True)
+    caption = (
+        f"Runs of sweep {exp.cfg.name}: one per distinct configuration, metrics (%) at the best validation epoch "
+        f"(pruned runs: at the best epoch before they were stopped), seed {sweep.seed}."
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shown = df.copy()
+    for m in metrics:
+        done = df.loc[df["status"] == "done", m].dropna()
+        best = done.max() if len(done) else None
+        shown[m] = [("" if pd.isna(v) else (f"**{v:.2f}**" if best is not None and v == best and st == "done" else f"{v:.2f}")) for v, st in zip(df[m], df["status"])]
+    shown["params (M)"] = [f"{v:.3f}" for v in df["params (M)"]]
+    written = [
+        _atomic(out_dir / "runs.md", f"Table: {caption}\n\n" + shown.to_markdown(index=False) + "\n"),
+        _atomic(out_dir / "runs.csv", df.to_csv(index=False)),
+    ]
+    styler = df.style.format(precision=2, na_rep="–", escape="latex").format_index(escape="latex", axis=1).hide(axis="index")
+    done_rows = df.index[df["status"] == "done"]
+    for m in metrics:
+        if len(done_rows):
+            styler = styler.highlight_max(subset=(done_rows, [m]), props="textbf:--rwrap;")
+    latex = styler.to_latex(hrules=True, caption=caption.replace("_", r"\_"), label=f"tab:{exp.cfg.name}_runs", position_float="centering")
+    if standalone:
+        latex = "\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage[margin=1cm,landscape]{geometry}\n\\begin{document}\n" + latex + "\\end{document}\n"
+    written.append(_atomic(out_dir / "runs.tex", latex))
+    return written

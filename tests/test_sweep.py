@@ -56,7 +56,7 @@ def test_sweep_writes_trials_plots_and_a_best_yaml_that_run_reproduces(tmp_path:
     path = sweep_file(tmp_path, SLOTS)
     assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
     out_dir = tmp_path / "runs" / "tiny_sweep" / "sweep"
-    for name in ("trials.csv", "trials.md", "best.yaml", "history.png", "parallel_coordinate.png"):
+    for name in ("trials.csv", "trials.md", "best.yaml", "history.png", "parallel_coordinate.png", "runs.md", "runs.csv", "runs.tex"):
         assert (out_dir / name).is_file(), name
     trials = _trials(tmp_path / "runs" / "tiny_sweep")
     assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
@@ -68,6 +68,13 @@ def test_sweep_writes_trials_plots_and_a_best_yaml_that_run_reproduces(tmp_path:
     assert {t.user_attrs["run_id"] for t in trials} <= set(rows)  # every trial is a run in the database
     csv = (out_dir / "trials.csv").read_text().splitlines()
     assert len(csv) == 5 and csv[0].startswith("trial,state,miou,insertions")
+
+    runs_md = (out_dir / "runs.md").read_text()  # the trained runs, from the results database
+    assert runs_md.count("| trial ") + runs_md.count("| Baseline ") == len(rows) and "**" in runs_md
+    (out_dir / "runs.md").unlink()
+    assert main(["report", str(tmp_path / "runs" / "tiny_sweep")]) == 0  # `stitch report` of a sweep: the same table
+    assert (out_dir / "runs.md").read_text() == runs_md and (out_dir / "runs.tex").is_file()
+    assert main(["report", str(tmp_path / "runs" / "tiny_sweep"), str(tmp_path / "runs" / "tiny_sweep" / "x")]) == 2
 
     best = max(trials, key=lambda t: t.value)
     assert main(["validate", str(out_dir / "best.yaml")]) == 0
