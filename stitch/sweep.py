@@ -379,7 +379,11 @@ def run_sweep(
         return _values(row, objectives, texp, variant, sweep.seed)
 
     start = time.monotonic()
-    optuna.storages.fail_stale_trials(study)  # workers silent for longer than the grace period: their trials failed
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # workers silent for longer than the grace period: their trials failed
     for t in study.get_trials(deepcopy=False):  # interrupted before (Ctrl-C, a crash, a dead worker): once more
         if t.state == optuna.trial.TrialState.FAIL:
             _retry(study, t)
