@@ -352,6 +352,6 @@ def _write_csv(store: ResultStore, path: Path, current: set[str]) -> None:
                 if isinstance(v, (int, float)):
                     rec[f"{prefix}_{k}"] = v
         records.append(rec)
-    tmp = path.with_suffix(".csv.tmp")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # unique: sweep workers may share a run directory
     pd.DataFrame.from_records(records).to_csv(tmp, index=False)
     tmp.replace(path)

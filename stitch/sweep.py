@@ -39,6 +39,9 @@ COST_OBJECTIVES = ("params", "flops", "latency_ms")
 #: seconds between a running trial's heartbeats, and after how long without one it counts as dead
 HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 120
+#: how often a worker whose remaining trials run elsewhere looks again, and when it gives up on failures
+WAIT_SECONDS = 5
+MAX_FAILURES_IN_A_ROW = 3
 
 
 @dataclass(frozen=True)
@@ -119,11 +122,11 @@ def grid_space(sweep: SweepCfg) -> dict[str, list[Any]]:
         for module, args in slot.args.items():
             for k, v in args.items():
                 vals = values(f"{slot.name}.{module}.{k}", v)
-                if len(vals) > 1:
+                if len(vals) > 1 or isinstance(v, RangeCfg):
                     grid[f"{slot.name}.{module}.{k}"] = vals
     for path, v in sweep.train.items():
         vals = values(f"train.{path}", v)
-        if len(vals) > 1:
+        if len(vals) > 1 or isinstance(v, RangeCfg):  # _suggest asks for every range, even of one value
             grid[f"train.{path}"] = vals
     return grid
 
@@ -182,9 +185,13 @@ def check_sweep(exp: Experiment) -> str:
         for j, module in enumerate(slot.modules):
             if module not in modules_zoo.names():
                 raise exp.source.error(("sweep", "slots", i, "modules", j), f"unknown module {module!r}" + (did_you_mean(module, modules_zoo.names()) or " (`stitch zoo` lists them)"))
-        for module in slot.args:
+        for module, args in slot.args.items():
             if module not in slot.modules:
                 raise exp.source.error(("sweep", "slots", i, "args", module), f"arguments for {module!r}, which is not in this slot's modules {slot.modules}")
+            known = [a.name for a in modules_zoo.get(module).arguments()]
+            for name in args:
+                if name not in known:
+                    raise exp.source.error(("sweep", "slots", i, "args", module, name), f"{module} has no argument {name!r}" + (did_you_mean(name, known) or f" (arguments: {', '.join(known) or 'none'})"))
         for j, point in enumerate(slot.at):
             try:
                 resolve_points([point], aliases, paths)
@@ -263,7 +270,7 @@ def _pruner(name: str, epochs: int) -> Any:
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=epochs // 2)
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=epochs // 2 + 1)
     return optuna.pruners.NopPruner()
 
 
@@ -298,8 +305,9 @@ def run_sweep(
 
     sweep = _sweep(exp)
     objectives = objectives_of(exp)
-    check_train_paths(exp)
+    check_sweep(exp)  # every mistake in the sweep block before anything is written
     multi = len(objectives) > 1
+    prunable = not multi and objectives[0].metric not in COST_OBJECTIVES  # what the pruner can watch per epoch
     if exp.cfg.data is None:
         raise exp.source.error(("data",), "the experiment has no 'data:' block; add one, e.g. data: {dataset: nuclei}")
     target = n_trials or sweep.trials
@@ -325,14 +333,20 @@ def run_sweep(
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(
         storage=_storage(url), study_name=study_name or exp.cfg.name, load_if_exists=True, sampler=sampler,
-        pruner=_pruner("none" if multi else sweep.pruner, sweep.epochs or exp.cfg.train.epochs), directions=[o.direction for o in objectives],
+        pruner=_pruner(sweep.pruner if prunable else "none", sweep.epochs or exp.cfg.train.epochs), directions=[o.direction for o in objectives],
     )
     log = _logger(run_dir)
     task = make_task(exp.cfg.task, data, exp.cfg.train.loss)
     progress = Progress(quiet=quiet, log=log)
-    primary = exp.cfg.primary_metric
+    watched = objectives[0].metric
+    epochs = sweep.epochs or exp.cfg.train.epochs
 
     def objective(trial: Any) -> Any:
+        retry_of = trial.user_attrs.get("retry_of")
+        if retry_of is not None and any(
+            t.user_attrs.get("retry_of") == retry_of and t.number < trial.number for t in study.get_trials(deepcopy=False)
+        ):  # two workers enqueued a retry of the same trial at once: only the first runs
+            raise optuna.TrialPruned(f"duplicate retry of trial {retry_of}")
         insertions, train = suggest(trial, sweep)
         trial.set_user_attr("insertions", " ".join(f"{i['name']}:{i['module']}@{i['at']}" + (f"/{i['mode']}" if "mode" in i else "") for i in insertions) or "baseline")
         try:
@@ -348,19 +362,29 @@ def run_sweep(
         run_id = run_id_of(config)
         trial.set_user_attr("run_id", run_id)
         trial.set_user_attr("experiment_yaml", experiment_yaml(texp.cfg.model_dump(mode="json", exclude={"sweep"})))
+        # the study is the registry of configurations across workers (each may have its own --out)
+        for other in study.get_trials(deepcopy=False):
+            if other.number == trial.number or other.user_attrs.get("run_id") != run_id:
+                continue
+            if other.state == optuna.trial.TrialState.COMPLETE:
+                trial.set_user_attr("reused", run_id)
+                return other.values[0] if len(other.values) == 1 else tuple(other.values)
+            if other.state in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING):
+                what = "pruned" if other.state == optuna.trial.TrialState.PRUNED else "being trained"
+                raise optuna.TrialPruned(f"the same configuration is {what} in trial {other.number}")
         with ResultStore(run_dir / "runs.sqlite") as store:
             row = store.get(run_id)
-            if row is not None and row.status in ("pruned", "diverged"):
+            if row is not None and row.status == "diverged":
                 trial.set_user_attr("reused", run_id)
-                raise optuna.TrialPruned(f"the same configuration was already {row.status} ({row.error})")
-            if row is None or row.status != "done":
+                raise optuna.TrialPruned(f"the same configuration diverged before ({row.error})")
+            if row is None or row.status != "done":  # new, or unfinished / pruned in another study: train or resume
                 def on_record(record: dict[str, Any]) -> None:
-                    value = record.get(primary)
-                    if multi or value is None or (isinstance(value, float) and math.isnan(value)):
+                    value = record.get(watched)
+                    if not prunable or value is None or (isinstance(value, float) and math.isnan(value)):
                         return
                     trial.report(float(value), int(record["epoch"]))
-                    if trial.should_prune():
-                        raise StopTraining(f"pruned at epoch {record['epoch']} ({primary} {value:.4f})")
+                    if int(record["epoch"]) < epochs and trial.should_prune():  # never after the last epoch
+                        raise StopTraining(f"pruned at epoch {record['epoch']} ({watched} {value:.4f})")
 
                 plan = RunPlan(variant, sweep.seed, run_id, config)
                 try:
@@ -376,26 +400,42 @@ def run_sweep(
             raise optuna.TrialPruned(f"diverged: {row.error}")
         if row.status != "done":
             raise RuntimeError(f"run {run_id[:8]} {row.status}: {row.error}")
-        return _values(row, objectives, texp, variant, sweep.seed)
+        values = _values(row, objectives, texp, variant, sweep.seed)
+        if any(math.isnan(v) for v in (values if isinstance(values, tuple) else (values,))):
+            raise optuna.TrialPruned(f"an objective is undefined (NaN): {dict(zip([o.metric for o in objectives], values if isinstance(values, tuple) else (values,)))}")
+        return values
 
     start = time.monotonic()
-    import warnings
+    failures = 0
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # workers silent for longer than the grace period: their trials failed
-    for t in study.get_trials(deepcopy=False):  # interrupted before (Ctrl-C, a crash, a dead worker): once more
-        if t.state == optuna.trial.TrialState.FAIL:
-            _retry(study, t)
+    def fail_stale() -> None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # workers silent for longer than the grace period: their trials failed
+
+    fail_stale()
+    if _finished(study) < target:
+        for t in study.get_trials(deepcopy=False):  # interrupted before (Ctrl-C, a crash): once more
+            if t.state == optuna.trial.TrialState.FAIL:
+                _retry(study, t)
     progress.message(f"sweep {study.study_name}: {_finished(study)} of {target} trials finished, storage {url.split('@')[-1]}")
     with progress:
-        while _finished(study) + _running(study) < target or _waiting(study):
-            if _finished(study) >= target:
-                break
+        while _finished(study) < target:
             if timeout is not None and time.monotonic() - start > timeout:
                 progress.message(f"--timeout {timeout:g} s reached")
                 break
+            fail_stale()
+            if _finished(study) + _running(study) >= target and not _waiting(study):
+                time.sleep(WAIT_SECONDS)  # the last trials run in other workers: they finish, or go stale and come back as retries
+                continue
+            before = _count(study, "FAIL")
             study.optimize(objective, n_trials=1, catch=(RuntimeError,))
+            failures = failures + 1 if _count(study, "FAIL") > before else 0
+            if failures >= MAX_FAILURES_IN_A_ROW:
+                progress.message(f"stopped: {failures} trials failed in a row (errors in {run_dir / 'log.txt'} and trials.md); fix the cause and run the same command again")
+                break
     written = write_outputs(study, exp, run_dir / "sweep", objectives)
     try:
         written += write_runs_table(run_dir, run_dir / "sweep")
@@ -486,7 +526,10 @@ def _best_trial(study: Any, objectives: Sequence[Objective], complete: list[Any]
 
 def _plots(study: Any, out_dir: Path, objectives: Sequence[Objective], n_complete: int) -> list[Path]:
     """Optuna's matplotlib plots as PNG files; one that cannot be drawn (too few trials) is skipped."""
+    import os
+
     import matplotlib
+    import optuna
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -498,10 +541,12 @@ def _plots(study: Any, out_dir: Path, objectives: Sequence[Objective], n_complet
         plots["history"] = lambda: ovm.plot_optimization_history(study, target_name=names[0])
         plots["parallel_coordinate"] = lambda: ovm.plot_parallel_coordinate(study, target_name=names[0])
         if n_complete >= 2:
-            plots["importances"] = lambda: ovm.plot_param_importances(study, target_name=names[0])
+            # PED-ANOVA: optuna's own evaluator (the default, fANOVA, needs scikit-learn)
+            plots["importances"] = lambda: ovm.plot_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target_name=names[0])
     else:
         plots["pareto_front"] = lambda: ovm.plot_pareto_front(study, target_names=names)
-    written = []
+    written: list[Path] = []
+    skipped: list[str] = []
     import warnings
 
     for name, draw in plots.items():
@@ -511,18 +556,26 @@ def _plots(study: Any, out_dir: Path, objectives: Sequence[Objective], n_complet
                 ax = draw()
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             path = out_dir / f"{name}.png"
-            tmp = path.with_name(f".{path.name}.tmp.png")
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
             fig.savefig(tmp, dpi=120, bbox_inches="tight")
             plt.close(fig)
             tmp.replace(path)
             written.append(path)
-        except Exception:  # e.g. importances with a single distinct parameter value: leave that plot out
+        except Exception as exc:  # e.g. importances with a single distinct parameter value: leave that plot out
             plt.close("all")
+            skipped.append(f"{name}: {one_line_message(exc)}")
+    note = out_dir / "plots_not_drawn.txt"
+    if skipped:
+        written.append(_atomic(note, "\n".join(skipped) + "\n"))
+    elif note.exists():
+        note.unlink()
     return written
 
 
 def _atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path
@@ -543,7 +596,7 @@ def is_sweep_dir(run_dir: str | Path) -> bool:
 
 def _describe_insertion(ins: dict[str, Any]) -> str:
     args = ", ".join(f"{k}={v}" for k, v in (ins.get("args") or {}).items() if k not in ("channels", "in_channels", "out_channels", "stride"))
-    return f"{ins['module']}@{ins['at']}" + (f" ({ins['mode']})" if ins.get("mode") else "")
+    return f"{ins['module']}@{ins['at']}" + (f" {ins['mode']}" if ins.get("mode") else "") + (f" ({args})" if args else "")
 
 
 def write_runs_table(run_dir: str | Path, out_dir: str | Path, standalone: bool = False) -> list[Path]:

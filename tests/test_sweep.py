@@ -56,7 +56,7 @@ def test_sweep_writes_trials_plots_and_a_best_yaml_that_run_reproduces(tmp_path:
     path = sweep_file(tmp_path, SLOTS)
     assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
     out_dir = tmp_path / "runs" / "tiny_sweep" / "sweep"
-    for name in ("trials.csv", "trials.md", "best.yaml", "history.png", "parallel_coordinate.png", "runs.md", "runs.csv", "runs.tex"):
+    for name in ("trials.csv", "trials.md", "best.yaml", "history.png", "parallel_coordinate.png", "importances.png", "runs.md", "runs.csv", "runs.tex"):
         assert (out_dir / name).is_file(), name
     trials = _trials(tmp_path / "runs" / "tiny_sweep")
     assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
@@ -104,24 +104,32 @@ def test_choices_that_cannot_be_stitched_are_pruned_without_training(tmp_path: P
 
 
 def test_an_interrupted_sweep_resumes_to_the_requested_trials_without_duplicates(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C in the second trial's second epoch; the same command again retries that trial once
+    with the same parameters, its run resumes from the epoch-1 checkpoint, no run trains twice."""
     import stitch.run
+    from stitch.sweep import run_sweep
 
     path = sweep_file(tmp_path, SLOTS)
     real = stitch.run._train_run
-    calls = {"n": 0}
+    epochs_trained: dict[str, list[int]] = {}
+    phase = {"interrupt": True, "calls": 0}
 
-    def interrupted_once(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+    def counting(exp, plan, *args, on_record=None, **kwargs):
+        phase["calls"] += 1
 
-    monkeypatch.setattr(stitch.run, "_train_run", interrupted_once)
+        def record(rec):
+            epochs_trained.setdefault(plan.run_id, []).append(rec["epoch"])
+            if phase["interrupt"] and phase["calls"] == 2 and rec["epoch"] == 1:
+                raise KeyboardInterrupt
+            if on_record is not None:
+                on_record(rec)
+
+        return real(exp, plan, *args, on_record=record, **kwargs)
+
+    monkeypatch.setattr(stitch.run, "_train_run", counting)
     with pytest.raises(KeyboardInterrupt):
-        from stitch.sweep import run_sweep
-
         run_sweep(load_experiment(path), out=tmp_path / "runs", quiet=True)
-    monkeypatch.setattr(stitch.run, "_train_run", real)
+    phase["interrupt"] = False
     assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet", "--n-trials", "5"]) == 0
     trials = _trials(tmp_path / "runs" / "tiny_sweep")
     states = [t.state.name for t in trials]
@@ -129,12 +137,25 @@ def test_an_interrupted_sweep_resumes_to_the_requested_trials_without_duplicates
     failed = next(t for t in trials if t.state.name == "FAIL")
     retries = [t for t in trials if t.user_attrs.get("retry_of") == failed.number]
     assert len(retries) == 1 and retries[0].params == failed.params and retries[0].state.name == "COMPLETE"
+    assert epochs_trained[retries[0].user_attrs["run_id"]] == [1, 2]  # epoch 1 before Ctrl-C, then only epoch 2
+    assert all(sorted(e) == sorted(set(e)) for e in epochs_trained.values())  # no epoch of any run trained twice
     assert len({t.number for t in trials}) == len(trials)
     with ResultStore(tmp_path / "runs" / "tiny_sweep" / "runs.sqlite") as store:
-        rows = store.rows()
-    finished = [t for t in trials if t.state.name == "COMPLETE"]
-    assert len(rows) == len({t.user_attrs["run_id"] for t in finished})  # no configuration trained twice
-    assert all(r.status == "done" for r in rows)
+        assert all(r.status == "done" for r in store.rows()) and len(store.rows()) == len(epochs_trained)
+
+
+@pytest.mark.filterwarnings("ignore:The distribution is specified")  # optuna's note that the range holds one step
+def test_the_grid_sampler_takes_single_valued_ranges(tmp_path: Path) -> None:
+    path = sweep_file(tmp_path, """\
+        sweep:
+          sampler: grid
+          slots:
+            - {name: A, at: [enc1], modules: [SE], optional: false}
+          train: {optimizer.lr: {low: 0.001, high: 0.0015, step: 0.001}}
+    """)
+    assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
+    trials = _trials(tmp_path / "runs" / "tiny_sweep")
+    assert [t.state.name for t in trials] == ["COMPLETE"] and trials[0].params["train.optimizer.lr"] == 0.001
 
 
 def test_two_objectives_give_a_pareto_front(tmp_path: Path) -> None:
@@ -180,7 +201,13 @@ def test_two_workers_share_one_postgresql_study(tmp_path: Path, postgres_url: st
 
     import optuna
 
-    path = sweep_file(tmp_path, SLOTS)
+    path = sweep_file(tmp_path, """\
+        sweep:
+          trials: 4
+          sampler: random
+          slots:
+            - {name: A, at: [enc1, enc2], modules: [SE, CoordAtt]}
+    """)  # 5 configurations only: the workers will propose the same ones
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "stitch", "sweep", str(path), "--out", str(tmp_path / f"worker{k}"), "--storage", postgres_url,
