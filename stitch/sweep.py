@@ -37,8 +37,22 @@ from stitch.errors import StitchError, one_line_message
 #: objectives that are costs of the network, minimised by default
 COST_OBJECTIVES = ("params", "flops", "latency_ms")
 #: seconds between a running trial's heartbeats, and after how long without one it counts as dead
+#: ($STITCH_SWEEP_HEARTBEAT / $STITCH_SWEEP_GRACE change them, e.g. for a quick test of a dead worker)
 HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 120
+
+
+def _heartbeat() -> tuple[int, int]:
+    import os
+
+    try:
+        beat = int(os.environ.get("STITCH_SWEEP_HEARTBEAT", HEARTBEAT_SECONDS))
+        grace = int(os.environ.get("STITCH_SWEEP_GRACE", GRACE_SECONDS))
+    except ValueError:
+        raise StitchError("$STITCH_SWEEP_HEARTBEAT and $STITCH_SWEEP_GRACE are whole seconds") from None
+    if beat < 1 or grace <= beat:
+        raise StitchError(f"$STITCH_SWEEP_GRACE ({grace}) must exceed $STITCH_SWEEP_HEARTBEAT ({beat}), which must be at least 1")
+    return beat, grace
 #: how often a worker whose remaining trials run elsewhere looks again, and when it gives up on failures
 WAIT_SECONDS = 5
 MAX_FAILURES_IN_A_ROW = 3
@@ -217,12 +231,13 @@ def _storage(url: str) -> Any:
 
     import warnings
 
+    beat, grace = _heartbeat()
     for attempt in range(3):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
-                    url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=retry_once,
+                    url, heartbeat_interval=beat, grace_period=grace, heartbeat_stale_trial_callback=retry_once,
                     engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
                 )
         except Exception as exc:  # a bad URL, a missing driver, a server that refuses

@@ -248,3 +248,43 @@ def test_a_results_database_from_before_the_pruned_status_is_migrated(tmp_path: 
         assert [r.status for r in s.rows()] == ["done"]
         s.update("a", status="pruned")
         assert s.get("a").status == "pruned"
+
+
+def test_a_killed_worker_is_detected_by_its_heartbeat_and_its_trial_retried_once(tmp_path: Path) -> None:
+    """SIGKILL a worker in the middle of a trial; a new worker finds the trial stale (no
+    heartbeat), retries it once with the same parameters, and the run finishes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = sweep_file(tmp_path, SLOTS.replace("trials: 4", "trials: 2"))
+    path.write_text(path.read_text().replace("  epochs: 2\n", "  epochs: 30\n", 1))
+    env = {**os.environ, "STITCH_SWEEP_HEARTBEAT": "1", "STITCH_SWEEP_GRACE": "3", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "stitch", "sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet", "--n-trials", "2"]
+    worker = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "runs" / "tiny_sweep"
+
+    def training() -> bool:  # a checkpoint exists: the first trial is in the middle of its run
+        return (run_dir / "ckpt").is_dir() and any((run_dir / "ckpt").glob("*/epoch-*.pt"))
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not training():
+        time.sleep(0.1)
+    assert training()
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    killed = [t for t in _trials(run_dir) if t.state.name == "RUNNING"]
+    assert len(killed) == 1  # left running by the dead worker
+    time.sleep(4)  # longer than the grace period
+    assert subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600).returncode == 0
+    trials = _trials(run_dir)
+    dead = next(t for t in trials if t.number == killed[0].number)
+    assert dead.state.name == "FAIL"
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == dead.number]
+    assert len(retries) == 1 and retries[0].params == dead.params and retries[0].state.name == "COMPLETE"
+    with ResultStore(run_dir / "runs.sqlite") as store:
+        row = store.get(retries[0].user_attrs["run_id"])
+    assert row.status == "done" and row.epochs_done == 30
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 2
