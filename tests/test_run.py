@@ -17,31 +17,17 @@ from stitch.config import load_experiment, parse_experiment
 from stitch.engine import lr_factor
 from stitch.run import run_experiment
 from stitch.store import ResultStore
+from yaml_snippets import tiny_shapes_unet
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(tmp_path: Path, extra: str = "", epochs: int = 2, name: str = "tiny_run") -> Path:
     """A two-variant experiment on 16 generated 32x32 images (cached under tmp_path)."""
-    text = textwrap.dedent(f"""\
-        name: {name}
-        task: segmentation
-        baseline:
-          model: unet
-          args: {{base_width: 4}}
-        data:
-          dataset: shapes
-          root: {tmp_path / 'data'}
-          num_images: 16
-          image_size: [32, 32]
-          num_classes: 3
-        train:
-          epochs: {epochs}
-          batch_size: 4
-          deterministic: true
+    text = tiny_shapes_unet(name, tmp_path / "data", epochs) + textwrap.dedent("""\
           keep_last: 2
         insertions:
-          - {{name: SE, module: SE, at: "enc*"}}
+          - {name: SE, module: SE, at: "enc*"}
         seeds: [0]
     """) + textwrap.dedent(extra)
     path = tmp_path / f"{name}.yaml"

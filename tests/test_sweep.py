@@ -9,27 +9,12 @@ import pytest
 from stitch.cli import main
 from stitch.config import load_experiment
 from stitch.store import ResultStore
+from yaml_snippets import tiny_shapes_unet
 
 
 def sweep_file(tmp_path: Path, sweep: str, name: str = "tiny_sweep") -> Path:
     """A width-4 U-Net on 16 generated 32x32 images, 2 epochs per trial, and a ``sweep:`` block."""
-    text = textwrap.dedent(f"""\
-        name: {name}
-        task: segmentation
-        baseline:
-          model: unet
-          args: {{base_width: 4}}
-        data:
-          dataset: shapes
-          root: {tmp_path / 'data'}
-          num_images: 16
-          image_size: [32, 32]
-          num_classes: 3
-        train:
-          epochs: 2
-          batch_size: 4
-          deterministic: true
-    """) + textwrap.dedent(sweep)
+    text = tiny_shapes_unet(name, tmp_path / "data") + textwrap.dedent(sweep)
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
     return path
