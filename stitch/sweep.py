@@ -377,16 +377,13 @@ def run_sweep(
         run_id = run_id_of(config)
         trial.set_user_attr("run_id", run_id)
         trial.set_user_attr("experiment_yaml", experiment_yaml(texp.cfg.model_dump(mode="json", exclude={"sweep"})))
-        # the study is the registry of configurations across workers (each may have its own --out)
-        for other in study.get_trials(deepcopy=False):
-            if other.number == trial.number or other.user_attrs.get("run_id") != run_id:
-                continue
-            if other.state == optuna.trial.TrialState.COMPLETE:
-                trial.set_user_attr("reused", run_id)
-                return other.values[0] if len(other.values) == 1 else tuple(other.values)
-            if other.state in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING):
-                what = "pruned" if other.state == optuna.trial.TrialState.PRUNED else "being trained"
-                raise optuna.TrialPruned(f"the same configuration is {what} in trial {other.number}")
+        decision, other = _claim(study, trial, run_id)
+        if decision == "reuse":
+            trial.set_user_attr("reused", run_id)
+            return other.values[0] if len(other.values) == 1 else tuple(other.values)
+        if decision != "train":
+            trial.set_user_attr("duplicate_of", other.number)
+            raise optuna.TrialPruned(f"the same configuration is {decision} in trial {other.number}")
         with ResultStore(run_dir / "runs.sqlite") as store:
             row = store.get(run_id)
             if row is not None and row.status == "diverged":
@@ -458,6 +455,45 @@ def run_sweep(
         progress.message(f"runs table not written: {one_line_message(exc)}")
     progress.message(f"sweep: {_finished(study)} trials finished; outputs in {run_dir / 'sweep'}")
     return SweepResult(study, run_dir, written)
+
+
+#: how long a trial waits for a lower-numbered trial of the same configuration to decide
+CLAIM_WAIT_SECONDS = 60
+
+
+def _claim(study: Any, trial: Any, run_id: str) -> tuple[str, Any]:
+    """Decide, across workers, which trial trains configuration ``run_id`` (the study is the
+    registry; each worker may have its own --out). ``trial`` has already set its ``run_id``
+    attribute, so of two trials that check at the same time at least one sees the other.
+
+    Returns ``("reuse", t)`` when trial ``t`` completed it, ``("pruned", t)`` / ``("being
+    trained", t)`` when ``t`` pruned it or claimed it, else ``("train", None)`` after claiming it.
+    Among running, undecided trials of one configuration the lowest number claims it; the others
+    wait for its decision (at most :data:`CLAIM_WAIT_SECONDS`, after which a silent one counts as
+    dead). Trials pruned as duplicates, and failed ones, are not decisions about the configuration."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+    while True:
+        others = [
+            t for t in study.get_trials(deepcopy=False)
+            if t.number != trial.number and t.user_attrs.get("run_id") == run_id and t.user_attrs.get("duplicate_of") is None
+        ]
+        done = [t for t in others if t.state == states.COMPLETE and t.values is not None]
+        if done:
+            return "reuse", done[0]
+        pruned = [t for t in others if t.state == states.PRUNED]
+        if pruned:
+            return "pruned", pruned[0]
+        running = [t for t in others if t.state == states.RUNNING]
+        claimed = [t for t in running if t.user_attrs.get("claim") == "train"]
+        if claimed:
+            return "being trained", claimed[0]
+        if not any(t.number < trial.number for t in running) or time.monotonic() > deadline:
+            trial.set_user_attr("claim", "train")
+            return "train", None
+        time.sleep(0.2)  # a lower-numbered trial of this configuration decides first
 
 
 def _count(study: Any, *states: str) -> int:
