@@ -261,6 +261,14 @@ def _seed(text: str) -> int:
     return value
 
 
+def _training_options(parser: argparse.ArgumentParser) -> None:
+    """What every command that trains takes: the experiment, --out, --device, --quiet."""
+    parser.add_argument("experiment", metavar="EXPERIMENT.yaml")
+    parser.add_argument("--out", default="runs", help="parent of the run directory runs/<experiment>/ (default: runs)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: CUDA when present, else CPU)")
+    parser.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar (CI)")
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stitch", description="Module-stitching and ablation experiments on PyTorch vision models.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
@@ -280,24 +288,18 @@ def make_parser() -> argparse.ArgumentParser:
     pt.set_defaults(func=cmd_points)
 
     r = sub.add_parser("run", help="train every variant x seed of an experiment and store the results")
-    r.add_argument("experiment", metavar="EXPERIMENT.yaml")
-    r.add_argument("--out", default="runs", help="parent of the run directory runs/<experiment>/ (default: runs)")
-    r.add_argument("--device", help="cpu, cuda, cuda:1 … (default: CUDA when present, else CPU)")
+    _training_options(r)
     r.add_argument("--epochs", type=_positive_int, help="override train.epochs")
     r.add_argument("--seeds", type=_seed, nargs="+", help="override seeds")
     r.add_argument("--force", action="store_true", help="retrain runs that are already done")
-    r.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar (CI)")
     r.set_defaults(func=cmd_run)
 
     sw = sub.add_parser("sweep", help="Optuna search over insertion points, modules, modes and hyper-parameters")
-    sw.add_argument("experiment", metavar="EXPERIMENT.yaml")
+    _training_options(sw)
     sw.add_argument("--n-trials", type=_positive_int, help="finished trials to reach in the study (default: sweep.trials)")
     sw.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     sw.add_argument("--storage", help="SQLAlchemy URL of the study (default: sqlite:///RUN_DIR/sweep.sqlite); share one across workers")
     sw.add_argument("--study", help="study name (default: the experiment's name)")
-    sw.add_argument("--out", default="runs", help="parent of the run directory runs/<experiment>/ (default: runs)")
-    sw.add_argument("--device", help="cpu, cuda, cuda:1 … (default: CUDA when present, else CPU)")
-    sw.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
     sw.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser("report", help="tables (LaTeX, Markdown, CSV, HTML), plots and provenance from run directories")

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from stitch.config import Experiment
+from stitch.engine import to_device
 from stitch.plan import Variant
 
 COSTS_VERSION = 1
@@ -105,7 +106,7 @@ def measure_latency(
     """
     dev = torch.device(device)
     model.to(dev)
-    x = _to(inputs, dev)
+    x = to_device(inputs, dev)
     sync: Callable[[], None] = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     was_training = model.training
     model.eval()
@@ -123,14 +124,6 @@ def measure_latency(
     finally:
         model.train(was_training)
     return 1000.0 * statistics.median(times)
-
-
-def _to(x: Any, dev: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(dev)
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to(v, dev) for v in x)
-    return x
 
 
 # --------------------------------------------------------------------------- experiment side

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import os
 import shutil
 import traceback
@@ -144,6 +143,30 @@ def fit_baseline_to_data(exp: Experiment, num_classes: int, in_channels: int) ->
             exp.cfg.baseline.args[key] = value
 
 
+def experiment_data(exp: Experiment) -> Any:
+    """The experiment's datasets for its task (:func:`stitch.data.build_data`), with the
+    baseline's ``num_classes``/``in_channels`` filled from them (or a mismatch reported)."""
+    from stitch.data import build_data
+
+    if exp.cfg.data is None:
+        raise exp.source.error(("data",), "the experiment has no 'data:' block; add one, e.g. data: {dataset: nuclei} (README: The experiment file)")
+    data = build_data(exp.cfg.data, task=exp.cfg.task)
+    fit_baseline_to_data(exp, data.num_classes, data.in_channels)
+    return data
+
+
+def open_run_dir(exp: Experiment, out: str | Path) -> Path:
+    """``out/<experiment name>/``, created, with the experiment file copied in as
+    ``experiment.yaml`` (what ``stitch report`` and ``stitch show`` read)."""
+    run_dir = Path(out) / exp.cfg.name
+    if Path(out).exists() and not Path(out).is_dir():
+        raise StitchError(f"--out {out}: is a file, not a directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if exp.path is not None and not _same_file(exp.path, run_dir / "experiment.yaml"):
+        shutil.copyfile(exp.path, run_dir / "experiment.yaml")
+    return run_dir
+
+
 def run_experiment(
     exp: Experiment,
     out: str | Path = "runs",
@@ -155,24 +178,15 @@ def run_experiment(
     stop_after: int | None = None,
 ) -> list[RunRow]:
     """Train every planned run that is not finished yet; return the rows of this experiment."""
-    from stitch.data import build_data
     from stitch.validate import validate_experiment
 
-    if exp.cfg.data is None:
-        raise exp.source.error(("data",), "the experiment has no 'data:' block; add one, e.g. data: {dataset: nuclei} (README: The experiment file)")
     dev = pick_device(device)
-    data = build_data(exp.cfg.data, task=exp.cfg.task)
-    fit_baseline_to_data(exp, data.num_classes, data.in_channels)
+    data = experiment_data(exp)
     validate_experiment(exp)  # every model-side mistake before any training
     runs = plan_runs(exp, epochs, seeds)
     preflight(data, exp.cfg.train.batch_size)  # unreadable files, bad labels: before anything is written
 
-    run_dir = Path(out) / exp.cfg.name
-    if Path(out).exists() and not Path(out).is_dir():
-        raise StitchError(f"--out {out}: is a file, not a directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if exp.path is not None and not _same_file(exp.path, run_dir / "experiment.yaml"):
-        shutil.copyfile(exp.path, run_dir / "experiment.yaml")
+    run_dir = open_run_dir(exp, out)
     log = _logger(run_dir)
     task = make_task(exp.cfg.task, data, exp.cfg.train.loss)
     progress = Progress(quiet=quiet, log=log)
@@ -231,9 +245,11 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _train_run(exp, plan: RunPlan, data, task, run_dir: Path, store: ResultStore, dev: torch.device, progress: Progress, force: bool, stop_after: int | None, on_record: Any = None) -> RunRow:
+def _train_run(exp, plan: RunPlan, data, task, run_dir: Path, store: ResultStore, dev: torch.device, progress: Progress, force: bool, stop_after: int | None, on_record: Any = None, built: Any = None) -> RunRow:
     """Train one run (fresh or resumed) and store it. ``on_record(record)`` sees every epoch's
-    record after it is stored and may raise :class:`~stitch.engine.StopTraining` (sweep pruning)."""
+    record after it is stored and may raise :class:`~stitch.engine.StopTraining` (sweep pruning).
+    ``built`` is the run's model when the caller has already built it (``stitch_variant`` of
+    ``plan.variant`` and ``plan.seed``, untrained)."""
     ckpt_dir = run_dir / "ckpt" / plan.run_id
     tb_dir = run_dir / "tb" / f"{plan.variant.slug}_s{plan.seed}_{plan.run_id[:8]}"
     previous = store.get(plan.run_id)
@@ -242,7 +258,7 @@ def _train_run(exp, plan: RunPlan, data, task, run_dir: Path, store: ResultStore
         for folder in (ckpt_dir, tb_dir):
             if folder.exists():
                 shutil.rmtree(folder)
-    built = stitch_variant(exp, plan.variant, plan.seed)
+    built = built or stitch_variant(exp, plan.variant, plan.seed)
     epochs = plan.config["train"]["epochs"]
     train_cfg = exp.cfg.train.model_copy(update={"epochs": epochs})
     if fresh:

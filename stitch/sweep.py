@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,6 @@ GRACE_SECONDS = 120
 
 
 def _heartbeat() -> tuple[int, int]:
-    import os
-
     try:
         beat = int(os.environ.get("STITCH_SWEEP_HEARTBEAT", HEARTBEAT_SECONDS))
         grace = int(os.environ.get("STITCH_SWEEP_GRACE", GRACE_SECONDS))
@@ -225,10 +224,6 @@ def check_sweep(exp: Experiment) -> str:
 def _storage(url: str) -> Any:
     import optuna
 
-    def retry_once(study: Any, trial: Any) -> None:
-        """A trial that died (stale heartbeat) runs again once, with the same parameters."""
-        _retry(study, trial)
-
     import warnings
 
     beat, grace = _heartbeat()
@@ -237,7 +232,7 @@ def _storage(url: str) -> Any:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
-                    url, heartbeat_interval=beat, grace_period=grace, heartbeat_stale_trial_callback=retry_once,
+                    url, heartbeat_interval=beat, grace_period=grace, heartbeat_stale_trial_callback=_retry,
                     engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
                 )
         except Exception as exc:  # a bad URL, a missing driver, a server that refuses
@@ -251,6 +246,7 @@ def _storage(url: str) -> Any:
 
 
 def _retry(study: Any, trial: Any) -> None:
+    """Run a failed or dead (stale heartbeat) trial once more, with the same parameters."""
     if trial.user_attrs.get("retry_of") is not None:
         return  # a retry that failed again is not retried a second time
     if any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False)):
@@ -261,8 +257,6 @@ def _retry(study: Any, trial: Any) -> None:
 def _sampler(name: str, sweep: SweepCfg, multi: bool, shared: bool) -> Any:
     """The sampler, seeded with ``sweep.seed``; on a shared storage each worker adds its process
     id, or every worker would propose the same parameters in the same order."""
-    import os
-
     import optuna
 
     seed = (sweep.seed + 7919 * os.getpid()) % 2**31 if shared else sweep.seed
@@ -310,11 +304,10 @@ def run_sweep(
     import optuna
 
     from stitch.build import stitch_variant
-    from stitch.data import build_data
     from stitch.engine import StopTraining, pick_device
     from stitch.plan import Variant
     from stitch.progress import Progress
-    from stitch.run import RunPlan, _logger, _train_run, _write_csv, fit_baseline_to_data, preflight, resolved_config
+    from stitch.run import RunPlan, _logger, _train_run, _write_csv, experiment_data, open_run_dir, preflight, resolved_config
     from stitch.store import ResultStore, run_id_of
     from stitch.tasks import make_task
 
@@ -323,27 +316,14 @@ def run_sweep(
     check_sweep(exp)  # every mistake in the sweep block before anything is written
     multi = len(objectives) > 1
     prunable = not multi and objectives[0].metric not in COST_OBJECTIVES  # what the pruner can watch per epoch
-    if exp.cfg.data is None:
-        raise exp.source.error(("data",), "the experiment has no 'data:' block; add one, e.g. data: {dataset: nuclei}")
     target = n_trials or sweep.trials
     sampler = _sampler(sweep.sampler, sweep, multi, shared=storage is not None)
     if sweep.sampler == "grid":  # exhaustive: never more trials than grid points
         target = min(target, math.prod(len(v) for v in grid_space(sweep).values()))
     dev = pick_device(device)
-    data = build_data(exp.cfg.data, task=exp.cfg.task)
-    fit_baseline_to_data(exp, data.num_classes, data.in_channels)
+    data = experiment_data(exp)
     preflight(data, exp.cfg.train.batch_size)
-    run_dir = Path(out) / exp.cfg.name
-    if Path(out).exists() and not Path(out).is_dir():
-        raise StitchError(f"--out {out}: is a file, not a directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if exp.path is not None:
-        import shutil
-
-        from stitch.run import _same_file
-
-        if not _same_file(exp.path, run_dir / "experiment.yaml"):
-            shutil.copyfile(exp.path, run_dir / "experiment.yaml")  # what `stitch report RUN_DIR` reads
+    run_dir = open_run_dir(exp, out)
     url = storage or f"sqlite:///{(run_dir / 'sweep.sqlite').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(
@@ -367,7 +347,7 @@ def run_sweep(
         try:
             texp = trial_experiment(exp, insertions, train, f"{exp.path or exp.cfg.name} (trial {trial.number})")
             variant = Variant(f"trial {trial.number}" if insertions else "Baseline", tuple(i["name"] for i in insertions))
-            stitch_variant(texp, variant, sweep.seed)  # the dry run: anything that cannot be stitched stops here
+            built = stitch_variant(texp, variant, sweep.seed)  # the dry run: anything that cannot be stitched stops here
         except StitchError as exc:
             reason = one_line_message(exc)
             trial.set_user_attr("invalid", reason)
@@ -400,7 +380,7 @@ def run_sweep(
 
                 plan = RunPlan(variant, sweep.seed, run_id, config)
                 try:
-                    row = _train_run(texp, plan, data, task, run_dir, store, dev, progress, False, None, on_record=on_record)
+                    row = _train_run(texp, plan, data, task, run_dir, store, dev, progress, False, None, on_record=on_record, built=built)
                 except StopTraining as exc:
                     raise optuna.TrialPruned(exc.reason) from None
                 finally:
@@ -577,8 +557,6 @@ def _best_trial(study: Any, objectives: Sequence[Objective], complete: list[Any]
 
 def _plots(study: Any, out_dir: Path, objectives: Sequence[Objective], n_complete: int) -> list[Path]:
     """Optuna's matplotlib plots as PNG files; one that cannot be drawn (too few trials) is skipped."""
-    import os
-
     import matplotlib
     import optuna
 
@@ -624,8 +602,6 @@ def _plots(study: Any, out_dir: Path, objectives: Sequence[Objective], n_complet
 
 
 def _atomic(path: Path, text: str) -> Path:
-    import os
-
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)

@@ -110,9 +110,8 @@ def show_run(run_dir: Path, variant: str | None = None, seed: int | None = None,
     """Write a PNG grid of images, ground truth and predictions of a trained variant (best checkpoint)."""
     from stitch.build import stitch_variant
     from stitch.config import load_experiment
-    from stitch.data import build_data
     from stitch.errors import StitchError, did_you_mean, exception_text
-    from stitch.run import fit_baseline_to_data, plan_runs
+    from stitch.run import experiment_data, plan_runs
     from stitch.store import ResultStore, run_dir_files
 
     run_dir = Path(run_dir)
@@ -120,8 +119,7 @@ def show_run(run_dir: Path, variant: str | None = None, seed: int | None = None,
     if out is not None and not out.parent.is_dir():
         raise StitchError(f"--output {out}: the folder {out.parent} does not exist")
     exp = load_experiment(exp_file)
-    data = build_data(exp.cfg.data, task=exp.cfg.task)
-    fit_baseline_to_data(exp, data.num_classes, data.in_channels)
+    data = experiment_data(exp)
     # only runs of the experiment file as it is now: an older config's checkpoint would not fit
     plans = {p.run_id: p for p in plan_runs(exp, epochs=None)}
     with ResultStore(db) as store:

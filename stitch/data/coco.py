@@ -26,15 +26,17 @@ import numpy as np
 from stitch.data.common import DataError, Prepared, one_line, read_image, require_nonempty
 
 
-def read_coco(path: Path) -> dict:
-    """The dict of a COCO instances JSON file, checked by :func:`check_coco` (one-line errors)."""
+def read_coco(path: Path, check: bool = True) -> dict:
+    """The dict of a COCO instances JSON file, checked by :func:`check_coco` (one-line errors)
+    unless ``check`` is false (for a caller that checks it itself)."""
     if not path.is_file():
         raise DataError("annotation file not found; check data.root and the *_annotations paths", path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"not a readable JSON file ({one_line(exc)}); re-download or re-export it", path) from None
-    check_coco(data, path)
+    if check:
+        check_coco(data, path)
     return data
 
 

@@ -368,7 +368,8 @@ def from_coco_files(splits: dict[str, tuple[Path, Path]], info: dict) -> Instanc
     """:func:`from_coco_dicts` over ``split -> (instances JSON file, images folder)``."""
     from stitch.data.coco import read_coco
 
-    return from_coco_dicts({s: (read_coco(a), a, d) for s, (a, d) in splits.items()}, info)
+    # from_coco_dicts runs check_coco on every dict: reading does not check a second time
+    return from_coco_dicts({s: (read_coco(a, check=False), a, d) for s, (a, d) in splits.items()}, info)
 
 
 def instance_transforms(cfg: Any, train: bool) -> Callable:
