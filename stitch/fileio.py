@@ -1,0 +1,61 @@
+"""Writing files so that a reader never sees half of one: every file stitch writes goes through
+:func:`atomic_write` (or :func:`atomic_path` for writers that want a path, such as matplotlib).
+
+The data goes to a uniquely named temporary file in the destination folder (several processes,
+such as sweep workers, may share a run directory), is flushed to disk, and is then renamed over
+the destination with :func:`os.replace`, which is atomic on POSIX and Windows. On any failure the
+temporary file is removed. Written by hand because the standard library has no atomic writer and
+the packages that do (``atomicwrites``) are unmaintained.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside ``path`` with the same suffix (so writers that infer a format from
+    it still do); renamed to ``path`` when the block ends without an exception, removed if not."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{final.suffix}", dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None) -> Iterator[IO[Any]]:
+    """``open(path, mode)`` that replaces ``path`` only once everything is written and flushed."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write writes whole files: mode 'w' or 'wb', not {mode!r}")
+    with atomic_path(path) as tmp:
+        if mode == "wb":
+            handle: IO[Any] = open(tmp, "wb")
+        else:
+            handle = open(tmp, "w", encoding=encoding, newline=newline)
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_write(path) as f:
+        f.write(text)
+
+
+def write_json(path: str | os.PathLike[str], data: Any, **dumps_kwargs: Any) -> None:
+    """``json.dumps(data, **dumps_kwargs)`` plus a final newline, written atomically."""
+    write_text(path, json.dumps(data, **dumps_kwargs) + "\n")

@@ -1,0 +1,175 @@
+"""What a run is: one variant x seed of an experiment, its fully resolved config and the id that
+hashes it, and the experiment's data and run directory that every command which trains or reads
+runs shares (``run``, ``sweep``, ``report``, ``show``). Nothing here trains.
+
+Layout of a run directory ``runs/<experiment>/``::
+
+    experiment.yaml   the experiment file as run (``stitch show`` / ``report`` read it)
+    runs.sqlite       one row per variant x seed (stitch/store.py)
+    results.csv       the same rows, flattened, for a spreadsheet
+    log.txt           a plain log of everything printed, with timestamps
+    tb/<variant>_s<seed>/   TensorBoard scalars and image grids
+    ckpt/<run_id>/    epoch-NNNN.pt (the last ``keep_last``) and best.pt
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from stitch.config import Experiment, with_overrides
+from stitch.errors import StitchError
+from stitch.fileio import atomic_path
+from stitch.plan import Variant, plan_variants
+from stitch.registry import BASELINES
+from stitch.store import run_id_of
+
+if TYPE_CHECKING:
+    from stitch.data import DataBundle
+
+
+@dataclass
+class RunPlan:
+    """One variant x seed to train."""
+
+    variant: Variant
+    seed: int
+    run_id: str
+    config: dict[str, Any]
+
+
+def with_defaults(fn: Callable[..., Any], args: dict[str, Any], skip: Sequence[str] = ()) -> dict[str, Any]:
+    """``args`` plus the defaults of ``fn``'s other keyword parameters (so writing a default out
+    explicitly does not change a run id)."""
+    out = dict(args)
+    for p in inspect.signature(fn).parameters.values():
+        if p.name not in out and p.name not in skip and p.default is not p.empty:
+            out[p.name] = p.default
+    return out
+
+
+def resolved_insertion(ins: dict[str, Any]) -> dict[str, Any]:
+    """An insertion as stored in a run's config: mode and module-argument defaults filled in
+    (idempotent)."""
+    import modules_zoo
+    from modules_zoo.registry import PROBE_ARGS
+
+    entry = modules_zoo.get(ins["module"])
+    return dict(
+        ins,
+        mode=ins.get("mode") or entry.modes[0],
+        args=with_defaults(entry.builder, ins.get("args") or {}, PROBE_ARGS),
+        nest=[resolved_insertion(n) for n in ins.get("nest") or []],
+    )
+
+
+def resolved_config(exp: Experiment, variant: Variant, seed: int, epochs: int) -> dict[str, Any]:
+    """Everything that determines a run's result, with defaults filled in (its id is a hash of
+    this). Settings that cannot change the result (``keep_last``; ``amp`` off CUDA is recorded
+    as it is) are left out."""
+    cfg = exp.cfg.model_dump(mode="json")
+    train_cfg = dict(cfg["train"], epochs=epochs)
+    train_cfg.pop("keep_last")
+    if train_cfg["scheduler"].get("milestones") is None:  # added later: unset, it must not change older run ids
+        train_cfg["scheduler"] = {k: v for k, v in train_cfg["scheduler"].items() if k != "milestones"}
+    data = dict(cfg["data"])
+    if cfg["task"] != "instance":  # read by the instance task only (added later: must not change older run ids)
+        data.pop("objects", None)
+    if data.get("root"):
+        data["root"] = os.path.normpath(data["root"])
+    baseline = dict(cfg["baseline"], args=with_defaults(BASELINES[exp.cfg.baseline.model].build, cfg["baseline"]["args"]))
+    return {
+        "task": cfg["task"],
+        "baseline": baseline,
+        "data": data,
+        "train": train_cfg,
+        "insertions": [resolved_insertion(i) for i in cfg["insertions"] if i["name"] in variant.insertions],
+        "seed": seed,
+        "primary_metric": exp.cfg.primary_metric,
+    }
+
+
+def plan_runs(exp: Experiment, epochs: int | None = None, seeds: Sequence[int] | None = None) -> list[RunPlan]:
+    """Variants x seeds, each with its config and run id."""
+    n_epochs = epochs or exp.cfg.train.epochs
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        raise StitchError(f"--seeds {' '.join(map(str, seeds))}: seeds repeat; paired statistics need distinct seeds")
+    out = []
+    for variant in plan_variants(exp.cfg):
+        for seed in seeds if seeds is not None else exp.cfg.seeds:
+            config = resolved_config(exp, variant, seed, n_epochs)
+            out.append(RunPlan(variant, seed, run_id_of(config), config))
+    return out
+
+
+def fit_baseline_to_data(exp: Experiment, num_classes: int, in_channels: int) -> Experiment:
+    """A validated copy of ``exp`` whose baseline has ``num_classes``/``in_channels`` (those its
+    builder takes) filled from the data; a one-line error where the file says otherwise."""
+    args = exp.cfg.baseline.args
+    spec = BASELINES.get(exp.cfg.baseline.model)
+    takes = set(inspect.signature(spec.build).parameters) if spec else {"num_classes", "in_channels"}
+    fills: dict[str, Any] = {}
+    for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if key not in takes:
+            continue
+        if key in args and args[key] != value:
+            raise exp.source.error(("baseline", "args", key), f"{key}={args[key]} but the {exp.cfg.data.dataset} data has {value} (set {key}: {value})")
+        if key not in args:
+            fills[key] = value
+    return with_overrides(exp, fills) if fills else exp
+
+
+def experiment_data(exp: Experiment) -> tuple[Experiment, DataBundle]:
+    """The experiment's datasets for its task (:func:`stitch.data.build_data`), and the experiment
+    with the baseline's ``num_classes``/``in_channels`` filled from them (or a mismatch reported)."""
+    from stitch.data import build_data
+
+    if exp.cfg.data is None:
+        raise exp.source.error(("data",), "the experiment has no 'data:' block; add one, e.g. data: {dataset: nuclei} (README: The experiment file)")
+    data = build_data(exp.cfg.data, task=exp.cfg.task)
+    return fit_baseline_to_data(exp, data.num_classes, data.in_channels), data
+
+
+def open_run_dir(exp: Experiment, out: str | Path) -> Path:
+    """``out/<experiment name>/``, created, with the experiment file copied in as
+    ``experiment.yaml`` (what ``stitch report`` and ``stitch show`` read)."""
+    run_dir = Path(out) / exp.cfg.name
+    if Path(out).exists() and not Path(out).is_dir():
+        raise StitchError(f"--out {out}: is a file, not a directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if exp.path is not None and not _same_file(exp.path, run_dir / "experiment.yaml"):
+        with atomic_path(run_dir / "experiment.yaml") as tmp:
+            shutil.copyfile(exp.path, tmp)
+    return run_dir
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def run_logger(run_dir: Path) -> logging.Logger:
+    """The plain log of a run directory (``log.txt``, timestamped lines)."""
+    log = logging.getLogger(f"stitch.run.{run_dir}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not log.handlers:
+        handler = logging.FileHandler(run_dir / "log.txt")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+    return log
+
+
+def preflight(data: DataBundle, batch_size: int) -> None:
+    """Read every validation sample and the first training batch once, so unreadable files and
+    out-of-range labels stop the command before any run directory is written."""
+    for i in range(len(data.val)):
+        data.val[i]
+    for i in range(min(len(data.train), batch_size)):
+        data.train[i]
