@@ -1,4 +1,5 @@
 """stitch.data: datasets written to / read from tmp_path, their splits, transforms and errors."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,9 @@ from stitch.data.transforms import build_transforms
 from stitch.errors import ConfigError, StitchError
 
 CFG = TypeAdapter(DataCfg)
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
 
 
 def cfg(**kw: Any) -> Any:
@@ -27,7 +30,10 @@ def cfg(**kw: Any) -> Any:
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.png"))}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*.png"))
+    }
 
 
 def data_error(c: Any, cache: Path | None = None) -> str:
@@ -63,10 +69,16 @@ def test_shapes_deterministic_files_and_ranges(tmp_path: Path) -> None:
     root_a, root_b = Path(a.info["root"]), Path(b.info["root"])
     files = digest(root_a)
     assert len(files) == 24 and files == digest(root_b)  # same seed: byte-identical files
-    other = build_data(cfg(dataset="shapes", num_images=12, image_size=64, num_classes=5, seed=4), tmp_path / "a")
+    other = build_data(
+        cfg(dataset="shapes", num_images=12, image_size=64, num_classes=5, seed=4), tmp_path / "a"
+    )
     assert digest(Path(other.info["root"])) != files
     assert (len(a.train), len(a.val)) == (9, 3)
-    assert a.num_classes == 5 and a.in_channels == 3 and a.class_names == ["background", "circle", "square", "triangle", "cross"]
+    assert (
+        a.num_classes == 5
+        and a.in_channels == 3
+        and a.class_names == ["background", "circle", "square", "triangle", "cross"]
+    )
     seen: set[int] = set()
     for p in sorted((root_a / "masks").glob("*.png")):
         with Image.open(p) as im:
@@ -106,7 +118,17 @@ def test_folder_from_shapes_files_with_lists(tmp_path: Path) -> None:
     root = Path(shapes.info["root"])
     (root / "train.lst").write_text("# training stems\n00000\n00001.png\n00002\n\n00003\n")
     (root / "val.lst").write_text("00006\n00007\n")
-    b = build_data(cfg(dataset="folder", root=str(root), train_list="train.lst", val_list="val.lst", num_classes=4, image_size=32, normalize="none"))
+    b = build_data(
+        cfg(
+            dataset="folder",
+            root=str(root),
+            train_list="train.lst",
+            val_list="val.lst",
+            num_classes=4,
+            image_size=32,
+            normalize="none",
+        )
+    )
     assert (len(b.train), len(b.val)) == (4, 2)
     assert [b.val.name(i) for i in range(2)] == ["00006", "00007"]
     assert b.in_channels == 3 and b.num_classes == 4 and b.mean == (0.0,) * 3
@@ -121,10 +143,15 @@ def test_folder_from_shapes_files_with_lists(tmp_path: Path) -> None:
     b1 = build_data(cfg(dataset="folder", root=str(root), val_fraction=0.25, split_seed=1, image_size=32))
     b2 = build_data(cfg(dataset="folder", root=str(root), val_fraction=0.25, split_seed=1, image_size=32))
     b3 = build_data(cfg(dataset="folder", root=str(root), val_fraction=0.25, split_seed=2, image_size=32))
-    names = lambda d: [d.name(i) for i in range(len(d))]  # noqa: E731
-    assert names(b1.val) == names(b2.val) and len(b1.val) == 2 and not set(names(b1.val)) & set(names(b1.train))
+    names = lambda d: [d.name(i) for i in range(len(d))]
+    assert (
+        names(b1.val) == names(b2.val) and len(b1.val) == 2 and not set(names(b1.val)) & set(names(b1.train))
+    )
     assert names(b3.val) != names(b1.val) or names(b3.train) != names(b1.train)
-    assert b1.num_classes == max(int(np.asarray(Image.open(p)).max()) for p in (root / "masks").glob("*.png")) + 1
+    assert (
+        b1.num_classes
+        == max(int(np.asarray(Image.open(p)).max()) for p in (root / "masks").glob("*.png")) + 1
+    )
 
 
 def test_folder_grey_and_16bit_images(tmp_path: Path) -> None:
@@ -134,7 +161,8 @@ def test_folder_grey_and_16bit_images(tmp_path: Path) -> None:
     for s in "ab":
         write_png(root / "masks" / f"{s}.png", np.eye(32, dtype=np.uint8))
     b = build_data(cfg(dataset="folder", root=str(root), image_size=32, val_fraction=0.5))
-    assert b.in_channels == 1 and b.mean == (0.449,) and b.std == (0.226,)  # imagenet on grey: channel averages
+    # imagenet on grey: channel averages
+    assert b.in_channels == 1 and b.mean == (0.449,) and b.std == (0.226,)
     x = [b.val[0], b.train[0]]
     assert all(i["image"].shape == (1, 32, 32) for i in x)
     b = build_data(cfg(dataset="folder", root=str(root), image_size=32, channels=3, normalize="none"))
@@ -144,7 +172,7 @@ def test_folder_grey_and_16bit_images(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- errors
 def test_folder_errors_name_the_file(tmp_path: Path) -> None:
     root = folder_root(tmp_path, n=3)
-    base = dict(dataset="folder", root=str(root), image_size=32)
+    base = {"dataset": "folder", "root": str(root), "image_size": 32}
     assert str(tmp_path / "nope") in data_error(cfg(**{**base, "root": str(tmp_path / "nope")}))
     assert "no masks folder" in data_error(cfg(**{**base, "masks": "labels"}))
 
@@ -187,7 +215,9 @@ def test_folder_errors_name_the_file(tmp_path: Path) -> None:
 
     # a colour mask, a mask of the wrong size
     root2 = folder_root(tmp_path / "two", n=2)
-    write_png(root2 / "masks" / "s0.png", np.random.default_rng(0).integers(0, 3, (32, 32, 3), dtype=np.uint8))
+    write_png(
+        root2 / "masks" / "s0.png", np.random.default_rng(0).integers(0, 3, (32, 32, 3), dtype=np.uint8)
+    )
     write_png(root2 / "masks" / "s1.png", np.zeros((16, 32), np.uint8))
     b = build_data(cfg(dataset="folder", root=str(root2), num_classes=3, image_size=32, val_fraction=0.5))
     msgs = []
@@ -195,12 +225,14 @@ def test_folder_errors_name_the_file(tmp_path: Path) -> None:
         with pytest.raises(DataError) as info:
             ds[0]
         msgs.append(str(info.value))
-    assert any("s0.png" in m and "colour" in m for m in msgs) and any("s1.png" in m and "must match" in m for m in msgs)
+    assert any("s0.png" in m and "colour" in m for m in msgs) and any(
+        "s1.png" in m and "must match" in m for m in msgs
+    )
 
 
 def test_folder_label_and_split_errors(tmp_path: Path) -> None:
     root = folder_root(tmp_path, n=3)
-    base = dict(dataset="folder", root=str(root), image_size=32)
+    base = {"dataset": "folder", "root": str(root), "image_size": 32}
     write_png(root / "masks" / "s2.png", np.full((32, 32), 2000 // 8, np.uint8))  # 250, scanned at build time
     assert build_data(cfg(**base)).num_classes == 251  # inferred: the largest label + 1
     assert build_data(cfg(**base, ignore_index=250)).num_classes == 3  # ignore_index skipped
@@ -216,9 +248,14 @@ def test_folder_label_and_split_errors(tmp_path: Path) -> None:
     assert "tr.txt" in msg and "line 2" in msg and "'s9'" in msg
     (root / "tr.txt").write_text("s0\ns1\n")
     (root / "va.txt").write_text("s1\n")
-    assert "va.txt" in (msg := data_error(cfg(**base, train_list="tr.txt", val_list="va.txt"))) and "both" in msg
+    assert (
+        "va.txt" in (msg := data_error(cfg(**base, train_list="tr.txt", val_list="va.txt"))) and "both" in msg
+    )
     (root / "va.txt").write_text("# nothing\n")
-    assert "va.txt" in (msg := data_error(cfg(**base, train_list="tr.txt", val_list="va.txt"))) and "val split is empty" in msg
+    assert (
+        "va.txt" in (msg := data_error(cfg(**base, train_list="tr.txt", val_list="va.txt")))
+        and "val split is empty" in msg
+    )
     assert "missing.txt" in data_error(cfg(**base, train_list="missing.txt"))
     assert "ignore_index 1 is a class index" in data_error(cfg(**base, ignore_index=1, num_classes=3))
     assert "mean/std" in data_error(cfg(**base, normalize=[[0.5], [0.2]]))
@@ -232,9 +269,13 @@ def test_config_level_data_checks() -> None:
     with pytest.raises(ConfigError, match="scale is"):
         parse_experiment(base + "data: {dataset: shapes, augment: {scale: [2, 1]}}\n", "exp.yaml")
     with pytest.raises(ConfigError, match=r"\[0, 1\] pixel scale"):
-        parse_experiment(base + "data: {dataset: shapes, normalize: [[123, 116, 103], [58, 57, 57]]}\n", "exp.yaml")
+        parse_experiment(
+            base + "data: {dataset: shapes, normalize: [[123, 116, 103], [58, 57, 57]]}\n", "exp.yaml"
+        )
     with pytest.raises(ConfigError, match="class_names has 3 names"):
-        parse_experiment(base + "data: {dataset: folder, root: x, num_classes: 2, class_names: [a, b, c]}\n", "exp.yaml")
+        parse_experiment(
+            base + "data: {dataset: folder, root: x, num_classes: 2, class_names: [a, b, c]}\n", "exp.yaml"
+        )
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -251,7 +292,12 @@ def test_augmentation_keeps_image_and_mask_aligned() -> None:
     labels = rng.integers(0, 5, (6, 5)).repeat(8, 0).repeat(8, 1)  # 48 x 40, blocky, asymmetric
     img = tv_tensors.Image(torch.from_numpy((labels * 40).astype(np.uint8))[None].repeat(3, 1, 1))
     msk = tv_tensors.Mask(torch.from_numpy(labels.astype(np.int64)))
-    c = cfg(dataset="shapes", image_size=[48, 48], normalize="none", augment={"hflip": True, "vflip": True, "rotate90": True})
+    c = cfg(
+        dataset="shapes",
+        image_size=[48, 48],
+        normalize="none",
+        augment={"hflip": True, "vflip": True, "rotate90": True},
+    )
     t = build_transforms(c, 3, (0.0,) * 3, (1.0,) * 3, train=True)
     torch.manual_seed(0)
     shapes_seen = set()
@@ -261,13 +307,20 @@ def test_augmentation_keeps_image_and_mask_aligned() -> None:
         assert _aligned(x, m, 255) == 1.0  # exact: flips, 90-degree turns, crops and pads
         shapes_seen.add(tuple(np.flatnonzero((m != 255).any(0).numpy())[[0, -1]]))
     assert len(shapes_seen) > 1  # rotations and crops happened
-    c = cfg(dataset="shapes", image_size=[48, 48], normalize="none", augment={"scale": [0.5, 2.0], "color_jitter": 0.0})
+    c = cfg(
+        dataset="shapes",
+        image_size=[48, 48],
+        normalize="none",
+        augment={"scale": [0.5, 2.0], "color_jitter": 0.0},
+    )
     t = build_transforms(c, 3, (0.0,) * 3, (1.0,) * 3, train=True)
     for _ in range(10):
         x, m = t(img, msk)
         assert _aligned(x, m, 255) > 0.85  # resampling blurs only the block edges
     # colour jitter changes the image, never the mask
-    c = cfg(dataset="shapes", image_size=[48, 48], normalize="none", augment={"hflip": False, "color_jitter": 0.5})
+    c = cfg(
+        dataset="shapes", image_size=[48, 48], normalize="none", augment={"hflip": False, "color_jitter": 0.5}
+    )
     x, m = build_transforms(c, 3, (0.0,) * 3, (1.0,) * 3, train=True)(img, msk)
     cols = (m != 255).all(0)
     assert int(cols.sum()) == 40 and torch.equal(m[:, cols], msk)  # padded to 48 wide at a random offset
@@ -290,15 +343,25 @@ def test_val_transform_resizes_pads_and_normalises() -> None:
 HAS_STARDIST = importlib.util.find_spec("stardist") is not None
 
 
-@pytest.mark.skipif(not HAS_STARDIST, reason="stardist wheel not installed (pip install --no-deps stardist==0.9.2)")
+@pytest.mark.skipif(
+    not HAS_STARDIST, reason="stardist wheel not installed (pip install --no-deps stardist==0.9.2)"
+)
 def test_nuclei_tiles_split_masks_and_coco(tmp_path: Path) -> None:
     from pycocotools.coco import COCO
 
     b = build_data(cfg(dataset="nuclei", normalize="none"), tmp_path)
     root = Path(b.info["root"])
-    assert (len(b.train), len(b.val)) == (35, 4) and b.in_channels == 1 and b.class_names == ["background", "nucleus"]
+    assert (
+        (len(b.train), len(b.val)) == (35, 4)
+        and b.in_channels == 1
+        and b.class_names == ["background", "nucleus"]
+    )
     meta = json.loads((root / "meta.json").read_text())
-    assert meta["nuclei"] == 125 and meta["split"]["train_rows"] == [0, 384] and meta["split"]["val_rows"] == [384, 512]
+    assert (
+        meta["nuclei"] == 125
+        and meta["split"]["train_rows"] == [0, 384]
+        and meta["split"]["val_rows"] == [384, 512]
+    )
 
     covered = {"train": np.zeros((512, 512), bool), "val": np.zeros((512, 512), bool)}
     ids: dict[str, set] = {}
@@ -321,10 +384,12 @@ def test_nuclei_tiles_split_masks_and_coco(tmp_path: Path) -> None:
     assert meta["counts"]["val"]["nuclei"] == len(ids["val"])
     item = b.train[0]
     assert item["image"].shape == (1, 128, 128) and set(item["mask"].unique().tolist()) == {0, 1}
-    assert 0.0 <= float(item["image"].min()) and float(item["image"].max()) <= 1.0
+    assert float(item["image"].min()) >= 0.0 and float(item["image"].max()) <= 1.0
 
 
-@pytest.mark.skipif(not HAS_STARDIST, reason="stardist wheel not installed (pip install --no-deps stardist==0.9.2)")
+@pytest.mark.skipif(
+    not HAS_STARDIST, reason="stardist wheel not installed (pip install --no-deps stardist==0.9.2)"
+)
 def test_nuclei_small_tiles(tmp_path: Path) -> None:
     b = build_data(cfg(dataset="nuclei", tile=64, image_size=64), tmp_path)
     assert (len(b.train), len(b.val)) == (11 * 15, 2 * 8)
@@ -332,7 +397,9 @@ def test_nuclei_small_tiles(tmp_path: Path) -> None:
 
 def test_nuclei_without_stardist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "stardist" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "stardist" else real(name, *a)
+    )
     msg = data_error(cfg(dataset="nuclei"), tmp_path)
     assert "pip install --no-deps stardist==0.9.2" in msg
     assert list(tmp_path.iterdir()) == []  # nothing half-written
@@ -355,10 +422,13 @@ def test_voc_layout(tmp_path: Path) -> None:
     sets.mkdir(parents=True)
     (sets / "train.txt").write_text("2007_000001\n2007_000002\n")
     (sets / "val.txt").write_text("2007_000003\n")
-    b = build_data(cfg(dataset="voc", root=str(tmp_path / "VOCdevkit"), image_size=48, ignore_index=-1), tmp_path)
+    b = build_data(
+        cfg(dataset="voc", root=str(tmp_path / "VOCdevkit"), image_size=48, ignore_index=-1), tmp_path
+    )
     assert (len(b.train), len(b.val), b.num_classes, b.class_names[15]) == (2, 1, 21, "person")
     m = b.val[0]["mask"]
-    assert m.shape == (48, 48) and set(m.unique().tolist()) == {-1, 0, 15}  # 255 border -> ignore_index; pad -> ignore
+    # 255 border -> ignore_index; pad -> ignore
+    assert m.shape == (48, 48) and set(m.unique().tolist()) == {-1, 0, 15}
     assert int((m == 15).sum()) > 0 and (m[36:] == -1).all()  # 30x40 -> 36x48, padded below
 
     (sets / "val.txt").write_text("2007_000009\n")
@@ -366,7 +436,10 @@ def test_voc_layout(tmp_path: Path) -> None:
     (sets / "val.txt").write_text("")
     assert "val.txt" in (msg := data_error(cfg(dataset="voc", root=str(root)))) and "empty" in msg
     (tmp_path / "empty").mkdir()
-    assert "JPEGImages" in (msg := data_error(cfg(dataset="voc", root=str(tmp_path / "empty")))) and "empty" in msg
+    assert (
+        "JPEGImages" in (msg := data_error(cfg(dataset="voc", root=str(tmp_path / "empty"))))
+        and "empty" in msg
+    )
 
 
 def test_coco_semantic(tmp_path: Path) -> None:
@@ -383,22 +456,56 @@ def test_coco_semantic(tmp_path: Path) -> None:
 
     def doc(with_crowd: bool) -> dict:
         anns = [
-            {"id": 1, "image_id": 1, "category_id": 7, "iscrowd": 0, "area": 300.0, "bbox": [0, 0, 20, 15],
-             "segmentation": [[0, 0, 20, 0, 20, 15, 0, 15]]},  # big box, class 7 -> label 2
-            {"id": 2, "image_id": 1, "category_id": 3, "iscrowd": 0, "area": 16.0, "bbox": [4, 4, 4, 4],
-             "segmentation": [[4, 4, 8, 4, 8, 8, 4, 8]]},  # small box on top of it, class 3 -> label 1
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 7,
+                "iscrowd": 0,
+                "area": 300.0,
+                "bbox": [0, 0, 20, 15],
+                "segmentation": [[0, 0, 20, 0, 20, 15, 0, 15]],
+            },  # big box, class 7 -> label 2
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 3,
+                "iscrowd": 0,
+                "area": 16.0,
+                "bbox": [4, 4, 4, 4],
+                "segmentation": [[4, 4, 8, 4, 8, 8, 4, 8]],
+            },  # small box on top of it, class 3 -> label 1
         ]
         if with_crowd:
-            anns.append({"id": 3, "image_id": 1, "category_id": 3, "iscrowd": 1, "area": 160.0, "bbox": [30, 20, 16, 10], "segmentation": rle})
-        return {"images": [{"id": i, "file_name": f"{i:03d}.jpg", "height": 32, "width": 48} for i in (1, 2)],
-                "annotations": anns,
-                "categories": [{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}]}
+            anns.append(
+                {
+                    "id": 3,
+                    "image_id": 1,
+                    "category_id": 3,
+                    "iscrowd": 1,
+                    "area": 160.0,
+                    "bbox": [30, 20, 16, 10],
+                    "segmentation": rle,
+                }
+            )
+        return {
+            "images": [{"id": i, "file_name": f"{i:03d}.jpg", "height": 32, "width": 48} for i in (1, 2)],
+            "annotations": anns,
+            "categories": [{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}],
+        }
 
     (root / "annotations").mkdir()
     (root / "annotations" / "train.json").write_text(json.dumps(doc(True)))
     (root / "annotations" / "val.json").write_text(json.dumps(doc(False)))
-    c = cfg(dataset="coco", root=str(root), train_annotations="annotations/train.json", val_annotations="annotations/val.json",
-            train_images="train", val_images="val", image_size=[32, 48], augment={"hflip": False})
+    c = cfg(
+        dataset="coco",
+        root=str(root),
+        train_annotations="annotations/train.json",
+        val_annotations="annotations/val.json",
+        train_images="train",
+        val_images="val",
+        image_size=[32, 48],
+        augment={"hflip": False},
+    )
     b = build_data(c)
     assert b.class_names == ["background", "cat", "dog"] and (len(b.train), len(b.val)) == (2, 2)
     m = b.train[0]["mask"]
@@ -418,20 +525,27 @@ def test_coco_semantic(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- brain (optional)
-@pytest.mark.skipif(importlib.util.find_spec("nilearn") is None or importlib.util.find_spec("nibabel") is None,
-                    reason="nilearn/nibabel not installed (pip install --no-deps nilearn==0.14.1 && pip install nibabel)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("nilearn") is None or importlib.util.find_spec("nibabel") is None,
+    reason="nilearn/nibabel not installed (pip install --no-deps nilearn==0.14.1 && pip install nibabel)",
+)
 def test_brain_slices(tmp_path: Path) -> None:
     b = build_data(cfg(dataset="brain", image_size=[240, 208], normalize="none"), tmp_path)
     assert (len(b.train), len(b.val), b.num_classes, b.in_channels) == (112, 20, 3, 1)
     names = {b.train.name(i) for i in range(len(b.train))}
     assert not names & {b.val.name(i) for i in range(len(b.val))}
     m = b.val[10]["mask"]
-    assert set(m.unique().tolist()) == {0, 1, 2, 255} and (m[:, 203:] == 255).all()  # 233x197 -> 240x203, padded right
+    # 233x197 -> 240x203, padded right
+    assert set(m.unique().tolist()) == {0, 1, 2, 255} and (m[:, 203:] == 255).all()
 
 
 def test_bundle_is_a_dataloader_source(tmp_path: Path) -> None:
     b = build_data(cfg(dataset="shapes", num_images=6, image_size=32), tmp_path)
     assert isinstance(b, DataBundle)
     batch = next(iter(torch.utils.data.DataLoader(b.train, batch_size=4)))
-    assert batch["image"].shape == (4, 3, 32, 32) and batch["mask"].shape == (4, 32, 32) and batch["index"].tolist() == [0, 1, 2, 3]
+    assert (
+        batch["image"].shape == (4, 3, 32, 32)
+        and batch["mask"].shape == (4, 32, 32)
+        and batch["index"].tolist() == [0, 1, 2, 3]
+    )
     assert "shapes: 4 train / 2 val" in b.describe()

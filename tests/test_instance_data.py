@@ -1,4 +1,5 @@
 """stitch.data, task ``instance``: COCO-style objects for Mask R-CNN, from tiny files in tmp_path."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,8 +8,9 @@ import hashlib
 import importlib.util
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,12 +20,14 @@ from pydantic import TypeAdapter
 
 from stitch.config import DataCfg
 from stitch.data import DataBundle, DataError, build_data
-from stitch.data.instance import rle_string_total
+from stitch.data.coco_format import rle_string_total
 from stitch.errors import StitchError
 
 CFG = TypeAdapter(DataCfg)
 HAS_STARDIST = importlib.util.find_spec("stardist") is not None
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
 H, W = 24, 32
 
 
@@ -60,13 +64,22 @@ def ann(aid: int, image_id: int, cat: int, seg: Any, **kw: Any) -> dict:
     return {"id": aid, "image_id": image_id, "category_id": cat, "iscrowd": 0, "segmentation": seg, **kw}
 
 
-def doc(anns: list[dict], cats: tuple[int, ...] = (3, 7, 42), images: int = 2, size: tuple[int, int] = (H, W)) -> dict:
-    return {"images": [{"id": i, "file_name": f"{i:03d}.png", "height": size[0], "width": size[1]} for i in range(1, images + 1)],
-            "annotations": anns, "categories": [{"id": c, "name": f"cat{c}"} for c in cats]}
+def doc(
+    anns: list[dict], cats: tuple[int, ...] = (3, 7, 42), images: int = 2, size: tuple[int, int] = (H, W)
+) -> dict:
+    return {
+        "images": [
+            {"id": i, "file_name": f"{i:03d}.png", "height": size[0], "width": size[1]}
+            for i in range(1, images + 1)
+        ],
+        "annotations": anns,
+        "categories": [{"id": c, "name": f"cat{c}"} for c in cats],
+    }
 
 
 def write_coco(root: Path, train: dict, val: dict | None = None, grey: bool = False) -> Path:
-    """``root/{train,val}/<file_name>`` (random pixels, the JSON's sizes) + ``root/annotations/{train,val}.json``."""
+    """``root/{train,val}/<file_name>`` (random pixels, the JSON's sizes) +
+    ``root/annotations/{train,val}.json``."""
     rng = np.random.default_rng(0)
     for split, d in (("train", train), ("val", val if val is not None else train)):
         (root / split).mkdir(parents=True, exist_ok=True)
@@ -79,8 +92,15 @@ def write_coco(root: Path, train: dict, val: dict | None = None, grey: bool = Fa
 
 
 def coco_cfg(root: Path, **kw: Any) -> Any:
-    return cfg(dataset="coco", root=str(root), train_annotations="annotations/train.json", val_annotations="annotations/val.json",
-               train_images="train", val_images="val", **kw)
+    return cfg(
+        dataset="coco",
+        root=str(root),
+        train_annotations="annotations/train.json",
+        val_annotations="annotations/val.json",
+        train_images="train",
+        val_images="val",
+        **kw,
+    )
 
 
 def build(root: Path, **kw: Any) -> DataBundle:
@@ -120,7 +140,11 @@ def assert_round_trip(b: DataBundle) -> None:
         t = item["target"]
         info = gt.imgs[t["image_id"]]
         assert tuple(item["image"].shape) == (3, info["height"], info["width"])
-        anns = [a for a in gt.loadAnns(gt.getAnnIds(imgIds=[t["image_id"]], iscrowd=False)) if gt.annToMask(a).any()]
+        anns = [
+            a
+            for a in gt.loadAnns(gt.getAnnIds(imgIds=[t["image_id"]], iscrowd=False))
+            if gt.annToMask(a).any()
+        ]
         assert [b.label_to_category[int(k)] for k in t["labels"]] == [a["category_id"] for a in anns]
         rles = mask_util.encode(np.asfortranarray(t["masks"].numpy().transpose(1, 2, 0))) if len(anns) else []
         for a, rle in zip(anns, rles):
@@ -138,8 +162,14 @@ def coco_eval_segm_ap(b: DataBundle) -> float:
         t = b.val[i]["target"]
         for m, lab in zip(t["masks"].numpy(), t["labels"].tolist()):
             r = mask_util.encode(np.asfortranarray(m))
-            results.append({"image_id": t["image_id"], "category_id": b.label_to_category[lab], "score": 1.0,
-                            "segmentation": {"size": r["size"], "counts": r["counts"].decode("ascii")}})
+            results.append(
+                {
+                    "image_id": t["image_id"],
+                    "category_id": b.label_to_category[lab],
+                    "score": 1.0,
+                    "segmentation": {"size": r["size"], "counts": r["counts"].decode("ascii")},
+                }
+            )
     dt = quiet(b.coco_gt.loadRes, results)
     ev = COCOeval(b.coco_gt, dt, "segm")
     quiet(ev.evaluate)
@@ -154,13 +184,15 @@ def test_category_ids_survive_the_round_trip(tmp_path: Path, cats: tuple[int, ..
     anns = [ann(k + 1, 1, c, rle_of(box_mask(2 * k, k, 2 * k + 4, k + 5))) for k, c in enumerate(cats)]
     b = build(write_coco(tmp_path / "coco", doc(anns, cats)))
     ordered = sorted(cats)
-    assert b.label_to_category == {k: c for k, c in enumerate(ordered, 1)}
+    assert b.label_to_category == dict(enumerate(ordered, 1))
     assert b.num_classes == len(cats) + 1 and b.class_names == ["background"] + [f"cat{c}" for c in ordered]
     labels = b.val[0]["target"]["labels"].tolist()
     assert labels == [ordered.index(c) + 1 for c in cats]  # annotation order kept
     assert [b.label_to_category[k] for k in labels] == list(cats)
     assert sorted(b.coco_gt.getCatIds()) == ordered  # coco_gt keeps the original ids
-    assert b.mean == (0.0, 0.0, 0.0) and b.std == (1.0, 1.0, 1.0) and b.in_channels == 3 and b.task == "instance"
+    assert (
+        b.mean == (0.0, 0.0, 0.0) and b.std == (1.0, 1.0, 1.0) and b.in_channels == 3 and b.task == "instance"
+    )
 
 
 @pytest.mark.parametrize("encoding", ["polygon", "two_polygons", "rle_compressed", "rle_uncompressed"])
@@ -176,7 +208,11 @@ def test_polygon_and_rle_segmentations_give_the_same_masks(tmp_path: Path, encod
     }[encoding]
     b = build(write_coco(tmp_path / "coco", doc([ann(1, 1, 7, seg)])))
     t = b.val[0]["target"]
-    expected = mask_util.decode(mask_util.merge(mask_util.frPyObjects(seg, H, W))) if isinstance(seg, list) else target
+    expected = (
+        mask_util.decode(mask_util.merge(mask_util.frPyObjects(seg, H, W)))
+        if isinstance(seg, list)
+        else target
+    )
     if encoding == "polygon":
         expected = box_mask(4, 3, 14, 11)
     assert t["masks"].dtype == torch.uint8 and t["masks"].shape == (1, H, W)
@@ -193,7 +229,8 @@ def test_rle_string_total_matches_pycocotools() -> None:
             m = (rng.random(shape) < rng.random()).astype(np.uint8)
             assert rle_string_total(rle_of(m)["counts"]) == m.size
     assert rle_string_total("") == 0
-    assert rle_string_total("\x01bad") is None and rle_string_total("o") is None  # bad char; unfinished number
+    # bad char; unfinished number
+    assert rle_string_total("\x01bad") is None and rle_string_total("o") is None
 
 
 def test_crowd_regions_left_out_of_targets_but_kept_in_coco_gt(tmp_path: Path) -> None:
@@ -210,8 +247,10 @@ def test_crowd_regions_left_out_of_targets_but_kept_in_coco_gt(tmp_path: Path) -
 
 
 def test_images_without_annotations_give_empty_targets(tmp_path: Path) -> None:
-    b = build(write_coco(tmp_path / "coco", doc([ann(1, 1, 3, [[2, 2, 10, 2, 10, 8, 2, 8]])], images=3)),
-              augment={"rotate90": True, "vflip": True, "color_jitter": 0.2})
+    b = build(
+        write_coco(tmp_path / "coco", doc([ann(1, 1, 3, [[2, 2, 10, 2, 10, 8, 2, 8]])], images=3)),
+        augment={"rotate90": True, "vflip": True, "color_jitter": 0.2},
+    )
     assert (len(b.train), len(b.val)) == (3, 3)
     for ds in (b.train, b.val):
         for i in (1, 2):
@@ -226,11 +265,15 @@ def test_images_without_annotations_give_empty_targets(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- skipped and counted
-@pytest.mark.parametrize("bad", [
-    {"segmentation": rle_of(np.zeros((H, W), np.uint8))},  # empty RLE mask
-    {"segmentation": rle_of(np.zeros((H, W), np.uint8), compressed=False)},
-    {"segmentation": [[2, 2, 2, 2, 2, 2]]},  # a polygon of three equal points: rasterises to nothing
-], ids=["empty_rle", "empty_uncompressed_rle", "point_polygon"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"segmentation": rle_of(np.zeros((H, W), np.uint8))},  # empty RLE mask
+        {"segmentation": rle_of(np.zeros((H, W), np.uint8), compressed=False)},
+        {"segmentation": [[2, 2, 2, 2, 2, 2]]},  # a polygon of three equal points: rasterises to nothing
+    ],
+    ids=["empty_rle", "empty_uncompressed_rle", "point_polygon"],
+)
 def test_degenerate_objects_not_trained_on_but_kept_as_ground_truth(tmp_path: Path, bad: dict) -> None:
     anns = [ann(1, 1, 3, [[12, 12, 20, 12, 20, 20, 12, 20]]), {**ann(2, 1, 7, None), **bad}]
     b = build(write_coco(tmp_path / "coco", doc(anns)))
@@ -277,14 +320,32 @@ def _drop_image_file(root: Path, d: dict) -> str:
 BAD: dict[str, tuple[Callable[[dict], Any], str]] = {
     "unknown_category": (lambda d: d["annotations"][0].update(category_id=99), "category_id 99"),
     "unknown_image": (lambda d: d["annotations"][0].update(image_id=9), "image_id 9"),
-    "segmentation_string": (lambda d: d["annotations"][0].update(segmentation="M 1 2"), "segmentation must be"),
-    "segmentation_list_of_numbers": (lambda d: d["annotations"][0].update(segmentation=[1, 2, 3, 4, 5, 6]), "not of polygons"),
-    "polygon_strings": (lambda d: d["annotations"][0].update(segmentation=[["1", "2", "3", "4", "5", "6"]]), "not of polygons"),
+    "segmentation_string": (
+        lambda d: d["annotations"][0].update(segmentation="M 1 2"),
+        "segmentation must be",
+    ),
+    "segmentation_list_of_numbers": (
+        lambda d: d["annotations"][0].update(segmentation=[1, 2, 3, 4, 5, 6]),
+        "not of polygons",
+    ),
+    "polygon_strings": (
+        lambda d: d["annotations"][0].update(segmentation=[["1", "2", "3", "4", "5", "6"]]),
+        "not of polygons",
+    ),
     "polygon_odd": (lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, 4, 5, 6, 7]]), "odd number"),
     "rle_size": (lambda d: d["annotations"][1]["segmentation"].update(size=[H, W + 1]), "RLE size"),
-    "rle_counts_sum": (lambda d: d["annotations"][1]["segmentation"].update(counts=[5, 3]), "uncompressed RLE counts"),
-    "rle_counts_type": (lambda d: d["annotations"][1]["segmentation"].update(counts=3.5), "RLE counts must be"),
-    "rle_string_overrun": (lambda d: d["annotations"][1]["segmentation"].update(counts="0Q8`1"), "compressed RLE"),
+    "rle_counts_sum": (
+        lambda d: d["annotations"][1]["segmentation"].update(counts=[5, 3]),
+        "uncompressed RLE counts",
+    ),
+    "rle_counts_type": (
+        lambda d: d["annotations"][1]["segmentation"].update(counts=3.5),
+        "RLE counts must be",
+    ),
+    "rle_string_overrun": (
+        lambda d: d["annotations"][1]["segmentation"].update(counts="0Q8`1"),
+        "compressed RLE",
+    ),
     "bbox_length": (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), "bbox must be"),
     "bbox_type": (lambda d: d["annotations"][0].update(bbox="1,2,3,4"), "bbox must be"),
     "area_type": (lambda d: d["annotations"][0].update(area="big"), "area must be"),
@@ -293,15 +354,23 @@ BAD: dict[str, tuple[Callable[[dict], Any], str]] = {
     "annotation_id_twice": (lambda d: d["annotations"][1].update(id=1), "twice"),
     "image_size_type": (lambda d: d["images"][0].update(height="24"), "height/width"),
     "missing_key": (lambda d: d["annotations"][0].pop("segmentation"), "lacks"),
-    "category_id_list": (lambda d: d["annotations"][0].update(category_id=[3]), "category_id [3] is not an integer"),
+    "category_id_list": (
+        lambda d: d["annotations"][0].update(category_id=[3]),
+        "category_id [3] is not an integer",
+    ),
     "category_entry": (lambda d: d["categories"].append({"name": "x"}), "category entry"),
     "category_twice": (lambda d: d["categories"].append({"id": 3, "name": "again"}), "twice"),
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD) + ["missing_image_file"])
+@pytest.mark.parametrize("case", [*sorted(BAD), "missing_image_file"])
 def test_bad_annotations_fail_with_one_line_at_build_time(tmp_path: Path, case: str) -> None:
-    good = doc([ann(1, 1, 3, [[2, 2, 10, 2, 10, 8, 2, 8]]), ann(2, 2, 7, rle_of(box_mask(1, 1, 5, 5), compressed=False))])
+    good = doc(
+        [
+            ann(1, 1, 3, [[2, 2, 10, 2, 10, 8, 2, 8]]),
+            ann(2, 2, 7, rle_of(box_mask(1, 1, 5, 5), compressed=False)),
+        ]
+    )
     bad = copy.deepcopy(good)
     root = write_coco(tmp_path / "coco", good)
     if case == "missing_image_file":
@@ -342,8 +411,12 @@ AUGMENTS = {
 
 @pytest.mark.parametrize("augment", sorted(AUGMENTS))
 def test_augmentation_keeps_boxes_on_the_masks(tmp_path: Path, augment: str) -> None:
-    anns = [ann(1, 1, 3, [[3, 2, 12, 2, 12, 9, 3, 9]]), ann(2, 1, 7, rle_of(box_mask(14, 6, 31, 23))),
-            ann(3, 1, 42, [[20, 1, 28, 3, 24, 5]]), ann(4, 1, 3, rle_of(box_mask(0, 20, 2, 24)))]
+    anns = [
+        ann(1, 1, 3, [[3, 2, 12, 2, 12, 9, 3, 9]]),
+        ann(2, 1, 7, rle_of(box_mask(14, 6, 31, 23))),
+        ann(3, 1, 42, [[20, 1, 28, 3, 24, 5]]),
+        ann(4, 1, 3, rle_of(box_mask(0, 20, 2, 24))),
+    ]
     b = build(write_coco(tmp_path / "coco", doc(anns, images=1)), augment=AUGMENTS[augment])
     val = b.val[0]["target"]
     shapes = set()
@@ -352,7 +425,7 @@ def test_augmentation_keeps_boxes_on_the_masks(tmp_path: Path, augment: str) -> 
         item = b.train[0]
         t, img = item["target"], item["image"]
         shapes.add(tuple(img.shape))
-        assert img.dtype == torch.float32 and 0.0 <= float(img.min()) and float(img.max()) <= 1.0
+        assert img.dtype == torch.float32 and float(img.min()) >= 0.0 and float(img.max()) <= 1.0
         assert t["masks"].shape[1:] == img.shape[1:] and t["masks"].dtype == torch.uint8
         assert len(t["boxes"]) == len(t["labels"]) == len(t["masks"]) >= 1
         assert (t["masks"].flatten(1).sum(1) > 0).all()
@@ -392,13 +465,20 @@ def test_val_items_native_size_deterministic_not_normalised(tmp_path: Path) -> N
     d = doc([ann(1, 1, 3, [[2, 2, 10, 2, 10, 8, 2, 8]]), ann(2, 2, 7, [[1, 1, 6, 1, 6, 6]])])
     d["images"][1].update(height=41, width=23)
     root = write_coco(tmp_path / "coco", d, grey=True)
-    b = build(root, image_size=64, augment={"rotate90": True, "vflip": True, "color_jitter": 0.5}, normalize="imagenet")
+    b = build(
+        root,
+        image_size=64,
+        augment={"rotate90": True, "vflip": True, "color_jitter": 0.5},
+        normalize="imagenet",
+    )
     assert tuple(b.val[0]["image"].shape) == (3, H, W) and tuple(b.val[1]["image"].shape) == (3, 41, 23)
     torch.manual_seed(0)
     a = b.val[1]
     torch.manual_seed(1)
     c = b.val[1]
-    assert torch.equal(a["image"], c["image"]) and all(torch.equal(a["target"][k], c["target"][k]) for k in ("boxes", "labels", "masks"))
+    assert torch.equal(a["image"], c["image"]) and all(
+        torch.equal(a["target"][k], c["target"][k]) for k in ("boxes", "labels", "masks")
+    )
     pixels = np.asarray(Image.open(root / "val" / "002.png"), dtype=np.float32) / 255.0
     for ch in range(3):  # grey repeated to RGB, [0, 1], no mean/std
         assert torch.allclose(a["image"][ch], torch.from_numpy(pixels))
@@ -414,9 +494,14 @@ def test_collate_keeps_lists_for_dataloader(tmp_path: Path) -> None:
     first, last = batches
     assert set(first) == {"images", "targets", "index"} and first["index"] == [0, 1] and last["index"] == [2]
     assert [tuple(x.shape) for x in first["images"] + last["images"]] == [(3, H, W), (3, H, W), (3, 17, 29)]
-    assert [t["image_id"] for t in first["targets"]] == [1, 2] and first["targets"][0]["boxes"].shape == (1, 4)
+    assert [t["image_id"] for t in first["targets"]] == [1, 2] and first["targets"][0]["boxes"].shape == (
+        1,
+        4,
+    )
     torch.manual_seed(0)
-    train = next(iter(torch.utils.data.DataLoader(b.train, batch_size=3, shuffle=True, collate_fn=b.collate_fn)))
+    train = next(
+        iter(torch.utils.data.DataLoader(b.train, batch_size=3, shuffle=True, collate_fn=b.collate_fn))
+    )
     assert sorted(train["index"]) == [0, 1, 2] and isinstance(train["targets"], list)
 
 
@@ -429,7 +514,9 @@ def write_voc(tmp_path: Path) -> Path:
     stems = ["2007_000001", "2007_000002", "2007_000003"]
     for n, stem in enumerate(stems):
         rng = np.random.default_rng(n)
-        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(_mk(root / "JPEGImages") / f"{stem}.jpg")
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(
+            _mk(root / "JPEGImages") / f"{stem}.jpg"
+        )
         obj, cls = np.zeros((30, 40), np.uint8), np.zeros((30, 40), np.uint8)
         obj[5:15, 5:20], cls[5:15, 5:20] = 1, 15  # person
         obj[4, 4:21], cls[4, 4:21] = 255, 255  # void border
@@ -466,13 +553,19 @@ def test_voc_instances_from_object_and_class_pngs(tmp_path: Path) -> None:
     assert "1 no class" in b.describe()
     assert_round_trip(b)
     (root / "SegmentationObject" / "2007_000002.png").unlink()
-    assert "2007_000002.png" in (msg := instance_error(cfg(dataset="voc", root=str(root)))) and "missing" in msg
+    assert (
+        "2007_000002.png" in (msg := instance_error(cfg(dataset="voc", root=str(root)))) and "missing" in msg
+    )
     msg = instance_error(cfg(dataset="voc", root=str(root), objects="Nope"))
     assert "Nope" in msg and "data.objects" in msg
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_shapes_instances_deterministic_with_disjoint_occluded_masks(tmp_path: Path) -> None:
@@ -482,7 +575,12 @@ def test_shapes_instances_deterministic_with_disjoint_occluded_masks(tmp_path: P
     a, b = build_data(c, tmp_path / "a", task="instance"), build_data(c, tmp_path / "b", task="instance")
     ra = Path(a.info["root"])
     assert ra.name.startswith("shapes-instances-") and digest(ra) == digest(Path(b.info["root"]))
-    assert (len(a.train), len(a.val), a.num_classes) == (12, 4, 4) and a.class_names == ["background", "circle", "square", "triangle"]
+    assert (len(a.train), len(a.val), a.num_classes) == (12, 4, 4) and a.class_names == [
+        "background",
+        "circle",
+        "square",
+        "triangle",
+    ]
     assert build_data(c, tmp_path / "a").info["root"] != str(ra)  # the semantic set lives elsewhere
     occluded = 0
     for i in range(len(a.val)):
@@ -495,11 +593,19 @@ def test_shapes_instances_deterministic_with_disjoint_occluded_masks(tmp_path: P
     assert_round_trip(a)
 
 
-@pytest.mark.skipif(not HAS_STARDIST, reason="stardist wheel not installed (pip install --no-deps stardist==0.9.2)")
+@pytest.mark.skipif(
+    not HAS_STARDIST, reason="stardist wheel not installed (pip install --no-deps stardist==0.9.2)"
+)
 def test_nuclei_instance_bundle_matches_its_json(tmp_path: Path) -> None:
     b = build_data(cfg(dataset="nuclei", augment={"hflip": False}), tmp_path, task="instance")
     root = Path(b.info["root"])
-    assert (len(b.train), len(b.val), b.num_classes, b.class_names, b.label_to_category) == (35, 4, 2, ["background", "nucleus"], {1: 1})
+    assert (len(b.train), len(b.val), b.num_classes, b.class_names, b.label_to_category) == (
+        35,
+        4,
+        2,
+        ["background", "nucleus"],
+        {1: 1},
+    )
     for split, ds in (("train", b.train), ("val", b.val)):
         data = json.loads((root / "annotations" / f"instances_{split}.json").read_text())
         areas: dict[int, list[float]] = {}
@@ -516,14 +622,32 @@ def test_nuclei_instance_bundle_matches_its_json(tmp_path: Path) -> None:
 def test_collated_batch_feeds_torchvision_mask_rcnn(tmp_path: Path) -> None:
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-    b = build_data(cfg(dataset="shapes", num_images=4, image_size=48, num_classes=3, augment={"rotate90": True, "vflip": True}),
-                   tmp_path, task="instance")
+    b = build_data(
+        cfg(
+            dataset="shapes",
+            num_images=4,
+            image_size=48,
+            num_classes=3,
+            augment={"rotate90": True, "vflip": True},
+        ),
+        tmp_path,
+        task="instance",
+    )
     torch.manual_seed(0)
-    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=b.num_classes, min_size=64, max_size=64,
-                                  image_mean=list(b.mean), image_std=list(b.std))
+    model = maskrcnn_resnet50_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=b.num_classes,
+        min_size=64,
+        max_size=64,
+        image_mean=list(b.mean),
+        image_std=list(b.std),
+    )
     batch = b.collate_fn([b.train[0], b.train[1]])
     losses = model(batch["images"], batch["targets"])
-    assert {"loss_classifier", "loss_box_reg", "loss_mask"} <= set(losses) and all(torch.isfinite(v) for v in losses.values())
+    assert {"loss_classifier", "loss_box_reg", "loss_mask"} <= set(losses) and all(
+        torch.isfinite(v) for v in losses.values()
+    )
     model.eval()
     with torch.no_grad():
         (pred,) = model([b.val[0]["image"]])

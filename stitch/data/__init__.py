@@ -14,20 +14,32 @@ Mask R-CNN (``coco``, ``voc``, ``nuclei``, ``shapes``; see :mod:`stitch.data.ins
 items, the collate function, ``coco_gt`` and the policy for bad annotations). Each of those
 modules also has a ``build_instance(cfg, cache_dir) -> InstancePrepared``.
 """
+
 from __future__ import annotations
 
-import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 from stitch.data.common import DataError, Prepared, SegDataset, resolve_cache_dir
+from stitch.registry import DATASETS
 
-__all__ = ["DataBundle", "DataError", "build_data", "resolve_cache_dir", "DATASETS", "INSTANCE_DATASETS", "TASKS"]
+if TYPE_CHECKING:
+    from stitch.config import DataCfg
 
-#: ``data.dataset`` -> module of :mod:`stitch.data` with a ``build(cfg, cache_dir) -> Prepared``.
-DATASETS = {name: f"stitch.data.{name}" for name in ("folder", "voc", "coco", "nuclei", "shapes", "brain")}
+__all__ = [
+    "DATASETS",
+    "INSTANCE_DATASETS",
+    "TASKS",
+    "DataBundle",
+    "DataError",
+    "build_data",
+    "resolve_cache_dir",
+]
+
+# DATASETS (``data.dataset`` -> its module here, imported on first use) is stitch.registry's, re-exported.
 #: the datasets with per-object masks (a ``build_instance`` function): the instance task.
 INSTANCE_DATASETS = ("coco", "voc", "nuclei", "shapes")
 TASKS = ("segmentation", "instance")
@@ -61,17 +73,19 @@ class DataBundle:
     std: tuple[float, ...]
     info: dict = field(default_factory=dict)  # dataset, root (the folder read), split (how), train/val counts
     task: str = "segmentation"
-    collate_fn: Optional[Callable] = None  # instance task: stitch.data.instance.collate_instances
+    collate_fn: Callable | None = None  # instance task: stitch.data.instance.collate_instances
     coco_gt: Any = None  # instance task: pycocotools COCO of the val split
-    label_to_category: dict[int, int] = field(default_factory=dict)  # instance task: label 1..K -> category id
+    # instance task: label 1..K -> category id
+    label_to_category: dict[int, int] = field(default_factory=dict)
 
     def describe(self) -> str:
         """One line for logs: dataset, sizes, classes, where it lives (instance task: objects and
         skipped annotations)."""
         i = self.info
         text = (
-            f"{i.get('dataset', '?')}: {len(self.train)} train / {len(self.val)} val, {self.num_classes} classes "
-            f"({', '.join(self.class_names)}), {self.in_channels} channel(s), split {i.get('split', '?')}, at {i.get('root', '?')}"
+            f"{i.get('dataset', '?')}: {len(self.train)} train / {len(self.val)} val, "
+            f"{self.num_classes} classes ({', '.join(self.class_names)}), {self.in_channels} channel(s), "
+            f"split {i.get('split', '?')}, at {i.get('root', '?')}"
         )
         if self.task == "instance":
             obj = i.get("objects", {})
@@ -89,8 +103,11 @@ class DataBundle:
         return text
 
 
-def build_data(cfg: Any, cache_dir: Optional[str | os.PathLike] = None, task: str = "segmentation") -> DataBundle:
-    """Build the datasets of a ``data:`` config block (a :data:`stitch.config.DataCfg`).
+def build_data(
+    cfg: DataCfg, cache_dir: str | os.PathLike | None = None, task: str = "segmentation"
+) -> DataBundle:
+    """Build the datasets of a ``data:`` config block (a :data:`stitch.config.DataCfg`); the
+    dataset's module comes from :data:`stitch.registry.DATASETS`.
 
     ``cache_dir`` is where prepared datasets (nuclei tiles, shapes files, brain slices) live; when
     not given: ``cfg.root`` if set, else ``$STITCH_DATA``, else ``~/.cache/stitch``. The
@@ -106,14 +123,20 @@ def build_data(cfg: Any, cache_dir: Optional[str | os.PathLike] = None, task: st
         raise DataError(f"unknown dataset {cfg.dataset!r}; expected one of {', '.join(DATASETS)}")
     if task == "instance":
         if cfg.dataset not in INSTANCE_DATASETS:
-            raise DataError(f"the {cfg.dataset} dataset has no object instances, so it cannot serve the instance task; "
-                            f"use one of {', '.join(INSTANCE_DATASETS)}, or task: segmentation")
+            raise DataError(
+                f"the {cfg.dataset} dataset has no object instances, so it cannot serve the instance task; "
+                f"use one of {', '.join(INSTANCE_DATASETS)}, or task: segmentation"
+            )
         return _build_instance(cfg, cache_dir)
-    module = importlib.import_module(DATASETS[cfg.dataset])
-    prep: Prepared = module.build(cfg, Path(cache_dir).expanduser() if cache_dir is not None else None)
+    prep: Prepared = DATASETS[cfg.dataset].build(
+        cfg, Path(cache_dir).expanduser() if cache_dir is not None else None
+    )
     k, ii = prep.num_classes, cfg.ignore_index
     if 0 <= ii < k:
-        raise DataError(f"data.ignore_index {ii} is a class index of the {cfg.dataset} dataset (classes 0..{k - 1}); use 255 or -100")
+        raise DataError(
+            f"data.ignore_index {ii} is a class index of the {cfg.dataset} dataset (classes 0..{k - 1}); use "
+            "255 or -100"
+        )
     if len(prep.class_names) != k:  # pragma: no cover - a dataset module's bug
         raise RuntimeError(f"{cfg.dataset}: {len(prep.class_names)} class names for {k} classes")
     mean, std = normalization(cfg.normalize, prep.in_channels, cfg.dataset)
@@ -130,11 +153,12 @@ def build_data(cfg: Any, cache_dir: Optional[str | os.PathLike] = None, task: st
     )
 
 
-def _build_instance(cfg: Any, cache_dir: Optional[str | os.PathLike]) -> DataBundle:
+def _build_instance(cfg: DataCfg, cache_dir: str | os.PathLike | None) -> DataBundle:
     from stitch.data.instance import InstanceDataset, InstancePrepared, collate_instances, instance_transforms
 
-    module = importlib.import_module(DATASETS[cfg.dataset])
-    prep: InstancePrepared = module.build_instance(cfg, Path(cache_dir).expanduser() if cache_dir is not None else None)
+    prep: InstancePrepared = DATASETS[cfg.dataset].build_instance(
+        cfg, Path(cache_dir).expanduser() if cache_dir is not None else None
+    )
     return DataBundle(
         train=InstanceDataset(prep.train, instance_transforms(cfg, train=True), "train"),
         val=InstanceDataset(prep.val, instance_transforms(cfg, train=False), "val"),

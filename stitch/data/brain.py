@@ -15,11 +15,12 @@ along z, contiguous so neighbouring, nearly identical slices do not straddle it:
 Written once to ``<cache>/brain-icbm152-2009a-v1/`` as ``images/z<z>.png``, ``masks/z<z>.png``,
 ``train.txt``, ``val.txt`` and ``meta.json``.
 """
+
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,13 +28,16 @@ from stitch.data.common import (
     DataError,
     FileSource,
     Prepared,
-    one_line,
     prepare_once,
     prepared_pairs,
     resolve_cache_dir,
     wheel_files,
     write_json,
 )
+from stitch.errors import one_line_message
+
+if TYPE_CHECKING:
+    from stitch.config import BrainData
 
 VERSION = 1
 INSTALL = "pip install --no-deps nilearn==0.14.1 && pip install nibabel"
@@ -55,9 +59,13 @@ def read_volume(path: Path) -> np.ndarray:
     except ImportError:
         raise DataError("reading the MNI template needs nibabel; run: pip install nibabel") from None
     try:
-        return np.asarray(nibabel.load(str(path)).dataobj)
+        return np.asarray(nibabel.load(str(path)).dataobj)  # type: ignore[attr-defined]  # a Nifti1Image
     except Exception as exc:  # nibabel raises several types on a damaged file
-        raise DataError(f"cannot read the NIfTI volume ({one_line(exc)}); reinstall: pip install --no-deps --force-reinstall nilearn==0.14.1", path) from None
+        raise DataError(
+            f"cannot read the NIfTI volume ({one_line_message(exc)}); reinstall: pip install --no-deps "
+            "--force-reinstall nilearn==0.14.1",
+            path,
+        ) from None
 
 
 def labels_from(gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
@@ -76,28 +84,43 @@ def prepare(out: Path) -> None:
     files = template_files()
     t1, gm, wm = (read_volume(files[k]) for k in ("t1", "gm", "wm"))
     if not (t1.shape == gm.shape == wm.shape) or t1.ndim != 3 or t1.shape[2] < 150:
-        raise DataError(f"unexpected template shapes {t1.shape}, {gm.shape}, {wm.shape}; reinstall: {INSTALL}", files["t1"])
+        raise DataError(
+            f"unexpected template shapes {t1.shape}, {gm.shape}, {wm.shape}; reinstall: {INSTALL}",
+            files["t1"],
+        )
     lab = labels_from(gm, wm)
     t1 = t1.astype(np.float64)
     t1 = np.clip(np.round(t1 / max(float(t1.max()), 1e-9) * 255.0), 0, 255).astype(np.uint8)
     (out / "images").mkdir()
     (out / "masks").mkdir()
     for z in TRAIN_Z + VAL_Z:
-        Image.fromarray(np.ascontiguousarray(np.rot90(t1[:, :, z])), "L").save(out / "images" / f"z{z:03d}.png")
-        Image.fromarray(np.ascontiguousarray(np.rot90(lab[:, :, z])), "L").save(out / "masks" / f"z{z:03d}.png")
+        Image.fromarray(np.ascontiguousarray(np.rot90(t1[:, :, z])), "L").save(
+            out / "images" / f"z{z:03d}.png"
+        )
+        Image.fromarray(np.ascontiguousarray(np.rot90(lab[:, :, z])), "L").save(
+            out / "masks" / f"z{z:03d}.png"
+        )
     (out / "train.txt").write_text("".join(f"z{z:03d}\n" for z in TRAIN_Z))
     (out / "val.txt").write_text("".join(f"z{z:03d}\n" for z in VAL_Z))
-    write_json(out / "meta.json", {
-        "dataset": "brain", "version": VERSION, "classes": CLASSES, "volume_shape": list(t1.shape),
-        "slice_shape": [int(t1.shape[1]), int(t1.shape[0])],
-        "source": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()},
-        "split": {"train_z": [[10, 95], [124, 149]], "val_z": [100, 119]},
-        "pixel_counts": {split: np.bincount(np.concatenate([lab[:, :, z].ravel() for z in zs]), minlength=3).tolist()
-                         for split, zs in (("train", TRAIN_Z), ("val", VAL_Z))},
-    })
+    write_json(
+        out / "meta.json",
+        {
+            "dataset": "brain",
+            "version": VERSION,
+            "classes": CLASSES,
+            "volume_shape": list(t1.shape),
+            "slice_shape": [int(t1.shape[1]), int(t1.shape[0])],
+            "source": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()},
+            "split": {"train_z": [[10, 95], [124, 149]], "val_z": [100, 119]},
+            "pixel_counts": {
+                split: np.bincount(np.concatenate([lab[:, :, z].ravel() for z in zs]), minlength=3).tolist()
+                for split, zs in (("train", TRAIN_Z), ("val", VAL_Z))
+            },
+        },
+    )
 
 
-def build(cfg: Any, cache_dir: Path | None = None) -> Prepared:
+def build(cfg: BrainData, cache_dir: Path | None = None) -> Prepared:
     root = prepare_once(resolve_cache_dir(cfg, cache_dir), f"brain-icbm152-2009a-v{VERSION}", prepare)
     fix = f"delete {root} to prepare it again"
     sources = {}
@@ -105,7 +128,16 @@ def build(cfg: Any, cache_dir: Path | None = None) -> Prepared:
         pairs = prepared_pairs(root, split)
         sources[split] = FileSource(pairs, 1, 3, cfg.ignore_index, fix=fix)
     return Prepared(
-        train=sources["train"], val=sources["val"], num_classes=3, in_channels=1, class_names=list(CLASSES),
-        info={"dataset": "brain", "root": str(root), "split": "axial z 10-95 and 124-149 train, z 100-119 val",
-              "train": len(sources["train"]), "val": len(sources["val"])},
+        train=sources["train"],
+        val=sources["val"],
+        num_classes=3,
+        in_channels=1,
+        class_names=list(CLASSES),
+        info={
+            "dataset": "brain",
+            "root": str(root),
+            "split": "axial z 10-95 and 124-149 train, z 100-119 val",
+            "train": len(sources["train"]),
+            "val": len(sources["val"]),
+        },
     )

@@ -8,19 +8,21 @@ checked. :class:`SegDataset` wraps a source with the transforms of :mod:`stitch.
 The instance task's sources and dataset (per-object masks, boxes, ``coco_gt``) are in
 :mod:`stitch.data.instance`.
 """
+
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
-from stitch.errors import StitchError
+from stitch import fileio
+from stitch.errors import StitchError, one_line_message
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 MASK_EXTS = (".png", ".tif", ".tiff", ".bmp")  # lossless only
@@ -35,12 +37,6 @@ class DataError(StitchError):
         self.detail = message
         text = f"{self.file}: {message}" if self.file else message
         super().__init__(" ".join(text.splitlines()))
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as a short single line (for wrapping library errors)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 # ----------------------------------------------------------------------------- cache and preparation
@@ -59,8 +55,12 @@ def wheel_files(package: str, relpaths: Sequence[str], install: str, what: str) 
         files = [Path(loc) / r for r in relpaths]
         if all(f.is_file() for f in files):
             return files
-    first = Path(list(spec.submodule_search_locations)[0]) / relpaths[0]
-    raise DataError(f"{package} is installed but its data files are not there; reinstall: {install.replace('install', 'install --force-reinstall', 1)}", first)
+    first = Path(next(iter(spec.submodule_search_locations))) / relpaths[0]
+    raise DataError(
+        f"{package} is installed but its data files are not there; reinstall: "
+        f"{install.replace('install', 'install --force-reinstall', 1)}",
+        first,
+    )
 
 
 def resolve_cache_dir(cfg: Any, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -83,17 +83,27 @@ def prepare_once(cache_dir: Path, name: str, build: Callable[[Path], None]) -> P
     ``build`` writes everything, ending with ``meta.json``, into a temporary directory beside the
     final one, which is then renamed into place (``os.replace``): a crash leaves no half-written
     dataset, and of two processes preparing at once one wins and the other reuses its result.
+
+    The files ``build`` writes inside that temporary directory (images, split lists, JSON) may be
+    written plainly, not through :mod:`stitch.fileio`: nothing reads the directory before it is
+    renamed into place as a whole, and a failed preparation removes it.
     """
     final = cache_dir / name
     if (final / "meta.json").is_file():
         return final
     if final.exists():
-        raise DataError("exists but holds no meta.json (an incomplete preparation?); delete it to prepare again", final)
+        raise DataError(
+            "exists but holds no meta.json (an incomplete preparation?); delete it to prepare again", final
+        )
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=cache_dir))
     except OSError as exc:
-        raise DataError(f"cannot create the data cache ({one_line(exc)}); set data.root or $STITCH_DATA to a writable directory", cache_dir) from None
+        raise DataError(
+            f"cannot create the data cache ({one_line_message(exc)}); set data.root or $STITCH_DATA to a "
+            "writable directory",
+            cache_dir,
+        ) from None
     try:
         build(tmp)
         if not (tmp / "meta.json").is_file():  # pragma: no cover - a programming error
@@ -112,7 +122,8 @@ def prepare_once(cache_dir: Path, name: str, build: Callable[[Path], None]) -> P
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    """``data`` as JSON with the data room's layout (indent 1, keys in their order), atomically."""
+    fileio.write_json(path, data, indent=1, sort_keys=False)
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -139,7 +150,9 @@ def read_image(path: Path, channels: int) -> np.ndarray:
     except FileNotFoundError:
         raise DataError("image file is missing; restore it or remove it from the split", path) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"cannot read the image ({one_line(exc)}); re-export it (PNG/JPEG) or remove it", path) from None
+        raise DataError(
+            f"cannot read the image ({one_line_message(exc)}); re-export it (PNG/JPEG) or remove it", path
+        ) from None
     return np.ascontiguousarray(arr)
 
 
@@ -153,7 +166,9 @@ def image_channels(path: Path) -> int:
     except FileNotFoundError:
         raise DataError("image file is missing; restore it or remove it from the split", path) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"cannot read the image ({one_line(exc)}); re-export it (PNG/JPEG) or remove it", path) from None
+        raise DataError(
+            f"cannot read the image ({one_line_message(exc)}); re-export it (PNG/JPEG) or remove it", path
+        ) from None
     return 1 if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F") else 3
 
 
@@ -173,15 +188,18 @@ def read_mask(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise DataError("mask file is missing; restore it or remove the image from the split", path) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"cannot read the mask ({one_line(exc)}); re-export it as a PNG index mask", path) from None
+        raise DataError(
+            f"cannot read the mask ({one_line_message(exc)}); re-export it as a PNG index mask", path
+        ) from None
     if arr.ndim == 3:
-        if mode in ("LA", "PA"):
-            arr = arr[..., 0]
-        elif arr.shape[2] >= 3 and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all():
+        if mode in ("LA", "PA") or (
+            arr.shape[2] >= 3 and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all()
+        ):
             arr = arr[..., 0]
         else:
             raise DataError(
-                f"mask is a colour ({mode}) image; save class indices as a single-channel PNG (mode L or P, pixel value = class)",
+                f"mask is a colour ({mode}) image; save class indices as a single-channel PNG (mode L or P, "
+                "pixel value = class)",
                 path,
             )
     return arr.astype(np.int64)
@@ -197,20 +215,23 @@ def check_labels(mask: np.ndarray, num_classes: int, ignore_index: int, path: An
         return
     shown = ", ".join(str(int(v)) for v in bad[:6]) + (" …" if len(bad) > 6 else "")
     raise DataError(
-        f"mask has labels {shown} outside the class range 0..{num_classes - 1} (ignore_index {ignore_index}); "
-        + (fix or "fix the mask, or set num_classes / ignore_index to match it"),
+        f"mask has labels {shown} outside the class range 0..{num_classes - 1} (ignore_index "
+        f"{ignore_index}); " + (fix or "fix the mask, or set num_classes / ignore_index to match it"),
         path,
     )
 
 
 # ----------------------------------------------------------------------------- pairing and splits
 def list_files(folder: Path, exts: Sequence[str]) -> dict[str, Path]:
-    """``stem -> path`` of the files in ``folder`` with one of ``exts``; two files with one stem are an error."""
+    """``stem -> path`` of the files in ``folder`` with one of ``exts``; two files with one stem are
+    an error."""
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."):
             if p.stem in out:
-                raise DataError(f"two files share the stem {p.stem!r} ({out[p.stem].name}, {p.name}); keep one", folder)
+                raise DataError(
+                    f"two files share the stem {p.stem!r} ({out[p.stem].name}, {p.name}); keep one", folder
+                )
             out[p.stem] = p
     return out
 
@@ -222,17 +243,31 @@ def pair_files(images_dir: Path, masks_dir: Path) -> dict[str, tuple[Path, Path]
             raise DataError(f"no {what} folder here; check data.root and data.{what}", d)
     images = list_files(images_dir, IMAGE_EXTS)
     if not images:
-        raise DataError(f"no image files ({', '.join(IMAGE_EXTS)}) in this folder; check data.root and data.images", images_dir)
+        raise DataError(
+            f"no image files ({', '.join(IMAGE_EXTS)}) in this folder; check data.root and data.images",
+            images_dir,
+        )
     lossy = [p for p in masks_dir.iterdir() if p.suffix.lower() in LOSSY_EXTS]
     if lossy:
-        raise DataError("mask is a lossy JPEG/WebP file, which changes the labels; save masks as PNG index images", lossy[0])
+        raise DataError(
+            "mask is a lossy JPEG/WebP file, which changes the labels; save masks as PNG index images",
+            lossy[0],
+        )
     masks = list_files(masks_dir, MASK_EXTS)
     for stem, img in images.items():
         if stem not in masks:
-            raise DataError(f"image has no mask (expected {masks_dir / (stem + '.png')}); add the mask or remove the image", img)
+            raise DataError(
+                f"image has no mask (expected {masks_dir / (stem + '.png')}); add the mask or remove the "
+                "image",
+                img,
+            )
     for stem, m in masks.items():
         if stem not in images:
-            raise DataError(f"mask has no image (expected {images_dir / stem}.png/.jpg/…); add the image or remove the mask", m)
+            raise DataError(
+                f"mask has no image (expected {images_dir / stem}.png/.jpg/…); add the image or remove the "
+                "mask",
+                m,
+            )
     return {s: (images[s], masks[s]) for s in sorted(images)}
 
 
@@ -243,7 +278,7 @@ def read_list(path: Path, known: Sequence[str] | None = None) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read the split list ({one_line(exc)})", path) from None
+        raise DataError(f"cannot read the split list ({one_line_message(exc)})", path) from None
     out: list[str] = []
     known_set = set(known) if known is not None else None
     for n, line in enumerate(lines, 1):
@@ -280,7 +315,7 @@ class FileSource:
     channels: int
     num_classes: int
     ignore_index: int
-    raw_ignore: Optional[int] = None
+    raw_ignore: int | None = None
     fix: str = ""
 
     def __len__(self) -> int:
@@ -295,7 +330,8 @@ class FileSource:
         mask = read_mask(mask_path)
         if mask.shape != image.shape[:2]:
             raise DataError(
-                f"mask is {mask.shape[1]}x{mask.shape[0]} but its image {img_path.name} is {image.shape[1]}x{image.shape[0]} (WxH); they must match",
+                f"mask is {mask.shape[1]}x{mask.shape[0]} but its image {img_path.name} is "
+                f"{image.shape[1]}x{image.shape[0]} (WxH); they must match",
                 mask_path,
             )
         if self.raw_ignore is not None and self.raw_ignore != self.ignore_index:
@@ -334,7 +370,9 @@ class SourceDataset:
         if -len(self.source) <= i < 0:
             i += len(self.source)
         if not 0 <= i < len(self.source):
-            raise IndexError(f"index {i} out of range for the {self.split} split ({len(self.source)} samples)")
+            raise IndexError(
+                f"index {i} out of range for the {self.split} split ({len(self.source)} samples)"
+            )
         return i
 
 
@@ -369,7 +407,9 @@ def check_prepared(pairs: Sequence[tuple[Path, Path]], root: Path) -> None:
     for pair in pairs:
         for p in pair:
             if not p.is_file():
-                raise DataError(f"a file of the prepared dataset is missing; delete {root} to prepare it again", p)
+                raise DataError(
+                    f"a file of the prepared dataset is missing; delete {root} to prepare it again", p
+                )
 
 
 def prepared_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:

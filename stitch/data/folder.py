@@ -7,10 +7,11 @@ of them the other split is the rest; a stem in both is an error), else a seeded 
 Classes: ``num_classes`` if set (labels then checked as each mask loads), else every mask is read
 once at build time and the largest label + 1 is used (labels equal to ``ignore_index`` skipped).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,38 +26,55 @@ from stitch.data.common import (
     require_nonempty,
 )
 
+if TYPE_CHECKING:
+    from stitch.config import FolderData
+
 
 def split_pairs(
     pairs: dict[str, tuple[Path, Path]],
     root: Path,
-    train_list: Optional[str],
-    val_list: Optional[str],
+    train_list: str | None,
+    val_list: str | None,
     val_fraction: float,
     seed: int,
 ) -> tuple[list[str], list[str], str]:
     """``(train stems, val stems, how)``; raises :class:`DataError` on a bad list or an empty split."""
     stems = list(pairs)
     if train_list or val_list:
+        where = root / (val_list or train_list or "")  # the val list if given, else the train list
         train = read_list(root / train_list, stems) if train_list else None
         val = read_list(root / val_list, stems) if val_list else None
         if train is not None and val is not None:
             both = sorted(set(train) & set(val))
             if both:
-                raise DataError(f"{both[0]!r} is in both train_list and val_list ({len(both)} shared); a sample in both splits leaks", root / val_list)
-        if train is None:
-            train = [s for s in stems if s not in set(val)]
+                raise DataError(
+                    f"{both[0]!r} is in both train_list and val_list ({len(both)} shared); a sample in both "
+                    "splits leaks",
+                    where,
+                )
+        if train is None:  # then the val list was given
+            train = [s for s in stems if s not in set(val or ())]
         if val is None:
             val = [s for s in stems if s not in set(train)]
         how = f"lists {train_list or '(rest)'} / {val_list or '(rest)'}"
-        where = root / (val_list or train_list)
-        require_nonempty("train", len(train), root / train_list if train_list else where, "list at least one stem in train_list, or leave some pairs out of val_list")
-        require_nonempty("val", len(val), root / val_list if val_list else where, "list at least one stem in val_list, or leave some pairs out of train_list")
+        require_nonempty(
+            "train",
+            len(train),
+            root / train_list if train_list else where,
+            "list at least one stem in train_list, or leave some pairs out of val_list",
+        )
+        require_nonempty(
+            "val",
+            len(val),
+            root / val_list if val_list else where,
+            "list at least one stem in val_list, or leave some pairs out of train_list",
+        )
         return train, val, how
     if len(stems) < 2:
         raise DataError(f"only {len(stems)} image/mask pair: a train and a val split need at least 2", root)
     n_val = min(len(stems) - 1, max(1, round(len(stems) * val_fraction)))
     order = np.random.default_rng(seed).permutation(len(stems))
-    val_idx = set(int(i) for i in order[:n_val])
+    val_idx = {int(i) for i in order[:n_val]}
     train = [s for i, s in enumerate(stems) if i not in val_idx]
     val = [s for i, s in enumerate(stems) if i in val_idx]
     return train, val, f"seeded random val_fraction {val_fraction} (split_seed {seed})"
@@ -77,18 +95,27 @@ def infer_num_classes(masks: list[Path], ignore_index: int) -> int:
             top, top_file = int(vals.max()), m
     if top < 1:
         only = sorted(seen)
-        hint = " (binary masks with 255 as foreground? rewrite them as 0/1)" if only == [0, 255] and ignore_index == 255 else ""
+        hint = (
+            " (binary masks with 255 as foreground? rewrite them as 0/1)"
+            if only == [0, 255] and ignore_index == 255
+            else ""
+        )
         raise DataError(
-            f"the masks hold only the labels {only}; with ignore_index {ignore_index} that leaves no class besides background{hint}; "
+            f"the masks hold only the labels {only}; with ignore_index {ignore_index} that leaves no class "
+            f"besides background{hint}; "
             "fix the masks or set data.num_classes / data.ignore_index",
             masks[0].parent,
         )
     if top > 1000:
-        raise DataError(f"mask has label {top}: is it an instance or colour mask? masks hold class indices 0..K-1; set data.num_classes to check", top_file)
+        raise DataError(
+            f"mask has label {top}: is it an instance or colour mask? masks hold class indices 0..K-1; set "
+            "data.num_classes to check",
+            top_file,
+        )
     return top + 1
 
 
-def channels_of(cfg_channels: Optional[int], first_image: Path) -> int:
+def channels_of(cfg_channels: int | None, first_image: Path) -> int:
     return int(cfg_channels) if cfg_channels else image_channels(first_image)
 
 
@@ -102,7 +129,7 @@ def prepare_pairs(
     ignore_index: int,
     class_names: list[str],
     info: dict,
-    raw_ignore: Optional[int] = None,
+    raw_ignore: int | None = None,
     fix: str = "",
 ) -> Prepared:
     def source(stems: list[str]) -> FileSource:
@@ -118,10 +145,12 @@ def prepare_pairs(
     )
 
 
-def build(cfg: Any, cache_dir: Path | None = None) -> Prepared:
+def build(cfg: FolderData, cache_dir: Path | None = None) -> Prepared:
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
-        raise DataError("dataset folder not found; set data.root to the folder holding images/ and masks/", root)
+        raise DataError(
+            "dataset folder not found; set data.root to the folder holding images/ and masks/", root
+        )
     pairs = pair_files(root / cfg.images, root / cfg.masks)
     train, val, how = split_pairs(pairs, root, cfg.train_list, cfg.val_list, cfg.val_fraction, cfg.split_seed)
     if cfg.num_classes is not None:
@@ -130,10 +159,19 @@ def build(cfg: Any, cache_dir: Path | None = None) -> Prepared:
         num_classes = len(cfg.class_names)
     else:
         num_classes = infer_num_classes([pairs[s][1] for s in train + val], cfg.ignore_index)
-    names = list(cfg.class_names) if cfg.class_names else ["background"] + [f"class{i}" for i in range(1, num_classes)]
+    names = (
+        list(cfg.class_names)
+        if cfg.class_names
+        else ["background"] + [f"class{i}" for i in range(1, num_classes)]
+    )
     channels = channels_of(cfg.channels, pairs[train[0]][0])
     return prepare_pairs(
-        pairs, train, val,
-        channels=channels, num_classes=num_classes, ignore_index=cfg.ignore_index, class_names=names,
+        pairs,
+        train,
+        val,
+        channels=channels,
+        num_classes=num_classes,
+        ignore_index=cfg.ignore_index,
+        class_names=names,
         info={"dataset": "folder", "root": str(root), "split": how},
     )

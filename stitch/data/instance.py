@@ -33,104 +33,36 @@ Targets: boxes are the tight boxes of the rasterised masks (``[x0, y0, x1 + 1, y
 mask's pixels, COCO's ``x + w`` convention), so boxes and masks always agree; labels are 1..K for the
 category ids in increasing order (``label_to_category`` maps back).
 """
+
 from __future__ import annotations
 
-import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stitch.data.coco_format import (
+    check_coco,
+    check_images_exist,
+    coco_index,
+    is_int,
+    is_number,
+    read_coco,
+    split_categories,
+    to_rle,
+)
 from stitch.data.common import DataError, SourceDataset, read_image
+
+if TYPE_CHECKING:
+    from stitch.config import DataBase
 
 SKIP_KINDS = ("short_polygons", "no_polygon", "degenerate")
 
 
 # ----------------------------------------------------------------------------- checking annotations
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _numbers(values: list) -> bool:
-    """A flat list of finite numbers (not bools), checked with numpy (polygons are long)."""
-    if not values:
-        return True
-    try:
-        a = np.asarray(values)
-    except (ValueError, TypeError):
-        return False
-    return a.ndim == 1 and a.dtype.kind in "iuf" and bool(np.isfinite(a).all())
-
-
-def rle_string_total(s: str) -> Optional[int]:
-    """Sum of the run lengths of a COCO-compressed RLE string (pycocotools' ``rleFrString`` in
-    Python), or None if the string is malformed. pycocotools does not check this itself and
-    decoding a string that overruns its ``size`` writes past the mask buffer."""
-    counts: list[int] = []
-    p, n = 0, len(s)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                return None
-            c = ord(s[p]) - 48
-            if not 0 <= c < 64:
-                return None
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        if x < 0:
-            return None
-        counts.append(x)
-    return sum(counts)
-
-
-def to_rle(seg: Any, h: int, w: int, where: str, ann_file: Any) -> tuple[Optional[dict], int, Any]:
-    """``(compressed RLE or None, polygons skipped, cleaned segmentation)`` of one annotation's
-    ``segmentation``; malformed types raise :class:`DataError` (``where`` names the annotation)."""
-    from pycocotools import mask as mask_util
-
-    if isinstance(seg, list):
-        if not all(isinstance(p, list) and _numbers(p) for p in seg):
-            raise DataError(f"{where}: segmentation is a list but not of polygons (flat [x1, y1, x2, y2, ...] lists of numbers); fix or drop it", ann_file)
-        if any(len(p) % 2 for p in seg):
-            raise DataError(f"{where}: a polygon has an odd number of coordinates; polygons are [x1, y1, x2, y2, ...]", ann_file)
-        polys = [p for p in seg if len(p) >= 6]
-        short = len(seg) - len(polys)
-        if not polys:
-            return None, short, polys
-        rle = mask_util.merge(mask_util.frPyObjects(polys, h, w))
-        return rle, short, (polys if short else seg)
-    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
-        size, counts = seg["size"], seg["counts"]
-        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) for v in size)):
-            raise DataError(f"{where}: RLE size must be [height, width], got {str(size)[:40]}", ann_file)
-        if list(size) != [h, w]:
-            raise DataError(f"{where}: RLE size {list(size)} differs from its image's [height, width] [{h}, {w}]; fix the annotation or the image entry", ann_file)
-        if isinstance(counts, list):
-            if not all(_is_int(v) and v >= 0 for v in counts) or sum(counts) != h * w:
-                raise DataError(f"{where}: uncompressed RLE counts must be non-negative integers adding up to height x width ({h * w})", ann_file)
-            return mask_util.frPyObjects(seg, h, w), 0, seg
-        if isinstance(counts, (str, bytes)):
-            text = counts.decode("ascii", "replace") if isinstance(counts, bytes) else counts
-            if rle_string_total(text) != h * w:
-                raise DataError(f"{where}: compressed RLE counts do not decode to height x width ({h * w}) pixels; re-encode the mask", ann_file)
-            return {"size": [h, w], "counts": text.encode("ascii")}, 0, seg
-        raise DataError(f"{where}: RLE counts must be a string or a list of integers, got {type(counts).__name__}", ann_file)
-    raise DataError(f"{where}: segmentation must be a list of polygons or an RLE dict with size and counts, got {type(seg).__name__}", ann_file)
-
-
 @dataclass
 class ImageRecord:
     """One image of a split: where it is and its usable (non-crowd) objects."""
@@ -143,23 +75,31 @@ class ImageRecord:
     rles: list[dict] = field(default_factory=list)  # compressed RLE, counts as bytes
 
 
-def parse_split(data: dict, ann_file: Any, cat_to_label: dict[int, int], keep_gt: bool) -> tuple[list[ImageRecord], Optional[dict], dict[str, int]]:
-    """Check a COCO instances dict (already through :func:`stitch.data.coco.check_coco`) and
+def parse_split(
+    data: dict, ann_file: Any, cat_to_label: dict[int, int], keep_gt: bool
+) -> tuple[list[ImageRecord], dict | None, dict[str, int]]:
+    """Check a COCO instances dict (already through :func:`stitch.data.coco_format.check_coco`) and
     turn it into ``(records sorted by image id, cleaned dict for coco_gt or None, counts)``; see the
     module docstring for what is an error and what is skipped."""
     from pycocotools import mask as mask_util
 
-    counts = {k: 0 for k in SKIP_KINDS}
+    counts = dict.fromkeys(SKIP_KINDS, 0)
     counts.update(crowd=0, objects=0)
     records: dict[int, ImageRecord] = {}
     for im in data["images"]:
         iid, h, w = im["id"], im["height"], im["width"]
-        if not _is_int(iid) or iid <= 0:
-            raise DataError(f"image id {iid!r} ({im.get('file_name')}): image ids must be positive integers", ann_file)
+        if not is_int(iid) or iid <= 0:
+            raise DataError(
+                f"image id {iid!r} ({im.get('file_name')}): image ids must be positive integers", ann_file
+            )
         if iid in records:
             raise DataError(f"image id {iid} appears twice in 'images'; ids must be unique", ann_file)
-        if not (_is_int(h) and _is_int(w) and h > 0 and w > 0):
-            raise DataError(f"image {iid} ({im.get('file_name')}): height/width must be positive integers, got {h!r}/{w!r}", ann_file)
+        if not (is_int(h) and is_int(w) and h > 0 and w > 0):
+            raise DataError(
+                f"image {iid} ({im.get('file_name')}): height/width must be positive integers, got "
+                f"{h!r}/{w!r}",
+                ann_file,
+            )
         if not isinstance(im["file_name"], str) or not im["file_name"]:
             raise DataError(f"image {iid}: file_name must be a non-empty string", ann_file)
         records[iid] = ImageRecord(iid, im["file_name"], h, w)
@@ -167,8 +107,12 @@ def parse_split(data: dict, ann_file: Any, cat_to_label: dict[int, int], keep_gt
     seen: set[int] = set()
     for ann in data["annotations"]:
         aid = ann["id"]
-        if not _is_int(aid) or aid <= 0:
-            raise DataError(f"annotation id {aid!r}: ids must be positive integers (pycocotools' COCOeval treats id 0 as 'no match')", ann_file)
+        if not is_int(aid) or aid <= 0:
+            raise DataError(
+                f"annotation id {aid!r}: ids must be positive integers (pycocotools' COCOeval treats id 0 as "
+                "'no match')",
+                ann_file,
+            )
         if aid in seen:
             raise DataError(f"annotation id {aid} appears twice; ids must be unique", ann_file)
         seen.add(aid)
@@ -177,9 +121,13 @@ def parse_split(data: dict, ann_file: Any, cat_to_label: dict[int, int], keep_gt
         if crowd not in (0, 1) or isinstance(crowd, float):
             raise DataError(f"{where}: iscrowd must be 0 or 1, got {crowd!r}", ann_file)
         bbox = ann.get("bbox")
-        if bbox is not None and not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_num(v) for v in bbox)):
-            raise DataError(f"{where}: bbox must be [x, y, width, height] (4 numbers), got {str(bbox)[:60]}", ann_file)
-        if "area" in ann and not _is_num(ann["area"]):
+        if bbox is not None and not (
+            isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)
+        ):
+            raise DataError(
+                f"{where}: bbox must be [x, y, width, height] (4 numbers), got {str(bbox)[:60]}", ann_file
+            )
+        if "area" in ann and not is_number(ann["area"]):
             raise DataError(f"{where}: area must be a number, got {str(ann['area'])[:40]}", ann_file)
         rec = records[ann["image_id"]]
         rle, short, seg = to_rle(ann["segmentation"], rec.height, rec.width, where, ann_file)
@@ -228,7 +176,8 @@ class InstanceSource:
         return Path(self.records[i].file_name).stem
 
     def load(self, i: int) -> tuple[np.ndarray, dict]:
-        """``(image uint8 HxWx3, {"boxes" float32 Nx4 xyxy, "labels" int64 N, "masks" uint8 NxHxW, "image_id"})``."""
+        """``(image uint8 HxWx3, {"boxes" float32 Nx4 xyxy, "labels" int64 N, "masks" uint8 NxHxW,
+        "image_id"})``."""
         from pycocotools import mask as mask_util
 
         rec = self.records[i]
@@ -236,7 +185,11 @@ class InstanceSource:
         image = read_image(path, 3)
         h, w = rec.height, rec.width
         if image.shape[:2] != (h, w):
-            raise DataError(f"image is {image.shape[1]}x{image.shape[0]} but {Path(str(self.ann_file)).name} says {w}x{h} (WxH); fix the JSON or the file", path)
+            raise DataError(
+                f"image is {image.shape[1]}x{image.shape[0]} but {Path(str(self.ann_file)).name} says "
+                f"{w}x{h} (WxH); fix the JSON or the file",
+                path,
+            )
         n = len(rec.rles)
         if n:
             with warnings.catch_warnings():  # pycocotools' numpy-2 copy= DeprecationWarning
@@ -247,7 +200,12 @@ class InstanceSource:
         else:
             masks = np.zeros((0, h, w), np.uint8)
             boxes = np.zeros((0, 4), np.float32)
-        return image, {"boxes": boxes, "labels": np.asarray(rec.labels, np.int64), "masks": masks, "image_id": rec.image_id}
+        return image, {
+            "boxes": boxes,
+            "labels": np.asarray(rec.labels, np.int64),
+            "masks": masks,
+            "image_id": rec.image_id,
+        }
 
 
 class InstanceDataset(SourceDataset):
@@ -267,7 +225,9 @@ class InstanceDataset(SourceDataset):
         h, w = image.shape[:2]
         img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
         target = {
-            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(t["boxes"]), format="XYXY", canvas_size=(h, w)),
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.from_numpy(t["boxes"]), format="XYXY", canvas_size=(h, w)
+            ),
             "labels": torch.from_numpy(t["labels"]),
             "masks": tv_tensors.Mask(torch.from_numpy(t["masks"])),
             "image_id": int(t["image_id"]),
@@ -282,9 +242,12 @@ class InstanceDataset(SourceDataset):
             boxes = tight_boxes(masks)  # nearest resampling can thin a mask: keep boxes on it
         return {
             "image": img.as_subclass(torch.Tensor).contiguous(),
-            "target": {"boxes": (boxes.reshape(-1, 4) + 0.0).contiguous(),  # + 0.0: no -0.0 from flips
-                        "labels": labels.contiguous(), "masks": masks.contiguous(),
-                       "image_id": int(t["image_id"])},
+            "target": {
+                "boxes": (boxes.reshape(-1, 4) + 0.0).contiguous(),  # + 0.0: no -0.0 from flips
+                "labels": labels.contiguous(),
+                "masks": masks.contiguous(),
+                "image_id": int(t["image_id"]),
+            },
             "index": i,
         }
 
@@ -306,7 +269,11 @@ def tight_boxes(masks: Any) -> Any:
 def collate_instances(batch: Sequence[dict]) -> dict:
     """DataLoader ``collate_fn`` of the instance task: images of different sizes stay a list
     (torchvision's detection models take ``list[Tensor]`` and ``list[dict]``)."""
-    return {"images": [b["image"] for b in batch], "targets": [b["target"] for b in batch], "index": [b["index"] for b in batch]}
+    return {
+        "images": [b["image"] for b in batch],
+        "targets": [b["target"] for b in batch],
+        "index": [b["index"] for b in batch],
+    }
 
 
 # ----------------------------------------------------------------------------- building
@@ -322,19 +289,21 @@ class InstancePrepared:
     info: dict = field(default_factory=dict)
 
 
-def from_coco_dicts(splits: dict[str, tuple[dict, Any, Path]], info: dict, extra_skips: Optional[dict[str, dict[str, int]]] = None) -> InstancePrepared:
+def from_coco_dicts(
+    splits: dict[str, tuple[dict, Any, Path]],
+    info: dict,
+    extra_skips: dict[str, dict[str, int]] | None = None,
+) -> InstancePrepared:
     """Build both splits from ``split -> (COCO dict, file named in errors, images folder)``.
 
-    The dicts are checked (:func:`stitch.data.coco.check_coco`), the val split must have the
+    The dicts are checked (:func:`stitch.data.coco_format.check_coco`), the val split must have the
     train split's category ids, every image file must exist. ``extra_skips`` adds a dataset's own
     skip counts (VOC's ``no_class``) to ``info["skipped"]``."""
-    from stitch.data.coco import check_coco, check_images_exist, coco_index, split_categories
-
-    cats: Optional[list[dict]] = None
+    cats: list[dict] | None = None
     sources: dict[str, InstanceSource] = {}
     skipped: dict[str, dict[str, int]] = {}
     objects: dict[str, dict[str, int]] = {}
-    gt: Optional[dict] = None
+    gt: dict | None = None
     for split in ("train", "val"):
         data, ann_file, images_dir = splits[split]
         check_coco(data, ann_file)
@@ -342,7 +311,7 @@ def from_coco_dicts(splits: dict[str, tuple[dict, Any, Path]], info: dict, extra
             raise DataError(f"image folder not found; check data.{split}_images", images_dir)
         cats = split_categories(data, ann_file, cats)
         for c in cats:
-            if not _is_int(c["id"]):
+            if not is_int(c["id"]):
                 raise DataError(f"category id {c['id']!r} is not an integer", ann_file)
         check_images_exist(data["images"], images_dir, ann_file, split)
         cat_to_label = {c["id"]: k for k, c in enumerate(cats, 1)}
@@ -352,31 +321,36 @@ def from_coco_dicts(splits: dict[str, tuple[dict, Any, Path]], info: dict, extra
         sources[split] = InstanceSource(records, images_dir, ann_file)
         skipped[split] = {k: counts[k] for k in SKIP_KINDS}
         skipped[split].update((extra_skips or {}).get(split, {}))
-        objects[split] = {"objects": counts["objects"], "crowd": counts["crowd"],
-                          "empty_images": sum(1 for r in records if not r.rles)}
+        objects[split] = {
+            "objects": counts["objects"],
+            "crowd": counts["crowd"],
+            "empty_images": sum(1 for r in records if not r.rles),
+        }
     assert cats is not None and gt is not None
     names = ["background"] + [str(c.get("name", c["id"])) for c in cats]
     return InstancePrepared(
-        train=sources["train"], val=sources["val"], class_names=names,
+        train=sources["train"],
+        val=sources["val"],
+        class_names=names,
         label_to_category={k: int(c["id"]) for k, c in enumerate(cats, 1)},
         coco_gt=coco_index(gt),
-        info=dict(info, train=len(sources["train"]), val=len(sources["val"]), skipped=skipped, objects=objects),
+        info=dict(
+            info, train=len(sources["train"]), val=len(sources["val"]), skipped=skipped, objects=objects
+        ),
     )
 
 
 def from_coco_files(splits: dict[str, tuple[Path, Path]], info: dict) -> InstancePrepared:
     """:func:`from_coco_dicts` over ``split -> (instances JSON file, images folder)``."""
-    from stitch.data.coco import read_coco
-
     # from_coco_dicts runs check_coco on every dict: reading does not check a second time
     return from_coco_dicts({s: (read_coco(a, check=False), a, d) for s, (a, d) in splits.items()}, info)
 
 
-def instance_transforms(cfg: Any, train: bool) -> Callable:
+def instance_transforms(cfg: DataBase, train: bool) -> Callable:
     """Joint image/boxes/masks pipeline (``transforms.v2``). Training: rotate90 -> hflip/vflip ->
-    colour jitter -> float [0, 1] ->
-    ``SanitizeBoundingBoxes`` (objects whose boxes collapsed are dropped; :class:`InstanceDataset`
-    then drops empty masks and puts the boxes on the masks). Validation: float [0, 1] only (native size, not normalised)."""
+    colour jitter -> float [0, 1] -> ``SanitizeBoundingBoxes`` (objects whose boxes collapsed are
+    dropped; :class:`InstanceDataset` then drops empty masks and puts the boxes on the masks).
+    Validation: float [0, 1] only (native size, not normalised)."""
     import torch
     from torchvision import tv_tensors
     from torchvision.transforms import v2

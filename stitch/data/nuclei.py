@@ -23,25 +23,31 @@ annotation keeps ``instance_id``, its label in the full 512x512 map, and each im
 ``tile_box`` [x0, y0, x1, y1]) for the instance task, which :func:`build_instance` reads through
 :mod:`stitch.data.instance` (grey tiles repeated to RGB).
 """
+
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stitch.data.coco_format import mask_fields
 from stitch.data.common import (
     DataError,
     FileSource,
     Prepared,
-    one_line,
     prepare_once,
     prepared_pairs,
     resolve_cache_dir,
     wheel_files,
     write_json,
 )
+from stitch.data.instance import InstancePrepared, from_coco_files
+from stitch.errors import one_line_message
+
+if TYPE_CHECKING:
+    from stitch.config import NucleiData
 
 VERSION = 1
 INSTALL = "pip install --no-deps stardist==0.9.2"
@@ -49,7 +55,12 @@ INSTALL = "pip install --no-deps stardist==0.9.2"
 
 def sample_files() -> tuple[Path, Path]:
     """``(img2d.tif, mask2d.tif)`` of the installed stardist wheel."""
-    img, mask = wheel_files("stardist", ["data/images/img2d.tif", "data/images/mask2d.tif"], INSTALL, "the nuclei dataset is the sample image")
+    img, mask = wheel_files(
+        "stardist",
+        ["data/images/img2d.tif", "data/images/mask2d.tif"],
+        INSTALL,
+        "the nuclei dataset is the sample image",
+    )
     return img, mask
 
 
@@ -61,7 +72,11 @@ def read_tif(path: Path) -> np.ndarray:
     try:
         return np.asarray(tifffile.imread(path))
     except Exception as exc:  # tifffile raises several types on a damaged file
-        raise DataError(f"cannot read the TIFF ({one_line(exc)}); reinstall: pip install --no-deps --force-reinstall stardist==0.9.2", path) from None
+        raise DataError(
+            f"cannot read the TIFF ({one_line_message(exc)}); reinstall: pip install --no-deps "
+            "--force-reinstall stardist==0.9.2",
+            path,
+        ) from None
 
 
 def starts(length: int, tile: int, stride: int, cover: bool) -> list[int]:
@@ -82,14 +97,24 @@ def tile_boxes(h: int, w: int, tile: int) -> dict[str, list[tuple[int, int, int,
     """``split -> [(y0, x0, y1, x1)]`` of the tiles (see the module docstring)."""
     (t0, t1), (v0, v1) = split_regions(h)
     if tile > v1 - v0:
-        raise DataError(f"tile {tile} is larger than the val band ({v1 - v0} rows); use data.tile <= {v1 - v0}")
-    train = [(t0 + y, x, t0 + y + tile, x + tile) for y in starts(t1 - t0, tile, tile // 2, True) for x in starts(w, tile, tile // 2, True)]
-    val = [(v0 + y, x, v0 + y + tile, x + tile) for y in starts(v1 - v0, tile, tile, False) for x in starts(w, tile, tile, False)]
+        raise DataError(
+            f"tile {tile} is larger than the val band ({v1 - v0} rows); use data.tile <= {v1 - v0}"
+        )
+    train = [
+        (t0 + y, x, t0 + y + tile, x + tile)
+        for y in starts(t1 - t0, tile, tile // 2, True)
+        for x in starts(w, tile, tile // 2, True)
+    ]
+    val = [
+        (v0 + y, x, v0 + y + tile, x + tile)
+        for y in starts(v1 - v0, tile, tile, False)
+        for x in starts(w, tile, tile, False)
+    ]
     return {"train": train, "val": val}
 
 
 def to_uint8(image: np.ndarray, train_rows: tuple[int, int]) -> tuple[np.ndarray, list[float]]:
-    ref = image[train_rows[0]:train_rows[1]].astype(np.float64)
+    ref = image[train_rows[0] : train_rows[1]].astype(np.float64)
     lo, hi = (float(v) for v in np.percentile(ref, (1.0, 99.8)))
     x = np.clip((image.astype(np.float64) - lo) / max(hi - lo, 1e-9), 0.0, 1.0)
     return np.round(x * 255.0).astype(np.uint8), [lo, hi]
@@ -97,28 +122,43 @@ def to_uint8(image: np.ndarray, train_rows: tuple[int, int]) -> tuple[np.ndarray
 
 def coco_for_tiles(labels: np.ndarray, boxes: list[tuple[int, int, int, int]], names: list[str]) -> dict:
     """COCO instances dict of the tiles (RLE masks), one category ``nucleus``."""
-    from pycocotools import mask as mask_util
-
-    images, anns = [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for img_id, ((y0, x0, y1, x1), name) in enumerate(zip(boxes, names), 1):
         crop = labels[y0:y1, x0:x1]
-        images.append({"id": img_id, "file_name": f"{name}.png", "height": y1 - y0, "width": x1 - x0, "tile_box": [x0, y0, x1, y1]})
+        images.append(
+            {
+                "id": img_id,
+                "file_name": f"{name}.png",
+                "height": y1 - y0,
+                "width": x1 - x0,
+                "tile_box": [x0, y0, x1, y1],
+            }
+        )
         for lab in np.unique(crop):
             if lab == 0:
                 continue
-            m = np.asfortranarray((crop == lab).astype(np.uint8))
-            rle = mask_util.encode(m)
+            m = crop == lab
             full = int((labels == lab).sum())
             area = int(m.sum())
-            anns.append({
-                "id": len(anns) + 1, "image_id": img_id, "category_id": 1,
-                "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
-                "area": float(area), "bbox": [float(v) for v in mask_util.toBbox(rle)], "iscrowd": 0,
-                "instance_id": int(lab), "cut": area < full,
-            })
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": img_id,
+                    "category_id": 1,
+                    **mask_fields(m),
+                    "iscrowd": 0,
+                    "instance_id": int(lab),
+                    "cut": area < full,
+                }
+            )
     return {
-        "info": {"description": "DSB2018 sample (stardist 0.9.2 img2d/mask2d), tiles", "version": str(VERSION)},
-        "images": images, "annotations": anns,
+        "info": {
+            "description": "DSB2018 sample (stardist 0.9.2 img2d/mask2d), tiles",
+            "version": str(VERSION),
+        },
+        "images": images,
+        "annotations": anns,
         "categories": [{"id": 1, "name": "nucleus", "supercategory": "nucleus"}],
     }
 
@@ -130,7 +170,11 @@ def prepare(out: Path, tile: int) -> None:
     img_file, mask_file = sample_files()
     raw, labels = read_tif(img_file), read_tif(mask_file)
     if raw.ndim != 2 or raw.shape != labels.shape:
-        raise DataError(f"expected a 2-D image and a label map of one shape, got {raw.shape} and {labels.shape}; reinstall: {INSTALL}", img_file)
+        raise DataError(
+            f"expected a 2-D image and a label map of one shape, got {raw.shape} and {labels.shape}; "
+            f"reinstall: {INSTALL}",
+            img_file,
+        )
     labels = labels.astype(np.int64)
     h, w = raw.shape
     train_rows, val_rows = split_regions(h)
@@ -143,47 +187,83 @@ def prepare(out: Path, tile: int) -> None:
         names = [f"{split}_y{y0:03d}_x{x0:03d}" for (y0, x0, _, _) in bs]
         for (y0, x0, y1, x1), name in zip(bs, names):
             Image.fromarray(image[y0:y1, x0:x1], "L").save(out / "images" / f"{name}.png")
-            Image.fromarray((labels[y0:y1, x0:x1] > 0).astype(np.uint8), "L").save(out / "masks" / f"{name}.png")
+            Image.fromarray((labels[y0:y1, x0:x1] > 0).astype(np.uint8), "L").save(
+                out / "masks" / f"{name}.png"
+            )
         (out / f"{split}.txt").write_text("".join(n + "\n" for n in names))
         coco = coco_for_tiles(labels, bs, names)
         write_json(out / "annotations" / f"instances_{split}.json", coco)
-        counts[split] = {"tiles": len(bs), "annotations": len(coco["annotations"]),
-                         "nuclei": len({a["instance_id"] for a in coco["annotations"]})}
-    write_json(out / "meta.json", {
-        "dataset": "nuclei", "version": VERSION, "tile": tile,
-        "source": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (img_file, mask_file)},
-        "image_shape": [h, w], "nuclei": int(len(np.unique(labels)) - 1),
-        "split": {"train_rows": list(train_rows), "val_rows": list(val_rows), "train_stride": tile // 2, "val_stride": tile},
-        "percentiles_1_99.8": [lo, hi], "counts": counts,
-    })
+        counts[split] = {
+            "tiles": len(bs),
+            "annotations": len(coco["annotations"]),
+            "nuclei": len({a["instance_id"] for a in coco["annotations"]}),
+        }
+    write_json(
+        out / "meta.json",
+        {
+            "dataset": "nuclei",
+            "version": VERSION,
+            "tile": tile,
+            "source": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (img_file, mask_file)},
+            "image_shape": [h, w],
+            "nuclei": int(len(np.unique(labels)) - 1),
+            "split": {
+                "train_rows": list(train_rows),
+                "val_rows": list(val_rows),
+                "train_stride": tile // 2,
+                "val_stride": tile,
+            },
+            "percentiles_1_99.8": [lo, hi],
+            "counts": counts,
+        },
+    )
 
 
-def build(cfg: Any, cache_dir: Path | None = None) -> Prepared:
+def build(cfg: NucleiData, cache_dir: Path | None = None) -> Prepared:
     tile = int(cfg.tile)
     if tile > 128:  # also enforced by the schema; kept for direct callers
         raise DataError(f"tile {tile} is larger than the val band (128 rows); use data.tile <= 128")
-    root = prepare_once(resolve_cache_dir(cfg, cache_dir), f"nuclei-dsb2018-tile{tile}-v{VERSION}", lambda tmp: prepare(tmp, tile))
+    root = prepare_once(
+        resolve_cache_dir(cfg, cache_dir),
+        f"nuclei-dsb2018-tile{tile}-v{VERSION}",
+        lambda tmp: prepare(tmp, tile),
+    )
     fix = f"delete {root} to prepare it again"
     sources = {}
     for split in ("train", "val"):
         pairs = prepared_pairs(root, split)
         sources[split] = FileSource(pairs, 1, 2, cfg.ignore_index, fix=fix)
     return Prepared(
-        train=sources["train"], val=sources["val"], num_classes=2, in_channels=1, class_names=["background", "nucleus"],
-        info={"dataset": "nuclei", "root": str(root), "split": "rows 0-383 train (stride tile/2), rows 384-511 val (no overlap)",
-              "train": len(sources["train"]), "val": len(sources["val"])},
+        train=sources["train"],
+        val=sources["val"],
+        num_classes=2,
+        in_channels=1,
+        class_names=["background", "nucleus"],
+        info={
+            "dataset": "nuclei",
+            "root": str(root),
+            "split": "rows 0-383 train (stride tile/2), rows 384-511 val (no overlap)",
+            "train": len(sources["train"]),
+            "val": len(sources["val"]),
+        },
     )
 
 
-def build_instance(cfg: Any, cache_dir: Path | None = None) -> Any:
+def build_instance(cfg: NucleiData, cache_dir: Path | None = None) -> InstancePrepared:
     """The instance task: the tiles' COCO JSON files read by :mod:`stitch.data.instance`."""
-    from stitch.data.instance import from_coco_files
-
     tile = int(cfg.tile)
     if tile > 128:
         raise DataError(f"tile {tile} is larger than the val band (128 rows); use data.tile <= 128")
-    root = prepare_once(resolve_cache_dir(cfg, cache_dir), f"nuclei-dsb2018-tile{tile}-v{VERSION}", lambda tmp: prepare(tmp, tile))
+    root = prepare_once(
+        resolve_cache_dir(cfg, cache_dir),
+        f"nuclei-dsb2018-tile{tile}-v{VERSION}",
+        lambda tmp: prepare(tmp, tile),
+    )
     return from_coco_files(
         {s: (root / "annotations" / f"instances_{s}.json", root / "images") for s in ("train", "val")},
-        {"dataset": "nuclei", "root": str(root), "split": "rows 0-383 train (stride tile/2), rows 384-511 val (no overlap)"},
+        {
+            "dataset": "nuclei",
+            "root": str(root),
+            "split": "rows 0-383 train (stride tile/2), rows 384-511 val (no overlap)",
+        },
     )

@@ -19,15 +19,28 @@ annotated). ``images/00000.png`` … plus ``annotations/instances_{train,val}.js
 masks, category ids 1.. = the class indices, image id = file index + 1) and ``meta.json``; the
 split is the same as above.
 """
+
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stitch.data.common import FileSource, Prepared, check_prepared, prepare_once, resolve_cache_dir, write_json
+from stitch.data.coco_format import mask_fields
+from stitch.data.common import (
+    FileSource,
+    Prepared,
+    check_prepared,
+    prepare_once,
+    resolve_cache_dir,
+    write_json,
+)
+from stitch.data.instance import InstancePrepared, from_coco_files
+
+if TYPE_CHECKING:
+    from stitch.config import ShapesData
 
 SHAPE_NAMES = ["circle", "square", "triangle", "cross", "ring", "star", "hexagon"]
 VERSION = 1
@@ -35,7 +48,10 @@ VERSION = 1
 
 def _polygon(cx: float, cy: float, radii: list[float], rot: float) -> list[tuple[float, float]]:
     n = len(radii)
-    return [(cx + r * math.cos(rot + 2 * math.pi * k / n), cy + r * math.sin(rot + 2 * math.pi * k / n)) for k, r in enumerate(radii)]
+    return [
+        (cx + r * math.cos(rot + 2 * math.pi * k / n), cy + r * math.sin(rot + 2 * math.pi * k / n))
+        for k, r in enumerate(radii)
+    ]
 
 
 def _draw_shape(kind: str, h: int, w: int, cx: float, cy: float, r: float, rot: float) -> np.ndarray:
@@ -58,7 +74,20 @@ def _draw_shape(kind: str, h: int, w: int, cx: float, cy: float, r: float, rot: 
         d.polygon(_polygon(cx, cy, [r, 0.45 * r] * 5, rot), fill=1)
     elif kind == "cross":
         a = 0.33 * r  # half arm width
-        pts = [(a, r), (a, a), (r, a), (r, -a), (a, -a), (a, -r), (-a, -r), (-a, -a), (-r, -a), (-r, a), (-a, a), (-a, r)]
+        pts = [
+            (a, r),
+            (a, a),
+            (r, a),
+            (r, -a),
+            (a, -a),
+            (a, -r),
+            (-a, -r),
+            (-a, -a),
+            (-r, -a),
+            (-r, a),
+            (-a, a),
+            (-a, r),
+        ]
         c, s = math.cos(rot), math.sin(rot)
         d.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts], fill=1)
     else:  # pragma: no cover
@@ -66,7 +95,9 @@ def _draw_shape(kind: str, h: int, w: int, cx: float, cy: float, r: float, rot: 
     return np.asarray(canvas, dtype=bool)
 
 
-def render_objects(index: int, seed: int, size: tuple[int, int], num_classes: int, count: tuple[int, int] = (1, 5)) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+def render_objects(
+    index: int, seed: int, size: tuple[int, int], num_classes: int, count: tuple[int, int] = (1, 5)
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """Image ``index``: ``(RGB uint8 HxWx3, [(label, drawn region bool HxW)] in drawing order)``;
     ``count`` is the range ``[lo, hi)`` of the number of shapes drawn."""
     h, w = size
@@ -111,8 +142,10 @@ def render(index: int, seed: int, size: tuple[int, int], num_classes: int) -> tu
 
 def visible_parts(objects: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]]:
     """Each object's region minus what later objects cover; completely hidden objects dropped."""
+    if not objects:
+        return []
     out = []
-    covered = np.zeros_like(objects[0][1]) if objects else None
+    covered = np.zeros_like(objects[0][1])
     for label, region in reversed(objects):
         vis = region & ~covered
         covered |= region
@@ -133,22 +166,33 @@ def generate(out: Path, num_images: int, size: tuple[int, int], num_classes: int
         Image.fromarray(image, "RGB").save(out / "images" / f"{i:05d}.png")
         Image.fromarray(mask, "L").save(out / "masks" / f"{i:05d}.png")
         counts += np.bincount(mask.ravel(), minlength=num_classes)
-    write_json(out / "meta.json", {
-        "dataset": "shapes", "version": VERSION, "num_images": num_images, "image_size": list(size),
-        "num_classes": num_classes, "seed": seed, "classes": ["background"] + SHAPE_NAMES[: num_classes - 1],
-        "pixel_counts": counts.tolist(),
-    })
+    write_json(
+        out / "meta.json",
+        {
+            "dataset": "shapes",
+            "version": VERSION,
+            "num_images": num_images,
+            "image_size": list(size),
+            "num_classes": num_classes,
+            "seed": seed,
+            "classes": ["background", *SHAPE_NAMES[: num_classes - 1]],
+            "pixel_counts": counts.tolist(),
+        },
+    )
 
 
-def build(cfg: Any, cache_dir: Path | None = None) -> Prepared:
+def build(cfg: ShapesData, cache_dir: Path | None = None) -> Prepared:
     size = (int(cfg.image_size[0]), int(cfg.image_size[1]))
     name = f"shapes-n{cfg.num_images}-{size[0]}x{size[1]}-c{cfg.num_classes}-seed{cfg.seed}-v{VERSION}"
-    root = prepare_once(resolve_cache_dir(cfg, cache_dir), name,
-                        lambda tmp: generate(tmp, cfg.num_images, size, cfg.num_classes, cfg.seed))
+    root = prepare_once(
+        resolve_cache_dir(cfg, cache_dir),
+        name,
+        lambda tmp: generate(tmp, cfg.num_images, size, cfg.num_classes, cfg.seed),
+    )
     n = cfg.num_images
     n_val = min(n - 1, max(1, round(n * cfg.val_fraction)))
     pairs = [(root / "images" / f"{i:05d}.png", root / "masks" / f"{i:05d}.png") for i in range(n)]
-    names = ["background"] + SHAPE_NAMES[: cfg.num_classes - 1]
+    names = ["background", *SHAPE_NAMES[: cfg.num_classes - 1]]
     fix = f"delete {root} to generate it again"
     check_prepared(pairs, root)
 
@@ -156,60 +200,90 @@ def build(cfg: Any, cache_dir: Path | None = None) -> Prepared:
         return FileSource(sel, 3, cfg.num_classes, cfg.ignore_index, fix=fix)
 
     return Prepared(
-        train=source(pairs[: n - n_val]), val=source(pairs[n - n_val:]), num_classes=cfg.num_classes, in_channels=3,
+        train=source(pairs[: n - n_val]),
+        val=source(pairs[n - n_val :]),
+        num_classes=cfg.num_classes,
+        in_channels=3,
         class_names=names,
-        info={"dataset": "shapes", "root": str(root), "split": f"images 0..{n - n_val - 1} train, {n - n_val}..{n - 1} val",
-              "train": n - n_val, "val": n_val},
+        info={
+            "dataset": "shapes",
+            "root": str(root),
+            "split": f"images 0..{n - n_val - 1} train, {n - n_val}..{n - 1} val",
+            "train": n - n_val,
+            "val": n_val,
+        },
     )
 
 
 INSTANCE_COUNT = (2, 6)  # 2-5 shapes per image
 
 
-def generate_instances(out: Path, num_images: int, size: tuple[int, int], num_classes: int, seed: int, n_val: int) -> None:
+def generate_instances(
+    out: Path, num_images: int, size: tuple[int, int], num_classes: int, seed: int, n_val: int
+) -> None:
     """Write ``images/``, ``annotations/instances_{train,val}.json`` and ``meta.json`` into ``out``."""
     from PIL import Image
-    from pycocotools import mask as mask_util
 
     (out / "images").mkdir(parents=True)
     (out / "annotations").mkdir()
     h, w = size
-    cats = [{"id": k, "name": n, "supercategory": "shape"} for k, n in enumerate(SHAPE_NAMES[: num_classes - 1], 1)]
-    docs = {s: {"info": {"description": f"stitch shapes instances seed {seed}", "version": str(VERSION)},
-                "images": [], "annotations": [], "categories": cats} for s in ("train", "val")}
+    cats = [
+        {"id": k, "name": n, "supercategory": "shape"}
+        for k, n in enumerate(SHAPE_NAMES[: num_classes - 1], 1)
+    ]
+    docs: dict[str, dict[str, Any]] = {
+        s: {
+            "info": {"description": f"stitch shapes instances seed {seed}", "version": str(VERSION)},
+            "images": [],
+            "annotations": [],
+            "categories": cats,
+        }
+        for s in ("train", "val")
+    }
     for i in range(num_images):
         image, objects = render_objects(i, seed, size, num_classes, INSTANCE_COUNT)
         Image.fromarray(image, "RGB").save(out / "images" / f"{i:05d}.png")
         doc = docs["train" if i < num_images - n_val else "val"]
         doc["images"].append({"id": i + 1, "file_name": f"{i:05d}.png", "height": h, "width": w})
         for label, vis in visible_parts(objects):
-            rle = mask_util.encode(np.asfortranarray(vis.astype(np.uint8)))
             n = sum(len(d["annotations"]) for d in docs.values()) + 1
-            doc["annotations"].append({
-                "id": n, "image_id": i + 1, "category_id": label, "iscrowd": 0,
-                "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
-                "area": float(mask_util.area(rle)), "bbox": [float(v) for v in mask_util.toBbox(rle)],
-            })
+            doc["annotations"].append(
+                {"id": n, "image_id": i + 1, "category_id": label, "iscrowd": 0, **mask_fields(vis)}
+            )
     for split, doc in docs.items():
         write_json(out / "annotations" / f"instances_{split}.json", doc)
-    write_json(out / "meta.json", {
-        "dataset": "shapes-instances", "version": VERSION, "num_images": num_images, "image_size": list(size),
-        "num_classes": num_classes, "seed": seed, "val_images": n_val, "objects_per_image": [INSTANCE_COUNT[0], INSTANCE_COUNT[1] - 1],
-        "annotations": {s: len(d["annotations"]) for s, d in docs.items()},
-    })
+    write_json(
+        out / "meta.json",
+        {
+            "dataset": "shapes-instances",
+            "version": VERSION,
+            "num_images": num_images,
+            "image_size": list(size),
+            "num_classes": num_classes,
+            "seed": seed,
+            "val_images": n_val,
+            "objects_per_image": [INSTANCE_COUNT[0], INSTANCE_COUNT[1] - 1],
+            "annotations": {s: len(d["annotations"]) for s, d in docs.items()},
+        },
+    )
 
 
-def build_instance(cfg: Any, cache_dir: Path | None = None) -> Any:
+def build_instance(cfg: ShapesData, cache_dir: Path | None = None) -> InstancePrepared:
     """The instance set (module docstring), generated once, read through the COCO path."""
-    from stitch.data.instance import from_coco_files
-
     size = (int(cfg.image_size[0]), int(cfg.image_size[1]))
     n = cfg.num_images
     n_val = min(n - 1, max(1, round(n * cfg.val_fraction)))
     name = f"shapes-instances-n{n}-{size[0]}x{size[1]}-c{cfg.num_classes}-seed{cfg.seed}-v{VERSION}"
-    root = prepare_once(resolve_cache_dir(cfg, cache_dir), name,
-                        lambda tmp: generate_instances(tmp, n, size, cfg.num_classes, cfg.seed, n_val))
+    root = prepare_once(
+        resolve_cache_dir(cfg, cache_dir),
+        name,
+        lambda tmp: generate_instances(tmp, n, size, cfg.num_classes, cfg.seed, n_val),
+    )
     return from_coco_files(
         {s: (root / "annotations" / f"instances_{s}.json", root / "images") for s in ("train", "val")},
-        {"dataset": "shapes", "root": str(root), "split": f"images 0..{n - n_val - 1} train, {n - n_val}..{n - 1} val"},
+        {
+            "dataset": "shapes",
+            "root": str(root),
+            "split": f"images 0..{n - n_val - 1} train, {n - n_val}..{n - 1} val",
+        },
     )

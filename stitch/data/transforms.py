@@ -11,9 +11,11 @@ Masks follow every geometric step with nearest-neighbour sampling and are padded
 ``ignore_index``; colour steps and normalisation leave them alone. Randomness comes from torch's
 global RNG only.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torchvision import tv_tensors
@@ -21,6 +23,9 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from stitch.data.common import DataError
+
+if TYPE_CHECKING:
+    from stitch.config import DataBase
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,7 +36,9 @@ IMAGENET_GREY_MEAN = (0.449,)
 IMAGENET_GREY_STD = (0.226,)
 
 
-def normalization(normalize: Any, in_channels: int, dataset: str = "") -> tuple[tuple[float, ...], tuple[float, ...]]:
+def normalization(
+    normalize: Any, in_channels: int, dataset: str = ""
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``(mean, std)`` on the [0, 1] scale for ``data.normalize`` and the image channel count."""
     if normalize == "none":
         return (0.0,) * in_channels, (1.0,) * in_channels
@@ -40,11 +47,15 @@ def normalization(normalize: Any, in_channels: int, dataset: str = "") -> tuple[
             return IMAGENET_MEAN, IMAGENET_STD
         if in_channels == 1:
             return IMAGENET_GREY_MEAN, IMAGENET_GREY_STD
-        raise DataError(f"normalize 'imagenet' needs 1- or 3-channel images, the {dataset} images have {in_channels}; give [[mean...], [std...]]")
+        raise DataError(
+            f"normalize 'imagenet' needs 1- or 3-channel images, the {dataset} images have {in_channels}; "
+            "give [[mean...], [std...]]"
+        )
     mean, std = normalize
     if len(mean) != in_channels:
         raise DataError(
-            f"data.normalize gives {len(mean)} mean/std values but the {dataset} images have {in_channels} channel(s); "
+            f"data.normalize gives {len(mean)} mean/std values but the {dataset} images have {in_channels} "
+            "channel(s); "
             f"give one value per channel, or use 'imagenet' / 'none'"
         )
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
@@ -72,7 +83,9 @@ class RandomRot90(v2.Transform):
             return inpt
         if isinstance(inpt, tv_tensors.BoundingBoxes):
             return rot90_boxes(inpt, params["k"])
-        return tv_tensors.wrap(torch.rot90(inpt.as_subclass(torch.Tensor), params["k"], dims=(-2, -1)), like=inpt)
+        return tv_tensors.wrap(
+            torch.rot90(inpt.as_subclass(torch.Tensor), params["k"], dims=(-2, -1)), like=inpt
+        )
 
 
 def rot90_boxes(boxes: tv_tensors.BoundingBoxes, k: int) -> tv_tensors.BoundingBoxes:
@@ -86,7 +99,11 @@ def rot90_boxes(boxes: tv_tensors.BoundingBoxes, k: int) -> tv_tensors.BoundingB
         b = torch.stack([b[..., 1], w - b[..., 2], b[..., 3], w - b[..., 0]], dim=-1)
         h, w = w, h
     out = tv_tensors.wrap(b, like=xyxy, canvas_size=(h, w))
-    return F.convert_bounding_box_format(out, new_format=fmt) if fmt != tv_tensors.BoundingBoxFormat.XYXY else out
+    return (
+        F.convert_bounding_box_format(out, new_format=fmt)
+        if fmt != tv_tensors.BoundingBoxFormat.XYXY
+        else out
+    )
 
 
 class FitResize(v2.Transform):
@@ -95,7 +112,7 @@ class FitResize(v2.Transform):
 
     _transformed_types = (tv_tensors.Image, tv_tensors.Mask)
 
-    def __init__(self, size: Sequence[int], scale_range: Optional[Sequence[float]] = None) -> None:
+    def __init__(self, size: Sequence[int], scale_range: Sequence[float] | None = None) -> None:
         super().__init__()
         self.size = (int(size[0]), int(size[1]))
         self.scale_range = tuple(scale_range) if scale_range is not None else None
@@ -150,10 +167,14 @@ def flip_steps(aug: Any) -> list[Any]:
 def color_jitter(c: float, in_channels: int) -> v2.ColorJitter:
     """Brightness and contrast by up to ``c``; for RGB also saturation, and hue by ``c / 4``."""
     rgb = in_channels == 3
-    return v2.ColorJitter(brightness=c, contrast=c, saturation=c if rgb else None, hue=min(0.5, c / 4) if rgb else None)
+    return v2.ColorJitter(
+        brightness=c, contrast=c, saturation=c if rgb else None, hue=min(0.5, c / 4) if rgb else None
+    )
 
 
-def build_transforms(cfg: Any, in_channels: int, mean: Sequence[float], std: Sequence[float], train: bool) -> v2.Compose:
+def build_transforms(
+    cfg: DataBase, in_channels: int, mean: Sequence[float], std: Sequence[float], train: bool
+) -> v2.Compose:
     """The train or val pipeline for a data config (see the module docstring)."""
     size = tuple(cfg.image_size)
     aug = cfg.augment
@@ -161,7 +182,11 @@ def build_transforms(cfg: Any, in_channels: int, mean: Sequence[float], std: Seq
     if train:
         steps += flip_steps(aug)
         steps.append(FitResize(size, aug.scale))
-        steps.append(v2.RandomCrop(size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: cfg.ignore_index}))
+        steps.append(
+            v2.RandomCrop(
+                size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: cfg.ignore_index}
+            )
+        )
         if aug.color_jitter > 0:
             steps.append(color_jitter(aug.color_jitter, in_channels))
     else:

@@ -13,19 +13,44 @@ COCO dicts (RLE masks, bbox from the mask, area, iscrowd 0, categories 1..20 wit
 image ids 1.. in list order, train then val) are built in memory and read by
 :mod:`stitch.data.instance`; the void border is background there.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stitch.data.coco_format import mask_fields
 from stitch.data.common import DataError, Prepared, read_list, read_mask, require_nonempty
 from stitch.data.folder import prepare_pairs
+from stitch.data.instance import InstancePrepared, from_coco_dicts
+
+if TYPE_CHECKING:
+    from stitch.config import VOCData
 
 VOC_CLASSES = [
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 ]
 
 
@@ -35,10 +60,13 @@ def find_voc_root(root: Path) -> Path:
             return cand
     if not root.is_dir():
         raise DataError("VOC folder not found; set data.root to VOCdevkit/VOC2012", root)
-    raise DataError("no JPEGImages/ here (nor in VOC2012/ or VOCdevkit/VOC2012/); set data.root to the VOC2012 folder", root)
+    raise DataError(
+        "no JPEGImages/ here (nor in VOC2012/ or VOCdevkit/VOC2012/); set data.root to the VOC2012 folder",
+        root,
+    )
 
 
-def split_ids(cfg: Any, root: Path, folders: dict[str, Path]) -> dict[str, list[str]]:
+def split_ids(cfg: VOCData, root: Path, folders: dict[str, Path]) -> dict[str, list[str]]:
     """``split -> ids`` of the two list files; every id needs ``JPEGImages/<id>.jpg`` and a
     ``<id>.png`` in each of ``folders`` (what -> folder); no id in both lists."""
     images = root / "JPEGImages"
@@ -54,27 +82,49 @@ def split_ids(cfg: Any, root: Path, folders: dict[str, Path]) -> dict[str, list[
         for i in ids:
             img = images / f"{i}.jpg"
             if not img.is_file():
-                raise DataError(f"listed in {lst.name} but the image is missing; restore it or remove the id from the list", img)
+                raise DataError(
+                    f"listed in {lst.name} but the image is missing; restore it or remove the id from the "
+                    "list",
+                    img,
+                )
             for folder in folders.values():
                 if not (folder / f"{i}.png").is_file():
-                    raise DataError(f"listed in {lst.name} but the mask is missing; restore it or remove the id from the list", folder / f"{i}.png")
+                    raise DataError(
+                        f"listed in {lst.name} but the mask is missing; restore it or remove the id from the "
+                        "list",
+                        folder / f"{i}.png",
+                    )
         splits[split] = ids
     shared = set(splits["train"]) & set(splits["val"])
     if shared:
-        raise DataError(f"{sorted(shared)[0]!r} is in both the {cfg.train_split} and {cfg.val_split} lists ({len(shared)} shared); a sample in both splits leaks", sets / f"{cfg.val_split}.txt")
+        raise DataError(
+            f"{sorted(shared)[0]!r} is in both the {cfg.train_split} and {cfg.val_split} lists "
+            f"({len(shared)} shared); a sample in both splits leaks",
+            sets / f"{cfg.val_split}.txt",
+        )
     return splits
 
 
-def build(cfg: Any, cache_dir: Path | None = None) -> Prepared:
+def build(cfg: VOCData, cache_dir: Path | None = None) -> Prepared:
     root = find_voc_root(Path(cfg.root).expanduser())
     images, masks = root / "JPEGImages", root / cfg.masks
     splits = split_ids(cfg, root, {"masks": masks})
     pairs = {i: (images / f"{i}.jpg", masks / f"{i}.png") for ids in splits.values() for i in ids}
     return prepare_pairs(
-        pairs, splits["train"], splits["val"],
-        channels=3, num_classes=len(VOC_CLASSES), ignore_index=cfg.ignore_index, class_names=list(VOC_CLASSES),
-        raw_ignore=255, fix="VOC masks hold 0..20 and 255 (borders); is this a palette PNG of SegmentationClass?",
-        info={"dataset": "voc", "root": str(root), "split": f"ImageSets/Segmentation/{cfg.train_split}.txt / {cfg.val_split}.txt"},
+        pairs,
+        splits["train"],
+        splits["val"],
+        channels=3,
+        num_classes=len(VOC_CLASSES),
+        ignore_index=cfg.ignore_index,
+        class_names=list(VOC_CLASSES),
+        raw_ignore=255,
+        fix="VOC masks hold 0..20 and 255 (borders); is this a palette PNG of SegmentationClass?",
+        info={
+            "dataset": "voc",
+            "root": str(root),
+            "split": f"ImageSets/Segmentation/{cfg.train_split}.txt / {cfg.val_split}.txt",
+        },
     )
 
 
@@ -94,12 +144,8 @@ def instances_of(obj: np.ndarray, cls: np.ndarray) -> tuple[list[tuple[int, np.n
     return out, no_class
 
 
-def build_instance(cfg: Any, cache_dir: Path | None = None) -> Any:
+def build_instance(cfg: VOCData, cache_dir: Path | None = None) -> InstancePrepared:
     """The instance task (module docstring): COCO dicts built in memory from the PNGs."""
-    from pycocotools import mask as mask_util
-
-    from stitch.data.instance import from_coco_dicts
-
     root = find_voc_root(Path(cfg.root).expanduser())
     images, masks, objects = root / "JPEGImages", root / cfg.masks, root / cfg.objects
     splits = split_ids(cfg, root, {"objects": objects, "masks": masks})
@@ -107,25 +153,40 @@ def build_instance(cfg: Any, cache_dir: Path | None = None) -> Any:
     dicts, no_class = {}, {}
     image_id = 0
     for split, ids in splits.items():
-        imgs, anns, skipped = [], [], 0
+        imgs: list[dict[str, Any]] = []
+        anns: list[dict[str, Any]] = []
+        skipped = 0
         for i in ids:
             obj, cls = read_mask(objects / f"{i}.png"), read_mask(masks / f"{i}.png")
             if obj.shape != cls.shape:
-                raise DataError(f"object mask is {obj.shape[1]}x{obj.shape[0]} but {cfg.masks}/{i}.png is {cls.shape[1]}x{cls.shape[0]} (WxH); they must match", objects / f"{i}.png")
+                raise DataError(
+                    f"object mask is {obj.shape[1]}x{obj.shape[0]} but {cfg.masks}/{i}.png is "
+                    f"{cls.shape[1]}x{cls.shape[0]} (WxH); they must match",
+                    objects / f"{i}.png",
+                )
             image_id += 1
             h, w = obj.shape
             imgs.append({"id": image_id, "file_name": f"{i}.jpg", "height": int(h), "width": int(w)})
             found, n = instances_of(obj, cls)
             skipped += n
             for label, m in found:
-                rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
-                anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": label, "iscrowd": 0,
-                             "segmentation": {"size": [int(h), int(w)], "counts": rle["counts"].decode("ascii")},
-                             "area": float(mask_util.area(rle)), "bbox": [float(v) for v in mask_util.toBbox(rle)]})
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": image_id,
+                        "category_id": label,
+                        "iscrowd": 0,
+                        **mask_fields(m),
+                    }
+                )
         dicts[split] = {"images": imgs, "annotations": anns, "categories": cats}
         no_class[split] = {"no_class": skipped}
     return from_coco_dicts(
         {s: (dicts[s], objects, images) for s in ("train", "val")},
-        {"dataset": "voc", "root": str(root), "split": f"ImageSets/Segmentation/{cfg.train_split}.txt / {cfg.val_split}.txt"},
+        {
+            "dataset": "voc",
+            "root": str(root),
+            "split": f"ImageSets/Segmentation/{cfg.train_split}.txt / {cfg.val_split}.txt",
+        },
         extra_skips=no_class,
     )
