@@ -1,9 +1,12 @@
 """Errors that are the user's to fix. The CLI prints them as one line and exits with code 2."""
+
 from __future__ import annotations
 
 import difflib
+import re
 import typing
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 
 class StitchError(Exception):
@@ -13,7 +16,9 @@ class StitchError(Exception):
 class ConfigError(StitchError):
     """A mistake at a known place in the experiment file (file, line and YAML path)."""
 
-    def __init__(self, message: str, file: str | None = None, line: int | None = None, where: str = "") -> None:
+    def __init__(
+        self, message: str, file: str | None = None, line: int | None = None, where: str = ""
+    ) -> None:
         self.file, self.line, self.where, self.detail = file, line, where, message
         prefix = ""
         if file:
@@ -26,7 +31,9 @@ class ConfigError(StitchError):
 class StitchingError(StitchError):
     """An insertion that cannot be stitched at a point (names the insertion, the point, the cause)."""
 
-    def __init__(self, insertion: str, point: str, cause: str, field: str = "at", yaml_path: tuple = ()) -> None:
+    def __init__(
+        self, insertion: str, point: str, cause: str, field: str = "at", yaml_path: tuple = ()
+    ) -> None:
         self.insertion, self.point, self.cause, self.field = insertion, point, cause, field
         self.yaml_path = yaml_path  # ('insertions', 0) or ('insertions', 0, 'nest', 1): where in the file
         super().__init__(f"insertion {insertion!r} at {point!r}: {cause}")
@@ -38,7 +45,9 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     close = difflib.get_close_matches(str(name), choices, n=n, cutoff=0.5)
     if not close:
         lowered = {c.lower(): c for c in choices}
-        close = [lowered[c] for c in difflib.get_close_matches(str(name).lower(), list(lowered), n=n, cutoff=0.5)]
+        close = [
+            lowered[c] for c in difflib.get_close_matches(str(name).lower(), list(lowered), n=n, cutoff=0.5)
+        ]
     if not close:
         close = [c for c in choices if str(name) and c.lower().startswith(str(name).lower())][:n]
     if not close:
@@ -86,11 +95,9 @@ def _type_name(hint: Any) -> str:
 def one_line_message(exc: BaseException) -> str:
     """The user-facing line of an error. An error raised in a DataLoader worker arrives wrapped
     in the worker's traceback text; its own message is what follows the last ``SomeError: ``."""
-    import re
-
     text = str(exc)
     if "Original Traceback" in text:
         found = list(re.finditer(r"[\w.]*(?:Error|Exception): ", text))
         if found:
-            return text[found[-1].end():].strip().splitlines()[0]
+            return text[found[-1].end() :].strip().splitlines()[0]
     return text.splitlines()[0] if text else type(exc).__name__

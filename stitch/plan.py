@@ -5,6 +5,7 @@ baseline + each alone + all (k+2), ``leave-one-out`` all + all minus each (k+1),
 ``full-factorial`` every subset (2^k), ``subsets`` the listed ones. Variants with the same set of
 insertions are merged (the first name wins), so k=1 never trains the same network twice.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -12,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from stitch.config import ExperimentCfg
+from stitch.errors import StitchError, did_you_mean
 
 MINUS = "\u2212"
 
@@ -61,7 +63,7 @@ def plan_variants(cfg: ExperimentCfg) -> list[Variant]:
             chosen = tuple(n for n in names if n in subset)
             out.append(Variant(_name(chosen), chosen))
     seen: set[frozenset[str]] = set()
-    merged = []
+    merged: list[Variant] = []
     for v in out:
         key = frozenset(v.insertions)
         if key not in seen:
@@ -76,6 +78,6 @@ def find_variant(cfg: ExperimentCfg, name: str) -> Variant:
     for v in variants:
         if name.lower() in (v.name.lower(), v.slug):
             return v
-    from stitch.errors import StitchError, did_you_mean
-
-    raise StitchError(f"no variant {name!r} in experiment {cfg.name!r}" + (did_you_mean(name, [v.name for v in variants]) or f" (variants: {', '.join(v.name for v in variants)})"))
+    names = [v.name for v in variants]
+    hint = did_you_mean(name, names) or f" (variants: {', '.join(names)})"
+    raise StitchError(f"no variant {name!r} in experiment {cfg.name!r}" + hint)

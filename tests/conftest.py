@@ -1,16 +1,17 @@
 """Shared fixtures: tiny experiments written from YAML text, so tests read like the user's files."""
+
 from __future__ import annotations
 
-pytest_plugins = ["postgres_fixture"]  # the throwaway PostgreSQL server of the distributed sweep test
-
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
+from yaml_snippets import TINY_UNET
 
 from stitch.config import Experiment, load_experiment
-from yaml_snippets import TINY_UNET
+
+pytest_plugins = ["postgres_fixture"]  # the throwaway PostgreSQL server of the distributed sweep test
 
 
 @pytest.fixture

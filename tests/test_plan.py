@@ -1,4 +1,5 @@
 """Ablation designs: counts, names and merging of duplicates."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,10 @@ MINUS = "\u2212"
 
 def design(ablation: str, names: tuple[str, ...] = ("CA", "CGA", "SE")):
     insertions = "".join(f"  - {{name: {n}, module: SE, at: enc1}}\n" for n in names)
-    text = f"name: x\ntask: segmentation\nbaseline: {{model: unet}}\nablation: {ablation}\ninsertions:\n{insertions}"
+    text = (
+        f"name: x\ntask: segmentation\nbaseline: {{model: unet}}\nablation: {ablation}\n"
+        f"insertions:\n{insertions}"
+    )
     return [(v.name, v.insertions) for v in plan_variants(parse_experiment(text).cfg)]
 
 
@@ -26,13 +30,24 @@ def test_counts_for_k_insertions(k: int) -> None:
 
 def test_names_and_order() -> None:
     assert design("one-at-a-time") == [
-        ("Baseline", ()), ("+CA", ("CA",)), ("+CGA", ("CGA",)), ("+SE", ("SE",)), ("+CA +CGA +SE", ("CA", "CGA", "SE")),
+        ("Baseline", ()),
+        ("+CA", ("CA",)),
+        ("+CGA", ("CGA",)),
+        ("+SE", ("SE",)),
+        ("+CA +CGA +SE", ("CA", "CGA", "SE")),
     ]
     assert design("leave-one-out") == [
-        ("+CA +CGA +SE", ("CA", "CGA", "SE")), (f"all {MINUS} CA", ("CGA", "SE")),
-        (f"all {MINUS} CGA", ("CA", "SE")), (f"all {MINUS} SE", ("CA", "CGA")),
+        ("+CA +CGA +SE", ("CA", "CGA", "SE")),
+        (f"all {MINUS} CA", ("CGA", "SE")),
+        (f"all {MINUS} CGA", ("CA", "SE")),
+        (f"all {MINUS} SE", ("CA", "CGA")),
     ]
-    assert design("full-factorial", ("A", "B")) == [("Baseline", ()), ("+A", ("A",)), ("+B", ("B",)), ("+A +B", ("A", "B"))]
+    assert design("full-factorial", ("A", "B")) == [
+        ("Baseline", ()),
+        ("+A", ("A",)),
+        ("+B", ("B",)),
+        ("+A +B", ("A", "B")),
+    ]
 
 
 def test_explicit_subsets_keep_declaration_order_and_merge_duplicates() -> None:

@@ -1,0 +1,215 @@
+"""The ``data:`` block: augmentation, the keys every dataset takes, and one class per dataset.
+
+``DataCfg`` is the union of the dataset classes, told apart by their ``dataset:`` key.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from stitch.config.base import Strict
+
+
+class AugmentCfg(Strict):
+    """Joint image/mask augmentation of the training split (validation is never augmented).
+
+    Segmentation applies, in this order: ``rotate90`` (a random multiple of 90 degrees), ``hflip``/``vflip``
+    (each with probability 0.5), ``scale`` (resize so the image fits ``image_size`` times a factor
+    drawn uniformly from ``[lo, hi]``, then a random crop, padded where the image is smaller),
+    ``color_jitter`` (brightness, contrast and, for RGB, saturation by up to this fraction; hue by a
+    quarter of it). The mask follows every geometric step (nearest neighbour), never the colour.
+
+    The instance task applies ``rotate90``, the flips and ``color_jitter`` (boxes and masks follow
+    the geometric steps) and refuses ``scale``: Mask R-CNN resizes every image to its ``min_size``
+    itself, undoing a random rescale; scale jitter there is ``baseline.args.min_size`` given as a
+    list (see :data:`stitch.config.SCALE_UNDONE_FOR_INSTANCES`).
+    """
+
+    hflip: bool = True
+    vflip: bool = False
+    rotate90: bool = False
+    scale: tuple[Annotated[float, Field(gt=0, le=8)], Annotated[float, Field(gt=0, le=8)]] | None = None
+    color_jitter: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+    @field_validator("scale")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and v[0] > v[1]:
+            raise ValueError(f"scale is [low, high] with low <= high, got {list(v)}")
+        return v
+
+
+class DataBase(Strict):
+    """Keys every dataset takes.
+
+    - ``image_size``: ``[H, W]`` (or one int) of every sample (the U-Net baseline needs both
+      divisible by 16; ``stitch validate`` says so). Training crops/pads to it (see ``augment``);
+      validation resizes keeping the aspect ratio so the image fits, then pads bottom/right
+      (image 0, mask ``ignore_index``).
+    - ``normalize``: ``imagenet`` (ImageNet mean/std; for 1-channel images the channel averages
+      0.449/0.226), ``none`` (pixels scaled to [0, 1] only), or ``[[mean...], [std...]]`` on the
+      [0, 1] scale, one value per image channel.
+    - ``ignore_index``: the mask value the loss and metrics skip (padding, VOC borders, COCO crowd
+      regions); must not be a class index.
+
+    Instance task (``task: instance``; datasets ``coco``, ``voc``, ``nuclei``, ``shapes``): the
+    images are not resized to ``image_size`` (the Mask R-CNN's own ``min_size``/``max_size`` are
+    the resize targets; ``shapes`` still generates its images at ``image_size``); validation
+    images keep their native size; training images are augmented jointly with their boxes and
+    masks (``rotate90``, flips, ``color_jitter``; ``augment.scale`` is an error, see
+    :class:`AugmentCfg`); ``normalize`` and ``ignore_index`` are not used (Mask R-CNN normalises
+    inside the model). See :mod:`stitch.data.instance`.
+    """
+
+    image_size: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = (128, 128)
+    augment: AugmentCfg = Field(default_factory=AugmentCfg)
+    normalize: Literal["imagenet", "none"] | tuple[list[float], list[float]] = "imagenet"
+    ignore_index: int = 255
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _square(cls, v: Any) -> Any:
+        return (v, v) if isinstance(v, int) else v
+
+    @field_validator("normalize")
+    @classmethod
+    def _mean_std(cls, v: Any) -> Any:
+        if isinstance(v, tuple):
+            mean, std = v
+            if not mean or len(mean) != len(std):
+                raise ValueError(
+                    f"normalize is [[mean...], [std...]] with one value per channel in each, got {list(v)}"
+                )
+            if any(s <= 0 for s in std):
+                raise ValueError(f"normalize std values must be > 0, got {std}")
+            if any(abs(m) > 1 for m in mean) or any(s > 1 for s in std):
+                raise ValueError(
+                    f"normalize mean/std are on the [0, 1] pixel scale (e.g. 0.485, not 123.7), got {list(v)}"
+                )
+        return v
+
+
+class NucleiData(DataBase):
+    """Real DSB2018 nuclei sample shipped in the stardist wheel (512x512, 125 nuclei), cut into tiles.
+
+    Split without leakage: rows 0-383 are train (tiles of ``tile`` pixels, stride ``tile // 2``),
+    rows 384-511 are val (non-overlapping tiles). Prepared once under the cache directory (``root``,
+    else ``$STITCH_DATA``, else ``~/.cache/stitch``). Needs ``pip install --no-deps stardist==0.9.2``.
+    Instance task: the COCO JSON files written beside the tiles (one category, RLE masks).
+    """
+
+    dataset: Literal["nuclei"]
+    root: str | None = None
+    tile: Annotated[int, Field(ge=16, le=128)] = 128  # the val band is 128 rows high
+
+
+class ShapesData(DataBase):
+    """Procedurally generated RGB images and index masks (seeded, written once as PNG files).
+
+    Class 0 is background; classes 1.. are, in order: circle, square, triangle, cross, ring, star,
+    hexagon (``num_classes`` 2-8). Images are ``image_size``; the last ``val_fraction`` of the
+    images (at least one) are the val split. Instance task: a separate set (2-5 possibly
+    overlapping objects per image, COCO JSON with RLE masks of the visible parts).
+    """
+
+    dataset: Literal["shapes"]
+    root: str | None = None
+    num_images: Annotated[int, Field(gt=1)] = 64
+    num_classes: Annotated[int, Field(ge=2, le=8)] = 3
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
+    seed: int = 0
+
+
+class FolderData(DataBase):
+    """``images/`` + ``masks/`` (PNG index masks, paired by file stem), split by list files or a seeded ratio.
+
+    - ``train_list`` / ``val_list``: text files (relative to ``root``), one stem per line; with only
+      one of them the other split is every remaining pair. Without lists, ``val_fraction`` of the
+      pairs (seeded by ``split_seed``) are val.
+    - ``num_classes``: when unset, every mask is read once at build time and the largest label + 1
+      is used; when set, labels are checked as each mask is loaded.
+    - ``class_names``: optional, ``num_classes`` names (default ``class0``, ``class1`` …).
+    - ``channels``: 1 (grey) or 3 (RGB) — every image is converted; default: the first image's.
+    """
+
+    dataset: Literal["folder"]
+    root: str
+    images: str = "images"
+    masks: str = "masks"
+    train_list: str | None = None
+    val_list: str | None = None
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    split_seed: int = 0
+    num_classes: Annotated[int, Field(ge=2)] | None = None
+    class_names: list[str] | None = None
+    channels: Literal[1, 3] | None = None
+
+    @model_validator(mode="after")
+    def _names_match(self) -> FolderData:
+        if (
+            self.class_names is not None
+            and self.num_classes is not None
+            and len(self.class_names) != self.num_classes
+        ):
+            raise ValueError(
+                f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}"
+            )
+        if self.class_names is not None and len(self.class_names) < 2:
+            raise ValueError("class_names needs at least two names (background and one class)")
+        return self
+
+
+class VOCData(DataBase):
+    """Pascal VOC 2012 segmentation layout (``root`` is ``VOC2012/`` or the ``VOCdevkit/`` above it).
+
+    ``JPEGImages/``, ``{masks}/`` (palette PNGs read as class indices; 255 borders become
+    ``ignore_index``), ``ImageSets/Segmentation/{train_split,val_split}.txt``. 21 classes.
+    ``masks: SegmentationClassAug`` with ``train_split: train_aug`` reads the SBD-augmented set.
+    Instance task: ``{objects}/`` holds the instance-index palette PNGs (255 borders); each
+    object's class is the majority class of its pixels in ``{masks}/``.
+    """
+
+    dataset: Literal["voc"]
+    root: str
+    train_split: str = "train"
+    val_split: str = "val"
+    masks: str = "SegmentationClass"
+    objects: str = "SegmentationObject"
+
+
+class CocoData(DataBase):
+    """COCO instances JSON; for segmentation the class masks are rendered with pycocotools.
+
+    Category ids map to 1..K in increasing id order (0 is background); crowd regions become
+    ``ignore_index``; larger objects are drawn first so small ones stay visible. Paths are
+    relative to ``root``; the defaults fit a COCO 2017 download. Instance task: polygon and RLE
+    objects, crowd regions kept for evaluation only (see :mod:`stitch.data.instance`).
+    """
+
+    dataset: Literal["coco"]
+    root: str
+    train_annotations: str = "annotations/instances_train2017.json"
+    val_annotations: str = "annotations/instances_val2017.json"
+    train_images: str = "train2017"
+    val_images: str = "val2017"
+
+
+class BrainData(DataBase):
+    """Axial slices of the MNI ICBM152 2009a template shipped in the nilearn wheel.
+
+    T1 image, labels background / grey matter / white matter (the larger tissue probability when
+    above 0.5). Fixed split along z (documented in ``stitch.data.brain``). Needs
+    ``pip install --no-deps nilearn==0.14.1`` and ``pip install nibabel``.
+    """
+
+    dataset: Literal["brain"]
+    root: str | None = None
+
+
+DataCfg = Annotated[
+    NucleiData | ShapesData | FolderData | VOCData | CocoData | BrainData,
+    Field(discriminator="dataset"),
+]

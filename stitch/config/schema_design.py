@@ -1,0 +1,88 @@
+"""The ``ablation:``, ``metrics:``, ``report:`` and ``probe:`` blocks, and the metric names of each task."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StrictInt, field_validator, model_validator
+
+from stitch.config.base import Design, Strict
+
+#: Metric names each task reports (``metrics.primary`` and ``metrics.report`` choose among them).
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "segmentation": ("miou", "mdice", "pixel_acc", "mprecision", "mrecall", "fg_iou", "fg_dice"),
+    "instance": (
+        "segm_ap",
+        "segm_ap50",
+        "segm_ap75",
+        "segm_aps",
+        "segm_apm",
+        "segm_apl",
+        "segm_ar",
+        "bbox_ap",
+        "bbox_ap50",
+        "bbox_ap75",
+        "bbox_aps",
+        "bbox_apm",
+        "bbox_apl",
+        "bbox_ar",
+    ),
+}
+#: the primary metric of each task when ``metrics.primary`` is not given
+DEFAULT_PRIMARY: dict[str, str] = {"segmentation": "miou", "instance": "segm_ap"}
+
+
+class AblationCfg(Strict):
+    """Which subsets of the insertions are trained (see :mod:`stitch.plan`); a bare string is the design."""
+
+    design: Design = "none"
+    subsets: list[list[str]] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"design": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _subsets_given(self) -> AblationCfg:
+        if self.design == "subsets" and not self.subsets:
+            raise ValueError("design 'subsets' needs a 'subsets:' list of insertion-name lists")
+        if self.design != "subsets" and self.subsets:
+            raise ValueError(f"'subsets' is only read with design 'subsets', not {self.design!r}")
+        return self
+
+
+class MetricsCfg(Strict):
+    """The primary metric (``primary``, default per task) and the tables' metric columns (``report``)."""
+
+    primary: str | None = None
+    report: list[str] = Field(default_factory=list)
+
+
+#: the table formats ``report.formats`` may list
+ReportFormat = Literal["latex", "markdown", "csv", "html"]
+#: the formats written when ``report.formats`` is not given
+DEFAULT_FORMATS: tuple[ReportFormat, ...] = ("latex", "markdown", "csv")
+
+
+class ReportCfg(Strict):
+    """Table caption and label, output formats, the paired test and its level, decimals shown."""
+
+    caption: str | None = None
+    label: str | None = None
+    formats: list[ReportFormat] = Field(default_factory=lambda: list(DEFAULT_FORMATS))
+    test: Literal["ttest", "wilcoxon"] = "ttest"
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    decimals: Annotated[int, Field(ge=0, le=6)] = 2
+
+
+class ProbeCfg(Strict):
+    """Input used by the dry run (shape probe, ``stitch validate``); defaults to the data size."""
+
+    image_size: tuple[Annotated[StrictInt, Field(gt=0)], Annotated[StrictInt, Field(gt=0)]] | None = None
+    batch_size: Annotated[int, Field(ge=2)] = 2  # BatchNorm in training mode needs 2 or more
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _square(cls, v: Any) -> Any:
+        return (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
