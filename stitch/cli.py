@@ -206,9 +206,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from stitch.report import default_out_dir, write_report
-
     from stitch.engine import pick_device
+    from stitch.report import default_out_dir, is_sweep_dir, write_report, write_runs_table
 
     dirs = [Path(d) for d in args.run_dirs]
     if len({d.resolve() for d in dirs}) != len(dirs):
@@ -218,8 +217,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     if blocker is not None and not blocker.is_dir():
         raise StitchError(f"--out {out}: {blocker} is a file, not a directory")
     device = str(pick_device(args.device or "cpu"))
-    from stitch.sweep import is_sweep_dir, write_runs_table
-
     sweeps = [d for d in dirs if is_sweep_dir(d)]
     if sweeps:
         if len(dirs) > 1:
@@ -233,7 +230,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from stitch.visualize import show_run
+    from stitch.show import show_run
 
     path = show_run(Path(args.run_dir), variant=args.variant, seed=args.seed, n=args.n, out=Path(args.output) if args.output else None)
     print(f"wrote {path}")

@@ -7,15 +7,17 @@ checkpoint (written atomically every epoch) holds the model, optimiser, schedule
 state, so epoch ``e`` after a resume sees exactly the batches, augmentations and dropout masks it
 would have seen without the interruption.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,12 +25,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from stitch.config import TrainCfg
-
-
-class Task(Protocol):
-    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]: ...
-
-    def evaluate(self, model: nn.Module, batches: Any, device: torch.device) -> dict[str, Any]: ...
+from stitch.fileio import atomic_path
+from stitch.registry import OPTIMIZERS
+from stitch.tasks.base import Task
 
 
 class Diverged(RuntimeError):
@@ -59,7 +58,9 @@ def pick_device(name: str | None = None) -> torch.device:
         raise StitchError(f"--device {name!r}: use cpu, cuda or cuda:N")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise StitchError(f"--device {name}: CUDA is not available on this machine (use --device cpu or leave it out)")
+            raise StitchError(
+                f"--device {name}: CUDA is not available on this machine (use --device cpu or leave it out)"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise StitchError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
@@ -107,7 +108,8 @@ def batch_images(batch: dict[str, Any]) -> int:
 
 
 def loss_key(part: str) -> str:
-    """History key of one loss component: ``ce`` -> ``train_loss_ce``, ``loss_mask`` -> ``train_loss_mask``."""
+    """History key of one loss component: ``ce`` -> ``train_loss_ce``, ``loss_mask`` ->
+    ``train_loss_mask``."""
     return "train_" + (part if part.startswith("loss") else f"loss_{part}")
 
 
@@ -119,12 +121,9 @@ def _seed_worker(_worker_id: int) -> None:
 
 # ----------------------------------------------------------------------------- optimiser, schedule
 def make_optimizer(params: Any, cfg: TrainCfg) -> torch.optim.Optimizer:
-    o = cfg.optimizer
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    """The optimiser ``cfg.optimizer.name`` names (:data:`stitch.registry.OPTIMIZERS`)."""
+    optimizer: torch.optim.Optimizer = OPTIMIZERS.lookup(cfg.optimizer.name)(params, cfg.optimizer)
+    return optimizer
 
 
 def lr_factor(step: int, steps_per_epoch: int, cfg: TrainCfg) -> float:
@@ -154,11 +153,9 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: TrainCfg) -> float:
 
 # ----------------------------------------------------------------------------- checkpoints
 def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` through :func:`~stitch.fileio.atomic_path`: never half-written."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def train_batches(n_images: int, batch_size: int) -> tuple[int, bool, int]:
@@ -198,15 +195,21 @@ class LoopState:
     train_seconds: float = 0.0
 
 
-@dataclass
-class Callbacks:
-    """Hooks for progress display, logging, the results store and TensorBoard (all optional)."""
+class Callback:
+    """A hook into the loop (in the style of mmengine's hooks): subclass it and override what you
+    need; every method does nothing by default. The loop calls the callbacks in the order given."""
 
-    on_step: Callable[[int, int, float, int], None] = lambda epoch, step, loss, images: None
-    on_epoch: Callable[[LoopState, dict[str, Any]], None] = lambda state, record: None
-    on_eval: Callable[[int, nn.Module], None] = lambda epoch, model: None
-    #: every optimiser micro-step's loss components (only when the task's loss has two or more)
-    on_losses: Callable[[int, int, dict[str, float]], None] = lambda epoch, step, parts: None
+    def on_step(self, epoch: int, step: int, loss: float, images: int) -> None:
+        """After every optimiser micro-step: its loss and the images in its batch."""
+
+    def on_losses(self, epoch: int, step: int, parts: dict[str, float]) -> None:
+        """After every micro-step whose loss has two or more named parts: the parts."""
+
+    def on_eval(self, epoch: int, model: nn.Module) -> None:
+        """After an epoch's evaluation (before the epoch's checkpoint)."""
+
+    def on_epoch(self, state: LoopState, record: dict[str, Any]) -> None:
+        """After every epoch, once its checkpoint is written; may raise :class:`StopTraining`."""
 
 
 def train(
@@ -220,7 +223,7 @@ def train(
     ckpt_dir: Path,
     primary: str,
     num_workers: int = 0,
-    callbacks: Callbacks | None = None,
+    callbacks: Sequence[Callback] = (),
     stop_after: int | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> LoopState:
@@ -230,16 +233,24 @@ def train(
     which is how resume is tested. ``collate_fn`` builds a batch from dataset items (detection
     data: lists of images and target dicts); torch's default stacks tensors.
     """
-    cb = callbacks or Callbacks()
     set_deterministic(cfg.deterministic)
     model.to(device)
     batch_size, drop_last, _ = train_batches(len(train_set), cfg.batch_size)
     sampler_gen = torch.Generator()
     loader = DataLoader(
-        train_set, batch_size=batch_size, shuffle=True, drop_last=drop_last, num_workers=num_workers,
-        generator=sampler_gen, worker_init_fn=_seed_worker, pin_memory=device.type == "cuda", collate_fn=collate_fn,
+        train_set,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        generator=sampler_gen,
+        worker_init_fn=_seed_worker,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate_fn,
     )
-    val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_fn)
+    val_loader = DataLoader(
+        val_set, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_fn
+    )
     micro_per_epoch = len(loader)
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
@@ -291,8 +302,11 @@ def train(
             if len(parts) > 1:
                 for part, value in parts.items():
                     part_sums[part] = part_sums.get(part, 0.0) + value * n
-                cb.on_losses(epoch, i + 1, parts)
-            cb.on_step(epoch, i + 1, float(loss.detach()), n)
+                for cb in callbacks:
+                    cb.on_losses(epoch, i + 1, parts)
+            step_loss = float(loss.detach())
+            for cb in callbacks:
+                cb.on_step(epoch, i + 1, step_loss, n)
         train_seconds = time.perf_counter() - start
         record: dict[str, Any] = {
             "epoch": epoch,
@@ -308,8 +322,11 @@ def train(
             value = metrics[primary]
             if not math.isnan(value) and value > state.best_value:
                 state.best_value, state.best_epoch, state.best_metrics = value, epoch, metrics
-                save_atomic({"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, ckpt_dir / "best.pt")
-            cb.on_eval(epoch, model)
+                save_atomic(
+                    {"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, ckpt_dir / "best.pt"
+                )
+            for cb in callbacks:
+                cb.on_eval(epoch, model)
         state.epoch = epoch
         state.train_images += images
         state.train_seconds += train_seconds
@@ -318,13 +335,16 @@ def train(
         state.history.append(record)
         save_atomic(
             {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
                 "state": state.__dict__,
             },
             ckpt_dir / f"epoch-{epoch:04d}.pt",
         )
         for old in sorted(ckpt_dir.glob("epoch-*.pt"))[: -cfg.keep_last]:
             old.unlink()
-        cb.on_epoch(state, record)
+        for cb in callbacks:
+            cb.on_epoch(state, record)
     return state

@@ -7,14 +7,16 @@ the destination with :func:`os.replace`, which is atomic on POSIX and Windows. O
 temporary file is removed. Written by hand because the standard library has no atomic writer and
 the packages that do (``atomicwrites``) are unmaintained.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 
 @contextlib.contextmanager
@@ -35,16 +37,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None) -> Iterator[IO[Any]]:
+def atomic_write(
+    path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None
+) -> Iterator[IO[Any]]:
     """``open(path, mode)`` that replaces ``path`` only once everything is written and flushed."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write writes whole files: mode 'w' or 'wb', not {mode!r}")
     with atomic_path(path) as tmp:
-        if mode == "wb":
-            handle: IO[Any] = open(tmp, "wb")
-        else:
-            handle = open(tmp, "w", encoding=encoding, newline=newline)
-        with handle:
+        binary = mode == "wb"
+        with open(
+            tmp, mode, encoding=None if binary else encoding, newline=None if binary else newline
+        ) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

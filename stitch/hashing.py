@@ -1,5 +1,6 @@
 """One canonical hash of plain data: run ids, cost-cache keys and derived seeds all use it, so
 the same configuration always gives the same digest on every machine and Python version."""
+
 from __future__ import annotations
 
 import hashlib

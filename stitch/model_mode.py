@@ -4,10 +4,11 @@ Every place stitch switches modes (evaluation, probing, FLOP and latency measure
 predictions, Mask R-CNN's train-mode forward with targets) uses these context managers, so the
 mode each submodule had before is always restored, also when the block raises.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -18,8 +19,12 @@ def _mode(model: nn.Module, training: bool, keep_batchnorm_stats: bool) -> Itera
     before = [(m, m.training) for m in model.modules()]
     saved = []
     if keep_batchnorm_stats:
-        saved = [(buf, buf.detach().clone()) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                 for buf in m.buffers()]
+        saved = [
+            (buf, buf.detach().clone())
+            for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for buf in m.buffers()
+        ]
     model.train(training)
     try:
         yield model
@@ -38,7 +43,9 @@ def eval_mode(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
     return _mode(model, False, keep_batchnorm_stats=False)
 
 
-def train_mode(model: nn.Module, keep_batchnorm_stats: bool = False) -> contextlib.AbstractContextManager[nn.Module]:
+def train_mode(
+    model: nn.Module, keep_batchnorm_stats: bool = False
+) -> contextlib.AbstractContextManager[nn.Module]:
     """``with train_mode(model): ...`` runs the block in training mode and restores every
     submodule's previous mode afterwards; with ``keep_batchnorm_stats`` the BatchNorm running
     statistics (and batch counters) are restored too, so a probing forward leaves no trace."""

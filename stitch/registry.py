@@ -7,10 +7,12 @@ locations that are imported on first use, so reading the registry costs no heavy
 module imports nothing of the rooms it serves. The module zoo keeps its own registry
 (:mod:`modules_zoo.registry`) so that ``modules_zoo`` does not depend on ``stitch``.
 """
+
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 from stitch.errors import StitchError, did_you_mean
 
@@ -76,31 +78,41 @@ class Registry(Mapping[str, T], Generic[T]):
 
 
 #: ``baseline.model`` -> :class:`~stitch.baselines.base.BaselineSpec`
-BASELINES: Registry[Any] = Registry("baseline", {
-    "unet": "stitch.baselines.unet:UNET",
-    "maskrcnn": "stitch.baselines.maskrcnn:MASKRCNN",
-})
+BASELINES: Registry[Any] = Registry(
+    "baseline",
+    {
+        "unet": "stitch.baselines.unet:UNET",
+        "maskrcnn": "stitch.baselines.maskrcnn:MASKRCNN",
+    },
+)
 #: ``data.dataset`` -> a module of :mod:`stitch.data` with ``build(cfg, cache_dir)`` (and, for
 #: datasets with object instances, ``build_instance(cfg, cache_dir)``)
-DATASETS: Registry[Any] = Registry("dataset", {
-    name: f"stitch.data.{name}" for name in ("folder", "voc", "coco", "nuclei", "shapes", "brain")
-})
+DATASETS: Registry[Any] = Registry(
+    "dataset",
+    {name: f"stitch.data.{name}" for name in ("folder", "voc", "coco", "nuclei", "shapes", "brain")},
+)
 #: ``task`` -> a factory ``(data bundle, train.loss) -> Task``
-TASKS: Registry[Any] = Registry("task", {
-    "segmentation": "stitch.tasks.segmentation:make_segmentation_task",
-    "instance": "stitch.tasks.instance:make_instance_task",
-})
+TASKS: Registry[Any] = Registry(
+    "task",
+    {
+        "segmentation": "stitch.tasks.segmentation:make_segmentation_task",
+        "instance": "stitch.tasks.instance:make_instance_task",
+    },
+)
 #: ``train.optimizer.name`` -> ``(parameters, OptimizerCfg) -> torch.optim.Optimizer``
-OPTIMIZERS: Registry[Any] = Registry("optimizer", {
-    "sgd": "stitch.optimizers:sgd",
-    "adam": "stitch.optimizers:adam",
-    "adamw": "stitch.optimizers:adamw",
-})
+OPTIMIZERS: Registry[Any] = Registry(
+    "optimizer",
+    {
+        "sgd": "stitch.optimizers:sgd",
+        "adam": "stitch.optimizers:adam",
+        "adamw": "stitch.optimizers:adamw",
+    },
+)
 #: ``sweep.sampler`` -> ``(sweep cfg, seed, multi_objective) -> optuna sampler``
-SAMPLERS: Registry[Any] = Registry("sampler", {
-    name: f"stitch.sweep.samplers:{name}_sampler" for name in ("tpe", "random", "grid", "nsga2")
-})
+SAMPLERS: Registry[Any] = Registry(
+    "sampler", {name: f"stitch.sweep.samplers:{name}_sampler" for name in ("tpe", "random", "grid", "nsga2")}
+)
 #: ``sweep.pruner`` -> ``(epochs) -> optuna pruner``
-PRUNERS: Registry[Any] = Registry("pruner", {
-    name: f"stitch.sweep.samplers:{name}_pruner" for name in ("median", "hyperband", "none")
-})
+PRUNERS: Registry[Any] = Registry(
+    "pruner", {name: f"stitch.sweep.samplers:{name}_pruner" for name in ("median", "hyperband", "none")}
+)

@@ -11,15 +11,17 @@ Layout of a run directory ``runs/<experiment>/``::
     tb/<variant>_s<seed>/   TensorBoard scalars and image grids
     ckpt/<run_id>/    epoch-NNNN.pt (the last ``keep_last``) and best.pt
 """
+
 from __future__ import annotations
 
 import inspect
 import logging
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from stitch.config import Experiment, with_overrides
 from stitch.errors import StitchError
@@ -74,14 +76,20 @@ def resolved_config(exp: Experiment, variant: Variant, seed: int, epochs: int) -
     cfg = exp.cfg.model_dump(mode="json")
     train_cfg = dict(cfg["train"], epochs=epochs)
     train_cfg.pop("keep_last")
-    if train_cfg["scheduler"].get("milestones") is None:  # added later: unset, it must not change older run ids
+    if (
+        train_cfg["scheduler"].get("milestones") is None
+    ):  # added later: unset, it must not change older run ids
         train_cfg["scheduler"] = {k: v for k, v in train_cfg["scheduler"].items() if k != "milestones"}
     data = dict(cfg["data"])
-    if cfg["task"] != "instance":  # read by the instance task only (added later: must not change older run ids)
+    if (
+        cfg["task"] != "instance"
+    ):  # read by the instance task only (added later: must not change older run ids)
         data.pop("objects", None)
     if data.get("root"):
         data["root"] = os.path.normpath(data["root"])
-    baseline = dict(cfg["baseline"], args=with_defaults(BASELINES[exp.cfg.baseline.model].build, cfg["baseline"]["args"]))
+    baseline = dict(
+        cfg["baseline"], args=with_defaults(BASELINES[exp.cfg.baseline.model].build, cfg["baseline"]["args"])
+    )
     return {
         "task": cfg["task"],
         "baseline": baseline,
@@ -93,11 +101,15 @@ def resolved_config(exp: Experiment, variant: Variant, seed: int, epochs: int) -
     }
 
 
-def plan_runs(exp: Experiment, epochs: int | None = None, seeds: Sequence[int] | None = None) -> list[RunPlan]:
+def plan_runs(
+    exp: Experiment, epochs: int | None = None, seeds: Sequence[int] | None = None
+) -> list[RunPlan]:
     """Variants x seeds, each with its config and run id."""
     n_epochs = epochs or exp.cfg.train.epochs
     if seeds is not None and len(set(seeds)) != len(seeds):
-        raise StitchError(f"--seeds {' '.join(map(str, seeds))}: seeds repeat; paired statistics need distinct seeds")
+        raise StitchError(
+            f"--seeds {' '.join(map(str, seeds))}: seeds repeat; paired statistics need distinct seeds"
+        )
     out = []
     for variant in plan_variants(exp.cfg):
         for seed in seeds if seeds is not None else exp.cfg.seeds:
@@ -117,7 +129,10 @@ def fit_baseline_to_data(exp: Experiment, num_classes: int, in_channels: int) ->
         if key not in takes:
             continue
         if key in args and args[key] != value:
-            raise exp.source.error(("baseline", "args", key), f"{key}={args[key]} but the {exp.cfg.data.dataset} data has {value} (set {key}: {value})")
+            raise exp.source.error(
+                ("baseline", "args", key),
+                f"{key}={args[key]} but the {exp.cfg.data.dataset} data has {value} (set {key}: {value})",
+            )
         if key not in args:
             fills[key] = value
     return with_overrides(exp, fills) if fills else exp
@@ -129,7 +144,11 @@ def experiment_data(exp: Experiment) -> tuple[Experiment, DataBundle]:
     from stitch.data import build_data
 
     if exp.cfg.data is None:
-        raise exp.source.error(("data",), "the experiment has no 'data:' block; add one, e.g. data: {dataset: nuclei} (README: The experiment file)")
+        raise exp.source.error(
+            ("data",),
+            "the experiment has no 'data:' block; add one, e.g. data: {dataset: nuclei}"
+            " (README: The experiment file)",
+        )
     data = build_data(exp.cfg.data, task=exp.cfg.task)
     return fit_baseline_to_data(exp, data.num_classes, data.in_channels), data
 

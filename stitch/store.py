@@ -4,15 +4,18 @@ SQLite in the run directory (WAL mode, so a reader such as ``stitch report`` can
 write). Metrics, history and config are JSON columns: tables are views of these rows, and every
 number in a report can be traced back to its run id.
 """
+
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from stitch.fileio import atomic_path
+from stitch.hashing import digest
 
 STATUSES = ("running", "done", "failed", "diverged", "pruned")  # pruned: a sweep stopped it early
 
@@ -62,8 +65,7 @@ def run_dir_files(run_dir: str | Path) -> tuple[Path, Path]:
 
 def run_id_of(resolved: dict[str, Any]) -> str:
     """A stable id: the first 16 hex digits of the SHA-256 of the canonical JSON config."""
-    text = json.dumps(resolved, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return digest(resolved, 16)
 
 
 @dataclass
@@ -115,23 +117,28 @@ class ResultStore:
             self._conn.commit()
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            raise StitchError(f"{self.path}: not a stitch results database ({exc}); move it away or use another --out") from None
+            raise StitchError(
+                f"{self.path}: not a stitch results database ({exc}); move it away or use another --out"
+            ) from None
 
     def _migrate(self) -> None:
         """Databases written before the ``pruned`` status existed: the same table with the new
         status check (SQLite cannot alter a CHECK constraint in place), in one transaction."""
-        sql = self._conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()[0]
+        sql = self._conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'"
+        ).fetchone()[0]
         if "'pruned'" in sql:
             return
         self._conn.executescript(
-            "BEGIN IMMEDIATE; ALTER TABLE runs RENAME TO runs_before_pruned;" + SCHEMA
+            "BEGIN IMMEDIATE; ALTER TABLE runs RENAME TO runs_before_pruned;"
+            + SCHEMA
             + "INSERT INTO runs SELECT * FROM runs_before_pruned; DROP TABLE runs_before_pruned; COMMIT;"
         )
 
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "ResultStore":
+    def __enter__(self) -> ResultStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -196,3 +203,41 @@ def _decode(row: sqlite3.Row) -> RunRow:
             d[k] = json.loads(d[k])
     d["history"] = d.get("history") or []
     return RunRow(**d)
+
+
+#: the run columns of ``results.csv``, in order (metrics follow as ``final_*`` and ``best_*``)
+CSV_COLUMNS = (
+    "run_id",
+    "variant",
+    "seed",
+    "status",
+    "params",
+    "baseline_params",
+    "epochs",
+    "epochs_done",
+    "best_epoch",
+    "best_value",
+    "wall_time",
+    "train_images_per_s",
+    "device",
+    "error",
+)
+
+
+def write_results_csv(store: ResultStore, path: Path, current: set[str]) -> None:
+    """``results.csv``: one row per run, metrics flattened into columns (written atomically).
+    ``current`` marks the runs of the experiment file as it is now (older configs stay listed)."""
+    import pandas as pd
+
+    records = []
+    for r in store.rows():
+        rec: dict[str, Any] = {"current": r.run_id in current}
+        rec |= {k: getattr(r, k) for k in CSV_COLUMNS}
+        rec["insertions"] = "+".join(r.insertions)
+        for prefix, metrics in (("final", r.final_metrics), ("best", r.best_metrics)):
+            for k, v in (metrics or {}).items():
+                if isinstance(v, (int, float)):
+                    rec[f"{prefix}_{k}"] = v
+        records.append(rec)
+    with atomic_path(path) as tmp:
+        pd.DataFrame.from_records(records).to_csv(tmp, index=False)

@@ -142,7 +142,7 @@ def test_no_detections_scores_zero_where_there_is_ground_truth_and_nan_elsewhere
 def test_instance_task_trains_and_evaluates_a_tiny_mask_rcnn(tmp_path):
     from stitch.baselines.maskrcnn import build_maskrcnn
     from stitch.config import TrainCfg
-    from stitch.engine import Callbacks, train
+    from stitch.engine import Callback, train
 
     gt, targets = _coco_gt(n_images=4, size=64)
 
@@ -165,8 +165,13 @@ def test_instance_task_trains_and_evaluates_a_tiny_mask_rcnn(tmp_path):
     task = InstanceTask(gt, LABEL_TO_CATEGORY, backend="pycocotools")
     cfg = TrainCfg(epochs=2, batch_size=2, optimizer={"name": "sgd", "lr": 0.01}, scheduler={"name": "none"})
     steps = []
+
+    class LossParts(Callback):
+        def on_losses(self, epoch, step, parts):
+            steps.append(parts)
+
     state = train(model, task, Items(), Items(), cfg, 0, torch.device("cpu"), tmp_path, "segm_ap", collate_fn=collate,
-                  callbacks=Callbacks(on_losses=lambda epoch, step, parts: steps.append(parts)))
+                  callbacks=[LossParts()])
     assert state.epoch == 2 and len(state.history) == 2
     record = state.history[-1]
     for part in ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"):

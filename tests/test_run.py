@@ -187,7 +187,7 @@ def test_bad_milestones_are_one_line_errors(schedule: str, problem: str) -> None
 
 
 def test_run_ids_ignore_defaults_written_out_and_keep_last(tmp_path: Path) -> None:
-    from stitch.run import plan_runs
+    from stitch.runs import plan_runs
 
     plain = load_experiment(tiny(tmp_path, name="ids"))
     path = tiny(tmp_path, name="ids_explicit")

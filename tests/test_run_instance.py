@@ -142,7 +142,7 @@ def test_multi_scale_min_size_draws_per_batch_in_training_and_uses_the_last_in_e
 def test_the_voc_objects_folder_does_not_change_segmentation_run_ids() -> None:
     from stitch.config import parse_experiment
     from stitch.plan import plan_variants
-    from stitch.run import resolved_config
+    from stitch.runs import resolved_config
 
     text = "name: v\ntask: {task}\nbaseline: {{model: {model}}}\ndata: {{dataset: voc, root: /data/VOC2012}}\n"
     seg = parse_experiment(text.format(task="segmentation", model="unet"))

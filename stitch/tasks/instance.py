@@ -17,24 +17,41 @@ A metric COCO leaves undefined (``-1``: no ground truth of that size range, e.g.
 tiles) is reported as NaN, not as a number. With no detections at all every metric that has
 ground truth is 0.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import io
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from stitch.model_mode import eval_mode
+
 #: COCOeval ``stats`` index of each reported metric (the first 9 entries of its summary).
 COCO_STATS = {"ap": 0, "ap50": 1, "ap75": 2, "aps": 3, "apm": 4, "apl": 5, "ar": 8}
 #: the COCO area range each metric is computed over (COCOeval's ``areaRng``, in pixels^2)
-METRIC_AREA = {"ap": "all", "ap50": "all", "ap75": "all", "ar": "all", "aps": "small", "apm": "medium", "apl": "large"}
-AREA_RANGES = {"all": (0.0, 1e10), "small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, 1e10)}
+METRIC_AREA = {
+    "ap": "all",
+    "ap50": "all",
+    "ap75": "all",
+    "ar": "all",
+    "aps": "small",
+    "apm": "medium",
+    "apl": "large",
+}
+AREA_RANGES = {
+    "all": (0.0, 1e10),
+    "small": (0.0, 32.0**2),
+    "medium": (32.0**2, 96.0**2),
+    "large": (96.0**2, 1e10),
+}
 IOU_TYPES = ("bbox", "segm")
 
 
@@ -50,7 +67,10 @@ def coco_backend() -> str:
 
 
 def detections_to_coco(
-    output: dict[str, torch.Tensor], image_id: int, label_to_category: dict[int, int], mask_threshold: float = 0.5
+    output: dict[str, torch.Tensor],
+    image_id: int,
+    label_to_category: dict[int, int],
+    mask_threshold: float = 0.5,
 ) -> dict[str, list[dict[str, Any]]]:
     """One image's torchvision detections as COCO result entries, ``{"bbox": [...], "segm": [...]}``."""
     from pycocotools import mask as mask_utils
@@ -69,11 +89,20 @@ def detections_to_coco(
         masks = (m.float() > mask_threshold).numpy().astype(np.uint8)
     for k, (box, score, label) in enumerate(zip(xywh, scores, labels)):
         cat = label_to_category[int(label)]
-        out["bbox"].append({"image_id": int(image_id), "category_id": cat, "bbox": [round(v, 3) for v in box], "score": float(score)})
+        out["bbox"].append(
+            {
+                "image_id": int(image_id),
+                "category_id": cat,
+                "bbox": [round(v, 3) for v in box],
+                "score": float(score),
+            }
+        )
         if masks is not None:
             rle = mask_utils.encode(np.asfortranarray(masks[k]))
             rle["counts"] = rle["counts"].decode("ascii")
-            out["segm"].append({"image_id": int(image_id), "category_id": cat, "segmentation": rle, "score": float(score)})
+            out["segm"].append(
+                {"image_id": int(image_id), "category_id": cat, "segmentation": rle, "score": float(score)}
+            )
     return out
 
 
@@ -90,7 +119,9 @@ def _faster_gt(coco_gt: Any) -> Any:
     return _FASTER_GT[key][1]
 
 
-def _evaluate_one(coco_gt: Any, results: list[dict[str, Any]], iou_type: str, image_ids: Sequence[int], backend: str) -> list[float]:
+def _evaluate_one(
+    coco_gt: Any, results: list[dict[str, Any]], iou_type: str, image_ids: Sequence[int], backend: str
+) -> list[float]:
     """COCOeval ``stats`` for one IoU type (quiet)."""
     with contextlib.redirect_stdout(io.StringIO()):
         if backend == "faster-coco-eval":
@@ -112,11 +143,14 @@ def _evaluate_one(coco_gt: Any, results: list[dict[str, Any]], iou_type: str, im
 
 
 def coco_metrics(
-    coco_gt: Any, results: dict[str, list[dict[str, Any]]], image_ids: Sequence[int], backend: str | None = None
+    coco_gt: Any,
+    results: dict[str, list[dict[str, Any]]],
+    image_ids: Sequence[int],
+    backend: str | None = None,
 ) -> dict[str, float]:
     """``bbox_ap``, ``bbox_ap50`` … ``segm_ar`` (fractions in [0, 1]; NaN where COCO has no value)."""
     backend = backend or coco_backend()
-    ids = sorted(set(int(i) for i in image_ids))
+    ids = sorted({int(i) for i in image_ids})
     out: dict[str, float] = {}
     for iou_type in IOU_TYPES:
         dets = results.get(iou_type, [])
@@ -124,7 +158,10 @@ def coco_metrics(
             stats = _evaluate_one(coco_gt, dets, iou_type, ids, backend)
             values = {name: stats[idx] for name, idx in COCO_STATS.items()}
         else:  # COCOeval cannot load an empty result list: 0 where there is ground truth, else undefined
-            values = {name: 0.0 if _has_ground_truth(coco_gt, ids, METRIC_AREA[name]) else -1.0 for name in COCO_STATS}
+            values = {
+                name: 0.0 if _has_ground_truth(coco_gt, ids, METRIC_AREA[name]) else -1.0
+                for name in COCO_STATS
+            }
         for name, value in values.items():
             out[f"{iou_type}_{name}"] = float("nan") if value < 0 else value
     return out
@@ -136,7 +173,8 @@ def _has_ground_truth(coco_gt: Any, image_ids: Sequence[int], area: str) -> bool
     lo, hi = AREA_RANGES[area]
     return any(
         not a.get("iscrowd", 0) and lo <= float(a.get("area", 0.0)) <= hi
-        for i in image_ids for a in coco_gt.imgToAnns.get(i, [])
+        for i in image_ids
+        for a in coco_gt.imgToAnns.get(i, [])
     )
 
 
@@ -161,23 +199,34 @@ class InstanceTask:
         return total, {k: float(v.detach()) for k, v in losses.items()}
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device) -> dict[str, Any]:
-        """COCO bbox and segm metrics of ``model`` on ``batches`` (the val loader)."""
-        model.eval()
+    def evaluate(
+        self, model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device
+    ) -> dict[str, Any]:
+        """COCO bbox and segm metrics of ``model`` on ``batches`` (the val loader), in eval mode
+        (the model's mode is restored after)."""
         results: dict[str, list[dict[str, Any]]] = {t: [] for t in IOU_TYPES}
         image_ids: list[int] = []
         detections = 0
-        for batch in batches:
-            images = [im.to(device, non_blocking=True) for im in batch["images"]]
-            outputs = model(images)
-            for target, output in zip(batch["targets"], outputs):
-                image_id = int(target["image_id"])
-                image_ids.append(image_id)
-                converted = detections_to_coco(output, image_id, self.label_to_category, self.mask_threshold)
-                detections += len(converted["bbox"])
-                for t in IOU_TYPES:
-                    results[t] += converted[t]
+        with eval_mode(model):
+            for batch in batches:
+                images = [im.to(device, non_blocking=True) for im in batch["images"]]
+                outputs = model(images)
+                for target, output in zip(batch["targets"], outputs):
+                    image_id = int(target["image_id"])
+                    image_ids.append(image_id)
+                    converted = detections_to_coco(
+                        output, image_id, self.label_to_category, self.mask_threshold
+                    )
+                    detections += len(converted["bbox"])
+                    for t in IOU_TYPES:
+                        results[t] += converted[t]
         self.last_results = results
         metrics: dict[str, Any] = coco_metrics(self.coco_gt, results, image_ids, self.backend)
         metrics["detections_per_image"] = detections / max(len(image_ids), 1)
         return metrics
+
+
+def make_instance_task(data: Any, loss: str = "ce") -> InstanceTask:
+    """The task of an instance data bundle (:data:`stitch.registry.TASKS` entry); ``loss`` is
+    unused: the detector computes its own losses."""
+    return InstanceTask(data.coco_gt, dict(data.label_to_category))

@@ -7,6 +7,7 @@ dropped. A class absent from both target and prediction has undefined metrics (N
 out of the means rather than counted as 0 or 1; a class present in one of them gets 0 where its
 ratio has no denominator (never predicted: precision 0; predicted but absent: recall 0).
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,11 +24,15 @@ class ConfusionMatrix:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch: ``pred`` and ``target`` are integer label maps of the same shape."""
         if pred.shape != target.shape:
-            raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+            raise ValueError(
+                f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape"
+            )
         keep = target != self.ignore_index
         t, p = target[keep].long(), pred[keep].long()
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_classes):
-            raise ValueError(f"target labels outside 0..{self.num_classes - 1} (and not ignore_index {self.ignore_index})")
+            raise ValueError(
+                f"target labels outside 0..{self.num_classes - 1} (and not ignore_index {self.ignore_index})"
+            )
         idx = t * self.num_classes + p
         counts = torch.bincount(idx, minlength=self.num_classes**2)
         self.matrix += counts.reshape(self.num_classes, self.num_classes).to(self.matrix.device)

@@ -4,19 +4,24 @@ The engine (``stitch/engine.py``) owns the loop, device, precision and checkpoin
 says how a batch becomes a loss and how a model is evaluated, so Mask R-CNN can plug in the same
 loop later.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stitch.model_mode import eval_mode
 from stitch.tasks.metrics import ConfusionMatrix
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, eps: float = 1.0) -> torch.Tensor:
+def soft_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int, eps: float = 1.0
+) -> torch.Tensor:
     """Multi-class soft Dice loss (1 - mean Dice over classes), ignored pixels masked out.
 
     Written here rather than imported: the segmentation libraries that ship one (smp, MONAI) would
@@ -54,18 +59,27 @@ class SegmentationTask:
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device) -> dict[str, Any]:
-        """Metrics over ``batches`` from one confusion matrix accumulated on ``device``."""
-        model.eval()
+    def evaluate(
+        self, model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device
+    ) -> dict[str, Any]:
+        """Metrics over ``batches`` from one confusion matrix accumulated on ``device`` (in eval
+        mode; the model's mode is restored after)."""
         cm = ConfusionMatrix(self.num_classes, self.ignore_index, device)
         loss_sum, n = 0.0, 0
-        for batch in batches:
-            image = batch["image"].to(device, non_blocking=True)
-            target = batch["mask"].to(device, non_blocking=True)
-            logits = model(image)
-            loss_sum += float(F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)) * image.shape[0]
-            n += image.shape[0]
-            cm.update(logits.argmax(1), target)
+        with eval_mode(model):
+            for batch in batches:
+                image = batch["image"].to(device, non_blocking=True)
+                target = batch["mask"].to(device, non_blocking=True)
+                logits = model(image)
+                loss = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)
+                loss_sum += float(loss) * image.shape[0]
+                n += image.shape[0]
+                cm.update(logits.argmax(1), target)
         out = cm.compute()
         out["val_loss"] = loss_sum / max(n, 1)
         return out
+
+
+def make_segmentation_task(data: Any, loss: str = "ce") -> SegmentationTask:
+    """The task of a segmentation data bundle (:data:`stitch.registry.TASKS` entry)."""
+    return SegmentationTask(data.num_classes, loss, data.ignore_index)

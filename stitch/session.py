@@ -1,0 +1,233 @@
+"""Training one run and storing it: :class:`RunSession` is the public seam that ``stitch run`` and
+``stitch sweep`` share.
+
+A session holds what every run of an experiment shares (the experiment, its data and task, the
+results store, the device, the run directory and the progress display); :meth:`RunSession.train`
+trains one :class:`~stitch.runs.RunPlan` (fresh or resumed from its checkpoints) and returns its
+stored row. What happens around the loop is a list of small :class:`~stitch.engine.Callback`
+classes: the store, TensorBoard and progress callbacks of this module, then the caller's (a sweep
+adds its pruning callback).
+"""
+
+from __future__ import annotations
+
+import shutil
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from stitch.build import BuiltModel, stitch_variant
+from stitch.config import Experiment
+from stitch.engine import Callback, Diverged, LoopState, StopTraining, train, train_batches
+from stitch.errors import StitchError, one_line_message
+from stitch.progress import Progress
+from stitch.runs import RunPlan
+from stitch.store import ResultStore, RunRow
+from stitch.tasks import Task
+from stitch.visualize import prediction_grid
+
+if TYPE_CHECKING:
+    from stitch.data import DataBundle
+
+#: TensorBoard tag of each per-epoch record key (the rest are validation metrics, ``val/<key>``)
+TB_TAGS = {
+    "train_loss": "train/loss",
+    "lr": "train/lr",
+    "train_images_per_s": "train/images_per_s",
+    "seconds": "time/epoch_seconds",
+}
+
+
+def tb_tag(key: str) -> str:
+    """TensorBoard tag of a per-epoch record key (loss components go under ``train/``)."""
+    if key in TB_TAGS:
+        return TB_TAGS[key]
+    if key.startswith("train_loss_"):
+        return f"train/{key[len('train_') :]}"
+    return f"val/{key}"
+
+
+class StoreCallback(Callback):
+    """Writes the loop's state (history, best and last metrics, timings) into the run's row after
+    every epoch, so an interrupted run keeps what it had done."""
+
+    def __init__(self, store: ResultStore, run_id: str) -> None:
+        self.store, self.run_id = store, run_id
+
+    def save(self, state: LoopState) -> None:
+        """Store ``state`` in the run's row."""
+        self.store.update(
+            self.run_id,
+            epochs_done=state.epoch,
+            history=state.history,
+            best_epoch=state.best_epoch,
+            best_value=None if state.best_epoch is None else state.best_value,
+            best_metrics=state.best_metrics,
+            final_metrics=state.last_metrics,
+            wall_time=state.wall_time,
+            train_images_per_s=state.train_images / max(state.train_seconds, 1e-9),
+        )
+
+    def on_epoch(self, state: LoopState, record: dict[str, Any]) -> None:
+        self.save(state)
+
+
+class TensorBoardCallback(Callback):
+    """Per-epoch scalars, per-class IoU/Dice, per-step loss parts and a validation image grid."""
+
+    def __init__(
+        self, writer: SummaryWriter, data: DataBundle, device: torch.device, steps_per_epoch: int
+    ) -> None:
+        self.writer, self.data, self.device, self.steps = writer, data, device, steps_per_epoch
+        self.last_metrics: dict[str, Any] = {}
+
+    def on_losses(self, epoch: int, step: int, parts: dict[str, float]) -> None:
+        global_step = (epoch - 1) * self.steps + step
+        for part, value in parts.items():
+            self.writer.add_scalar(f"train_step/{part}", value, global_step)
+
+    def on_eval(self, epoch: int, model: nn.Module) -> None:
+        grid = prediction_grid(model, self.data, n=4, device=self.device)
+        self.writer.add_image("val/input_target_prediction", grid, epoch)
+
+    def on_epoch(self, state: LoopState, record: dict[str, Any]) -> None:
+        for key, value in record.items():
+            if key != "epoch":
+                self.writer.add_scalar(tb_tag(key), value, record["epoch"])
+        metrics = state.last_metrics or {}
+        for name in ("iou_per_class", "dice_per_class"):
+            for c, value in enumerate(metrics.get(name, []) if record.get("val_loss") is not None else []):
+                self.writer.add_scalar(f"val_{name}/{self.data.class_names[c]}", value, record["epoch"])
+        self.writer.flush()
+
+
+class ProgressCallback(Callback):
+    """Steps and epochs on the progress display (bar or plain log lines)."""
+
+    def __init__(self, progress: Progress, primary: str) -> None:
+        self.progress, self.primary = progress, primary
+
+    def on_step(self, epoch: int, step: int, loss: float, images: int) -> None:
+        self.progress.step(epoch, step, loss, images)
+
+    def on_epoch(self, state: LoopState, record: dict[str, Any]) -> None:
+        self.progress.epoch_done(record, self.primary)
+
+
+@dataclass
+class RunSession:
+    """What the runs of one experiment share; :meth:`train` trains and stores one of them."""
+
+    exp: Experiment
+    data: DataBundle
+    task: Task
+    store: ResultStore
+    device: torch.device
+    run_dir: Path
+    progress: Progress
+
+    def train(
+        self,
+        plan: RunPlan,
+        *,
+        force: bool = False,
+        stop_after: int | None = None,
+        callbacks: Sequence[Callback] = (),
+        built: BuiltModel | None = None,
+    ) -> RunRow:
+        """Train ``plan`` (fresh, or resumed from its last checkpoint unless ``force``) and store it;
+        returns its row. ``callbacks`` run after the session's own (store, TensorBoard, progress)
+        and may raise :class:`~stitch.engine.StopTraining` (the run is stored with that status and
+        the exception goes on). ``built`` is the run's model when the caller has already built it
+        (``stitch_variant`` of ``plan.variant`` and ``plan.seed``, untrained). ``stop_after`` ends
+        the call after that many epochs, as an interruption would."""
+        exp, store, progress = self.exp, self.store, self.progress
+        ckpt_dir = self.run_dir / "ckpt" / plan.run_id
+        tb_dir = self.run_dir / "tb" / f"{plan.variant.slug}_s{plan.seed}_{plan.run_id[:8]}"
+        previous = store.get(plan.run_id)
+        fresh = force or previous is None
+        if fresh:
+            for folder in (ckpt_dir, tb_dir):
+                if folder.exists():
+                    shutil.rmtree(folder)
+        built = built or stitch_variant(exp, plan.variant, plan.seed)
+        epochs = plan.config["train"]["epochs"]
+        train_cfg = exp.cfg.train.model_copy(update={"epochs": epochs})
+        if fresh:
+            store.start(
+                RunRow(
+                    run_id=plan.run_id,
+                    experiment=exp.cfg.name,
+                    variant=plan.variant.name,
+                    variant_slug=plan.variant.slug,
+                    insertions=list(plan.variant.insertions),
+                    seed=plan.seed,
+                    status="running",
+                    config=plan.config,
+                    primary_metric=exp.cfg.primary_metric,
+                    params=built.params,
+                    baseline_params=built.baseline_params,
+                    epochs=epochs,
+                    device=str(self.device),
+                )
+            )
+        else:  # resume: keep the history and metrics stored so far
+            store.update(plan.run_id, status="running", device=str(self.device), error=None)
+        _, _, steps = train_batches(len(self.data.train), train_cfg.batch_size)
+        writer = SummaryWriter(str(tb_dir))
+        saver = StoreCallback(store, plan.run_id)
+        own = [
+            saver,
+            TensorBoardCallback(writer, self.data, self.device, steps),
+            ProgressCallback(progress, exp.cfg.primary_metric),
+        ]
+        progress.start_run(plan.variant.name, plan.seed, epochs, len(self.data.train), steps)
+        name = f"{plan.variant.name} seed {plan.seed}"
+        try:
+            state = train(
+                built.model,
+                self.task,
+                self.data.train,
+                self.data.val,
+                train_cfg,
+                plan.seed,
+                self.device,
+                ckpt_dir,
+                exp.cfg.primary_metric,
+                num_workers=exp.cfg.data.num_workers,
+                callbacks=[*own, *callbacks],
+                stop_after=stop_after,
+                collate_fn=getattr(self.data, "collate_fn", None),
+            )
+        except Diverged as exc:
+            store.update(plan.run_id, status="diverged", error=str(exc))
+            progress.message(f"{name}: diverged ({exc})")
+        except StopTraining as exc:
+            store.update(plan.run_id, status=exc.status, error=exc.reason)
+            progress.message(f"{name}: {exc.status} ({exc.reason})")
+            raise
+        except KeyboardInterrupt:
+            progress.message(f"{name}: interrupted; run the same command again to resume")
+            raise
+        except StitchError as exc:  # bad data found while training (a file the preflight did not read)
+            store.update(plan.run_id, status="failed", error=one_line_message(exc))
+            raise
+        except Exception as exc:  # a crash of one run must not lose the others
+            store.update(plan.run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+            progress.message(f"{name}: failed: {type(exc).__name__}: {exc} (traceback in log.txt)")
+            progress.log.error(traceback.format_exc())
+        else:
+            saver.save(state)
+            if state.epoch >= epochs:
+                store.update(plan.run_id, status="done")
+        finally:
+            writer.close()
+        row = store.get(plan.run_id)
+        assert row is not None  # started above or found before
+        return row
