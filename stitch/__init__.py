@@ -6,12 +6,13 @@ Python API::
     model = stitch.build_model(exp)                 # every insertion
     base = stitch.build_model(exp, "baseline")      # the same seed, nothing stitched
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["load_experiment", "build_model", "stitch_variant", "plan_variants", "StitchError"]
+__all__ = ["StitchError", "build_model", "load_experiment", "plan_variants", "stitch_variant"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,5 @@
 """``python -m stitch`` runs the command line."""
+
 import sys
 
 from stitch.cli import main

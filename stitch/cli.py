@@ -3,108 +3,26 @@
 User mistakes (:class:`~stitch.errors.StitchError`) print one line on stderr and exit with code 2;
 ``--debug`` shows the traceback instead.
 """
+
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from stitch.errors import StitchError, one_line_message
 
 
-def _console():
-    from rich.console import Console
-
-    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-
-
-def _table(title: str, columns: Sequence[str]):
-    from rich import box
-    from rich.table import Table
-
-    t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", show_lines=False)
-    for c in columns:
-        t.add_column(c, overflow="fold")
-    return t
-
-
-# ----------------------------------------------------------------------------- validate
 def cmd_validate(args: argparse.Namespace) -> int:
-    from stitch.config import load_experiment
-    from stitch.plan import plan_variants
-    from stitch.validate import human_count, validate_experiment
+    from stitch.listings import print_validation
 
-    console = _console()
     for path in args.experiments:
-        exp = load_experiment(path)
-        cfg = exp.cfg
-        variants = plan_variants(cfg)
-        checks = validate_experiment(exp)  # before printing anything: a mistake is one line only
-        sweep_line = None
-        if cfg.sweep is not None:
-            from stitch.sweep import check_sweep
-
-            sweep_line = check_sweep(exp)
-        console.print(
-            f"[bold]{cfg.name}[/bold] ({path}): {cfg.task}, baseline {cfg.baseline.model} "
-            f"{cfg.baseline.args or ''}, design {cfg.ablation.design}: "
-            f"{plural(len(variants), 'variant')} x {plural(len(cfg.seeds), 'seed')} {cfg.seeds} = {plural(len(variants) * len(cfg.seeds), 'run')}"
-        )
-        if sweep_line is not None:
-            console.print(sweep_line)
-        elif not cfg.insertions:
-            console.print("note: no insertions, so the design is the baseline alone")
-        base_params = checks[0].built.baseline_params
-        table = _table("", ["variant", "insertion", "module", "mode", "module paths", "adapters", "params", "delta vs baseline"])
-        for check in checks:
-            b = check.built
-            first = True
-            rows = _group_applied(b.applied) or [("—", "—", "—", "—", "—")]
-            for ins, module, mode, points, adapters in rows:
-                table.add_row(
-                    check.variant.name if first else "",
-                    ins, module, mode, points, adapters,
-                    human_count(b.params) if first else "",
-                    ("+" if b.params >= base_params else "") + f"{human_count(b.params - base_params)} ({b.params - base_params:+,})" if first and b.applied else ("" if not first else "—"),
-                )
-                first = False
-        console.print(table)
-        adapters = {(a.insertion, a.alias or a.point): a for c in checks for a in c.built.applied if a.adapter}
-        for (name, point), a in adapters.items():
-            console.print(f"  adapter: {name} at {point}: {a.adapter} (+{a.adapter_params:,} params) makes {a.module}'s output fit what follows")
-        absorbed = {(a.insertion, a.alias or a.point): a for c in checks for a in c.built.applied if a.absorbed}
-        for (name, point), a in absorbed.items():
-            console.print(f"  absorbed: {name} at {point}: {a.module} {a.describe_absorbed()}")
-        console.print(
-            f"[green]ok[/green]: {plural(len(checks), 'variant')} built, probed, forward and backward on a dummy "
-            f"batch (CPU, {sum(c.seconds for c in checks):.1f} s)"
-        )
+        print_validation(path)
     return 0
 
 
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _group_applied(applied: list[Any]) -> list[tuple[str, str, str, str, str]]:
-    """One row per insertion: its points (aliases where they exist) and adapters."""
-    rows: dict[str, list[Any]] = {}
-    for a in applied:
-        rows.setdefault(a.insertion, []).append(a)
-    out = []
-    for name, items in rows.items():
-        points = ", ".join(a.point for a in items)
-        n_adapters = sum(1 for a in items if a.adapter)
-        adapters = f"{n_adapters} (listed below)" if n_adapters else "—"
-        nested = [n for a in items for n in a.nested]
-        module = items[0].module + (f" ⊃ {', '.join(sorted({n.module + '@' + n.point for n in nested}))}" if nested else "")
-        out.append((name, module, items[0].mode, points, adapters))
-    return out
-
-
-# ----------------------------------------------------------------------------- points
 def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     import yaml
 
@@ -116,15 +34,24 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         try:
             out[key] = yaml.safe_load(text)
         except yaml.YAMLError:
-            raise StitchError(f"--arg {pair!r}: the value is not valid YAML (quote strings, write lists as [1, 2])") from None
+            raise StitchError(
+                f"--arg {pair!r}: the value is not valid YAML (quote strings, write lists as [1, 2])"
+            ) from None
     return out
 
 
 def cmd_points(args: argparse.Namespace) -> int:
     from stitch.baselines import BASELINES
-    from stitch.build import list_points
-    from stitch.config import BaselineCfg, Experiment, ExperimentCfg, SourceMap, load_experiment, with_overrides
+    from stitch.config import (
+        BaselineCfg,
+        Experiment,
+        ExperimentCfg,
+        SourceMap,
+        load_experiment,
+        with_overrides,
+    )
     from stitch.errors import did_you_mean
+    from stitch.listings import print_points
 
     target = args.target
     if target in BASELINES:
@@ -133,47 +60,19 @@ def cmd_points(args: argparse.Namespace) -> int:
     elif Path(target).suffix in (".yaml", ".yml") or Path(target).exists():
         exp = load_experiment(target)
     else:
-        raise StitchError(f"{target!r} is neither a baseline nor an experiment file" + (did_you_mean(target, BASELINES) or f" (baselines: {', '.join(BASELINES)})"))
+        raise StitchError(
+            f"{target!r} is neither a baseline nor an experiment file"
+            + (did_you_mean(target, BASELINES) or f" (baselines: {', '.join(BASELINES)})")
+        )
     exp = with_overrides(exp, _parse_overrides(args.arg), tuple(args.size) if args.size else None)
-    rows = list_points(exp, include_all=args.all or args.json)
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
-    from stitch.points import format_shape
-    from stitch.validate import human_count
-
-    title = f"hook points of {exp.cfg.baseline.model} {exp.cfg.baseline.args or ''}, probe input: {rows[0]['probe_input'] if rows else ''}"
-    table = _table(title, ["alias", "module path", "type", "input", "output", "params"])
-    for r in rows:
-        table.add_row(", ".join(r["aliases"]) or "", r["path"], r["type"], format_shape(r["inputs"]), format_shape(r["output"]), human_count(r["params"]))
-    _console().print(table)
-    if not args.all:
-        print("(aliased points only; --all lists every module path, each of which is a hook point too)")
+    print_points(exp, include_all=args.all, as_json=args.json)
     return 0
 
 
-# ----------------------------------------------------------------------------- zoo
 def cmd_zoo(args: argparse.Namespace) -> int:
-    import modules_zoo
+    from stitch.listings import print_zoo
 
-    entries = modules_zoo.entries()
-    if args.json:
-        print(json.dumps([
-            {
-                "name": e.name, "kind": e.kind, "modes": list(e.modes), "reference": e.reference, "summary": e.summary,
-                "probe_arguments": e.probe_arguments(),
-                "arguments": [{"name": a.name, "default": a.default, "type": a.annotation, "required": a.required} for a in e.arguments()],
-                "hook_point_aliases": dict(e.aliases),
-            }
-            for e in entries
-        ], indent=1, default=str))
-        return 0
-    table = _table("module zoo", ["name", "kind", "modes", "arguments", "reference"])
-    for e in entries:
-        arg_text = ", ".join(f"{a.name}={a.default!r}" if not a.required else a.name for a in e.arguments())
-        table.add_row(e.name, e.kind, ", ".join(e.modes), arg_text, e.reference)
-    _console().print(table)
-    print("channels, in_channels, out_channels and stride come from the shape probe")
+    print_zoo(as_json=args.json)
     return 0
 
 
@@ -184,8 +83,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     exp = load_experiment(args.experiment)
     rows = run_experiment(
-        exp, out=args.out, device=args.device, epochs=args.epochs, seeds=args.seeds,
-        force=args.force, quiet=args.quiet,
+        exp,
+        out=args.out,
+        device=args.device,
+        epochs=args.epochs,
+        seeds=args.seeds,
+        force=args.force,
+        quiet=args.quiet,
     )
     failed = [r for r in rows if r.status == "failed"]
     print(f"results: {Path(args.out) / exp.cfg.name} (runs.sqlite, results.csv, log.txt, tb/)")
@@ -198,8 +102,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     exp = load_experiment(args.experiment)
     result = run_sweep(
-        exp, out=args.out, n_trials=args.n_trials, timeout=args.timeout, storage=args.storage,
-        study_name=args.study, device=args.device, quiet=args.quiet,
+        exp,
+        out=args.out,
+        n_trials=args.n_trials,
+        timeout=args.timeout,
+        storage=args.storage,
+        study_name=args.study,
+        device=args.device,
+        quiet=args.quiet,
     )
     print(f"sweep: {result.run_dir / 'sweep'} ({', '.join(p.name for p in result.written)})")
     return 0
@@ -220,8 +130,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     sweeps = [d for d in dirs if is_sweep_dir(d)]
     if sweeps:
         if len(dirs) > 1:
-            raise StitchError(f"{sweeps[0]} is a sweep's run directory: report it on its own (its trials are not variants of one design)")
-        written = write_runs_table(dirs[0], Path(args.out) if args.out else dirs[0] / "sweep", standalone=args.standalone)
+            raise StitchError(
+                f"{sweeps[0]} is a sweep's run directory: report it on its own"
+                " (its trials are not variants of one design)"
+            )
+        written = write_runs_table(
+            dirs[0], Path(args.out) if args.out else dirs[0] / "sweep", standalone=args.standalone
+        )
         print(f"wrote {len(written)} files to {written[0].parent}: " + ", ".join(p.name for p in written))
         return 0
     written = write_report(dirs, out, standalone=args.standalone, device=device, latency=not args.no_latency)
@@ -232,7 +147,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from stitch.show import show_run
 
-    path = show_run(Path(args.run_dir), variant=args.variant, seed=args.seed, n=args.n, out=Path(args.output) if args.output else None)
+    path = show_run(
+        Path(args.run_dir),
+        variant=args.variant,
+        seed=args.seed,
+        n=args.n,
+        out=Path(args.output) if args.output else None,
+    )
     print(f"wrote {path}")
     return 0
 
@@ -261,13 +182,17 @@ def _seed(text: str) -> int:
 def _training_options(parser: argparse.ArgumentParser) -> None:
     """What every command that trains takes: the experiment, --out, --device, --quiet."""
     parser.add_argument("experiment", metavar="EXPERIMENT.yaml")
-    parser.add_argument("--out", default="runs", help="parent of the run directory runs/<experiment>/ (default: runs)")
+    parser.add_argument(
+        "--out", default="runs", help="parent of the run directory runs/<experiment>/ (default: runs)"
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: CUDA when present, else CPU)")
     parser.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar (CI)")
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stitch", description="Module-stitching and ablation experiments on PyTorch vision models.")
+    p = argparse.ArgumentParser(
+        prog="stitch", description="Module-stitching and ablation experiments on PyTorch vision models."
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     p.add_argument("--version", action="version", version="stitch 0.1.0")
     sub = p.add_subparsers(dest="command", required=True)
@@ -280,7 +205,13 @@ def make_parser() -> argparse.ArgumentParser:
     pt.add_argument("target", metavar="unet|maskrcnn|EXPERIMENT.yaml")
     pt.add_argument("--json", action="store_true", help="every module path, as JSON")
     pt.add_argument("--all", action="store_true", help="every module path, not only aliased points")
-    pt.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE", help="baseline argument, e.g. --arg base_width=32")
+    pt.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="baseline argument, e.g. --arg base_width=32",
+    )
     pt.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="probe input size")
     pt.set_defaults(func=cmd_points)
 
@@ -291,18 +222,32 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="retrain runs that are already done")
     r.set_defaults(func=cmd_run)
 
-    sw = sub.add_parser("sweep", help="Optuna search over insertion points, modules, modes and hyper-parameters")
+    sw = sub.add_parser(
+        "sweep", help="Optuna search over insertion points, modules, modes and hyper-parameters"
+    )
     _training_options(sw)
-    sw.add_argument("--n-trials", type=_positive_int, help="finished trials to reach in the study (default: sweep.trials)")
+    sw.add_argument(
+        "--n-trials", type=_positive_int, help="finished trials to reach in the study (default: sweep.trials)"
+    )
     sw.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    sw.add_argument("--storage", help="SQLAlchemy URL of the study (default: sqlite:///RUN_DIR/sweep.sqlite); share one across workers")
+    sw.add_argument(
+        "--storage",
+        help="SQLAlchemy URL of the study (default: sqlite:///RUN_DIR/sweep.sqlite); "
+        "share one across workers",
+    )
     sw.add_argument("--study", help="study name (default: the experiment's name)")
     sw.set_defaults(func=cmd_sweep)
 
-    rp = sub.add_parser("report", help="tables (LaTeX, Markdown, CSV, HTML), plots and provenance from run directories")
+    rp = sub.add_parser(
+        "report", help="tables (LaTeX, Markdown, CSV, HTML), plots and provenance from run directories"
+    )
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    rp.add_argument("--out", help="output folder (default: RUN_DIR/report, or report/ beside the first of several)")
-    rp.add_argument("--standalone", action="store_true", help="LaTeX as a full document that compiles with pdflatex")
+    rp.add_argument(
+        "--out", help="output folder (default: RUN_DIR/report, or report/ beside the first of several)"
+    )
+    rp.add_argument(
+        "--standalone", action="store_true", help="LaTeX as a full document that compiles with pdflatex"
+    )
     rp.add_argument("--device", help="device for the latency measurement (default cpu)")
     rp.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     rp.set_defaults(func=cmd_report)

@@ -14,10 +14,10 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -215,8 +215,8 @@ class Callback:
 def train(
     model: nn.Module,
     task: Task,
-    train_set: Dataset,
-    val_set: Dataset,
+    train_set: Dataset[Any],
+    val_set: Dataset[Any],
     cfg: TrainCfg,
     seed: int,
     device: torch.device,
@@ -235,7 +235,7 @@ def train(
     """
     set_deterministic(cfg.deterministic)
     model.to(device)
-    batch_size, drop_last, _ = train_batches(len(train_set), cfg.batch_size)
+    batch_size, drop_last, _ = train_batches(len(cast(Sized, train_set)), cfg.batch_size)
     sampler_gen = torch.Generator()
     loader = DataLoader(
         train_set,

@@ -2,12 +2,14 @@
 
 Every message also goes to the run directory's ``log.txt``.
 """
+
 from __future__ import annotations
 
 import logging
 import statistics
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -26,15 +28,28 @@ class Progress:
         self._steps = 0
         self._label = ""
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         if not self.quiet:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import (
+                Progress as RichProgress,
+            )
 
             self._bar = RichProgress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
-                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"),
+                TextColumn("{task.fields[ips]:.1f} img/s"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
             )
             self._bar.__enter__()
         return self
@@ -63,12 +78,16 @@ class Progress:
         if self._bar is not None:
             if self._task is not None:
                 self._bar.remove_task(self._task)
-            self._task = self._bar.add_task(self._label, total=epochs * self._steps, loss=float("nan"), ips=0.0)
+            self._task = self._bar.add_task(
+                self._label, total=epochs * self._steps, loss=float("nan"), ips=0.0
+            )
 
     def step(self, epoch: int, step: int, loss: float, images: int) -> None:
         if self._bar is not None:
             self._bar.update(
-                self._task, completed=(epoch - 1) * self._steps + step, loss=loss,
+                self._task,
+                completed=(epoch - 1) * self._steps + step,
+                loss=loss,
                 description=f"{self._label} ep {epoch}/{self._epochs}",
             )
 
@@ -90,7 +109,11 @@ class Progress:
         by_variant: dict[str, list[Any]] = {}
         for r in rows:
             by_variant.setdefault(r.variant, []).append(r)
-        header = f"{'variant':<24} {'runs':>9}" + "".join(f" {m:>17}" for m in metrics) + f" {'params':>12} {'time/run':>9}"
+        header = (
+            f"{'variant':<24} {'runs':>9}"
+            + "".join(f" {m:>17}" for m in metrics)
+            + f" {'params':>12} {'time/run':>9}"
+        )
         lines = [header]
         for variant, rs in by_variant.items():
             done = [r for r in rs if r.status == "done" and r.best_metrics]
@@ -104,5 +127,9 @@ class Progress:
             params = f"{rs[0].params:,}" if rs[0].params else "—"
             secs = statistics.mean(r.wall_time for r in rs) if rs else 0.0
             status = f"{len(done)}/{len(rs)} done"
-            lines.append(f"{variant:<24} {status:>9}" + "".join(f" {c:>17}" for c in cells) + f" {params:>12} {secs:>8.0f}s")
+            lines.append(
+                f"{variant:<24} {status:>9}"
+                + "".join(f" {c:>17}" for c in cells)
+                + f" {params:>12} {secs:>8.0f}s"
+            )
         self.message("\n".join(lines))

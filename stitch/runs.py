@@ -121,6 +121,7 @@ def plan_runs(
 def fit_baseline_to_data(exp: Experiment, num_classes: int, in_channels: int) -> Experiment:
     """A validated copy of ``exp`` whose baseline has ``num_classes``/``in_channels`` (those its
     builder takes) filled from the data; a one-line error where the file says otherwise."""
+    assert exp.cfg.data is not None  # experiment_data checked it
     args = exp.cfg.baseline.args
     spec = BASELINES.get(exp.cfg.baseline.model)
     takes = set(inspect.signature(spec.build).parameters) if spec else {"num_classes", "in_channels"}

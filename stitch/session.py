@@ -148,6 +148,7 @@ class RunSession:
         (``stitch_variant`` of ``plan.variant`` and ``plan.seed``, untrained). ``stop_after`` ends
         the call after that many epochs, as an interruption would."""
         exp, store, progress = self.exp, self.store, self.progress
+        assert exp.cfg.data is not None  # the session's data was built from it
         ckpt_dir = self.run_dir / "ckpt" / plan.run_id
         tb_dir = self.run_dir / "tb" / f"{plan.variant.slug}_s{plan.seed}_{plan.run_id[:8]}"
         previous = store.get(plan.run_id)

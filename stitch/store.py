@@ -12,7 +12,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from stitch.fileio import atomic_path
 from stitch.hashing import digest
@@ -149,7 +149,7 @@ class ResultStore:
         return _decode(row) if row else None
 
     def rows(self, status: str | None = None) -> list[RunRow]:
-        sql, args = "SELECT * FROM runs", ()
+        sql, args = "SELECT * FROM runs", cast(tuple[str, ...], ())
         if status:
             sql, args = sql + " WHERE status = ?", (status,)
         return [_decode(r) for r in self._conn.execute(sql + " ORDER BY started_at, run_id", args)]

@@ -4,6 +4,7 @@ Everything a user can get wrong on the model side shows up here, before any trai
 (in :mod:`stitch.config`), unknown modules and points, channel mismatches, modules at points they
 cannot take, and gradients that do not reach a stitched module.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,7 @@ def stitched_parameter_names(built: BuiltModel) -> list[str]:
     out = []
     for name, p in built.model.named_parameters():
         parts = name.split(".")
-        if "added" in parts or "scale" == parts[-1] or any(name.startswith(r + ".") for r in replaced):
+        if "added" in parts or parts[-1] == "scale" or any(name.startswith(r + ".") for r in replaced):
             out.append(name)
     return out
 
@@ -49,12 +50,18 @@ def check_variant(exp: Experiment, variant: Variant, seed: int) -> VariantCheck:
     try:
         loss = spec.loss(model, batch)
     except Exception as exc:  # a stitched module that does not fit in training mode
-        raise StitchError(f"variant {variant.name!r}: training-mode forward on a dummy batch fails: {exception_text(exc)} (--debug shows where)") from exc
+        raise StitchError(
+            f"variant {variant.name!r}: training-mode forward on a dummy batch fails: {exception_text(exc)} (--debug shows where)"
+        ) from exc
     if not torch.isfinite(loss):
-        raise StitchError(f"variant {variant.name!r}: the loss on a dummy batch is {loss.item()} (not finite)")
+        raise StitchError(
+            f"variant {variant.name!r}: the loss on a dummy batch is {loss.item()} (not finite)"
+        )
     loss.backward()
     params = dict(model.named_parameters())
-    missing = [n for n in stitched_parameter_names(built) if params[n].requires_grad and params[n].grad is None]
+    missing = [
+        n for n in stitched_parameter_names(built) if params[n].requires_grad and params[n].grad is None
+    ]
     if missing:
         raise StitchError(
             f"variant {variant.name!r}: stitched parameter {missing[0]!r} gets no gradient "

@@ -1,4 +1,5 @@
 """Segmentation metrics against hand-computed confusion matrices."""
+
 from __future__ import annotations
 
 import math
@@ -81,4 +82,6 @@ def test_soft_dice_is_zero_for_a_perfect_confident_prediction_and_ignores_pixels
     logits[0, 1, 0, 1] = logits[0, 1, 1, 0] = 20
     logits[0, 0, 1, 1] = 20  # an ignored pixel: whatever is predicted there does not count
     assert float(soft_dice_loss(logits, target, 255)) == pytest.approx(0.0, abs=1e-6)
-    assert float(soft_dice_loss(-logits, target, 255)) == pytest.approx(0.75, abs=1e-4)  # (0+1)/(3+1) per class, eps 1
+    assert float(soft_dice_loss(-logits, target, 255)) == pytest.approx(
+        0.75, abs=1e-4
+    )  # (0+1)/(3+1) per class, eps 1

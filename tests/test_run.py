@@ -1,4 +1,5 @@
 """`stitch run` end to end on tiny generated data: results, resume, skip, learning, show."""
+
 from __future__ import annotations
 
 import math
@@ -11,25 +12,29 @@ import time
 from pathlib import Path
 
 import pytest
+from yaml_snippets import tiny_shapes_unet
 
 from stitch.cli import main
 from stitch.config import load_experiment, parse_experiment
 from stitch.engine import lr_factor
 from stitch.run import run_experiment
 from stitch.store import ResultStore
-from yaml_snippets import tiny_shapes_unet
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(tmp_path: Path, extra: str = "", epochs: int = 2, name: str = "tiny_run") -> Path:
     """A two-variant experiment on 16 generated 32x32 images (cached under tmp_path)."""
-    text = tiny_shapes_unet(name, tmp_path / "data", epochs) + textwrap.dedent("""\
+    text = (
+        tiny_shapes_unet(name, tmp_path / "data", epochs)
+        + textwrap.dedent("""\
           keep_last: 2
         insertions:
           - {name: SE, module: SE, at: "enc*"}
         seeds: [0]
-    """) + textwrap.dedent(extra)
+    """)
+        + textwrap.dedent(extra)
+    )
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
     return path
@@ -43,7 +48,10 @@ def test_end_to_end_two_variants_write_every_output(tmp_path: Path, capsys) -> N
     run_dir = tmp_path / "runs" / "tiny_run"
     with ResultStore(run_dir / "runs.sqlite") as store:
         rows = store.rows()
-    assert [(r.variant, r.seed, r.status, r.epochs_done) for r in rows] == [("Baseline", 0, "done", 3), ("+SE", 0, "done", 3)]
+    assert [(r.variant, r.seed, r.status, r.epochs_done) for r in rows] == [
+        ("Baseline", 0, "done", 3),
+        ("+SE", 0, "done", 3),
+    ]
     for r in rows:
         assert len(r.history) == 3 and r.best_metrics and r.final_metrics
         assert {"miou", "mdice", "fg_iou", "pixel_acc", "tp", "fp", "fn", "tn"} <= set(r.final_metrics)
@@ -86,11 +94,17 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
 
 def test_killed_process_resumes_to_the_same_result(tmp_path: Path) -> None:
     path = tiny(tmp_path, epochs=40, extra="ablation: none\n")
-    text = path.read_text().replace("insertions:\n  - {name: SE, module: SE, at: \"enc*\"}\n", "")
+    text = path.read_text().replace('insertions:\n  - {name: SE, module: SE, at: "enc*"}\n', "")
     path.write_text(text)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "stitch", "run", str(path), "--quiet"]
-    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "killed")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd + ["--out", str(tmp_path / "killed")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt_root = tmp_path / "killed" / "tiny_run" / "ckpt"
     deadline = time.time() + 120
     while time.time() < deadline and not list(ckpt_root.glob("*/epoch-0003.pt")):
@@ -100,8 +114,12 @@ def test_killed_process_resumes_to_the_same_result(tmp_path: Path) -> None:
     with ResultStore(tmp_path / "killed" / "tiny_run" / "runs.sqlite") as store:
         (row,) = store.rows()
     assert row.status == "running" and row.epochs_done < 40
-    subprocess.run(cmd + ["--out", str(tmp_path / "killed")], cwd=ROOT, env=env, check=True, capture_output=True)
-    subprocess.run(cmd + ["--out", str(tmp_path / "straight")], cwd=ROOT, env=env, check=True, capture_output=True)
+    subprocess.run(
+        cmd + ["--out", str(tmp_path / "killed")], cwd=ROOT, env=env, check=True, capture_output=True
+    )
+    subprocess.run(
+        cmd + ["--out", str(tmp_path / "straight")], cwd=ROOT, env=env, check=True, capture_output=True
+    )
     rows = []
     for out in ("killed", "straight"):
         with ResultStore(tmp_path / out / "tiny_run" / "runs.sqlite") as store:
@@ -144,7 +162,9 @@ def test_a_small_unet_learns_the_shapes(tmp_path: Path) -> None:
 
 def test_data_mistakes_exit_2_with_one_line(tmp_path: Path, capsys) -> None:
     path = tmp_path / "e.yaml"
-    path.write_text(f"name: e\ntask: segmentation\nbaseline: {{model: unet}}\ndata: {{dataset: folder, root: {tmp_path / 'nowhere'}}}\n")
+    path.write_text(
+        f"name: e\ntask: segmentation\nbaseline: {{model: unet}}\ndata: {{dataset: folder, root: {tmp_path / 'nowhere'}}}\n"
+    )
     code = main(["run", str(path), "--out", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "nowhere" in err
@@ -156,34 +176,50 @@ def test_class_count_mismatch_is_reported_at_the_baseline(tmp_path: Path, capsys
     path.write_text(path.read_text().replace("{base_width: 4}", "{base_width: 4, num_classes: 5}"))
     code = main(["run", str(path), "--out", str(tmp_path / "runs")])
     err = capsys.readouterr().err
-    assert code == 2 and "baseline.args.num_classes: num_classes=5 but the shapes data has 3 (set num_classes: 3)" in err
+    assert (
+        code == 2
+        and "baseline.args.num_classes: num_classes=5 but the shapes data has 3 (set num_classes: 3)" in err
+    )
 
 
 @pytest.mark.parametrize(
     "schedule, checks",
     [
-        ("{name: cosine, warmup_epochs: 1, min_lr: 0.0001}", [(0, 0.1), (9, 1.0), (10, 1.0), (99, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 89 / 90)))]),
+        (
+            "{name: cosine, warmup_epochs: 1, min_lr: 0.0001}",
+            [(0, 0.1), (9, 1.0), (10, 1.0), (99, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 89 / 90)))],
+        ),
         ("{name: step, step_size: 3, gamma: 0.5}", [(0, 1.0), (29, 1.0), (30, 0.5), (60, 0.25)]),
-        ("{name: step, milestones: [8, 9], gamma: 0.1}", [(0, 1.0), (79, 1.0), (80, 0.1), (89, 0.1), (90, 0.01), (99, 0.01)]),
+        (
+            "{name: step, milestones: [8, 9], gamma: 0.1}",
+            [(0, 1.0), (79, 1.0), (80, 0.1), (89, 0.1), (90, 0.01), (99, 0.01)],
+        ),
         ("{name: poly, power: 1.0}", [(0, 1.0), (50, 0.5)]),
         ("{name: none, warmup_epochs: 2}", [(0, 0.05), (19, 1.0), (99, 1.0)]),
     ],
 )
 def test_learning_rate_schedules(schedule: str, checks: list[tuple[int, float]]) -> None:
-    cfg = parse_experiment(f"name: s\ntask: segmentation\nbaseline: {{model: unet}}\ntrain: {{epochs: 10, optimizer: {{lr: 0.001}}, scheduler: {schedule}}}\n").cfg.train
+    cfg = parse_experiment(
+        f"name: s\ntask: segmentation\nbaseline: {{model: unet}}\ntrain: {{epochs: 10, optimizer: {{lr: 0.001}}, scheduler: {schedule}}}\n"
+    ).cfg.train
     for step, expected in checks:
         assert lr_factor(step, 10, cfg) == pytest.approx(expected), step
 
 
-@pytest.mark.parametrize("schedule, problem", [
-    ("{name: cosine, milestones: [3]}", "milestones are read by the 'step' schedule only"),
-    ("{name: step, milestones: [5, 3]}", "milestones must be increasing"),
-])
+@pytest.mark.parametrize(
+    "schedule, problem",
+    [
+        ("{name: cosine, milestones: [3]}", "milestones are read by the 'step' schedule only"),
+        ("{name: step, milestones: [5, 3]}", "milestones must be increasing"),
+    ],
+)
 def test_bad_milestones_are_one_line_errors(schedule: str, problem: str) -> None:
     from stitch.errors import ConfigError
 
     with pytest.raises(ConfigError, match=problem):
-        parse_experiment(f"name: s\ntask: segmentation\nbaseline: {{model: unet}}\ntrain: {{scheduler: {schedule}}}\n")
+        parse_experiment(
+            f"name: s\ntask: segmentation\nbaseline: {{model: unet}}\ntrain: {{scheduler: {schedule}}}\n"
+        )
 
 
 def test_run_ids_ignore_defaults_written_out_and_keep_last(tmp_path: Path) -> None:
@@ -191,9 +227,13 @@ def test_run_ids_ignore_defaults_written_out_and_keep_last(tmp_path: Path) -> No
 
     plain = load_experiment(tiny(tmp_path, name="ids"))
     path = tiny(tmp_path, name="ids_explicit")
-    path.write_text(path.read_text().replace("{base_width: 4}", "{base_width: 4, upsampling: transpose}")
-                    .replace('at: "enc*"}', 'at: "enc*", mode: after, args: {rd_ratio: 0.0625}}')
-                    .replace("keep_last: 2", "keep_last: 5").replace("name: ids_explicit", "name: ids"))
+    path.write_text(
+        path.read_text()
+        .replace("{base_width: 4}", "{base_width: 4, upsampling: transpose}")
+        .replace('at: "enc*"}', 'at: "enc*", mode: after, args: {rd_ratio: 0.0625}}')
+        .replace("keep_last: 2", "keep_last: 5")
+        .replace("name: ids_explicit", "name: ids")
+    )
     explicit = load_experiment(path)
     assert [p.run_id for p in plan_runs(plain)] == [p.run_id for p in plan_runs(explicit)]
     changed = load_experiment(tiny(tmp_path, name="ids_lr", extra=""))
@@ -235,15 +275,19 @@ def test_bad_label_in_a_worker_is_one_line_and_nothing_is_written(tmp_path: Path
         (root / sub).mkdir(parents=True)
     for i in range(6):
         Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(root / "images" / f"s{i}.png")
-        Image.fromarray(np.full((32, 32), 7 if i == 5 else i % 2, np.uint8)).save(root / "masks" / f"s{i}.png")
+        Image.fromarray(np.full((32, 32), 7 if i == 5 else i % 2, np.uint8)).save(
+            root / "masks" / f"s{i}.png"
+        )
     path = tmp_path / "bad.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         name: bad
         task: segmentation
         baseline: {{model: unet, args: {{base_width: 4}}}}
         data: {{dataset: folder, root: {root}, num_classes: 2, image_size: 32, num_workers: 1, val_fraction: 0.5}}
         train: {{epochs: 1, batch_size: 2}}
-    """))
+    """)
+    )
     code = main(["run", str(path), "--out", str(tmp_path / "runs"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "s5.png" in err, err
@@ -254,5 +298,7 @@ def test_errors_raised_in_dataloader_workers_keep_their_own_line() -> None:
     from stitch.data import DataError
     from stitch.errors import one_line_message
 
-    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n  File \"x.py\", line 1, in f\nstitch.data.common.DataError: /d/masks/s5.png: label 7 outside 0..1 (set num_classes)\n")
+    wrapped = DataError(
+        'Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n  File "x.py", line 1, in f\nstitch.data.common.DataError: /d/masks/s5.png: label 7 outside 0..1 (set num_classes)\n'
+    )
     assert one_line_message(wrapped) == "/d/masks/s5.png: label 7 outside 0..1 (set num_classes)"

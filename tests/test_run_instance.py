@@ -1,4 +1,5 @@
 """`stitch run` for the instance task: a tiny Mask R-CNN on generated `shapes` instances."""
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,7 @@ def tiny_instance(tmp_path: Path, epochs: int = 1, insertions: str = "", name: s
                   box_detections_per_img: 20}}
         data:
           dataset: shapes
-          root: {tmp_path / 'data'}
+          root: {tmp_path / "data"}
           num_images: 8
           image_size: [64, 64]
           num_classes: 3
@@ -46,11 +47,14 @@ def tiny_instance(tmp_path: Path, epochs: int = 1, insertions: str = "", name: s
 
 
 def test_instance_run_writes_coco_metrics_losses_report_and_show(tmp_path: Path, capsys) -> None:
-    exp_path = tiny_instance(tmp_path, insertions="""\
+    exp_path = tiny_instance(
+        tmp_path,
+        insertions="""\
         insertions:
           - {name: BU, module: BottomUpPath, at: fpn, mode: after}
         ablation: one-at-a-time
-    """)
+    """,
+    )
     assert main(["run", str(exp_path), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "instance task" in out  # the data line counts objects
@@ -64,7 +68,9 @@ def test_instance_run_writes_coco_metrics_losses_report_and_show(tmp_path: Path,
             assert math.isnan(v) or 0.0 <= v <= 1.0
         record = r.history[-1]
         assert all(math.isfinite(record[f"train_{p}"]) for p in LOSS_PARTS)
-        assert r.config["baseline"]["args"]["num_classes"] == 3  # filled from the data (background + 2 shapes)
+        assert (
+            r.config["baseline"]["args"]["num_classes"] == 3
+        )  # filled from the data (background + 2 shapes)
         assert "in_channels" not in r.config["baseline"]["args"]  # Mask R-CNN's builder takes none
     assert rows[1].params > rows[0].params
     report = (run_dir / "report" / "ablation.md").read_text()
@@ -89,7 +95,9 @@ def test_instance_run_writes_coco_metrics_losses_report_and_show(tmp_path: Path,
 
 def test_instance_run_resumes_exactly(tmp_path: Path) -> None:
     """Stopped after one epoch and resumed = run straight through (same losses and AP)."""
-    straight = run_experiment(load_experiment(tiny_instance(tmp_path, epochs=2, name="straight")), out=tmp_path / "a", quiet=True)
+    straight = run_experiment(
+        load_experiment(tiny_instance(tmp_path, epochs=2, name="straight")), out=tmp_path / "a", quiet=True
+    )
     exp = tiny_instance(tmp_path, epochs=2, name="straight")
     run_experiment(load_experiment(exp), out=tmp_path / "b", quiet=True, stop_after=1)
     resumed = run_experiment(load_experiment(exp), out=tmp_path / "b", quiet=True)
@@ -98,14 +106,22 @@ def test_instance_run_resumes_exactly(tmp_path: Path) -> None:
 
     def clean(history):  # timings differ; NaN (an undefined AP) never equals itself
         drop = ("seconds", "train_images_per_s")
-        return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in h.items() if k not in drop} for h in history]
+        return [
+            {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in h.items() if k not in drop}
+            for h in history
+        ]
 
     assert clean(a.history) == clean(b.history)
 
 
 def test_instance_task_refuses_a_dataset_without_objects(tmp_path: Path, capsys) -> None:
     exp_path = tiny_instance(tmp_path)
-    exp_path.write_text(exp_path.read_text().replace("dataset: shapes", "dataset: brain").replace("  num_images: 8\n", "").replace("  num_classes: 3\n", ""))
+    exp_path.write_text(
+        exp_path.read_text()
+        .replace("dataset: shapes", "dataset: brain")
+        .replace("  num_images: 8\n", "")
+        .replace("  num_classes: 3\n", "")
+    )
     assert main(["run", str(exp_path), "--out", str(tmp_path / "runs"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "instance" in err
@@ -114,7 +130,11 @@ def test_instance_task_refuses_a_dataset_without_objects(tmp_path: Path, capsys)
 
 def test_augment_scale_is_refused_for_the_instance_task_with_the_fix(tmp_path: Path, capsys) -> None:
     exp_path = tiny_instance(tmp_path)
-    exp_path.write_text(exp_path.read_text().replace("  num_classes: 3\n", "  num_classes: 3\n  augment: {scale: [0.5, 1.5]}\n"))
+    exp_path.write_text(
+        exp_path.read_text().replace(
+            "  num_classes: 3\n", "  num_classes: 3\n  augment: {scale: [0.5, 1.5]}\n"
+        )
+    )
     assert main(["validate", str(exp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "data.augment.scale" in err and "min_size a list" in err
@@ -144,7 +164,9 @@ def test_the_voc_objects_folder_does_not_change_segmentation_run_ids() -> None:
     from stitch.plan import plan_variants
     from stitch.runs import resolved_config
 
-    text = "name: v\ntask: {task}\nbaseline: {{model: {model}}}\ndata: {{dataset: voc, root: /data/VOC2012}}\n"
+    text = (
+        "name: v\ntask: {task}\nbaseline: {{model: {model}}}\ndata: {{dataset: voc, root: /data/VOC2012}}\n"
+    )
     seg = parse_experiment(text.format(task="segmentation", model="unet"))
     assert "objects" not in resolved_config(seg, plan_variants(seg.cfg)[0], 0, 1)["data"]
     inst = parse_experiment(text.format(task="instance", model="maskrcnn"))
@@ -160,7 +182,7 @@ def test_the_readme_coco_recipe_is_the_example_with_its_starred_lines_replaced()
 
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
-    section = readme[readme.index("## Mask R-CNN and PANet"):readme.index("## Architecture")]
+    section = readme[readme.index("## Mask R-CNN and PANet") : readme.index("## Architecture")]
     recipe = re.search(r"```yaml\n(.*?)```", section, re.S).group(1).splitlines()
     example = (root / "experiments" / "maskrcnn_panet.yaml").read_text().splitlines()
     starred = [i for i, line in enumerate(example) if line.rstrip().endswith("# (*)")]

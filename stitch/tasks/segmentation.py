@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,7 @@ class SegmentationTask:
             parts["ce"] = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)
         if "dice" in self.loss_name.split("+"):
             parts["dice"] = soft_dice_loss(logits, target, self.ignore_index)
-        total = sum(parts.values())
+        total = cast(torch.Tensor, sum(parts.values()))
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
     @torch.no_grad()

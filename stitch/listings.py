@@ -1,0 +1,194 @@
+"""What the inspection commands print: ``stitch validate`` (the checked variants), ``stitch points``
+(hook points with shapes) and ``stitch zoo`` (the stitchable modules), as rich tables or JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+import modules_zoo
+from stitch.build import list_points
+from stitch.config import Experiment, load_experiment
+from stitch.plan import plan_variants
+from stitch.points import format_shape
+from stitch.validate import human_count, validate_experiment
+
+
+def make_console() -> Console:
+    """A rich console (200 columns when not a terminal, so CI logs do not wrap tables)."""
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+
+def make_table(title: str, columns: Sequence[str]) -> Table:
+    """A plain table with a left-aligned title and folding columns."""
+    t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", show_lines=False)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    return t
+
+
+def print_validation(path: str) -> None:
+    """Check the experiment file ``path`` (every variant built, probed, run forward and backward)
+    and print its variants, insertions, adapters and parameter counts; a mistake raises before
+    anything is printed."""
+    console = make_console()
+    exp = load_experiment(path)
+    cfg = exp.cfg
+    variants = plan_variants(cfg)
+    checks = validate_experiment(exp)  # before printing anything: a mistake is one line only
+    sweep_line = None
+    if cfg.sweep is not None:
+        from stitch.sweep import check_sweep  # optuna only for sweep files
+
+        sweep_line = check_sweep(exp)
+    console.print(
+        f"[bold]{cfg.name}[/bold] ({path}): {cfg.task}, baseline {cfg.baseline.model} "
+        f"{cfg.baseline.args or ''}, design {cfg.ablation.design}: "
+        f"{plural(len(variants), 'variant')} x {plural(len(cfg.seeds), 'seed')} {cfg.seeds} = "
+        f"{plural(len(variants) * len(cfg.seeds), 'run')}"
+    )
+    if sweep_line is not None:
+        console.print(sweep_line)
+    elif not cfg.insertions:
+        console.print("note: no insertions, so the design is the baseline alone")
+    base_params = checks[0].built.baseline_params
+    table = make_table(
+        "",
+        [
+            "variant",
+            "insertion",
+            "module",
+            "mode",
+            "module paths",
+            "adapters",
+            "params",
+            "delta vs baseline",
+        ],
+    )
+    for check in checks:
+        b = check.built
+        first = True
+        rows = group_applied(b.applied) or [("—", "—", "—", "—", "—")]
+        for ins, module, mode, points, adapters in rows:
+            table.add_row(
+                check.variant.name if first else "",
+                ins,
+                module,
+                mode,
+                points,
+                adapters,
+                human_count(b.params) if first else "",
+                ("+" if b.params >= base_params else "")
+                + f"{human_count(b.params - base_params)} ({b.params - base_params:+,})"
+                if first and b.applied
+                else ("" if not first else "—"),
+            )
+            first = False
+    console.print(table)
+    adapted = {(a.insertion, a.alias or a.point): a for c in checks for a in c.built.applied if a.adapter}
+    for (name, point), a in adapted.items():
+        console.print(
+            f"  adapter: {name} at {point}: {a.adapter} (+{a.adapter_params:,} params) "
+            f"makes {a.module}'s output fit what follows"
+        )
+    absorbed = {(a.insertion, a.alias or a.point): a for c in checks for a in c.built.applied if a.absorbed}
+    for (name, point), a in absorbed.items():
+        console.print(f"  absorbed: {name} at {point}: {a.module} {a.describe_absorbed()}")
+    console.print(
+        f"[green]ok[/green]: {plural(len(checks), 'variant')} built, probed, forward and backward on a dummy "
+        f"batch (CPU, {sum(c.seconds for c in checks):.1f} s)"
+    )
+
+
+def plural(n: int, word: str) -> str:
+    """``1 run``, ``3 runs``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def group_applied(applied: list[Any]) -> list[tuple[str, str, str, str, str]]:
+    """One row per insertion: its points (aliases where they exist) and adapters."""
+    rows: dict[str, list[Any]] = {}
+    for a in applied:
+        rows.setdefault(a.insertion, []).append(a)
+    out = []
+    for name, items in rows.items():
+        points = ", ".join(a.point for a in items)
+        n_adapters = sum(1 for a in items if a.adapter)
+        adapters = f"{n_adapters} (listed below)" if n_adapters else "—"
+        nested = [n for a in items for n in a.nested]
+        module = items[0].module + (
+            f" ⊃ {', '.join(sorted({n.module + '@' + n.point for n in nested}))}" if nested else ""
+        )
+        out.append((name, module, items[0].mode, points, adapters))
+    return out
+
+
+def print_points(exp: Experiment, include_all: bool, as_json: bool) -> None:
+    """The hook points of ``exp``'s baseline with their shapes: a table, or JSON (every module path)."""
+    rows = list_points(exp, include_all=include_all or as_json)
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    probe_input = rows[0]["probe_input"] if rows else ""
+    title = (
+        f"hook points of {exp.cfg.baseline.model} {exp.cfg.baseline.args or ''}, probe input: {probe_input}"
+    )
+    table = make_table(title, ["alias", "module path", "type", "input", "output", "params"])
+    for r in rows:
+        table.add_row(
+            ", ".join(r["aliases"]) or "",
+            r["path"],
+            r["type"],
+            format_shape(r["inputs"]),
+            format_shape(r["output"]),
+            human_count(r["params"]),
+        )
+    make_console().print(table)
+    if not include_all:
+        print("(aliased points only; --all lists every module path, each of which is a hook point too)")
+
+
+def print_zoo(as_json: bool) -> None:
+    """The zoo's modules: a table, or JSON with every argument and hook-point alias."""
+    entries = modules_zoo.entries()
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": e.name,
+                        "kind": e.kind,
+                        "modes": list(e.modes),
+                        "reference": e.reference,
+                        "summary": e.summary,
+                        "probe_arguments": e.probe_arguments(),
+                        "arguments": [
+                            {
+                                "name": a.name,
+                                "default": a.default,
+                                "type": a.annotation,
+                                "required": a.required,
+                            }
+                            for a in e.arguments()
+                        ],
+                        "hook_point_aliases": dict(e.aliases),
+                    }
+                    for e in entries
+                ],
+                indent=1,
+                default=str,
+            )
+        )
+        return
+    table = make_table("module zoo", ["name", "kind", "modes", "arguments", "reference"])
+    for e in entries:
+        arg_text = ", ".join(f"{a.name}={a.default!r}" if not a.required else a.name for a in e.arguments())
+        table.add_row(e.name, e.kind, ", ".join(e.modes), arg_text, e.reference)
+    make_console().print(table)
+    print("channels, in_channels, out_channels and stride come from the shape probe")
