@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 STITCH := $(PYTHON) -m stitch
 
-.PHONY: setup setup-test setup-tex setup-postgres demo test test-fast report-example
+.PHONY: setup setup-test setup-tex setup-postgres setup-lint demo test test-fast lint report-example
 
 # torch/torchvision first and pinned exactly, so no resolver ever pulls another torch.
 # stardist and nilearn are installed only as data sources (the DSB2018 nuclei sample and the
@@ -37,6 +37,16 @@ setup-tex:
 demo: setup
 	$(STITCH) validate experiments/*.yaml
 	$(STITCH) run experiments/unet_coordatt.yaml --quiet
+
+# Style and types: ruff (lint + format check, settings in pyproject.toml) and mypy over stitch/ and
+# modules_zoo/. `ruff format . && ruff check --fix .` mends most of what it reports.
+setup-lint:
+	$(PIP) install -q -e '.[lint]'
+
+lint: setup-lint
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy
 
 test: setup-test
 	$(PYTHON) -m pytest -q
