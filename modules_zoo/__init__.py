@@ -3,12 +3,13 @@
 Importing the package imports every family file, which registers its builders in
 :mod:`modules_zoo.registry`. Look modules up by name with :func:`get`.
 """
+
 from __future__ import annotations
 
 from . import registry
 from .registry import PROBE_ARGS, ZooEntry, entries, get, names, register
 
 # Family files: imported for their registrations.
-from . import cgafusion, coordatt, panet, split_attention, timm_attention  # noqa: E402,F401  isort: skip
+from . import cgafusion, coordatt, panet, split_attention, timm_attention  # noqa: F401  isort: skip
 
-__all__ = ["registry", "get", "names", "entries", "register", "ZooEntry", "PROBE_ARGS"]
+__all__ = ["PROBE_ARGS", "ZooEntry", "entries", "get", "names", "register", "registry"]

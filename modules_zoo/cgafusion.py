@@ -35,6 +35,7 @@ Differences between the official code and the paper, and what we do:
 * ``reduction`` is 8 by default as in ``CGAFusion.__init__``; note that DEA-Net itself builds its
   second (shallower) fusion with ``reduction=4``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,7 +43,7 @@ from torch import Tensor, nn
 
 from .registry import register
 
-__all__ = ["SpatialAttention", "ChannelAttention", "PixelAttention", "CGAFusion", "cga_fusion"]
+__all__ = ["CGAFusion", "ChannelAttention", "PixelAttention", "SpatialAttention", "cga_fusion"]
 
 
 class SpatialAttention(nn.Module):
@@ -65,7 +66,9 @@ class ChannelAttention(nn.Module):
         super().__init__()
         hidden = dim // reduction
         if hidden < 1:
-            raise ValueError(f"ChannelAttention: dim // reduction must be >= 1 (dim={dim}, reduction={reduction})")
+            raise ValueError(
+                f"ChannelAttention: dim // reduction must be >= 1 (dim={dim}, reduction={reduction})"
+            )
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.ca = nn.Sequential(
             nn.Conv2d(dim, hidden, 1, padding=0, bias=True),

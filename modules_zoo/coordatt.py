@@ -25,6 +25,7 @@ Differences (none change the maths):
   ``conv3`` (instead of ``conv_h`` / ``conv_w``) and calls the reduction ``groups``: rename those keys
   to load MobileNetV2-CA checkpoints.
 """
+
 from __future__ import annotations
 
 from timm.layers.coord_attn import CoordAttn

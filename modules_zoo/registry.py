@@ -4,11 +4,13 @@ Every zoo family file registers its builders with :func:`register`. The harness 
 module class directly; it asks the registry by name, so the YAML, ``stitch zoo`` and the sweep
 space all see the same list.
 """
+
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, Union
+from typing import Any, Literal
 
 from torch import nn
 
@@ -62,7 +64,7 @@ class Site:
 
 
 #: Sibling paths a stitched module takes over: a fixed tuple or a function of the site.
-Absorbs = Union[tuple[str, ...], Callable[[Site], tuple[str, ...]]]
+Absorbs = tuple[str, ...] | Callable[[Site], tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,11 @@ class ZooEntry:
                 continue
             required = p.default is inspect.Parameter.empty
             ann = p.annotation
-            ann_s = "" if ann is inspect.Parameter.empty else (ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann)))
+            ann_s = (
+                ""
+                if ann is inspect.Parameter.empty
+                else (ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann)))
+            )
             out.append(Argument(p.name, None if required else p.default, ann_s, required))
         return out
 

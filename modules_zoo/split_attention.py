@@ -19,6 +19,7 @@ timm's submodule names equal the official ones (``conv``, ``bn0``, ``fc1``, ``bn
 state dicts move between the two unchanged. Not covered: ``rectify`` (RFConv) and DropBlock
 (``dropblock_prob``) from the official module, and dilation.
 """
+
 from __future__ import annotations
 
 from timm.layers import SplitAttn

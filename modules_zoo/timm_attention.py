@@ -18,6 +18,7 @@ Not registered, with timm 1.0.31: GCT (gated channel transformation, Yang et al.
 in timm; ``GatherExcite`` (``'ge'``) is present but fails to construct (it passes its
 ``device``/``dtype`` dict positionally to ``ConvMlp``/``create_conv2d``).
 """
+
 from __future__ import annotations
 
 from timm.layers import CecaModule, EcaModule, EffectiveSEModule, GlobalContext, SEModule
@@ -26,7 +27,7 @@ from torch import nn
 
 from .registry import register
 
-__all__ = ["se", "effective_se", "eca", "ceca", "cbam", "light_cbam", "gc", "gca"]
+__all__ = ["cbam", "ceca", "eca", "effective_se", "gc", "gca", "light_cbam", "se"]
 
 _SE_REF = "Hu, Shen, Sun, 'Squeeze-and-Excitation Networks', CVPR 2018, arXiv:1709.01507 (timm SEModule)"
 _ESE_REF = (
@@ -44,8 +45,15 @@ _GC_REF = (
 )
 
 
-@register("SE", kind="unary", reference=_SE_REF, summary="Squeeze-and-excitation channel gate (GAP -> MLP -> sigmoid).")
-def se(channels: int, rd_ratio: float = 1.0 / 16, rd_divisor: int = 8, add_maxpool: bool = False) -> nn.Module:
+@register(
+    "SE",
+    kind="unary",
+    reference=_SE_REF,
+    summary="Squeeze-and-excitation channel gate (GAP -> MLP -> sigmoid).",
+)
+def se(
+    channels: int, rd_ratio: float = 1.0 / 16, rd_divisor: int = 8, add_maxpool: bool = False
+) -> nn.Module:
     """Squeeze-and-Excitation (timm ``SEModule``).
 
     Args:
@@ -114,7 +122,9 @@ def ceca(channels: int, kernel_size: int | None = None, gamma: float = 2.0, beta
     reference=_CBAM_REF + " (timm CbamModule)",
     summary="CBAM: channel attention (avg+max MLP) then spatial attention (7x7 conv on [mean, max]).",
 )
-def cbam(channels: int, rd_ratio: float = 1.0 / 16, kernel_size: int = 7, mlp_bias: bool = False) -> nn.Module:
+def cbam(
+    channels: int, rd_ratio: float = 1.0 / 16, kernel_size: int = 7, mlp_bias: bool = False
+) -> nn.Module:
     """CBAM (timm ``CbamModule``; timm's spatial conv is conv + BN, as the original ``BasicConv``).
 
     Args:
@@ -132,7 +142,9 @@ def cbam(channels: int, rd_ratio: float = 1.0 / 16, kernel_size: int = 7, mlp_bi
     reference=_CBAM_REF + "; lighter experimental variant from timm (LightCbamModule)",
     summary="CBAM with avg and max pooling summed before one MLP pass / a 1-channel spatial conv.",
 )
-def light_cbam(channels: int, rd_ratio: float = 1.0 / 16, kernel_size: int = 7, mlp_bias: bool = False) -> nn.Module:
+def light_cbam(
+    channels: int, rd_ratio: float = 1.0 / 16, kernel_size: int = 7, mlp_bias: bool = False
+) -> nn.Module:
     """timm's light CBAM (``LightCbamModule``); arguments as :func:`cbam`."""
     return LightCbamModule(channels, rd_ratio=rd_ratio, spatial_kernel_size=kernel_size, mlp_bias=mlp_bias)
 

@@ -27,22 +27,26 @@ variant, input size, seed, torch version and, for latency, device, threads, warm
 so a report is cheap to regenerate. Latency is cached with the rest: it is a measurement of the
 machine at that moment (another busy process slows it down); delete ``costs.json`` to measure again.
 """
+
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from stitch.build import baseline_of, stitch_variant
 from stitch.config import Experiment
 from stitch.engine import to_device
+from stitch.fileio import write_text
+from stitch.hashing import digest
+from stitch.model_mode import eval_mode
 from stitch.plan import Variant
 
 COSTS_VERSION = 1
@@ -76,7 +80,7 @@ class Costs:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Costs":
+    def from_json(cls, d: dict[str, Any]) -> Costs:
         d = dict(d)
         d["image_size"] = tuple(d.get("image_size") or (0, 0))
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
@@ -87,13 +91,8 @@ def count_flops(model: nn.Module, inputs: Any) -> int:
     """FLOPs of one eval-mode, no-grad forward ``model(inputs)`` (train/eval mode restored)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(inputs)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(inputs)
     return int(counter.get_total_flops())
 
 
@@ -108,29 +107,22 @@ def measure_latency(
     model.to(dev)
     x = to_device(inputs, dev)
     sync: Callable[[], None] = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    was_training = model.training
-    model.eval()
     times = []
-    try:
-        with torch.no_grad():
-            for _ in range(max(0, warmup)):
-                model(x)
+    with eval_mode(model), torch.no_grad():
+        for _ in range(max(0, warmup)):
+            model(x)
+        sync()
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            model(x)
             sync()
-            for _ in range(max(1, repeats)):
-                t0 = time.perf_counter()
-                model(x)
-                sync()
-                times.append(time.perf_counter() - t0)
-    finally:
-        model.train(was_training)
+            times.append(time.perf_counter() - t0)
     return 1000.0 * statistics.median(times)
 
 
 # --------------------------------------------------------------------------- experiment side
 def input_size(exp: Experiment) -> tuple[int, int]:
     """The cost input's (H, W): ``data.image_size``, else ``probe.image_size``, else the default."""
-    from stitch.build import baseline_of
-
     cfg = exp.cfg
     if cfg.data is not None:
         return tuple(cfg.data.image_size)  # type: ignore[return-value]
@@ -150,7 +142,16 @@ def example_input(exp: Experiment, image_size: tuple[int, int] | None = None, ba
     return torch.rand(batch_size, c, h, w, generator=g)
 
 
-def costs_key(exp: Experiment, variant: Variant, seed: int, image_size: tuple[int, int], device: str, latency: bool, warmup: int, repeats: int) -> str:
+def costs_key(
+    exp: Experiment,
+    variant: Variant,
+    seed: int,
+    image_size: tuple[int, int],
+    device: str,
+    latency: bool,
+    warmup: int,
+    repeats: int,
+) -> str:
     """``<slug>:<hash>``: the hash covers everything that changes the numbers."""
     cfg = exp.cfg.model_dump(mode="json")
     what = {
@@ -164,8 +165,7 @@ def costs_key(exp: Experiment, variant: Variant, seed: int, image_size: tuple[in
         "latency": [device, warmup, repeats, torch.get_num_threads()] if latency else None,
         "torch": torch.__version__,
     }
-    text = json.dumps(what, sort_keys=True, separators=(",", ":"), default=str)
-    return f"{variant.slug}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    return f"{variant.slug}:{digest(what, 16)}"
 
 
 def variant_costs(
@@ -179,16 +179,18 @@ def variant_costs(
     repeats: int = 20,
 ) -> Costs:
     """Build ``variant`` under ``seed`` (:func:`stitch.build.stitch_variant`) and measure it (no deltas)."""
-    from stitch.build import stitch_variant
-
     size = tuple(image_size or input_size(exp))
     built = stitch_variant(exp, variant, seed)
     model = built.model.eval()
     x = example_input(exp, size)  # type: ignore[arg-type]
     out = Costs(
-        variant=variant.name, params=built.params, flops=None, image_size=size,  # type: ignore[arg-type]
+        variant=variant.name,
+        params=built.params,
+        flops=None,
+        image_size=size,  # type: ignore[arg-type]
         in_channels=3 if exp.cfg.task == "instance" else int(exp.cfg.baseline.args.get("in_channels", 3)),
-        device=device, threads=torch.get_num_threads(),
+        device=device,
+        threads=torch.get_num_threads(),
     )
     notes = []
     try:
@@ -198,8 +200,10 @@ def variant_costs(
     if exp.cfg.task == "instance":
         with torch.no_grad():
             dets = model(x)
-        out.detections = int(len(dets[0]["boxes"])) if dets and "boxes" in dets[0] else None
-        notes.append(f"Mask R-CNN FLOPs at {out.detections} detections; the input is resized to min_size by the model")
+        out.detections = len(dets[0]["boxes"]) if dets and "boxes" in dets[0] else None
+        notes.append(
+            f"Mask R-CNN FLOPs at {out.detections} detections; the input is resized to min_size by the model"
+        )
     if latency:
         out.latency_ms = measure_latency(model, x, device, warmup, repeats)
         out.warmup, out.repeats = warmup, repeats
@@ -215,7 +219,9 @@ def with_deltas(costs: dict[str, Costs], reference: str | None) -> dict[str, Cos
     for c in costs.values():
         c.params_delta = c.params - ref.params
         c.flops_delta = None if c.flops is None or ref.flops is None else c.flops - ref.flops
-        c.latency_delta_ms = None if c.latency_ms is None or ref.latency_ms is None else c.latency_ms - ref.latency_ms
+        c.latency_delta_ms = (
+            None if c.latency_ms is None or ref.latency_ms is None else c.latency_ms - ref.latency_ms
+        )
     return costs
 
 
@@ -263,8 +269,5 @@ def cached_costs(
         c.variant = v.name
         out[v.name] = c
     if changed:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(cache.suffix + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(store, indent=1, sort_keys=True))
-        tmp.replace(cache)
+        write_text(cache, json.dumps(store, indent=1, sort_keys=True))
     return with_deltas(out, reference), errors

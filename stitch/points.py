@@ -5,16 +5,19 @@ short aliases for the useful ones. The probe runs one forward on a small input w
 forward hooks and records, for every module, its inputs and outputs; the hooks are removed before
 the probe returns, so stitched models never carry hooks.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from stitch.errors import did_you_mean
+from stitch.model_mode import eval_mode
 
 GLOB_CHARS = set("*?[")
 
@@ -28,7 +31,7 @@ def describe(value: Any) -> Any:
         return {str(k): describe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [describe(v) for v in value]
-    if hasattr(value, "tensors") and isinstance(getattr(value, "tensors"), torch.Tensor):
+    if hasattr(value, "tensors") and isinstance(value.tensors, torch.Tensor):
         return {"ImageList": list(value.tensors.shape)}  # torchvision ImageList
     return type(value).__name__
 
@@ -61,10 +64,11 @@ class PointRecord:
     values: tuple[tuple, Any] | None = None  # (inputs, output) of the first call, when kept
 
     def tensor_inputs(self) -> list[list[int]]:
-        return [d for d in self.inputs if _is_tensor_desc(d)]
+        return [d for d in self.inputs if is_tensor_desc(d)]
 
 
-def _is_tensor_desc(d: Any) -> bool:
+def is_tensor_desc(d: Any) -> bool:
+    """Whether a :func:`describe` result is a tensor's shape (a list of ints)."""
     return isinstance(d, list) and all(isinstance(x, int) for x in d)
 
 
@@ -115,16 +119,12 @@ def probe(
         )
         handles.append(module.register_forward_hook(make_hook(path)))
     saved = {name: b.detach().clone() for name, b in model.named_buffers()}
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             run(model)
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes:
-            m.training = training
         with torch.no_grad():
             for name, b in model.named_buffers():
                 if name in saved:

@@ -1,9 +1,10 @@
-"""The stitching modes and the automatic 1x1 adapters.
+"""The stitcher: zoo modules into a network at hook points, with the automatic 1x1 adapters.
 
 A stitched model is a plain ``nn.Module``: the component at a hook point is swapped for a small
-wrapper that holds the original (``base``) and the new module (``added``), or for the new module
-itself (``replace``). No forward hooks, so ``state_dict``, ``deepcopy``, ``torch.fx`` and
-``torch.compile`` keep working where the modules involved support them.
+wrapper (:mod:`stitch.wrappers`) that holds the original (``base``) and the new module
+(``added``), or for the new module itself (``replace``). No forward hooks, so ``state_dict``,
+``deepcopy``, ``torch.fx`` and ``torch.compile`` keep working where the modules involved support
+them.
 
 Modes: ``after`` (``added(base(x))``), ``before`` (``base(added(x))``), ``residual``
 (``y = base(x); y + s * added(y)``, ``s`` a learnable scalar when ``residual_scale`` is set), and
@@ -15,12 +16,17 @@ relative to the point's parent; PANet's adaptive feature pooling replaces ``box_
 absorbs ``box_head.fc6``). Each absorbed module becomes ``nn.Identity``; its parameters count as
 removed (``Applied.absorbed_params``), and the new module's trial output is checked against what
 the probe saw the last absorbed module return.
+
+Whether a module fits a point, and the arguments and adapter that fit it, is
+:mod:`stitch.point_fit`; the shape probe and point names are :mod:`stitch.points`.
 """
+
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field, replace as dataclass_replace
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from dataclasses import replace as dataclass_replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,68 +34,33 @@ from torch import nn
 from modules_zoo import registry
 from stitch.config import NestedInsertionCfg
 from stitch.errors import StitchingError, check_types, did_you_mean, exception_text
+from stitch.hashing import digest
+from stitch.model_mode import eval_mode
+from stitch.point_fit import check_point_fits, expected_output, fit_output, probe_args, trial_inputs
 from stitch.points import (
     PointLookupError,
     PointRecord,
-    _is_tensor_desc,
     alias_of,
     describe,
     format_shape,
     probe,
     resolve_points,
 )
+from stitch.wrappers import WRAPPERS, Adapted, After, Before, Residual
 
-
-# ----------------------------------------------------------------------------- wrappers
-class After(nn.Module):
-    """``added(base(*inputs))``."""
-
-    def __init__(self, base: nn.Module, added: nn.Module) -> None:
-        super().__init__()
-        self.base, self.added = base, added
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.added(self.base(*args, **kwargs))
-
-
-class Before(nn.Module):
-    """``base(added(x))`` for a point with one tensor input."""
-
-    def __init__(self, base: nn.Module, added: nn.Module) -> None:
-        super().__init__()
-        self.base, self.added = base, added
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        return self.base(self.added(x), *args, **kwargs)
-
-
-class Residual(nn.Module):
-    """``y = base(x); y + scale * added(y)``; ``scale`` is a learnable scalar or absent (1)."""
-
-    def __init__(self, base: nn.Module, added: nn.Module, scale: float | None = None) -> None:
-        super().__init__()
-        self.base, self.added = base, added
-        self.scale = nn.Parameter(torch.tensor(float(scale))) if scale is not None else None
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        y = self.base(*args, **kwargs)
-        if self.scale is None:
-            return y + self.added(y)
-        return y + self.scale * self.added(y)
-
-
-class Adapted(nn.Module):
-    """A module followed by the 1x1 conv adapter that makes its output fit what follows."""
-
-    def __init__(self, module: nn.Module, adapter: nn.Module) -> None:
-        super().__init__()
-        self.module, self.adapter = module, adapter
-
-    def forward(self, *args: Any) -> torch.Tensor:
-        return self.adapter(self.module(*args))
-
-
-WRAPPERS = {"after": After, "before": Before}
+# The wrappers live in stitch.wrappers; re-exported here for code that imported them from surgery.
+__all__ = [
+    "WRAPPERS",
+    "Adapted",
+    "After",
+    "Applied",
+    "Before",
+    "Insertion",
+    "Residual",
+    "count_params",
+    "instance_seed",
+    "stitch",
+]
 
 
 # ----------------------------------------------------------------------------- report
@@ -107,7 +78,7 @@ class Applied:
     adapter: str | None = None
     adapter_params: int = 0
     residual_scale: float | None = None
-    nested: list["Applied"] = field(default_factory=list)
+    nested: list[Applied] = field(default_factory=list)
     absorbed: list[str] = field(default_factory=list)  # module paths taken over (now nn.Identity)
     absorbed_params: int = 0
 
@@ -122,118 +93,17 @@ class Applied:
         """``absorbs roi_heads.box_head.fc6 (-12.8M... params)`` or an empty string."""
         if not self.absorbed:
             return ""
-        return f"absorbs {', '.join(self.absorbed)} ({self.absorbed_params:,} params removed, now nn.Identity)"
-
+        return (
+            f"absorbs {', '.join(self.absorbed)} ({self.absorbed_params:,} params removed, now nn.Identity)"
+        )
 
 
 def count_params(module: nn.Module) -> int:
+    """Every parameter of ``module`` (trainable or not)."""
     return sum(p.numel() for p in module.parameters())
 
 
-# ----------------------------------------------------------------------------- fitting
-def _trial_inputs(record: PointRecord, mode: str) -> tuple:
-    """The actual values a module stitched at ``record`` with ``mode`` will receive."""
-    args, output = record.values
-    if mode in ("after", "residual"):
-        return (output,)
-    if mode == "before":
-        return (args[0],)
-    return tuple(args)
-
-
-def _is_levels_desc(d: Any) -> bool:
-    """Whether a shape description is an ordered dict of 4-D feature maps (a neck's levels)."""
-    return isinstance(d, dict) and bool(d) and all(_is_tensor_desc(v) and len(v) == 4 for v in d.values())
-
-
-def _common(widths: list[int]) -> int | None:
-    return widths[0] if widths and all(w == widths[0] for w in widths) else None
-
-
-def _probe_args(record: PointRecord, mode: str) -> dict[str, Any]:
-    """Constructor arguments taken from the probe: channels, in/out channels and stride; for an
-    ordered dict of feature levels also ``in_channels_list`` (see ``modules_zoo.registry.PROBE_ARGS``)."""
-    first = record.inputs[0] if record.inputs else None
-    if _is_levels_desc(first) or _is_levels_desc(record.output):
-        in_list = [v[1] for v in first.values()] if _is_levels_desc(first) else None
-        out_list = [v[1] for v in record.output.values()] if _is_levels_desc(record.output) else None
-        if mode in ("after", "residual"):
-            in_list = out_list
-        c_out = _common(out_list or [])
-        return {
-            "channels": c_out if c_out is not None else _common(in_list or []),
-            "in_channels": _common(in_list or []),
-            "out_channels": c_out,
-            "stride": 1,
-            "in_channels_list": in_list,
-        }
-    ins = record.tensor_inputs()
-    out = record.output if _is_tensor_desc(record.output) else None
-    if mode in ("after", "residual"):
-        c = out[1] if out and len(out) >= 2 else None
-        return {"channels": c, "in_channels": c, "out_channels": c, "stride": 1}
-    cin = ins[0][1] if ins and len(ins[0]) >= 2 else None
-    if mode == "before":
-        return {"channels": cin, "in_channels": cin, "out_channels": cin, "stride": 1}
-    cout = out[1] if out and len(out) >= 2 else None
-    stride = 1
-    if ins and out and len(ins[0]) == 4 and len(out) == 4 and out[2] and ins[0][2] % out[2] == 0:
-        stride = ins[0][2] // out[2]
-    return {"channels": cin, "in_channels": cin, "out_channels": cout, "stride": stride}
-
-
-def _check_point_fits(entry: registry.ZooEntry, record: PointRecord, mode: str) -> str | None:
-    """Why ``entry`` cannot be stitched at ``record`` with ``mode`` (None when it can)."""
-    if record.calls == 0:
-        return "the probe never reached this point (it is not used in the forward pass)"
-    if record.calls > 1:
-        return f"this module runs {record.calls} times per forward (a shared module such as a block's ReLU); a stitch here would act at every call; choose a point that runs once"
-    n_in = len(record.tensor_inputs())
-    if entry.kind == "fusion":
-        if n_in != 2:
-            return (
-                f"{entry.name} is a two-input fusion module but this point takes {n_in} tensor input(s) "
-                f"{format_shape(record.inputs)}; fusion modules replace two-input points such as U-Net skip merges"
-            )
-        return None
-    if entry.kind == "unary":
-        if mode in ("after", "residual") and not (_is_tensor_desc(record.output) and len(record.output) == 4):
-            return f"{entry.name} needs a 4-D feature map (N, C, H, W) but this point outputs {format_shape(record.output)}"
-        if mode in ("before", "replace") and (n_in != 1 or len(record.inputs) != 1):
-            return f"mode {mode!r} with a one-input module needs a point with one tensor input; this one takes {format_shape(record.inputs)}"
-        if mode in ("before", "replace") and len(record.inputs[0]) != 4:
-            return f"{entry.name} needs a 4-D feature map (N, C, H, W) but this point takes {format_shape(record.inputs[0])}"
-    if entry.kind == "neck":
-        seen = record.output if mode == "after" else (record.inputs[0] if record.inputs else None)
-        if not _is_levels_desc(seen) or not _is_levels_desc(record.output):
-            what = "outputs" if mode == "after" else "takes"
-            return (
-                f"{entry.name} is a neck: it maps an ordered dict of feature maps to another, but this point "
-                f"{what} {format_shape(seen)}; stitch it at a feature pyramid (e.g. 'fpn')"
-            )
-    return None
-
-
-def _fit_output(label: str, path: str, got: Any, want: Any) -> nn.Module | None:
-    """A 1x1 conv adapter when only the channel count differs; an error when nothing fits."""
-    g, w = describe(got), want
-    if g == w:
-        return None
-    if _is_tensor_desc(g) and _is_tensor_desc(w) and len(g) == len(w) == 4 and g[0] == w[0] and g[2:] == w[2:]:
-        return nn.Conv2d(g[1], w[1], kernel_size=1)
-    if _is_tensor_desc(g) and _is_tensor_desc(w) and len(g) == len(w) == 4 and g[2:] != w[2:]:
-        raise StitchingError(label, path, f"size mismatch: the module outputs {format_shape(g)} but the network expects {format_shape(w)} here; a 1x1 adapter can only fix channels")
-    raise StitchingError(label, path, f"the module outputs {format_shape(g)} but the network expects {format_shape(w)} here")
-
-
-def _expected_output(record: PointRecord, mode: str, absorbed: Sequence[PointRecord] = ()) -> Any:
-    if absorbed:  # the new module now produces what the last absorbed module used to return
-        return absorbed[-1].output
-    if mode == "before":
-        return record.inputs[0]
-    return record.output
-
-
+# ----------------------------------------------------------------------------- sites and order
 def _parent_path(path: str) -> str:
     return path.rsplit(".", 1)[0] if "." in path else ""
 
@@ -286,7 +156,7 @@ def _stitch_order(targets: list, model: nn.Module, records: dict[str, PointRecor
             inner = j < i and _inside(t[4], point)  # deeper stitches inside this point (already first)
             around = j != i and any(_inside(a, t[4]) for a in absorbed.get(i, []))  # around what i absorbs
             if inner or around:
-                place(j, stack + (i,))
+                place(j, (*stack, i))
         placed.add(i)
         out.append(targets[i])
 
@@ -304,12 +174,15 @@ class Insertion:
     cfg: NestedInsertionCfg
     yaml_path: tuple = ()
 
+    def error(self, point: str, cause: str, field: str = "at") -> StitchingError:
+        """A :class:`~stitch.errors.StitchingError` about this insertion at ``point``."""
+        return StitchingError(self.label, point, cause, field, self.yaml_path)
+
 
 def instance_seed(seed: int, label: str, point: str) -> int:
     """The init seed of one inserted module: the same module at the same point gets the same
     weights in every variant of a seed, whatever else is stitched (paired ablations)."""
-    digest = hashlib.sha256(f"{seed}|{label}|{point}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
+    return int.from_bytes(bytes.fromhex(digest(f"{seed}|{label}|{point}", 8)), "little")
 
 
 def stitch(
@@ -336,12 +209,17 @@ def stitch(
         try:
             entry = registry.get(ins.cfg.module)
         except KeyError:
-            raise StitchingError(ins.label, where, f"unknown module {ins.cfg.module!r}" + (did_you_mean(ins.cfg.module, registry.names()) or " (`stitch zoo` lists them)"), "module", ins.yaml_path) from None
+            raise ins.error(
+                where,
+                f"unknown module {ins.cfg.module!r}"
+                + (did_you_mean(ins.cfg.module, registry.names()) or " (`stitch zoo` lists them)"),
+                "module",
+            ) from None
         mode = ins.cfg.mode or entry.modes[0]
         try:
             hits = resolve_points(ins.cfg.patterns, aliases, paths)
         except PointLookupError as exc:
-            raise StitchingError(ins.label, where, str(exc), "at", ins.yaml_path) from None
+            raise ins.error(where, str(exc)) from None
         targets += [(order, ins, entry, mode, p) for p in hits]
     records = probe(model, run, keep_values={t[4] for t in targets})
     targets = _stitch_order(targets, model, records)
@@ -350,15 +228,26 @@ def stitch(
         rec = records[path]
         shown = alias_of(path, aliases) or path
         if mode not in entry.modes:
-            raise StitchingError(ins.label, shown, f"{entry.name} ({entry.kind}) cannot be stitched with mode {mode!r}; it takes: {', '.join(entry.modes)}", "mode", ins.yaml_path)
-        reason = _check_point_fits(entry, rec, mode)
+            raise ins.error(
+                shown,
+                f"{entry.name} ({entry.kind}) cannot be stitched with mode {mode!r}; "
+                f"it takes: {', '.join(entry.modes)}",
+                "mode",
+            )
+        reason = check_point_fits(entry, rec, mode)
         if reason:
-            raise StitchingError(ins.label, shown, reason, "at", ins.yaml_path)
+            raise ins.error(shown, reason)
         if mode != "residual" and ins.cfg.residual_scale is not None:
-            raise StitchingError(ins.label, shown, f"residual_scale only applies to mode 'residual', not {mode!r}", "residual_scale", ins.yaml_path)
+            raise ins.error(
+                shown, f"residual_scale only applies to mode 'residual', not {mode!r}", "residual_scale"
+            )
         gone = [a for a in applied if any(_inside(path, b) for b in a.absorbed)]
         if gone:
-            raise StitchingError(ins.label, shown, f"this point was absorbed by insertion {gone[0].insertion!r} ({gone[0].module}) and is now an nn.Identity; stitch at another point", "at", ins.yaml_path)
+            raise ins.error(
+                shown,
+                f"this point was absorbed by insertion {gone[0].insertion!r} ({gone[0].module}) "
+                "and is now an nn.Identity; stitch at another point",
+            )
         if mode == "replace":
             lost = [a for a in applied if _inside(a.point, path) or any(_inside(b, path) for b in a.absorbed)]
             if lost:
@@ -368,7 +257,11 @@ def stitch(
                     what = f"would discard what is stitched at {lost[0].alias or lost[0].point!r} by"
                 else:
                     what = f"holds {', '.join(lost[0].absorbed)}, absorbed by"
-                raise StitchingError(ins.label, shown, f"this point {what} insertion {lost[0].insertion!r}; replace a point nothing else is stitched inside", "at", ins.yaml_path)
+                raise ins.error(
+                    shown,
+                    f"this point {what} insertion {lost[0].insertion!r}; "
+                    "replace a point nothing else is stitched inside",
+                )
         site = _site(model, path, mode, rec)
         absorbed_paths, absorbed_recs, site = _absorbed(ins, entry, shown, site, records, applied)
         fitted = _fit_site(ins, entry, shown, site)
@@ -422,7 +315,7 @@ def _absorbed(
     try:
         rel = entry.absorbed_paths(site)
     except registry.SiteError as exc:
-        raise StitchingError(ins.label, shown, str(exc), "at", ins.yaml_path) from None
+        raise ins.error(shown, str(exc)) from None
     parent_path = _parent_path(site.path)
     paths, recs, modules, outputs = [], [], {}, {}
     for r in rel:
@@ -430,16 +323,28 @@ def _absorbed(
         try:
             module = site.parent.get_submodule(r)
         except AttributeError:
-            raise StitchingError(ins.label, shown, f"{entry.name} takes over {r!r} next to this point, but {type(site.parent).__name__} has no such submodule", "at", ins.yaml_path) from None
+            raise ins.error(
+                shown,
+                f"{entry.name} takes over {r!r} next to this point, "
+                f"but {type(site.parent).__name__} has no such submodule",
+            ) from None
         taken = [a for a in applied if any(_inside(full, b) or _inside(b, full) for b in a.absorbed)]
         inside = [a for a in applied if _inside(a.point, full)]
         if taken:
-            raise StitchingError(ins.label, shown, f"{entry.name} takes over {full!r}, already absorbed by insertion {taken[0].insertion!r}; stitch only one of them", "at", ins.yaml_path)
+            raise ins.error(
+                shown,
+                f"{entry.name} takes over {full!r}, already absorbed by insertion {taken[0].insertion!r}; "
+                "stitch only one of them",
+            )
         if inside:
-            raise StitchingError(ins.label, shown, f"{entry.name} takes over {full!r}, where insertion {inside[0].insertion!r} is stitched; drop one of them", "at", ins.yaml_path)
+            raise ins.error(
+                shown,
+                f"{entry.name} takes over {full!r}, where insertion {inside[0].insertion!r} is stitched; "
+                "drop one of them",
+            )
         rec = records.get(full)
         if rec is None or rec.calls == 0:
-            raise StitchingError(ins.label, shown, f"{entry.name} takes over {full!r}, which the probe never reached", "at", ins.yaml_path)
+            raise ins.error(shown, f"{entry.name} takes over {full!r}, which the probe never reached")
         paths.append(full)
         recs.append(rec)
         modules[r] = module
@@ -454,57 +359,83 @@ def _fit_site(ins: Insertion, entry: registry.ZooEntry, shown: str, site: regist
     try:
         return dict(entry.fit(site))
     except registry.SiteError as exc:
-        raise StitchingError(ins.label, shown, str(exc), "at", ins.yaml_path) from None
+        raise ins.error(shown, str(exc)) from None
 
 
 def _build_module(
-    ins: Insertion, entry: registry.ZooEntry, rec: PointRecord, mode: str, shown: str, seed: int,
+    ins: Insertion,
+    entry: registry.ZooEntry,
+    rec: PointRecord,
+    mode: str,
+    shown: str,
+    seed: int,
     fitted: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, list[Applied]]:
     """Construct the zoo module with probe-supplied channels (and what the entry's ``fit`` hook
     derived from the site), then stitch its nested insertions."""
     takes = entry.probe_arguments()
-    probed = {k: v for k, v in _probe_args(rec, mode).items() if v is not None and k in takes}
+    probed = {k: v for k, v in probe_args(rec, mode).items() if v is not None and k in takes}
     probed.update({k: v for k, v in (fitted or {}).items() if v is not None and k in takes})
     for key in ("channels", "in_channels"):
         given, seen = ins.cfg.args.get(key), probed.get(key)
         if given is not None and seen is not None and given != seen:
-            raise StitchingError(ins.label, shown, f"channel mismatch: args.{key}={given} but the module receives {seen} channels here (leave {key} out; the probe fills it in)", "args", ins.yaml_path)
+            raise ins.error(
+                shown,
+                f"channel mismatch: args.{key}={given} but the module receives {seen} channels here "
+                f"(leave {key} out; the probe fills it in)",
+                "args",
+            )
     known = [a.name for a in entry.arguments()]
     bad = [a for a in ins.cfg.args if a not in entry.parameters()]
     if bad:
-        raise StitchingError(ins.label, shown, f"{entry.name} has no argument {bad[0]!r}" + (did_you_mean(bad[0], known) or f" (arguments: {', '.join(known) or 'none'})"), "args", ins.yaml_path)
+        raise ins.error(
+            shown,
+            f"{entry.name} has no argument {bad[0]!r}"
+            + (did_you_mean(bad[0], known) or f" (arguments: {', '.join(known) or 'none'})"),
+            "args",
+        )
     problem = check_types(entry.builder, ins.cfg.args)
     if problem:
-        raise StitchingError(ins.label, shown, f"{entry.name}: {problem}", "args", ins.yaml_path)
+        raise ins.error(shown, f"{entry.name}: {problem}", "args")
     try:
         module = entry.build(probed, ins.cfg.args)
     except Exception as exc:  # whatever a constructor raises on these arguments is the user's to fix
-        raise StitchingError(ins.label, shown, f"cannot build {entry.name} with {probed | dict(ins.cfg.args)}: {exception_text(exc)}", "args", ins.yaml_path) from None
+        raise ins.error(
+            shown,
+            f"cannot build {entry.name} with {probed | dict(ins.cfg.args)}: {exception_text(exc)}",
+            "args",
+        ) from None
     nested: list[Applied] = []
     if ins.cfg.nest:
-        inputs = _trial_inputs(rec, mode)
-        children = [Insertion(f"{ins.label}/{c.module}", c, ins.yaml_path + ("nest", j)) for j, c in enumerate(ins.cfg.nest)]
+        inputs = trial_inputs(rec, mode)
+        children = [
+            Insertion(f"{ins.label}/{c.module}", c, (*ins.yaml_path, "nest", j))
+            for j, c in enumerate(ins.cfg.nest)
+        ]
         nested = stitch(module, dict(entry.aliases), lambda m: m(*inputs), children, seed)
     return module, nested
 
 
 def _trial_fit(
-    ins: Insertion, path: str, module: nn.Module, rec: PointRecord, mode: str, absorbed: Sequence[PointRecord] = ()
+    ins: Insertion,
+    path: str,
+    module: nn.Module,
+    rec: PointRecord,
+    mode: str,
+    absorbed: Sequence[PointRecord] = (),
 ) -> nn.Conv2d | None:
     """Run the new module on the values the probe saw there; return an adapter if one is needed."""
-    inputs = _trial_inputs(rec, mode)
-    was_training = module.training
-    module.eval()
+    inputs = trial_inputs(rec, mode)
     try:
-        with torch.no_grad():
+        with eval_mode(module), torch.no_grad():
             out = module(*inputs)
     except Exception as exc:  # any failure here is the module not fitting the point
-        raise StitchingError(ins.label, path, f"the module fails on this point's input {format_shape(describe(inputs))}: {exception_text(exc)}", "at", ins.yaml_path) from None
-    finally:
-        module.train(was_training)
+        raise ins.error(
+            path,
+            f"the module fails on this point's input {format_shape(describe(inputs))}: {exception_text(exc)}",
+        ) from None
     try:
-        return _fit_output(ins.label, path, out, _expected_output(rec, mode, absorbed))
+        return fit_output(ins.label, path, out, expected_output(rec, mode, absorbed))
     except StitchingError as exc:
         exc.yaml_path = ins.yaml_path
         raise

@@ -10,6 +10,7 @@ as a bag of tensors (weights, BN statistics) and recomputes the official forward
   ``mask_rcnn_heads.py``: plain ``nn.Module`` transcriptions of the official layer definitions
   (same layer types, order, widths, bias flags; the bottom-up forward follows the official loop).
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,7 +40,7 @@ def coordatt_official_param_count(inp: int, oup: int, reduction: int = 32) -> in
 
 def coordatt_official_forward(m: nn.Module, x: Tensor) -> Tensor:
     """Official CoordAtt forward (eval), using ``m.conv1``, ``m.bn1``, ``m.conv_h``, ``m.conv_w`` tensors."""
-    n, c, h, w = x.shape
+    _n, _c, h, w = x.shape
     x_h = F.adaptive_avg_pool2d(x, (h, 1))  # pool_h: AdaptiveAvgPool2d((None, 1)) -> [n, c, h, 1]
     x_w = F.adaptive_avg_pool2d(x, (1, w)).permute(0, 1, 3, 2)  # pool_w then permute -> [n, c, w, 1]
     y = torch.cat([x_h, x_w], dim=2)
@@ -54,10 +55,17 @@ def coordatt_official_forward(m: nn.Module, x: Tensor) -> Tensor:
 
 
 COORDATT_OFFICIAL_KEYS = {
-    "conv1.weight", "conv1.bias",
-    "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked",
-    "conv_h.weight", "conv_h.bias",
-    "conv_w.weight", "conv_w.bias",
+    "conv1.weight",
+    "conv1.bias",
+    "bn1.weight",
+    "bn1.bias",
+    "bn1.running_mean",
+    "bn1.running_var",
+    "bn1.num_batches_tracked",
+    "conv_h.weight",
+    "conv_h.bias",
+    "conv_w.weight",
+    "conv_w.bias",
 }
 
 
@@ -74,10 +82,16 @@ def cgafusion_official_param_count(dim: int, reduction: int = 8) -> int:
 
 
 CGAFUSION_OFFICIAL_KEYS = {
-    "sa.sa.weight", "sa.sa.bias",
-    "ca.ca.0.weight", "ca.ca.0.bias", "ca.ca.2.weight", "ca.ca.2.bias",
-    "pa.pa2.weight", "pa.pa2.bias",
-    "conv.weight", "conv.bias",
+    "sa.sa.weight",
+    "sa.sa.bias",
+    "ca.ca.0.weight",
+    "ca.ca.0.bias",
+    "ca.ca.2.weight",
+    "ca.ca.2.bias",
+    "pa.pa2.weight",
+    "pa.pa2.bias",
+    "conv.weight",
+    "conv.bias",
 }
 
 
@@ -91,12 +105,15 @@ def cgafusion_official_forward(m: nn.Module, x: Tensor, y: Tensor, sigmoids: int
     initial = x + y
     # ChannelAttention: GAP -> 1x1 -> ReLU -> 1x1
     g = initial.mean(dim=(2, 3), keepdim=True)
-    cattn = F.conv2d(F.relu(F.conv2d(g, m.ca.ca[0].weight, m.ca.ca[0].bias)), m.ca.ca[2].weight, m.ca.ca[2].bias)
+    cattn = F.conv2d(
+        F.relu(F.conv2d(g, m.ca.ca[0].weight, m.ca.ca[0].bias)), m.ca.ca[2].weight, m.ca.ca[2].bias
+    )
     # SpatialAttention: reflect 7x7 conv on [mean, max] over channels
     s_in = torch.cat([initial.mean(dim=1, keepdim=True), initial.max(dim=1, keepdim=True)[0]], dim=1)
     sattn = _conv_reflect(s_in, m.sa.sa)
     pattn1 = sattn + cattn
-    # PixelAttention: channel interleave [initial_0, pattn1_0, initial_1, ...] (einops b c t h w -> b (c t) h w)
+    # PixelAttention: channel interleave [initial_0, pattn1_0, initial_1, ...]
+    # (einops b c t h w -> b (c t) h w)
     b, c, h, w = initial.shape
     inter = torch.cat([initial.unsqueeze(2), pattn1.unsqueeze(2)], dim=2).reshape(b, 2 * c, h, w)
     z = _conv_reflect(inter, m.pa.pa2)
@@ -124,7 +141,9 @@ def _panet_head_conv(cin: int, cout: int, use_gn: bool) -> nn.Sequential:
     # fast_rcnn_heads / mask_rcnn_heads: Conv2d(3, 1, 1, bias=False) + GN + ReLU (GN variant),
     # Conv2d(3, 1, 1) + ReLU (non-GN variant)
     if use_gn:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), _panet_gn(cout), nn.ReLU(inplace=True))
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, 1, 1, bias=False), _panet_gn(cout), nn.ReLU(inplace=True)
+        )
     return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1), nn.ReLU(inplace=True))
 
 
@@ -136,26 +155,34 @@ class PanetOfficialFPN(nn.Module):
     ``fpn_output_blobs`` order, coarsest first: ``[P6 (maxpool_p6), N5, N4, N3, N2]``.
     """
 
-    def __init__(self, dims_lateral: list[int], fpn_dim: int = 256, use_gn: bool = True, panet_buttomup: bool = True) -> None:
+    def __init__(
+        self, dims_lateral: list[int], fpn_dim: int = 256, use_gn: bool = True, panet_buttomup: bool = True
+    ) -> None:
         super().__init__()
         self.use_gn, self.panet_buttomup = use_gn, panet_buttomup
         self.num_backbone_stages = len(dims_lateral)
         if use_gn:
-            self.conv_top = nn.Sequential(nn.Conv2d(dims_lateral[0], fpn_dim, 1, 1, 0, bias=False), _panet_gn(fpn_dim))
+            self.conv_top = nn.Sequential(
+                nn.Conv2d(dims_lateral[0], fpn_dim, 1, 1, 0, bias=False), _panet_gn(fpn_dim)
+            )
         else:
             self.conv_top = nn.Conv2d(dims_lateral[0], fpn_dim, 1, 1, 0)
         self.topdown_lateral_modules = nn.ModuleList()
         for i in range(self.num_backbone_stages - 1):  # topdown_lateral_module: only conv_lateral has weights
             lateral = nn.Module()
             if use_gn:
-                lateral.conv_lateral = nn.Sequential(nn.Conv2d(dims_lateral[i + 1], fpn_dim, 1, 1, 0, bias=False), _panet_gn(fpn_dim))
+                lateral.conv_lateral = nn.Sequential(
+                    nn.Conv2d(dims_lateral[i + 1], fpn_dim, 1, 1, 0, bias=False), _panet_gn(fpn_dim)
+                )
             else:
                 lateral.conv_lateral = nn.Conv2d(dims_lateral[i + 1], fpn_dim, 1, 1, 0)
             self.topdown_lateral_modules.append(lateral)
         self.posthoc_modules = nn.ModuleList()
         for _ in range(self.num_backbone_stages):
             if use_gn:
-                self.posthoc_modules.append(nn.Sequential(nn.Conv2d(fpn_dim, fpn_dim, 3, 1, 1, bias=False), _panet_gn(fpn_dim)))
+                self.posthoc_modules.append(
+                    nn.Sequential(nn.Conv2d(fpn_dim, fpn_dim, 3, 1, 1, bias=False), _panet_gn(fpn_dim))
+                )
             else:
                 self.posthoc_modules.append(nn.Conv2d(fpn_dim, fpn_dim, 3, 1, 1))
         if panet_buttomup:
@@ -163,10 +190,20 @@ class PanetOfficialFPN(nn.Module):
             self.panet_buttomup_conv2_modules = nn.ModuleList()
             for _ in range(self.num_backbone_stages - 1):
                 if use_gn:  # note: bias=True next to GN, and ReLU, in the official code
-                    self.panet_buttomup_conv1_modules.append(nn.Sequential(
-                        nn.Conv2d(fpn_dim, fpn_dim, 3, 2, 1, bias=True), _panet_gn(fpn_dim), nn.ReLU(inplace=True)))
-                    self.panet_buttomup_conv2_modules.append(nn.Sequential(
-                        nn.Conv2d(fpn_dim, fpn_dim, 3, 1, 1, bias=True), _panet_gn(fpn_dim), nn.ReLU(inplace=True)))
+                    self.panet_buttomup_conv1_modules.append(
+                        nn.Sequential(
+                            nn.Conv2d(fpn_dim, fpn_dim, 3, 2, 1, bias=True),
+                            _panet_gn(fpn_dim),
+                            nn.ReLU(inplace=True),
+                        )
+                    )
+                    self.panet_buttomup_conv2_modules.append(
+                        nn.Sequential(
+                            nn.Conv2d(fpn_dim, fpn_dim, 3, 1, 1, bias=True),
+                            _panet_gn(fpn_dim),
+                            nn.ReLU(inplace=True),
+                        )
+                    )
                 else:  # no ReLU in the official non-GN bottom-up convs
                     self.panet_buttomup_conv1_modules.append(nn.Conv2d(fpn_dim, fpn_dim, 3, 2, 1))
                     self.panet_buttomup_conv2_modules.append(nn.Conv2d(fpn_dim, fpn_dim, 3, 1, 1))
@@ -179,7 +216,9 @@ class PanetOfficialFPN(nn.Module):
             td = F.interpolate(fpn_inner_blobs[-1], scale_factor=2, mode="nearest")
             fpn_inner_blobs.append(lat + td)
         fpn_output_blobs: list[Tensor] = []
-        fpn_middle_blobs = [self.posthoc_modules[i](fpn_inner_blobs[i]) for i in range(self.num_backbone_stages)]
+        fpn_middle_blobs = [
+            self.posthoc_modules[i](fpn_inner_blobs[i]) for i in range(self.num_backbone_stages)
+        ]
         if not self.panet_buttomup:
             fpn_output_blobs = fpn_middle_blobs
         else:
@@ -201,27 +240,46 @@ class PanetOfficialBoxHead(nn.Module):
     """``fast_rcnn_heads.roi_Xconv1fc_gn_head_panet`` (NUM_STACKED_CONVS=4, CONV_HEAD_DIM=256,
     MLP_HEAD_DIM=1024, ROI_XFORM_RESOLUTION=7, 4 RoI levels)."""
 
-    def __init__(self, dim_in: int = 256, hidden_dim: int = 256, fc_dim: int = 1024, roi_size: int = 7,
-                 num_stacked_convs: int = 4, num_levels: int = 4, use_gn: bool = True) -> None:
+    def __init__(
+        self,
+        dim_in: int = 256,
+        hidden_dim: int = 256,
+        fc_dim: int = 1024,
+        roi_size: int = 7,
+        num_stacked_convs: int = 4,
+        num_levels: int = 4,
+        use_gn: bool = True,
+    ) -> None:
         super().__init__()
         convs = []
-        for _ in range(num_stacked_convs - 1):  # official loop: the first takes dim_in, then dim_in = hidden_dim
+        for _ in range(
+            num_stacked_convs - 1
+        ):  # official loop: the first takes dim_in, then dim_in = hidden_dim
             convs.append(_panet_head_conv(dim_in, hidden_dim, use_gn))
             dim_in = hidden_dim
         self.convs = nn.Sequential(*convs)
         self.fc = nn.Linear(dim_in * roi_size * roi_size, fc_dim)
         # conv1_head is built after the loop, so it takes the updated dim_in (== hidden_dim)
-        self.conv1_head = nn.ModuleList(_panet_head_conv(dim_in, hidden_dim, use_gn) for _ in range(num_levels))
+        self.conv1_head = nn.ModuleList(
+            _panet_head_conv(dim_in, hidden_dim, use_gn) for _ in range(num_levels)
+        )
 
 
 class PanetOfficial2MLPHead(nn.Module):
     """``fast_rcnn_heads.roi_2mlp_head_gn_panet``: per-level fc1 = Linear + ReLU (GN commented out),
     fc2 = Linear + GN + ReLU."""
 
-    def __init__(self, dim_in: int = 256, hidden_dim: int = 1024, roi_size: int = 7, num_levels: int = 4) -> None:
+    def __init__(
+        self, dim_in: int = 256, hidden_dim: int = 1024, roi_size: int = 7, num_levels: int = 4
+    ) -> None:
         super().__init__()
-        self.fc1 = nn.ModuleList(nn.Sequential(nn.Linear(dim_in * roi_size**2, hidden_dim), nn.ReLU(inplace=True)) for _ in range(num_levels))
-        self.fc2 = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), _panet_gn(hidden_dim), nn.ReLU(inplace=True))
+        self.fc1 = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim_in * roi_size**2, hidden_dim), nn.ReLU(inplace=True))
+            for _ in range(num_levels)
+        )
+        self.fc2 = nn.Sequential(
+            nn.Linear(hidden_dim, hidden_dim), _panet_gn(hidden_dim), nn.ReLU(inplace=True)
+        )
 
 
 class PanetOfficialMaskHeadFF(nn.Module):
@@ -229,23 +287,37 @@ class PanetOfficialMaskHeadFF(nn.Module):
     ROI_XFORM_RESOLUTION=14, RESOLUTION=28) plus ``mask_rcnn_outputs.classify`` (1x1 conv to the
     classes; CLS_SPECIFIC_MASK, UPSAMPLE_RATIO=1: no extra upsample layer)."""
 
-    def __init__(self, num_classes: int, dim_in: int = 256, dim_inner: int = 256, roi_xform: int = 14,
-                 resolution: int = 28, num_levels: int = 4, use_gn: bool = True) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        dim_in: int = 256,
+        dim_inner: int = 256,
+        roi_xform: int = 14,
+        resolution: int = 28,
+        num_levels: int = 4,
+        use_gn: bool = True,
+    ) -> None:
         super().__init__()
         conv_fcn = []
         for _ in range(2):  # official loop: the first takes dim_in, then dim_in = dim_inner
             conv_fcn.append(_panet_head_conv(dim_in, dim_inner, use_gn))
             dim_in = dim_inner
         self.conv_fcn = nn.Sequential(*conv_fcn)
-        self.mask_conv1 = nn.ModuleList(_panet_head_conv(dim_in, dim_inner, use_gn) for _ in range(num_levels))
+        self.mask_conv1 = nn.ModuleList(
+            _panet_head_conv(dim_in, dim_inner, use_gn) for _ in range(num_levels)
+        )
         self.mask_conv4 = _panet_head_conv(dim_in, dim_inner, use_gn)
         self.mask_conv4_fc = _panet_head_conv(dim_in, dim_inner, use_gn)
         half = int(dim_inner / 2)
         if use_gn:  # official: GroupNorm(get_group_gn(dim_inner) = 32, dim_inner / 2)
-            self.mask_conv5_fc = nn.Sequential(nn.Conv2d(dim_in, half, 3, 1, 1, bias=False), _panet_gn(half), nn.ReLU(inplace=True))
+            self.mask_conv5_fc = nn.Sequential(
+                nn.Conv2d(dim_in, half, 3, 1, 1, bias=False), _panet_gn(half), nn.ReLU(inplace=True)
+            )
         else:
             self.mask_conv5_fc = nn.Sequential(nn.Conv2d(dim_in, half, 3, 1, 1), nn.ReLU(inplace=True))
-        self.mask_fc = nn.Sequential(nn.Linear(half * roi_xform**2, resolution**2, bias=True), nn.ReLU(inplace=True))
+        self.mask_fc = nn.Sequential(
+            nn.Linear(half * roi_xform**2, resolution**2, bias=True), nn.ReLU(inplace=True)
+        )
         self.upconv = nn.ConvTranspose2d(dim_inner, dim_inner, 2, 2, 0)
         self.classify = nn.Conv2d(dim_inner, num_classes, 1, 1, 0)  # mask_rcnn_outputs
 

@@ -1,4 +1,5 @@
 """stitch.costs: FLOPs agree with FlopCounterMode, params and deltas with stitch_variant, the cache."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stitch import costs as costs_mod
 from stitch.build import build_baseline, stitch_variant
-from stitch.costs import cached_costs, count_flops, example_input, input_size, measure_latency, variant_costs, with_deltas
+from stitch.costs import (
+    cached_costs,
+    count_flops,
+    example_input,
+    input_size,
+    measure_latency,
+    variant_costs,
+    with_deltas,
+)
 from stitch.plan import Variant, plan_variants
 
 INSERTIONS = """\
@@ -39,7 +48,12 @@ def test_input_follows_data_then_probe_then_default(tiny_unet, write_experiment)
     assert example_input(exp).shape == (1, 3, 48, 64)
     from stitch.config import load_experiment
 
-    plain = load_experiment(write_experiment("name: d\ntask: segmentation\nbaseline: {model: unet, args: {in_channels: 1, base_width: 4}}\n", "d.yaml"))
+    plain = load_experiment(
+        write_experiment(
+            "name: d\ntask: segmentation\nbaseline: {model: unet, args: {in_channels: 1, base_width: 4}}\n",
+            "d.yaml",
+        )
+    )
     assert input_size(plain) == (64, 64) and example_input(plain).shape == (1, 1, 64, 64)
 
 
@@ -83,7 +97,9 @@ def test_cache_is_keyed_by_variant_and_config(tiny_unet, tmp_path: Path, monkeyp
 
     monkeypatch.setattr(costs_mod, "variant_costs", boom)
     again, _ = cached_costs(exp, variants, cache, latency=False)
-    assert {n: (c.params, c.flops, c.params_delta) for n, c in again.items()} == {n: (c.params, c.flops, c.params_delta) for n, c in first.items()}
+    assert {n: (c.params, c.flops, c.params_delta) for n, c in again.items()} == {
+        n: (c.params, c.flops, c.params_delta) for n, c in first.items()
+    }
     # another input size is another key: computed (here: the failure is reported, not raised)
     other, errors = cached_costs(exp, variants[:1], cache, image_size=(64, 64), latency=False)
     assert other == {} and "recomputed" in errors["Baseline"]
@@ -92,14 +108,16 @@ def test_cache_is_keyed_by_variant_and_config(tiny_unet, tmp_path: Path, monkeyp
 def test_maskrcnn_flops_in_eval_mode(write_experiment) -> None:
     from stitch.config import load_experiment
 
-    exp = load_experiment(write_experiment("""\
+    exp = load_experiment(
+        write_experiment("""\
         name: mrcnn
         task: instance
         baseline:
           model: maskrcnn
           args: {backbone: mobilenet_v3_small, num_classes: 3, min_size: 64, max_size: 64}
         probe: {image_size: [64, 64]}
-    """))
+    """)
+    )
     c = variant_costs(exp, Variant("Baseline", ()), latency=False)
     assert c.flops and c.flops > 0 and c.in_channels == 3
     assert c.detections is not None and "detections" in c.note

@@ -2,6 +2,7 @@
 
 CPU only and offline: torchvision weights names are only resolved, never downloaded.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -14,16 +15,20 @@ from torch import nn
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_Weights
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from stitch.baselines.maskrcnn import (
-    MASKRCNN,
-    _resolve_backbone_weights,
-    _resolve_detection_weights,
-    build_maskrcnn,
-    maskrcnn_aliases,
-)
+from stitch.baselines.maskrcnn import MASKRCNN, build_maskrcnn, maskrcnn_aliases
+from stitch.baselines.maskrcnn_weights import resolve_backbone_weights, resolve_detection_weights
 
 SMALL = {"min_size": 128, "max_size": 160}
-HEADS = ["fpn", "rpn_head", "box_roi_pool", "box_head", "box_predictor", "mask_roi_pool", "mask_head", "mask_predictor"]
+HEADS = [
+    "fpn",
+    "rpn_head",
+    "box_roi_pool",
+    "box_head",
+    "box_predictor",
+    "mask_roi_pool",
+    "mask_head",
+    "mask_predictor",
+]
 
 
 def light(**kw):
@@ -118,7 +123,12 @@ def test_aliases_mobilenet(backbone):
     x = torch.rand(1, 3, 64, 64)
     sizes = {}
     modules = dict(model.named_modules())
-    hooks = [modules[aliases[f"c{i}"]].register_forward_hook(lambda m, a, o, i=i: sizes.__setitem__(i, o.shape[-1])) for i in range(2, 6)]
+    hooks = [
+        modules[aliases[f"c{i}"]].register_forward_hook(
+            lambda m, a, o, i=i: sizes.__setitem__(i, o.shape[-1])
+        )
+        for i in range(2, 6)
+    ]
     with torch.no_grad():
         body(x)
     for h in hooks:
@@ -138,7 +148,7 @@ def test_example_batch_is_deterministic_and_consistent():
     for img, img_b, t, t_b in zip(a["images"], b["images"], a["targets"], b["targets"]):
         assert torch.equal(img, img_b) and all(torch.equal(t[k], t_b[k]) for k in t)
         assert img.shape == (3, 96, 80) and img.dtype == torch.float32
-        assert 0 <= img.min() and img.max() <= 1
+        assert img.min() >= 0 and img.max() <= 1
         n = len(t["labels"])
         assert 2 <= n <= 3
         assert t["boxes"].shape == (n, 4) and t["boxes"].dtype == torch.float32
@@ -146,7 +156,12 @@ def test_example_batch_is_deterministic_and_consistent():
         assert t["labels"].dtype == torch.int64 and t["labels"].min() >= 1 and t["labels"].max() <= 3
         for box, mask in zip(t["boxes"], t["masks"]):
             ys, xs = torch.nonzero(mask, as_tuple=True)
-            assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+            assert box.tolist() == [
+                xs.min().item(),
+                ys.min().item(),
+                xs.max().item() + 1,
+                ys.max().item() + 1,
+            ]
     default = MASKRCNN.example_batch({}, 1, None)
     assert default["images"][0].shape == (3, *MASKRCNN.default_image_size)
     assert default["targets"][0]["labels"].max() <= 90
@@ -164,9 +179,11 @@ def test_run_reaches_every_alias_and_restores_mode(start_training):
     reached: dict[str, int] = {}
     hooks = []
     for path in set(aliases.values()):
+
         def hook(m, args, out, path=path):
             n = out.shape[0] if isinstance(out, torch.Tensor) else 1
             reached[path] = reached.get(path, 0) + n
+
         hooks.append(modules[path].register_forward_hook(hook))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
@@ -189,8 +206,15 @@ def test_loss_is_finite_scalar_and_heads_get_gradients():
     assert model.training is False
     assert loss.dim() == 0 and math.isfinite(loss.item()) and loss.requires_grad
     loss.backward()
-    for path in ["rpn.head", "roi_heads.box_head", "roi_heads.box_predictor", "roi_heads.mask_head",
-                 "roi_heads.mask_predictor", "backbone.fpn", "backbone.body.layer1"]:
+    for path in [
+        "rpn.head",
+        "roi_heads.box_head",
+        "roi_heads.box_predictor",
+        "roi_heads.mask_head",
+        "roi_heads.mask_predictor",
+        "backbone.fpn",
+        "backbone.body.layer1",
+    ]:
         module = model.get_submodule(path)
         grads = [p.grad for p in module.parameters()]
         assert grads and all(g is not None for g in grads), path
@@ -278,7 +302,7 @@ def test_weights_file_wrong_keys_or_shapes(tmp_path):
 
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="garbage.pth"):
+    with pytest.raises(ValueError, match=r"garbage\.pth"):
         light(weights=str(garbage))
 
 
@@ -292,19 +316,21 @@ def test_weights_backbone_from_local_file(tmp_path):
     assert torch.equal(body.conv1.weight, classifier.conv1.weight)
     assert torch.equal(body.layer4[1].conv2.weight, classifier.layer4[1].conv2.weight)
     assert torch.equal(body.layer3[0].bn1.running_var, classifier.layer3[0].bn1.running_var)
-    with pytest.raises(ValueError, match="resnet18_imagenet.pth"):
+    with pytest.raises(ValueError, match=r"resnet18_imagenet\.pth"):
         build_maskrcnn(backbone="resnet34", weights_backbone=str(path), **SMALL)
 
 
 def test_weights_names_resolve_without_download():
-    assert _resolve_detection_weights("DEFAULT", "resnet50", 1) is MaskRCNN_ResNet50_FPN_Weights.COCO_V1
-    assert _resolve_detection_weights("COCO_V1", "resnet50", 2) is MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1
+    assert resolve_detection_weights("DEFAULT", "resnet50", 1) is MaskRCNN_ResNet50_FPN_Weights.COCO_V1
+    assert resolve_detection_weights("COCO_V1", "resnet50", 2) is MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1
     assert (
-        _resolve_detection_weights("MaskRCNN_ResNet50_FPN_Weights.COCO_V1", "resnet50", 1)
+        resolve_detection_weights("MaskRCNN_ResNet50_FPN_Weights.COCO_V1", "resnet50", 1)
         is MaskRCNN_ResNet50_FPN_Weights.COCO_V1
     )
-    assert _resolve_backbone_weights("DEFAULT", "resnet18") is torchvision.models.ResNet18_Weights.IMAGENET1K_V1
-    with pytest.raises(ValueError, match="MaskRCNN_ResNet50_FPN_Weights.COCO_V1"):
+    assert (
+        resolve_backbone_weights("DEFAULT", "resnet18") is torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    )
+    with pytest.raises(ValueError, match=r"MaskRCNN_ResNet50_FPN_Weights\.COCO_V1"):
         build_maskrcnn(weights="MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1")  # v2 weights for v1
     with pytest.raises(ValueError, match="no Mask R-CNN weights"):
         light(weights="DEFAULT")

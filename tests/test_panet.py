@@ -1,10 +1,10 @@
 """PANet zoo modules: stitched into torchvision's Mask R-CNN, fidelity to the official code
 (github.com/ShuLiu1993/PANet, transcribed in ``reference_impls``), behaviour, the absorb mechanism."""
+
 from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 
 import pytest
@@ -16,7 +16,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.ops import MultiScaleRoIAlign
 
 import modules_zoo
-from modules_zoo.panet import AdaptiveFeaturePooling, BottomUpPath, FullyConnectedFusion, PAFPN
+from modules_zoo.panet import PAFPN, AdaptiveFeaturePooling, BottomUpPath, FullyConnectedFusion
 from stitch.baselines.maskrcnn import MASKRCNN, build_maskrcnn, maskrcnn_aliases
 from stitch.build import stitch_variant
 from stitch.config import NestedInsertionCfg, load_experiment
@@ -40,7 +40,8 @@ def _seed() -> None:
 
 
 def experiment(write_experiment, insertions: str, image: int = SIZE):
-    return load_experiment(write_experiment(f"""
+    return load_experiment(
+        write_experiment(f"""
         name: panet
         task: instance
         baseline:
@@ -49,7 +50,8 @@ def experiment(write_experiment, insertions: str, image: int = SIZE):
         probe: {{image_size: [{image}, {image}]}}
         insertions:
         {insertions}
-    """))
+    """)
+    )
 
 
 def lighten(model: nn.Module) -> nn.Module:
@@ -79,7 +81,9 @@ def copy_params(dst: nn.Module, src: nn.Module) -> None:
             d.copy_(s)
 
 
-def levels(channels=(256, 256, 256, 256), size: int = 32, batch: int = 2, dtype=torch.float32) -> dict[str, torch.Tensor]:
+def levels(
+    channels=(256, 256, 256, 256), size: int = 32, batch: int = 2, dtype=torch.float32
+) -> dict[str, torch.Tensor]:
     return {str(i): torch.randn(batch, c, size >> i, size >> i, dtype=dtype) for i, c in enumerate(channels)}
 
 
@@ -92,11 +96,15 @@ def test_stitch_zoo_lists_the_panet_modules(capsys) -> None:
     assert main(["zoo", "--json"]) == 0
     entries = {e["name"]: e for e in json.loads(capsys.readouterr().out)}
     assert {n: entries[n]["kind"] for n in PANET} == {
-        "PAFPN": "neck", "BottomUpPath": "neck", "AdaptiveFeaturePooling": "roi_head", "FullyConnectedFusion": "roi_head",
+        "PAFPN": "neck",
+        "BottomUpPath": "neck",
+        "AdaptiveFeaturePooling": "roi_head",
+        "FullyConnectedFusion": "roi_head",
     }
     for name in PANET:
         assert "1803.01534" in entries[name]["reference"] and "ShuLiu1993/PANet" in entries[name]["reference"]
-        assert [a["name"] for a in entries[name]["arguments"]][0] == "norm"  # site-derived arguments are not user settings
+        first_argument = next(a["name"] for a in entries[name]["arguments"])
+        assert first_argument == "norm"  # site-derived arguments are not user settings
     assert "site_norm" in entries["AdaptiveFeaturePooling"]["probe_arguments"]
 
 
@@ -162,7 +170,9 @@ def test_frozen_bn_backbone_and_v2_style_conv_heads_take_afp_and_ff() -> None:
     """torchvision v2's heads (FastRCNNConvFCHead, MaskRCNNHeads with BatchNorm): AFP fuses after the
     first conv of each and copies its norm ('auto'); FF takes the BatchNorm too."""
     torch.manual_seed(0)
-    model = build_maskrcnn(backbone="resnet18", num_classes=3, min_size=SIZE, max_size=SIZE)  # FrozenBatchNorm2d body
+    model = build_maskrcnn(
+        backbone="resnet18", num_classes=3, min_size=SIZE, max_size=SIZE
+    )  # FrozenBatchNorm2d body
     rh = model.roi_heads
     rh.box_head = FastRCNNConvFCHead((256, 7, 7), [256, 256, 256, 256], [1024], norm_layer=nn.BatchNorm2d)
     rh.box_predictor = FastRCNNPredictor(1024, 3)
@@ -179,7 +189,9 @@ def test_frozen_bn_backbone_and_v2_style_conv_heads_take_afp_and_ff() -> None:
     assert count_params(model) - before == sum(a.delta for a in applied)
     assert isinstance(rh.box_head[0], nn.Identity) and isinstance(rh.mask_head, FullyConnectedFusion)
     assert isinstance(rh.mask_head[0] if False else getattr(rh.mask_head, "0"), nn.Identity)
-    assert isinstance(rh.box_roi_pool.levels[0][1], nn.BatchNorm2d) and isinstance(rh.mask_head.conv5_fc[1], nn.BatchNorm2d)
+    assert isinstance(rh.box_roi_pool.levels[0][1], nn.BatchNorm2d) and isinstance(
+        rh.mask_head.conv5_fc[1], nn.BatchNorm2d
+    )
     loss = MASKRCNN.loss(model, data)
     loss.backward()
     assert torch.isfinite(loss)
@@ -194,9 +206,15 @@ def test_frozen_bn_backbone_and_v2_style_conv_heads_take_afp_and_ff() -> None:
 @pytest.mark.parametrize("norm", ["gn", "none"])
 def test_neck_parameter_counts_match_official(norm: str) -> None:
     official = ref.PanetOfficialFPN(R50_LEVELS[::-1], 256, use_gn=norm == "gn")
-    pafpn = modules_zoo.get("PAFPN").build({"in_channels_list": R50_LEVELS, "channels": 256, "site_norm": "none"}, {"norm": norm})
-    assert count_params(pafpn) == ref.panet_param_count(official) == {"gn": 6_889_984, "none": 6_884_864}[norm]
-    bup = modules_zoo.get("BottomUpPath").build({"channels": 256, "num_levels": 4, "site_norm": "none"}, {"norm": norm})
+    pafpn = modules_zoo.get("PAFPN").build(
+        {"in_channels_list": R50_LEVELS, "channels": 256, "site_norm": "none"}, {"norm": norm}
+    )
+    assert (
+        count_params(pafpn) == ref.panet_param_count(official) == {"gn": 6_889_984, "none": 6_884_864}[norm]
+    )
+    bup = modules_zoo.get("BottomUpPath").build(
+        {"channels": 256, "num_levels": 4, "site_norm": "none"}, {"norm": norm}
+    )
     assert count_params(bup) == official.bottom_up_parameters() == {"gn": 3_543_552, "none": 3_540_480}[norm]
 
 
@@ -205,39 +223,81 @@ def test_box_afp_parameter_counts_match_official(norm: str) -> None:
     gn = norm == "gn"
     official = ref.PanetOfficialBoxHead(use_gn=gn)  # roi_Xconv1fc_gn_head_panet (4conv1fc)
     afp = modules_zoo.get("AdaptiveFeaturePooling").build(
-        {"in_channels": 256, "width": 256, "first_layer": "conv", "featmap_names": list("0123"), "output_size": 7,
-         "sampling_ratio": 2, "site_norm": "none", "dilation": 1},
+        {
+            "in_channels": 256,
+            "width": 256,
+            "first_layer": "conv",
+            "featmap_names": list("0123"),
+            "output_size": 7,
+            "sampling_ratio": 2,
+            "site_norm": "none",
+            "dilation": 1,
+        },
         {"norm": norm},
     )
     assert count_params(afp) == ref.panet_param_count(official, "conv1_head")
     # stitched: AFP + torchvision's 4conv1fc head with its first conv absorbed == the official head
-    head = FastRCNNConvFCHead((256, 7, 7), [256] * 4, [1024], norm_layer=(lambda c: nn.GroupNorm(32, c)) if gn else None)
+    head = FastRCNNConvFCHead(
+        (256, 7, 7), [256] * 4, [1024], norm_layer=(lambda c: nn.GroupNorm(32, c)) if gn else None
+    )
     assert count_params(afp) + count_params(head) - count_params(head[0]) == ref.panet_param_count(official)
     # 2fc variant (roi_2mlp_head_gn_panet): per-level fc1 = Linear -> ReLU
     afp_fc = modules_zoo.get("AdaptiveFeaturePooling").build(
-        {"in_channels": 256, "width": 1024, "first_layer": "fc", "featmap_names": list("0123"), "output_size": 7,
-         "sampling_ratio": 2, "site_norm": "none", "dilation": 1},
+        {
+            "in_channels": 256,
+            "width": 1024,
+            "first_layer": "fc",
+            "featmap_names": list("0123"),
+            "output_size": 7,
+            "sampling_ratio": 2,
+            "site_norm": "none",
+            "dilation": 1,
+        },
         {},
     )
-    assert count_params(afp_fc) == ref.panet_param_count(ref.PanetOfficial2MLPHead(), "fc1") == 4 * (256 * 49 * 1024 + 1024)
+    assert (
+        count_params(afp_fc)
+        == ref.panet_param_count(ref.PanetOfficial2MLPHead(), "fc1")
+        == 4 * (256 * 49 * 1024 + 1024)
+    )
 
 
 @pytest.mark.parametrize("norm", ["gn", "none"])
 def test_mask_afp_and_ff_parameter_counts_match_official(norm: str) -> None:
-    official = ref.PanetOfficialMaskHeadFF(COCO_CLASSES, use_gn=norm == "gn")  # ..._gn_adp_ff + mask_rcnn_outputs
+    official = ref.PanetOfficialMaskHeadFF(
+        COCO_CLASSES, use_gn=norm == "gn"
+    )  # ..._gn_adp_ff + mask_rcnn_outputs
     afp = modules_zoo.get("AdaptiveFeaturePooling").build(
-        {"in_channels": 256, "width": 256, "first_layer": "conv", "featmap_names": list("0123"), "output_size": 14,
-         "sampling_ratio": 2, "site_norm": "none", "dilation": 1},
+        {
+            "in_channels": 256,
+            "width": 256,
+            "first_layer": "conv",
+            "featmap_names": list("0123"),
+            "output_size": 14,
+            "sampling_ratio": 2,
+            "site_norm": "none",
+            "dilation": 1,
+        },
         {"norm": norm},
     )
     ff = modules_zoo.get("FullyConnectedFusion").build(
-        {"in_channels": 256, "num_classes": COCO_CLASSES, "roi_size": 14, "dim": 256, "num_convs": 4, "dilation": 1,
-         "deconv_dim": 256, "site_norm": "none"},
+        {
+            "in_channels": 256,
+            "num_classes": COCO_CLASSES,
+            "roi_size": 14,
+            "dim": 256,
+            "num_convs": 4,
+            "dilation": 1,
+            "deconv_dim": 256,
+            "site_norm": "none",
+        },
         {"norm": norm},
     )
     assert count_params(afp) == ref.panet_param_count(official, "mask_conv1")
     # FF alone holds one conv1; with AFP stitched in front, that conv1 is absorbed
-    assert count_params(afp) + count_params(ff) - count_params(getattr(ff, "0")) == ref.panet_param_count(official)
+    assert count_params(afp) + count_params(ff) - count_params(getattr(ff, "0")) == ref.panet_param_count(
+        official
+    )
     assert count_params(ff.fc) == ref.panet_param_count(official, "mask_fc") == 128 * 14 * 14 * 784 + 784
 
 
@@ -271,7 +331,9 @@ def test_pafpn_and_bottom_up_outputs_equal_the_official_forward(norm: str, relu:
     for got, want in zip(out.values(), expected):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     # the bottom-up path alone on the official FPN's P levels (official panet_buttomup=False)
-    plain = ref.PanetOfficialFPN(channels[::-1], 32, use_gn=norm == "gn", panet_buttomup=False).double().eval()
+    plain = (
+        ref.PanetOfficialFPN(channels[::-1], 32, use_gn=norm == "gn", panet_buttomup=False).double().eval()
+    )
     plain.load_state_dict({k: v for k, v in official.state_dict().items() if "buttomup" not in k})
     with torch.no_grad():
         p = plain(list(x.values()))[::-1]
@@ -288,7 +350,13 @@ def test_necks_keep_key_order_and_shapes_and_pool_from_n5() -> None:
     pafpn = PAFPN([8, 16, 32, 64], 32).eval()
     out = pafpn(x)
     assert list(out) == ["0", "1", "2", "3", "pool"]
-    assert [tuple(v.shape) for v in out.values()] == [(2, 32, 32, 32), (2, 32, 16, 16), (2, 32, 8, 8), (2, 32, 4, 4), (2, 32, 2, 2)]
+    assert [tuple(v.shape) for v in out.values()] == [
+        (2, 32, 32, 32),
+        (2, 32, 16, 16),
+        (2, 32, 8, 8),
+        (2, 32, 4, 4),
+        (2, 32, 2, 2),
+    ]
     torch.testing.assert_close(out["pool"], F.max_pool2d(out["3"], 1, 2))
     fpn_out = {**levels((32,) * 4, size=32)}
     fpn_out["pool"] = F.max_pool2d(fpn_out["3"], 1, 2)  # torchvision's LastLevelMaxPool: from P5
@@ -302,7 +370,10 @@ def test_necks_keep_key_order_and_shapes_and_pool_from_n5() -> None:
 
 
 def _afp_inputs(n_rois: int = 6):
-    feats = {**levels((16,) * 4, size=32, batch=2), "pool": torch.randn(2, 16, 1, 1)}  # image 128x128: strides 4..32
+    feats = {
+        **levels((16,) * 4, size=32, batch=2),
+        "pool": torch.randn(2, 16, 1, 1),
+    }  # image 128x128: strides 4..32
     g = torch.Generator().manual_seed(3)
     boxes = []
     for _ in range(2):
@@ -329,7 +400,9 @@ def test_afp_pools_every_roi_from_every_level_and_fuses_by_elementwise_max(first
             changed = (afp(zeroed, boxes, shapes) != out).flatten(1).any(1)
             assert changed.all(), f"zeroing level {k} left some RoIs unchanged"
             assert (winners == int(k)).flatten(1).any(1).all()  # every level wins somewhere for every RoI
-        assert torch.equal(afp(dict(feats, pool=torch.zeros(2, 16, 1, 1)), boxes, shapes), out)  # 'pool' is not used
+        assert torch.equal(
+            afp(dict(feats, pool=torch.zeros(2, 16, 1, 1)), boxes, shapes), out
+        )  # 'pool' is not used
 
 
 def test_afp_pooling_matches_multiscale_roialign_on_the_assigned_level() -> None:
@@ -392,10 +465,14 @@ def test_absorbed_layers_become_identity_and_their_params_count_as_removed(write
     assert by["FF"].absorbed_params == count_params(base_rh.mask_predictor)
     assert by["FF"].removed_params == count_params(base_rh.mask_head)
     assert by["AFPm"].absorbed == ["roi_heads.mask_head.0"]  # FF's conv1, stitched first
-    assert by["AFPm"].absorbed_params == count_params(getattr(FullyConnectedFusion(256, 3, 14, norm="none"), "0"))
+    assert by["AFPm"].absorbed_params == count_params(
+        getattr(FullyConnectedFusion(256, 3, 14, norm="none"), "0")
+    )
     for a in built.applied:
         assert a.delta == a.params + a.adapter_params - a.removed_params - a.absorbed_params
-    assert built.delta == count_params(built.model) - count_params(base) == sum(a.delta for a in built.applied)
+    assert (
+        built.delta == count_params(built.model) - count_params(base) == sum(a.delta for a in built.applied)
+    )
     assert "absorbs roi_heads.box_head.fc6" in by["AFP"].describe_absorbed()
     assert f"{by['AFP'].absorbed_params:,} params removed" in by["AFP"].describe_absorbed()
     assert by["PA"].describe_absorbed() == ""
@@ -404,21 +481,48 @@ def test_absorbed_layers_become_identity_and_their_params_count_as_removed(write
 @pytest.mark.parametrize(
     "insertions, cause",
     [
-        ("- {name: A, module: AdaptiveFeaturePooling, at: box_head}",
-         "AdaptiveFeaturePooling replaces a torchvision MultiScaleRoIAlign (box_roi_pool or mask_roi_pool), but this point is a TwoMLPHead; stitch it at box_roi_pool or mask_roi_pool"),
-        ("- {name: A, module: AdaptiveFeaturePooling, at: c5}", "but this point is a Sequential; stitch it at box_roi_pool"),
-        ("- {name: F, module: FullyConnectedFusion, at: box_head}", "FullyConnectedFusion replaces torchvision's MaskRCNNHeads (stitch it at mask_head)"),
-        ("- {name: B, module: BottomUpPath, at: fpn, mode: replace}", "BottomUpPath (neck) cannot be stitched with mode 'replace'; it takes: after"),
-        ("- {name: P, module: PAFPN, at: fpn, mode: after}", "PAFPN (neck) cannot be stitched with mode 'after'; it takes: replace"),
-        ("- {name: P, module: PAFPN, at: c4}", "PAFPN is a neck: it maps an ordered dict of feature maps to another"),
-        ("""- {name: SE, module: SE, at: roi_heads.mask_head.0}
+        (
+            "- {name: A, module: AdaptiveFeaturePooling, at: box_head}",
+            "AdaptiveFeaturePooling replaces a torchvision MultiScaleRoIAlign "
+            "(box_roi_pool or mask_roi_pool), but this point is a TwoMLPHead; "
+            "stitch it at box_roi_pool or mask_roi_pool",
+        ),
+        (
+            "- {name: A, module: AdaptiveFeaturePooling, at: c5}",
+            "but this point is a Sequential; stitch it at box_roi_pool",
+        ),
+        (
+            "- {name: F, module: FullyConnectedFusion, at: box_head}",
+            "FullyConnectedFusion replaces torchvision's MaskRCNNHeads (stitch it at mask_head)",
+        ),
+        (
+            "- {name: B, module: BottomUpPath, at: fpn, mode: replace}",
+            "BottomUpPath (neck) cannot be stitched with mode 'replace'; it takes: after",
+        ),
+        (
+            "- {name: P, module: PAFPN, at: fpn, mode: after}",
+            "PAFPN (neck) cannot be stitched with mode 'after'; it takes: replace",
+        ),
+        (
+            "- {name: P, module: PAFPN, at: c4}",
+            "PAFPN is a neck: it maps an ordered dict of feature maps to another",
+        ),
+        (
+            """- {name: SE, module: SE, at: roi_heads.mask_head.0}
         - {name: A, module: AdaptiveFeaturePooling, at: mask_roi_pool}""",
-         "AdaptiveFeaturePooling takes over 'roi_heads.mask_head.0', where insertion 'SE' is stitched; drop one of them"),
-        ("""- {name: A, module: AdaptiveFeaturePooling, at: box_roi_pool}
-        - {name: B, module: AdaptiveFeaturePooling, at: box_roi_pool}""", "this point is already replaced by insertion 'A'"),
+            "AdaptiveFeaturePooling takes over 'roi_heads.mask_head.0', where insertion 'SE' is stitched; "
+            "drop one of them",
+        ),
+        (
+            """- {name: A, module: AdaptiveFeaturePooling, at: box_roi_pool}
+        - {name: B, module: AdaptiveFeaturePooling, at: box_roi_pool}""",
+            "this point is already replaced by insertion 'A'",
+        ),
     ],
 )
-def test_stitching_errors_are_one_line_and_name_the_fix(write_experiment, insertions: str, cause: str) -> None:
+def test_stitching_errors_are_one_line_and_name_the_fix(
+    write_experiment, insertions: str, cause: str
+) -> None:
     exp = experiment(write_experiment, insertions)
     with pytest.raises(ConfigError, match=re.escape(cause)) as err:
         stitch_variant(exp)
@@ -430,14 +534,17 @@ def test_afp_rejects_a_head_it_does_not_support() -> None:
     model.roi_heads.box_head = nn.Sequential(nn.Flatten(), nn.Linear(256 * 49, 1024), nn.ReLU())
     data = batch()
     ins = [Insertion("AFP", NestedInsertionCfg(module="AdaptiveFeaturePooling", at="box_roi_pool"))]
-    with pytest.raises(StitchingError, match=re.escape("AdaptiveFeaturePooling supports torchvision's TwoMLPHead")) as err:
+    with pytest.raises(
+        StitchingError, match=re.escape("AdaptiveFeaturePooling supports torchvision's TwoMLPHead")
+    ) as err:
         stitch(model, maskrcnn_aliases(model), lambda m: MASKRCNN.run(m, data), ins)
     assert "box_head is a Sequential; use one of those heads or drop AdaptiveFeaturePooling" in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_bottom_up_path_rejects_a_pyramid_whose_levels_do_not_halve(write_experiment) -> None:
-    exp = load_experiment(write_experiment(f"""
+    exp = load_experiment(
+        write_experiment(f"""
         name: panet
         task: instance
         baseline:
@@ -446,14 +553,18 @@ def test_bottom_up_path_rejects_a_pyramid_whose_levels_do_not_halve(write_experi
         probe: {{image_size: [{SIZE}, {SIZE}]}}
         insertions:
           - {{name: B, module: BottomUpPath, at: fpn, mode: after}}
-    """))
+    """)
+    )
     with pytest.raises(ConfigError, match="needs pyramid levels that halve in size"):
         stitch_variant(exp)
 
 
 def test_norm_auto_follows_the_site_and_user_norm_wins(write_experiment) -> None:
-    exp = experiment(write_experiment, """- {name: BU, module: BottomUpPath, at: fpn, mode: after}
-        - {name: FF, module: FullyConnectedFusion, at: mask_head, args: {norm: gn}}""")
+    exp = experiment(
+        write_experiment,
+        """- {name: BU, module: BottomUpPath, at: fpn, mode: after}
+        - {name: FF, module: FullyConnectedFusion, at: mask_head, args: {norm: gn}}""",
+    )
     model = stitch_variant(exp).model
     bup = model.backbone.fpn.added
     assert not any(isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)) for m in bup.modules())  # v1 FPN: no norm

@@ -1,7 +1,9 @@
 """The stitching modes on the U-Net: equivalences, parameter accounting, plain-module guarantees."""
+
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 
 import pytest
@@ -10,10 +12,11 @@ from torch import nn
 
 from stitch.baselines.unet import build_unet
 from stitch.build import stitch_variant
-from stitch.surgery import After, Before, Residual
+from stitch.surgery import instance_seed
 from stitch.validate import check_variant
+from stitch.wrappers import After, Before, Residual
 
-ARGS = dict(in_channels=3, num_classes=3, base_width=8)
+ARGS = {"in_channels": 3, "num_classes": 3, "base_width": 8}
 
 
 def x() -> torch.Tensor:
@@ -69,7 +72,12 @@ def test_parameter_delta_is_the_sum_of_inserted_modules_and_adapters(tiny_unet) 
     removed = sum(a.removed_params for a in built.applied)
     assert built.delta == added - removed == sum(a.delta for a in built.applied)
     cga = [a for a in built.applied if a.insertion == "CGA"]
-    assert {a.adapter for a in cga} == {"1x1 conv 8->16", "1x1 conv 16->32", "1x1 conv 32->64", "1x1 conv 64->128"}
+    assert {a.adapter for a in cga} == {
+        "1x1 conv 8->16",
+        "1x1 conv 16->32",
+        "1x1 conv 32->64",
+        "1x1 conv 64->128",
+    }
     assert all(a.adapter_params > 0 for a in cga)
     sa = next(a for a in built.applied if a.insertion == "SA")
     assert sa.removed_params == 16 * 16 * 9 and sa.adapter is None
@@ -139,14 +147,20 @@ def test_stitched_model_is_a_plain_module(tiny_unet) -> None:
 
 
 def test_torch_compile_keeps_working(tiny_unet) -> None:
-    exp = tiny_unet("insertions:\n  - {name: CA, module: CoordAtt, at: \"enc*\"}\n  - {name: CGA, module: CGAFusion, at: skip1}\n")
+    exp = tiny_unet(
+        'insertions:\n  - {name: CA, module: CoordAtt, at: "enc*"}\n'
+        "  - {name: CGA, module: CGAFusion, at: skip1}\n"
+    )
     model = stitch_variant(exp).model.eval()
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(outputs(compiled), outputs(model))
 
 
 def test_probe_channels_reach_module_constructors(tiny_unet) -> None:
-    exp = tiny_unet("insertions:\n  - {name: SA, module: SplitAttention, at: enc3.1.0, mode: replace}\n  - {name: SA2, module: SplitAttention, at: enc4.1.3, mode: replace, args: {radix: 4}}\n")
+    exp = tiny_unet(
+        "insertions:\n  - {name: SA, module: SplitAttention, at: enc3.1.0, mode: replace}\n"
+        "  - {name: SA2, module: SplitAttention, at: enc4.1.3, mode: replace, args: {radix: 4}}\n"
+    )
     model = stitch_variant(exp).model
     assert model.enc3[1][0].conv.in_channels == 16 and model.enc3[1][0].conv.out_channels == 2 * 32
     assert model.enc4[1][3].conv.in_channels == 64 and model.enc4[1][3].radix == 4
@@ -155,7 +169,8 @@ def test_probe_channels_reach_module_constructors(tiny_unet) -> None:
 def test_replacing_a_strided_conv_passes_the_stride(write_experiment) -> None:
     from stitch.config import load_experiment
 
-    exp = load_experiment(write_experiment("""
+    exp = load_experiment(
+        write_experiment("""
         name: mr
         task: instance
         baseline:
@@ -165,7 +180,8 @@ def test_replacing_a_strided_conv_passes_the_stride(write_experiment) -> None:
         insertions:
           - {name: SA, module: SplitAttention, at: c5.0.conv2, mode: replace}
           - {name: CA, module: CoordAtt, at: "c4.*.conv2"}
-    """))
+    """)
+    )
     built = stitch_variant(exp)
     sa = built.model.backbone.body.layer4[0].conv2
     assert sa.conv.stride == (2, 2)
@@ -201,19 +217,35 @@ def test_inserted_modules_are_paired_across_variants(tiny_unet) -> None:
 
 
 @pytest.mark.parametrize(
+    "seed, label, point", [(0, "CA", "enc2"), (4, "CA/SE", "enc2.0"), (123456, "PAFPN", "backbone.fpn")]
+)
+def test_instance_seed_is_the_first_four_sha256_bytes(seed: int, label: str, point: str) -> None:
+    """Module init seeds (and so every stitched module's weights) stay what they always were."""
+    expected = int.from_bytes(hashlib.sha256(f"{seed}|{label}|{point}".encode()).digest()[:4], "little")
+    assert instance_seed(seed, label, point) == expected
+
+
+@pytest.mark.parametrize(
     "insertion, cause",
     [
-        ("{name: SE, module: SE, at: box_head}", "SE needs a 4-D feature map (N, C, H, W) but this point outputs"),
+        (
+            "{name: SE, module: SE, at: box_head}",
+            "SE needs a 4-D feature map (N, C, H, W) but this point outputs",
+        ),
         ("{name: SE, module: SE, at: fpn}", "SE needs a 4-D feature map"),
         ("{name: SE, module: SE, at: backbone.body.layer1.0.relu}", "this module runs 3 times per forward"),
-        ("{name: SE, module: SE, at: box_predictor, mode: before}", "SE needs a 4-D feature map (N, C, H, W) but this point takes"),
+        (
+            "{name: SE, module: SE, at: box_predictor, mode: before}",
+            "SE needs a 4-D feature map (N, C, H, W) but this point takes",
+        ),
     ],
 )
 def test_points_that_a_unary_module_cannot_take(write_experiment, insertion: str, cause: str) -> None:
     from stitch.config import load_experiment
     from stitch.errors import ConfigError
 
-    exp = load_experiment(write_experiment(f"""
+    exp = load_experiment(
+        write_experiment(f"""
         name: mr
         task: instance
         baseline:
@@ -222,7 +254,8 @@ def test_points_that_a_unary_module_cannot_take(write_experiment, insertion: str
         probe: {{image_size: [128, 128]}}
         insertions:
           - {insertion}
-    """))
+    """)
+    )
     with pytest.raises(ConfigError, match=re.escape(cause)):
         stitch_variant(exp)
 
@@ -232,7 +265,9 @@ def test_example_maskrcnn_combination_keeps_every_insertion() -> None:
 
     from stitch.config import load_experiment
 
-    exp = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "maskrcnn_backbone_attention.yaml")
+    exp = load_experiment(
+        Path(__file__).resolve().parents[1] / "experiments" / "maskrcnn_backbone_attention.yaml"
+    )
     model = stitch_variant(exp, "+CA +SA").model
     kinds = [type(m).__name__ for m in model.backbone.body.modules()]
     assert kinds.count("CoordAttn") == 6 + 3  # after c4's six conv2s and after c5's three replacements

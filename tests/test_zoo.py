@@ -1,4 +1,5 @@
 """Tests of the module zoo: registry contract, generic module behaviour, fidelity to official code."""
+
 from __future__ import annotations
 
 import inspect
@@ -51,7 +52,9 @@ def _perturb(m: nn.Module, scale: float = 0.1) -> nn.Module:
     return m
 
 
-def _run(entry: registry.ZooEntry, m: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+def _run(
+    entry: registry.ZooEntry, m: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
+) -> torch.Tensor:
     return m(x, y) if entry.kind == "fusion" else m(x)
 
 
@@ -178,7 +181,9 @@ SPLAT_CONFIGS = [
 
 
 @pytest.mark.parametrize("cin,cout,stride,radix,card,rf,norm", SPLAT_CONFIGS)
-def test_split_attention_matches_official(cin: int, cout: int, stride: int, radix: int, card: int, rf: int, norm: bool) -> None:
+def test_split_attention_matches_official(
+    cin: int, cout: int, stride: int, radix: int, card: int, rf: int, norm: bool
+) -> None:
     ours = modules_zoo.get("SplitAttention").build(
         {"channels": cin, "in_channels": cin, "out_channels": cout, "stride": stride},
         {"radix": radix, "cardinality": card, "reduction_factor": rf, "norm": norm},
@@ -186,8 +191,16 @@ def test_split_attention_matches_official(cin: int, cout: int, stride: int, radi
     # official ResNeSt package (pip ``resnest``; not a project dependency, so skip if absent)
     SplAtConv2d = pytest.importorskip("resnest.torch.splat").SplAtConv2d
     official = SplAtConv2d(
-        cin, cout, kernel_size=3, stride=stride, padding=1, groups=card, bias=not norm,
-        radix=radix, reduction_factor=rf, norm_layer=nn.BatchNorm2d if norm else None,
+        cin,
+        cout,
+        kernel_size=3,
+        stride=stride,
+        padding=1,
+        groups=card,
+        bias=not norm,
+        radix=radix,
+        reduction_factor=rf,
+        norm_layer=nn.BatchNorm2d if norm else None,
     )
     n_ours = sum(p.numel() for p in ours.parameters())
     n_off = sum(p.numel() for p in official.parameters())
@@ -234,7 +247,9 @@ def test_coordatt_reduction_arg() -> None:
 @pytest.mark.parametrize("dim,reduction", [(32, 8), (64, 4), (16, 8)])
 @pytest.mark.parametrize("paper_sigmoid", [False, True])
 def test_cgafusion_matches_official(dim: int, reduction: int, paper_sigmoid: bool) -> None:
-    m = modules_zoo.get("CGAFusion").build({"channels": dim}, {"reduction": reduction, "paper_sigmoid": paper_sigmoid})
+    m = modules_zoo.get("CGAFusion").build(
+        {"channels": dim}, {"reduction": reduction, "paper_sigmoid": paper_sigmoid}
+    )
     assert isinstance(m, CGAFusion)
     assert sum(p.numel() for p in m.parameters()) == ref.cgafusion_official_param_count(dim, reduction)
     assert set(m.state_dict()) == ref.CGAFUSION_OFFICIAL_KEYS

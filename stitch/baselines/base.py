@@ -1,12 +1,14 @@
 """What a baseline provides to the harness: a builder, named hook points and a way to run it.
 
 A baseline is plain data (:class:`BaselineSpec`); each baseline file builds one and
-``stitch/baselines/__init__.py`` collects them by name.
+:data:`stitch.registry.BASELINES` names them (``stitch.baselines.BASELINES`` is that registry).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -27,45 +27,45 @@ Hook-point aliases (:func:`maskrcnn_aliases`; every module path is a hook point 
 Input size: torchvision's ``GeneralizedRCNNTransform`` resizes every image so that its short side
 is ``min_size`` (long side at most ``max_size``); with the defaults (800/1333) a 128x128 image is
 run at 800x800. For fast CPU probes pass ``min_size``/``max_size`` near the image size (e.g. 128).
+
+Weights (torchvision names and local files) are resolved and loaded by
+:mod:`stitch.baselines.maskrcnn_weights`.
 """
+
 from __future__ import annotations
 
-import os
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
-from torchvision.models import get_model_weights, get_weight
-from torchvision.models._api import WeightsEnum
-from torchvision.models.detection import (
-    MaskRCNN,
-    MaskRCNN_ResNet50_FPN_V2_Weights,
-    MaskRCNN_ResNet50_FPN_Weights,
-    maskrcnn_resnet50_fpn,
-    maskrcnn_resnet50_fpn_v2,
-)
+from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from stitch.baselines.base import BaselineSpec
+from stitch.baselines.maskrcnn_weights import (
+    check_file_exists,
+    is_file_ref,
+    load_backbone_file,
+    load_weights_file,
+    resolve_backbone_weights,
+    resolve_detection_weights,
+)
+from stitch.model_mode import train_mode
 
 RESNET_BACKBONES = ("resnet18", "resnet34", "resnet50")
 MOBILENET_BACKBONES = ("mobilenet_v3_large", "mobilenet_v3_small")
 BACKBONES = RESNET_BACKBONES + MOBILENET_BACKBONES
-# Which torchvision weights enum belongs to each (backbone, version) that torchvision has Mask R-CNN weights for.
-DETECTION_WEIGHTS: dict[tuple[str, int], type[WeightsEnum]] = {
-    ("resnet50", 1): MaskRCNN_ResNet50_FPN_Weights,
-    ("resnet50", 2): MaskRCNN_ResNet50_FPN_V2_Weights,
-}
-_FILE_SUFFIXES = (".pth", ".pt", ".pth.tar", ".ckpt", ".bin")
 # Trainable backbone stages when pretrained weights are used and ``trainable_layers`` is None
 # (torchvision's default in ``maskrcnn_resnet50_fpn`` / ``fasterrcnn_mobilenet_v3_large_fpn``).
 _TORCHVISION_TRAINABLE_DEFAULT = 3
 
 
 def build_maskrcnn(
-    backbone: Literal["resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "mobilenet_v3_small"] = "resnet50",
+    backbone: Literal[
+        "resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "mobilenet_v3_small"
+    ] = "resnet50",
     version: int = 1,
     num_classes: int = 91,
     weights: str | None = None,
@@ -132,32 +132,41 @@ def build_maskrcnn(
     if version not in (1, 2):
         raise ValueError(f"version must be 1 or 2, not {version!r}")
     if version == 2 and backbone != "resnet50":
-        raise ValueError(f"version 2 (maskrcnn_resnet50_fpn_v2) exists only for backbone 'resnet50', not {backbone!r}")
+        raise ValueError(
+            f"version 2 (maskrcnn_resnet50_fpn_v2) exists only for backbone 'resnet50', not {backbone!r}"
+        )
     if norm not in ("frozen_bn", "bn"):
         raise ValueError(f"norm must be 'frozen_bn' or 'bn', not {norm!r}")
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background and must be at least 2, not {num_classes}")
 
-    weights_file = weights if _is_file_ref(weights) else None
-    weights_enum = _resolve_detection_weights(weights, backbone, version) if weights and not weights_file else None
-    backbone_file = weights_backbone if _is_file_ref(weights_backbone) else None
+    weights_file = weights if is_file_ref(weights) else None
+    weights_enum = (
+        resolve_detection_weights(weights, backbone, version) if weights and not weights_file else None
+    )
+    backbone_file = weights_backbone if is_file_ref(weights_backbone) else None
     backbone_enum = (
-        _resolve_backbone_weights(weights_backbone, backbone) if weights_backbone and not backbone_file else None
+        resolve_backbone_weights(weights_backbone, backbone)
+        if weights_backbone and not backbone_file
+        else None
     )
     if weights:  # as in torchvision, whole-model weights make weights_backbone moot
         backbone_file = backbone_enum = None
     if weights_file is not None:
-        _check_file_exists(weights_file, "weights")
+        check_file_exists(weights_file, "weights")
     if backbone_file is not None:
-        _check_file_exists(backbone_file, "weights_backbone")
+        check_file_exists(backbone_file, "weights_backbone")
     pretrained = any(w is not None for w in (weights_file, weights_enum, backbone_file, backbone_enum))
     norm_layer: type[nn.Module] = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
     # Stages to train at build time; "all" (None, untrained) is applied after building.
     build_trainable = trainable_layers if trainable_layers is not None else _TORCHVISION_TRAINABLE_DEFAULT
     counts = {
-        "rpn_pre_nms_top_n_train": rpn_pre_nms_top_n_train, "rpn_pre_nms_top_n_test": rpn_pre_nms_top_n_test,
-        "rpn_post_nms_top_n_train": rpn_post_nms_top_n_train, "rpn_post_nms_top_n_test": rpn_post_nms_top_n_test,
-        "rpn_batch_size_per_image": rpn_batch_size_per_image, "box_batch_size_per_image": box_batch_size_per_image,
+        "rpn_pre_nms_top_n_train": rpn_pre_nms_top_n_train,
+        "rpn_pre_nms_top_n_test": rpn_pre_nms_top_n_test,
+        "rpn_post_nms_top_n_train": rpn_post_nms_top_n_train,
+        "rpn_post_nms_top_n_test": rpn_post_nms_top_n_test,
+        "rpn_batch_size_per_image": rpn_batch_size_per_image,
+        "box_batch_size_per_image": box_batch_size_per_image,
         "box_detections_per_img": box_detections_per_img,
     }
     for key, value in counts.items():
@@ -166,14 +175,25 @@ def build_maskrcnn(
     sizes = list(min_size) if isinstance(min_size, (list, tuple)) else [min_size]
     if not sizes or any(not isinstance(v, int) or v < 1 for v in sizes):
         raise ValueError(f"min_size must be a positive integer or a list of them, not {min_size!r}")
-    common: dict[str, Any] = {"min_size": tuple(sizes) if isinstance(min_size, (list, tuple)) else min_size, "max_size": max_size, **counts}
+    common: dict[str, Any] = {
+        "min_size": tuple(sizes) if isinstance(min_size, (list, tuple)) else min_size,
+        "max_size": max_size,
+        **counts,
+    }
     if anchor_sizes is not None:
         if not anchor_sizes or any(not isinstance(a, int) or a < 1 for a in anchor_sizes):
-            raise ValueError(f"anchor_sizes must be a list of positive integers (pixels), not {anchor_sizes!r}")
+            raise ValueError(
+                f"anchor_sizes must be a list of positive integers (pixels), not {anchor_sizes!r}"
+            )
         if backbone in RESNET_BACKBONES and len(anchor_sizes) != 5:
-            raise ValueError(f"anchor_sizes needs 5 sizes for the ResNet-FPN levels P2..P6 (torchvision: [32, 64, 128, 256, 512]), not {len(anchor_sizes)}")
+            raise ValueError(
+                "anchor_sizes needs 5 sizes for the ResNet-FPN levels P2..P6 "
+                f"(torchvision: [32, 64, 128, 256, 512]), not {len(anchor_sizes)}"
+            )
         if backbone in RESNET_BACKBONES:
-            common["rpn_anchor_generator"] = AnchorGenerator(tuple((a,) for a in anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
+            common["rpn_anchor_generator"] = AnchorGenerator(
+                tuple((a,) for a in anchor_sizes), ((0.5, 1.0, 2.0),) * 5
+            )
 
     if backbone == "resnet50":
         builder = maskrcnn_resnet50_fpn if version == 1 else maskrcnn_resnet50_fpn_v2
@@ -195,7 +215,10 @@ def build_maskrcnn(
         _set_norm(model.backbone.body, norm_layer)
     elif backbone in RESNET_BACKBONES:
         body_fpn = resnet_fpn_backbone(
-            backbone_name=backbone, weights=backbone_enum, norm_layer=norm_layer, trainable_layers=build_trainable
+            backbone_name=backbone,
+            weights=backbone_enum,
+            norm_layer=norm_layer,
+            trainable_layers=build_trainable,
         )
         model = MaskRCNN(body_fpn, num_classes=num_classes, **common)
     else:
@@ -207,124 +230,22 @@ def build_maskrcnn(
             trainable_layers=build_trainable,
         )
         # As torchvision's fasterrcnn_mobilenet_v3_large_fpn: all sizes on each of the 3 feature maps.
-        sizes = tuple(anchor_sizes or (32, 64, 128, 256, 512))
-        anchors = AnchorGenerator((sizes,) * 3, ((0.5, 1.0, 2.0),) * 3)
+        per_map = tuple(anchor_sizes or (32, 64, 128, 256, 512))
+        anchors = AnchorGenerator((per_map,) * 3, ((0.5, 1.0, 2.0),) * 3)
         model = MaskRCNN(body_fpn, num_classes=num_classes, rpn_anchor_generator=anchors, **common)
 
     if backbone_file is not None:
-        _load_backbone_file(model.backbone.body, backbone_file, backbone)
+        load_backbone_file(model.backbone.body, backbone_file, mobilenet=backbone in MOBILENET_BACKBONES)
     if weights_file is not None:
-        _load_file(model, weights_file, "weights")
+        load_weights_file(model, weights_file, "weights")
     train_all = trainable_layers is None and not pretrained
-    if backbone == "resnet50":  # torchvision's builder may have used another count, and _set_norm makes new params
+    # torchvision's builder may have used another count, and _set_norm makes new params
+    if backbone == "resnet50":
         _freeze_resnet(model.backbone.body, 5 if train_all else build_trainable)
     elif train_all:
         for p in model.backbone.body.parameters():
             p.requires_grad_(True)
     return model
-
-
-# ---------------------------------------------------------------------------------------------
-# weights
-
-
-def _is_file_ref(ref: str | None) -> bool:
-    """Whether a weights argument names a local file rather than a torchvision weights name."""
-    if not ref:
-        return False
-    ref = str(ref)
-    return (
-        ref.lower().endswith(_FILE_SUFFIXES)
-        or "/" in ref
-        or os.sep in ref
-        or ref.startswith("~")
-        or os.path.isfile(ref)
-    )
-
-
-def _resolve_enum(name: str, enum_cls: type[WeightsEnum], what: str) -> WeightsEnum:
-    choices = ", ".join(["DEFAULT"] + [f"{enum_cls.__name__}.{m}" for m in enum_cls.__members__ if m != "DEFAULT"])
-    try:
-        value = get_weight(name) if "." in name else enum_cls.verify(name)
-    except (ValueError, KeyError, AttributeError):
-        value = None
-    if not isinstance(value, enum_cls):
-        raise ValueError(f"{what} {name!r} is not a torchvision weights name for this model; choose {choices} or a local .pth file")
-    return value
-
-
-def _resolve_detection_weights(name: str, backbone: str, version: int) -> WeightsEnum:
-    enum_cls = DETECTION_WEIGHTS.get((backbone, version))
-    if enum_cls is None:
-        raise ValueError(
-            f"torchvision has no Mask R-CNN weights for backbone {backbone!r}; "
-            f"weights {name!r} must be a local .pth file (or use weights_backbone)"
-        )
-    return _resolve_enum(name, enum_cls, "weights")
-
-
-def _resolve_backbone_weights(name: str, backbone: str) -> WeightsEnum:
-    return _resolve_enum(name, get_model_weights(backbone), "weights_backbone")
-
-
-def _check_file_exists(path: str, what: str) -> None:
-    if not os.path.isfile(os.path.expanduser(path)):
-        raise ValueError(f"{what} file {path!r} does not exist")
-
-
-def _read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
-    _check_file_exists(path, what)
-    try:
-        obj = torch.load(os.path.expanduser(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 — any unreadable file is the user's to fix
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights only load failed" in first.lower():  # torch's advice (weights_only=False) is unsafe
-            first = "it holds Python objects besides tensors; save model.state_dict() with torch.save"
-        raise ValueError(f"{what} file {path!r} could not be read as a torch state_dict: {first}") from exc
-    for key in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{what} file {path!r} holds no state_dict (a dict of tensors, or a checkpoint with a 'model' key)")
-    if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
-
-
-def _load_into(module: nn.Module, state: dict[str, torch.Tensor], path: str, what: str) -> None:
-    """Strict load that reports missing/unexpected keys and shape mismatches as one-line ValueErrors."""
-    own = module.state_dict()
-    ignorable = "num_batches_tracked"  # BatchNorm has it, FrozenBatchNorm2d does not
-    missing = [k for k in own if k not in state and not k.endswith(ignorable)]
-    unexpected = [k for k in state if k not in own and not k.endswith(ignorable)]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches file vs model (e.g. {'; '.join(shapes[:3])}) — is num_classes right?")
-    if problems:
-        raise ValueError(f"{what} file {path!r} does not match the model: {'; '.join(problems)}")
-    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-
-
-def _load_file(model: nn.Module, path: str, what: str) -> None:
-    _load_into(model, _read_state_dict(path, what), path, what)
-
-
-def _load_backbone_file(body: nn.Module, path: str, backbone: str) -> None:
-    """Load a classification network's state_dict (or a detection checkpoint's ``backbone.body.*``)."""
-    state = _read_state_dict(path, "weights_backbone")
-    if any(k.startswith("backbone.body.") for k in state):
-        state = {k[len("backbone.body."):]: v for k, v in state.items() if k.startswith("backbone.body.")}
-    elif backbone in MOBILENET_BACKBONES:
-        state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-    else:
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    _load_into(body, state, path, "weights_backbone")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,7 +259,7 @@ def _set_norm(module: nn.Module, norm_layer: type[nn.Module]) -> None:
             norm_layer is nn.BatchNorm2d and type(child) is FrozenBatchNorm2d
         )
         if swap:
-            new = norm_layer(child.weight.shape[0], eps=child.eps)
+            new = norm_layer(cast(torch.Tensor, child.weight).shape[0], eps=child.eps)
             with torch.no_grad():
                 for attr in ("weight", "bias", "running_mean", "running_var"):
                     getattr(new, attr).copy_(getattr(child, attr))
@@ -364,7 +285,10 @@ def _freeze_resnet(body: nn.Module, trainable_layers: int) -> None:
 HEAD_ALIASES = {
     "fpn": "backbone.fpn",
     "rpn_head": "rpn.head",
-    **{n: f"roi_heads.{n}" for n in ("box_roi_pool", "box_head", "box_predictor", "mask_roi_pool", "mask_head", "mask_predictor")},
+    **{
+        n: f"roi_heads.{n}"
+        for n in ("box_roi_pool", "box_head", "box_predictor", "mask_roi_pool", "mask_head", "mask_predictor")
+    },
 }
 
 
@@ -378,7 +302,7 @@ def _block_stride(block: nn.Module) -> int:
 
 def maskrcnn_aliases(model: nn.Module) -> dict[str, str]:
     """Alias -> module path (as in ``model.named_modules()``); see the module docstring."""
-    body = model.backbone.body
+    body = model.get_submodule("backbone.body")
     aliases: dict[str, str] = {}
     if hasattr(body, "layer1"):  # ResNet
         for i in range(2, 6):
@@ -417,7 +341,9 @@ def maskrcnn_aliases(model: nn.Module) -> dict[str, str]:
 Batch = dict[str, Any]
 
 
-def maskrcnn_example_batch(args: dict[str, Any], batch_size: int, image_size: tuple[int, int] | None) -> Batch:
+def maskrcnn_example_batch(
+    args: dict[str, Any], batch_size: int, image_size: tuple[int, int] | None
+) -> Batch:
     """A deterministic synthetic batch: ``{"images": [3xHxW in [0,1]], "targets": [{boxes, labels, masks}]}``.
 
     Each image has 2–3 objects (filled rectangles or ellipses) pasted on noise; each box is the
@@ -461,47 +387,27 @@ def maskrcnn_example_batch(args: dict[str, Any], batch_size: int, image_size: tu
     return {"images": images, "targets": targets}
 
 
-def _batchnorm_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [
-        (buf, buf.detach().clone())
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        for buf in m.buffers()
-    ]
-
-
 def maskrcnn_run(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
     """One train-mode forward with targets, which reaches every hook point (RPN, box and mask heads
     on sampled proposals; torchvision adds the ground-truth boxes to the proposals, so the mask
     head always sees positives). Returns the loss dict; restores the train/eval mode and the
     BatchNorm running statistics the model had before."""
-    was_training = model.training
-    saved = _batchnorm_buffers(model)
-    model.train()
-    try:
+    with train_mode(model, keep_batchnorm_stats=True):
         return model(batch["images"], batch["targets"])
-    finally:
-        model.train(was_training)
-        with torch.no_grad():
-            for buf, value in saved:
-                buf.copy_(value)
 
 
 def maskrcnn_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Sum of torchvision's Mask R-CNN training losses (train-mode forward; mode restored after)."""
-    was_training = model.training
-    model.train()
-    try:
+    with train_mode(model):
         losses = model(batch["images"], batch["targets"])
-    finally:
-        model.train(was_training)
     return sum(losses.values(), torch.zeros(()))
 
 
 MASKRCNN = BaselineSpec(
     name="maskrcnn",
     task="instance",
-    reference="He et al., Mask R-CNN, ICCV 2017 (arXiv:1703.06870); torchvision.models.detection implementation",
+    reference="He et al., Mask R-CNN, ICCV 2017 (arXiv:1703.06870); "
+    "torchvision.models.detection implementation",
     summary="torchvision Mask R-CNN with FPN: ResNet-50 v1/v2, or ResNet-18/34 / MobileNetV3 light backbones",
     build=build_maskrcnn,
     aliases=maskrcnn_aliases,
@@ -511,4 +417,11 @@ MASKRCNN = BaselineSpec(
     default_image_size=(128, 128),
 )
 
-__all__ = ["MASKRCNN", "build_maskrcnn", "maskrcnn_aliases", "maskrcnn_example_batch", "maskrcnn_run", "maskrcnn_loss"]
+__all__ = [
+    "MASKRCNN",
+    "build_maskrcnn",
+    "maskrcnn_aliases",
+    "maskrcnn_example_batch",
+    "maskrcnn_loss",
+    "maskrcnn_run",
+]

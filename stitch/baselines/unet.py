@@ -11,6 +11,7 @@ researcher changes is a named submodule:
 ``skip{i}`` is the concatenation of the encoder feature with the up-sampled decoder feature, a
 module of its own so that a two-input fusion module (``fusion(skip, up)``) can replace it.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -62,6 +63,20 @@ def _up(in_channels: int, out_channels: int, upsampling: str) -> nn.Module:
 class UNet(nn.Module):
     """U-Net with named, stitchable parts (see the module docstring)."""
 
+    # Registered in ``__init__`` level by level (up4, skip4, dec4, up3, ...), the state-dict order.
+    up4: nn.Module
+    up3: nn.Module
+    up2: nn.Module
+    up1: nn.Module
+    skip4: nn.Module
+    skip3: nn.Module
+    skip2: nn.Module
+    skip1: nn.Module
+    dec4: nn.Module
+    dec3: nn.Module
+    dec2: nn.Module
+    dec1: nn.Module
+
     def __init__(
         self,
         in_channels: int = 3,
@@ -70,7 +85,11 @@ class UNet(nn.Module):
         upsampling: Literal["transpose", "bilinear"] = "transpose",
     ) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("base_width", base_width)):
+        for name, value in (
+            ("in_channels", in_channels),
+            ("num_classes", num_classes),
+            ("base_width", base_width),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if upsampling not in ("transpose", "bilinear"):
@@ -139,7 +158,8 @@ def unet_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def unet_check_input(args: dict[str, Any], size: tuple[int, int]) -> str | None:
     h, w = size
     if h % 16 or w % 16:
-        return f"the U-Net needs height and width divisible by 16 (4 poolings), got {h}x{w}; try {max(16, round(h / 16) * 16)}x{max(16, round(w / 16) * 16)}"
+        fit = f"{max(16, round(h / 16) * 16)}x{max(16, round(w / 16) * 16)}"
+        return f"the U-Net needs height and width divisible by 16 (4 poolings), got {h}x{w}; try {fit}"
     return None
 
 
