@@ -32,12 +32,14 @@ No torch. Conventions (the report's captions say the same):
   / -Yekutieli, which control the FDR, not the family-wise error) and statsmodels is not a
   dependency, so it is implemented here (a few lines, tested against a hand-worked example).
 """
+
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -76,14 +78,14 @@ class PairedTest:
 
     test: Test
     alternative: Alternative
-    seeds: list[int]                # the paired seeds, sorted
-    n: int                          # len(seeds)
-    mean_diff: float                # mean of (variant - reference), in the metric's own scale
+    seeds: list[int]  # the paired seeds, sorted
+    n: int  # len(seeds)
+    mean_diff: float  # mean of (variant - reference), in the metric's own scale
     statistic: float = math.nan
-    p: float = math.nan             # raw p-value (NaN when no test was run)
-    p_holm: float = math.nan        # after Holm over the family (set by compare_to_reference)
+    p: float = math.nan  # raw p-value (NaN when no test was run)
+    p_holm: float = math.nan  # after Holm over the family (set by compare_to_reference)
     tested: bool = False
-    reason: str = ""                # why no test was run, or a remark (identical values …)
+    reason: str = ""  # why no test was run, or a remark (identical values …)
     unpaired: list[int] = field(default_factory=list)  # seeds in only one of the two
 
     def significant(self, alpha: float) -> bool:
@@ -107,16 +109,20 @@ def paired_test(
         raise ValueError(f"unknown test {test!r} (ttest or wilcoxon)")
     if alternative not in ("greater", "two-sided"):
         raise ValueError(f"unknown alternative {alternative!r} (greater or two-sided)")
-    ok = lambda x: x is not None and not math.isnan(float(x))  # noqa: E731
+    ok = lambda x: x is not None and not math.isnan(float(x))
     ref = {int(s): float(x) for s, x in reference.items() if ok(x)}
     var = {int(s): float(x) for s, x in variant.items() if ok(x)}
     seeds = sorted(set(ref) & set(var))
     unpaired = sorted(set(ref) ^ set(var))
     sign = 1.0 if higher_is_better else -1.0
     diffs = np.asarray([sign * (var[s] - ref[s]) for s in seeds], dtype=float)
-    out = PairedTest(test, alternative, seeds, len(seeds), float(diffs.mean()) if seeds else math.nan, unpaired=unpaired)
+    out = PairedTest(
+        test, alternative, seeds, len(seeds), float(diffs.mean()) if seeds else math.nan, unpaired=unpaired
+    )
     if len(seeds) < MIN_PAIRS:
-        out.reason = f"{len(seeds)} paired seed{'s' if len(seeds) != 1 else ''} (a test needs at least {MIN_PAIRS})"
+        out.reason = (
+            f"{len(seeds)} paired seed{'s' if len(seeds) != 1 else ''} (a test needs at least {MIN_PAIRS})"
+        )
         return out
     if np.all(diffs == 0):
         out.tested, out.p, out.statistic, out.reason = True, 1.0, math.nan, "identical values"
@@ -133,7 +139,10 @@ def paired_test(
         else:
             nonzero = int(np.count_nonzero(diffs))
             if nonzero < MIN_PAIRS:
-                out.reason = f"{nonzero} non-zero paired differences (Wilcoxon drops zeros; a test needs at least {MIN_PAIRS})"
+                out.reason = (
+                    f"{nonzero} non-zero paired differences "
+                    f"(Wilcoxon drops zeros; a test needs at least {MIN_PAIRS})"
+                )
                 return out
             from scipy.stats import wilcoxon
 

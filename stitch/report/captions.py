@@ -1,0 +1,118 @@
+"""Caption sentences: the seeds, the scale of the metrics, the significance test and what it can
+claim, and how costs were measured. Plain text; the LaTeX renderer escapes it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from stitch.plan import plan_variants
+from stitch.report.labels import DAGGER, DELTA, metric_label
+from stitch.report.results import ExperimentResults, VariantRuns
+from stitch.stats import MIN_PAIRS, describe_test, wilcoxon_floor
+
+
+def seed_sentence(variants: Sequence[VariantRuns]) -> str:
+    """Over which seeds the means and standard deviations are taken (naming rows that differ)."""
+    sets = {tuple(v.seeds) for v in variants}
+    if len(sets) == 1:
+        seeds = next(iter(sets))
+        if len(seeds) == 1:
+            return f"Single seed ({seeds[0]}), so no standard deviation."
+        return (
+            f"Mean \u00b1 sample standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))})."
+        )
+    per = ", ".join(f"{v.name} {len(v.seeds)}" for v in variants)
+    return (
+        f"Mean \u00b1 sample standard deviation over seeds; the rows have different numbers of seeds: {per}."
+    )
+
+
+def stats_sentence(res: ExperimentResults) -> str:
+    """What † means for this experiment, or why no significance is claimed."""
+    if res.reference is None:
+        why = (
+            "No Baseline variant has finished runs"
+            if any(v.is_baseline for v in plan_variants(res.exp.cfg))
+            else "The ablation design has no Baseline variant"
+        )
+        return f"{why}: no deltas, no significance test, and no significance is claimed."
+    tested = {name for m in res.metrics for name, t in res.tests[m].items() if t.tested}
+    others = [v.name for v in res.variants if v is not res.reference]
+    if not others:
+        return "Only the Baseline has finished runs: no significance test."
+    pairs = {name: max(res.tests[m][name].n for m in res.metrics) for name in others}
+    if not tested:
+        n = max(pairs.values())
+        return (
+            f"With fewer than {MIN_PAIRS} paired seeds ({n} here) no significance test is run, "
+            "and no significance is claimed."
+        )
+    k = max(sum(1 for t in res.tests[m].values() if t.tested) for m in res.metrics)
+    out = (
+        f"{DAGGER}: significantly better than {res.reference.name} at \u03b1 = {res.alpha:g} "
+        f"({significance_words(res.test, res.alternative, k)})."
+    )
+    untested = [n for n in others if n not in tested]
+    if untested:
+        out += f" Not tested (fewer than {MIN_PAIRS} paired seeds): {', '.join(untested)}."
+    if res.test == "wilcoxon":
+        n = max(pairs[t] for t in tested)
+        floor = wilcoxon_floor(n, res.alternative)  # type: ignore[arg-type]
+        if floor >= res.alpha:
+            out += (
+                f" With {n} paired seeds the exact Wilcoxon test cannot give p below {floor:.3g}, "
+                f"so no {DAGGER} is possible."
+            )
+    return out
+
+
+def significance_words(test: str, alternative: str, k: int) -> str:
+    """``one-sided paired t-test over seeds, Holm-corrected over the 3 variants of each column``."""
+    words = describe_test(test, alternative, 0.05).split(", Holm")[0]  # type: ignore[arg-type]
+    if k > 1:
+        return words + f", Holm-corrected over the {k} variants compared in each column"
+    return words + "; one comparison per column, so Holm's correction changes nothing"
+
+
+def metric_sentence(res: ExperimentResults) -> str:
+    """At which epoch the metrics are taken, and which are in %."""
+    pct = [metric_label(m) for m in res.metrics if res.scale[m] == 100.0]
+    s = f"Metrics at each run's best validation epoch (by {metric_label(res.primary)})"
+    return s + (", in %." if len(pct) == len(res.metrics) else (f"; {', '.join(pct)} in %." if pct else "."))
+
+
+def cost_sentence(res: ExperimentResults, latency: bool = False, deltas: bool = True) -> str:
+    """The units of Params and FLOPs, the input they were counted for, and how latency was timed."""
+    delta = f"; {DELTA} against {res.reference.name}" if deltas and res.reference is not None else ""
+    if not res.costs:
+        return (
+            f"Params in millions{delta}." if any(v.rows[0].params is not None for v in res.variants) else ""
+        )
+    c = next(iter(res.costs.values()))
+    h, w = c.image_size
+    s = (
+        f"Params in millions; FLOPs in billions for one {c.in_channels}\u00d7{h}\u00d7{w} input (batch 1, "
+        f"counted by torch.utils.flop_counter, a multiply-add = 2 FLOPs){delta}."
+    )
+    if latency and c.latency_ms is not None:
+        s += (
+            f" Latency: median of {c.repeats} forwards after {c.warmup} warm-up, batch 1, eval mode, "
+            f"{c.device}{f' ({c.threads} threads)' if c.device == 'cpu' else ''}."
+        )
+    return s
+
+
+def input_sizes_sentence(results: Sequence[ExperimentResults]) -> str:
+    """Named when the experiments' inputs differ (their FLOPs and latency are then not comparable)."""
+    sizes = {
+        r.name: "\u00d7".join(map(str, (c.in_channels, *c.image_size)))
+        for r in results
+        for c in list(r.costs.values())[:1]
+    }
+    if len(set(sizes.values())) <= 1:
+        return ""
+    return (
+        "The experiments' inputs differ (FLOPs and latency at each one's own): "
+        + ", ".join(f"{n} {sz}" for n, sz in sizes.items())
+        + "."
+    )
