@@ -14,6 +14,7 @@ fixture are skipped with a one-line reason; with ``STITCH_REQUIRE_POSTGRES=1`` t
 
 Use it from a test module with ``from postgres_fixture import postgres_url  # noqa: F401``.
 """
+
 from __future__ import annotations
 
 import glob
@@ -23,15 +24,16 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 DB_NAME = "stitch"
 DB_USER = "stitch"  # the cluster's superuser (initdb -U), not an OS user
-_SKIP = ("PostgreSQL could not be started: {}; the distributed sweep test needs it "
-         "(.ci/postgres.sh installs it)")
+_SKIP = (
+    "PostgreSQL could not be started: {}; the distributed sweep test needs it (.ci/postgres.sh installs it)"
+)
 # Fast and small: a test cluster whose data is thrown away.
 _SERVER_CONF = """
 listen_addresses = '127.0.0.1'
@@ -112,12 +114,13 @@ class _Cluster:
         env.update(LC_ALL="C", LANG="C")
         kw: dict = {}
         if self.user is not None:
-            kw = dict(user=self.user.pw_uid, group=self.user.pw_gid, extra_groups=[])
+            kw = {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
             env["HOME"] = str(self.root)
             env["USER"] = env["LOGNAME"] = self.user.pw_name
         try:
-            return subprocess.run(args, cwd=self.root, env=env, capture_output=True, text=True,
-                                  timeout=timeout, **kw)
+            return subprocess.run(
+                args, cwd=self.root, env=env, capture_output=True, text=True, timeout=timeout, **kw
+            )
         except (OSError, subprocess.SubprocessError) as e:
             raise _Unavailable(f"{Path(args[0]).name}: {e}") from e
 
@@ -127,8 +130,8 @@ class _Cluster:
         return lines[-1] if lines else "(no output)"
 
     def init(self) -> None:
-        r = self._run([self.initdb, "-D", str(self.data), "-U", DB_USER, "--auth=trust",
-                       "-E", "UTF8", "--locale=C", "--no-sync"], timeout=120)
+        cluster = [self.initdb, "-D", str(self.data), "-U", DB_USER, "--auth=trust"]
+        r = self._run([*cluster, "-E", "UTF8", "--locale=C", "--no-sync"], timeout=120)
         if r.returncode != 0:
             raise _Unavailable(f"initdb failed: {self._tail(r.stderr or r.stdout)}")
 
@@ -139,8 +142,10 @@ class _Cluster:
         for _ in range(attempts):  # a free port can be taken between the check and the bind
             self.port = _free_port()
             conf.write_text(base + _SERVER_CONF.format(port=self.port, sockdir=self.root))
-            r = self._run([self.pg_ctl, "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
-                           "start"], timeout=90)
+            r = self._run(
+                [self.pg_ctl, "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start"],
+                timeout=90,
+            )
             if r.returncode == 0:
                 self.started = True
                 return
@@ -153,8 +158,9 @@ class _Cluster:
         import psycopg2
 
         try:
-            conn = psycopg2.connect(host="127.0.0.1", port=self.port, user=DB_USER,
-                                    dbname="postgres", connect_timeout=10)
+            conn = psycopg2.connect(
+                host="127.0.0.1", port=self.port, user=DB_USER, dbname="postgres", connect_timeout=10
+            )
             try:
                 conn.autocommit = True
                 with conn.cursor() as cur:
@@ -166,11 +172,11 @@ class _Cluster:
 
     def stop(self) -> None:
         if self.started:
-            r = self._run([self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop"],
-                          timeout=60)
+            r = self._run(
+                [self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop"], timeout=60
+            )
             if r.returncode != 0:
-                self._run([self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"],
-                          timeout=60)
+                self._run([self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"], timeout=60)
             self.started = False
         shutil.rmtree(self.root, ignore_errors=True)
 

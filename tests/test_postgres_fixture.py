@@ -1,5 +1,6 @@
 """The throwaway PostgreSQL server works as shared storage: concurrent connections, and one Optuna
 study shared by two processes (what the distributed ``stitch sweep`` test relies on)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +10,6 @@ import threading
 import uuid
 
 import pytest
-
 
 sqlalchemy = pytest.importorskip("sqlalchemy")
 
@@ -72,9 +72,15 @@ def test_optuna_study_shared_by_two_processes(postgres_url: str) -> None:
     # optuna/optuna#1092), as a sweep launcher must avoid too. Creating the study itself races
     # between the two workers below, which create_study(load_if_exists=True) handles.
     optuna.storages.RDBStorage(postgres_url).engine.dispose()
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, postgres_url, name],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, postgres_url, name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = []
     for p in procs:
         try:

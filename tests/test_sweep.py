@@ -1,15 +1,16 @@
 """`stitch sweep`: Optuna over insertion points, modules and hyper-parameters, on tiny shapes data."""
+
 from __future__ import annotations
 
 import textwrap
 from pathlib import Path
 
 import pytest
+from yaml_snippets import tiny_shapes_unet
 
 from stitch.cli import main
 from stitch.config import load_experiment
 from stitch.store import ResultStore
-from yaml_snippets import tiny_shapes_unet
 
 
 def sweep_file(tmp_path: Path, sweep: str, name: str = "tiny_sweep") -> Path:
@@ -34,14 +35,26 @@ SLOTS = """\
 def _trials(run_dir: Path):
     import optuna
 
-    return optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{run_dir / 'sweep.sqlite'}").get_trials()
+    return optuna.load_study(
+        study_name=run_dir.name, storage=f"sqlite:///{run_dir / 'sweep.sqlite'}"
+    ).get_trials()
 
 
 def test_sweep_writes_trials_plots_and_a_best_yaml_that_run_reproduces(tmp_path: Path, capsys) -> None:
     path = sweep_file(tmp_path, SLOTS)
     assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
     out_dir = tmp_path / "runs" / "tiny_sweep" / "sweep"
-    for name in ("trials.csv", "trials.md", "best.yaml", "history.png", "parallel_coordinate.png", "importances.png", "runs.md", "runs.csv", "runs.tex"):
+    for name in (
+        "trials.csv",
+        "trials.md",
+        "best.yaml",
+        "history.png",
+        "parallel_coordinate.png",
+        "importances.png",
+        "runs.md",
+        "runs.csv",
+        "runs.tex",
+    ):
         assert (out_dir / name).is_file(), name
     trials = _trials(tmp_path / "runs" / "tiny_sweep")
     assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
@@ -57,30 +70,42 @@ def test_sweep_writes_trials_plots_and_a_best_yaml_that_run_reproduces(tmp_path:
     runs_md = (out_dir / "runs.md").read_text()  # the trained runs, from the results database
     assert runs_md.count("| trial ") + runs_md.count("| Baseline ") == len(rows) and "**" in runs_md
     (out_dir / "runs.md").unlink()
-    assert main(["report", str(tmp_path / "runs" / "tiny_sweep")]) == 0  # `stitch report` of a sweep: the same table
+    # `stitch report` of a sweep: the same table
+    assert main(["report", str(tmp_path / "runs" / "tiny_sweep")]) == 0
     assert (out_dir / "runs.md").read_text() == runs_md and (out_dir / "runs.tex").is_file()
-    assert main(["report", str(tmp_path / "runs" / "tiny_sweep"), str(tmp_path / "runs" / "tiny_sweep" / "x")]) == 2
+    assert (
+        main(["report", str(tmp_path / "runs" / "tiny_sweep"), str(tmp_path / "runs" / "tiny_sweep" / "x")])
+        == 2
+    )
 
     best = max(trials, key=lambda t: t.value)
     assert main(["validate", str(out_dir / "best.yaml")]) == 0
     assert main(["run", str(out_dir / "best.yaml"), "--out", str(tmp_path / "again"), "--quiet"]) == 0
     with ResultStore(tmp_path / "again" / "tiny_sweep_best" / "runs.sqlite") as store:
         again = {r.run_id: r for r in store.rows()}
-    assert again[best.user_attrs["run_id"]].best_value == pytest.approx(best.value, abs=1e-12)  # deterministic CPU run
+    # deterministic CPU run
+    assert again[best.user_attrs["run_id"]].best_value == pytest.approx(best.value, abs=1e-12)
 
 
 def test_choices_that_cannot_be_stitched_are_pruned_without_training(tmp_path: Path) -> None:
-    path = sweep_file(tmp_path, """\
+    path = sweep_file(
+        tmp_path,
+        """\
         sweep:
           trials: 3
           sampler: grid
           slots:
             - {name: F, at: [enc1, skip4], modules: [CGAFusion], optional: false}
-    """)
+    """,
+    )
     assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
     trials = {t.params["F.at"]: t for t in _trials(tmp_path / "runs" / "tiny_sweep")}
-    assert set(trials) == {"enc1", "skip4"} and len(_trials(tmp_path / "runs" / "tiny_sweep")) == 2  # the grid has 2 points
-    assert trials["enc1"].state.name == "PRUNED" and "two-input fusion module" in trials["enc1"].user_attrs["invalid"]
+    # the grid has 2 points
+    assert set(trials) == {"enc1", "skip4"} and len(_trials(tmp_path / "runs" / "tiny_sweep")) == 2
+    assert (
+        trials["enc1"].state.name == "PRUNED"
+        and "two-input fusion module" in trials["enc1"].user_attrs["invalid"]
+    )
     assert "run_id" not in trials["enc1"].user_attrs  # never trained
     assert trials["skip4"].state.name == "COMPLETE"
     with ResultStore(tmp_path / "runs" / "tiny_sweep" / "runs.sqlite") as store:
@@ -88,30 +113,34 @@ def test_choices_that_cannot_be_stitched_are_pruned_without_training(tmp_path: P
     assert "two-input fusion module" in (tmp_path / "runs" / "tiny_sweep" / "sweep" / "trials.md").read_text()
 
 
-def test_an_interrupted_sweep_resumes_to_the_requested_trials_without_duplicates(tmp_path: Path, monkeypatch) -> None:
+def test_an_interrupted_sweep_resumes_to_the_requested_trials_without_duplicates(
+    tmp_path: Path, monkeypatch
+) -> None:
     """Ctrl-C in the second trial's second epoch; the same command again retries that trial once
     with the same parameters, its run resumes from the epoch-1 checkpoint, no run trains twice."""
-    import stitch.run
+    from stitch.engine import Callback
+    from stitch.session import RunSession
     from stitch.sweep import run_sweep
 
     path = sweep_file(tmp_path, SLOTS)
-    real = stitch.run._train_run
+    real = RunSession.train
     epochs_trained: dict[str, list[int]] = {}
     phase = {"interrupt": True, "calls": 0}
 
-    def counting(exp, plan, *args, on_record=None, **kwargs):
-        phase["calls"] += 1
+    class Counting(Callback):  # runs before the sweep's pruning callback
+        def __init__(self, run_id: str) -> None:
+            self.run_id = run_id
 
-        def record(rec):
-            epochs_trained.setdefault(plan.run_id, []).append(rec["epoch"])
-            if phase["interrupt"] and phase["calls"] == 2 and rec["epoch"] == 1:
+        def on_epoch(self, state, record) -> None:
+            epochs_trained.setdefault(self.run_id, []).append(record["epoch"])
+            if phase["interrupt"] and phase["calls"] == 2 and record["epoch"] == 1:
                 raise KeyboardInterrupt
-            if on_record is not None:
-                on_record(rec)
 
-        return real(exp, plan, *args, on_record=record, **kwargs)
+    def counting(self, plan, *, callbacks=(), **kwargs):
+        phase["calls"] += 1
+        return real(self, plan, callbacks=[Counting(plan.run_id), *callbacks], **kwargs)
 
-    monkeypatch.setattr(stitch.run, "_train_run", counting)
+    monkeypatch.setattr(RunSession, "train", counting)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(load_experiment(path), out=tmp_path / "runs", quiet=True)
     phase["interrupt"] = False
@@ -122,35 +151,44 @@ def test_an_interrupted_sweep_resumes_to_the_requested_trials_without_duplicates
     failed = next(t for t in trials if t.state.name == "FAIL")
     retries = [t for t in trials if t.user_attrs.get("retry_of") == failed.number]
     assert len(retries) == 1 and retries[0].params == failed.params and retries[0].state.name == "COMPLETE"
-    assert epochs_trained[retries[0].user_attrs["run_id"]] == [1, 2]  # epoch 1 before Ctrl-C, then only epoch 2
-    assert all(sorted(e) == sorted(set(e)) for e in epochs_trained.values())  # no epoch of any run trained twice
+    # epoch 1 before Ctrl-C, then only epoch 2
+    assert epochs_trained[retries[0].user_attrs["run_id"]] == [1, 2]
+    # no epoch of any run trained twice
+    assert all(sorted(e) == sorted(set(e)) for e in epochs_trained.values())
     assert len({t.number for t in trials}) == len(trials)
     with ResultStore(tmp_path / "runs" / "tiny_sweep" / "runs.sqlite") as store:
         assert all(r.status == "done" for r in store.rows()) and len(store.rows()) == len(epochs_trained)
 
 
-@pytest.mark.filterwarnings("ignore:The distribution is specified")  # optuna's note that the range holds one step
+# optuna's note that the range holds one step
+@pytest.mark.filterwarnings("ignore:The distribution is specified")
 def test_the_grid_sampler_takes_single_valued_ranges(tmp_path: Path) -> None:
-    path = sweep_file(tmp_path, """\
+    path = sweep_file(
+        tmp_path,
+        """\
         sweep:
           sampler: grid
           slots:
             - {name: A, at: [enc1], modules: [SE], optional: false}
           train: {optimizer.lr: {low: 0.001, high: 0.0015, step: 0.001}}
-    """)
+    """,
+    )
     assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
     trials = _trials(tmp_path / "runs" / "tiny_sweep")
     assert [t.state.name for t in trials] == ["COMPLETE"] and trials[0].params["train.optimizer.lr"] == 0.001
 
 
 def test_two_objectives_give_a_pareto_front(tmp_path: Path) -> None:
-    path = sweep_file(tmp_path, """\
+    path = sweep_file(
+        tmp_path,
+        """\
         sweep:
           trials: 3
           objectives: [miou, params]
           slots:
             - {name: A, at: [enc1, enc4], modules: [SE]}
-    """)
+    """,
+    )
     assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
     out_dir = tmp_path / "runs" / "tiny_sweep" / "sweep"
     assert (out_dir / "pareto_front.png").is_file() and (out_dir / "best.yaml").is_file()
@@ -158,12 +196,21 @@ def test_two_objectives_give_a_pareto_front(tmp_path: Path) -> None:
     assert all(len(t.values) == 2 for t in trials if t.state.name == "COMPLETE")
 
 
-@pytest.mark.parametrize("sweep, problem", [
-    ("sweep: {objectives: [mIoU], slots: [{name: A, at: [enc1], modules: [SE]}]}", "unknown objective 'mIoU'"),
-    ("sweep: {train: {optimizer.learning_rate: [0.1]}}", "'optimizer.learning_rate' is not a train setting"),
-    ("sweep: {trials: 2}", "a sweep needs 'slots'"),
-    ("sweep: {sampler: grid, train: {optimizer.lr: {low: 0.001, high: 0.01}}}", "range without a step"),
-])
+@pytest.mark.parametrize(
+    "sweep, problem",
+    [
+        (
+            "sweep: {objectives: [mIoU], slots: [{name: A, at: [enc1], modules: [SE]}]}",
+            "unknown objective 'mIoU'",
+        ),
+        (
+            "sweep: {train: {optimizer.learning_rate: [0.1]}}",
+            "'optimizer.learning_rate' is not a train setting",
+        ),
+        ("sweep: {trials: 2}", "a sweep needs 'slots'"),
+        ("sweep: {sampler: grid, train: {optimizer.lr: {low: 0.001, high: 0.01}}}", "range without a step"),
+    ],
+)
 def test_sweep_mistakes_are_one_line_errors(tmp_path: Path, capsys, sweep: str, problem: str) -> None:
     path = sweep_file(tmp_path, sweep + "\n")
     assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 2
@@ -173,7 +220,10 @@ def test_sweep_mistakes_are_one_line_errors(tmp_path: Path, capsys, sweep: str, 
 
 def test_a_bad_storage_url_is_a_one_line_error(tmp_path: Path, capsys) -> None:
     path = sweep_file(tmp_path, SLOTS)
-    assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--storage", "nosuchdb://x", "--quiet"]) == 2
+    assert (
+        main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--storage", "nosuchdb://x", "--quiet"])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--storage nosuchdb://x" in err
 
@@ -186,18 +236,39 @@ def test_two_workers_share_one_postgresql_study(tmp_path: Path, postgres_url: st
 
     import optuna
 
-    path = sweep_file(tmp_path, """\
+    # 5 configurations only: the workers will propose the same ones
+    path = sweep_file(
+        tmp_path,
+        """\
         sweep:
           trials: 4
           sampler: random
           slots:
             - {name: A, at: [enc1, enc2], modules: [SE, CoordAtt]}
-    """)  # 5 configurations only: the workers will propose the same ones
+    """,
+    )
     workers = [
         subprocess.Popen(
-            [sys.executable, "-m", "stitch", "sweep", str(path), "--out", str(tmp_path / f"worker{k}"), "--storage", postgres_url,
-             "--study", "shared", "--n-trials", "6", "--quiet"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+            [
+                sys.executable,
+                "-m",
+                "stitch",
+                "sweep",
+                str(path),
+                "--out",
+                str(tmp_path / f"worker{k}"),
+                "--storage",
+                postgres_url,
+                "--study",
+                "shared",
+                "--n-trials",
+                "6",
+                "--quiet",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
         )
         for k in range(2)
     ]
@@ -225,8 +296,10 @@ def test_a_results_database_from_before_the_pruned_status_is_migrated(tmp_path: 
     db = tmp_path / "runs.sqlite"
     con = sqlite3.connect(db)
     con.executescript(store.SCHEMA.replace(", 'pruned'", ""))
-    con.execute("INSERT INTO runs (run_id, experiment, variant, variant_slug, insertions, seed, status, config, primary_metric) "
-                "VALUES ('a', 'e', 'v', 'v', '[]', 0, 'done', '{}', 'miou')")
+    con.execute(
+        "INSERT INTO runs (run_id, experiment, variant, variant_slug, insertions, seed, status, config, "
+        "primary_metric) VALUES ('a', 'e', 'v', 'v', '[]', 0, 'done', '{}', 'miou')"
+    )
     con.commit()
     con.close()
     with ResultStore(db) as s:
@@ -247,7 +320,18 @@ def test_a_killed_worker_is_detected_by_its_heartbeat_and_its_trial_retried_once
     path = sweep_file(tmp_path, SLOTS.replace("trials: 4", "trials: 2"))
     path.write_text(path.read_text().replace("  epochs: 2\n", "  epochs: 30\n", 1))
     env = {**os.environ, "STITCH_SWEEP_HEARTBEAT": "1", "STITCH_SWEEP_GRACE": "3", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "stitch", "sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet", "--n-trials", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stitch",
+        "sweep",
+        str(path),
+        "--out",
+        str(tmp_path / "runs"),
+        "--quiet",
+        "--n-trials",
+        "2",
+    ]
     worker = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = tmp_path / "runs" / "tiny_sweep"
 

@@ -1,0 +1,146 @@
+"""The search space of a sweep (its ``sweep:`` block), define-by-run: per slot ``<slot>.at`` (a
+candidate point, or ``none`` when optional), then only if a point was taken ``<slot>.module``,
+``<slot>.mode`` and ``<slot>.<module>.<arg>``; ``train.<path>`` for training hyper-parameters.
+Also the same space as a grid, and the plain experiment that one trial's choices make.
+
+Nothing here imports Optuna: a trial is any object with its ``suggest_*`` methods.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from stitch.config import Experiment, RangeCfg, SweepCfg, parse_experiment
+from stitch.errors import StitchError
+from stitch.sweep.objectives import sweep_of
+
+if TYPE_CHECKING:
+    from optuna.trial import Trial
+
+
+def suggest_value(trial: Trial, name: str, space: Any) -> Any:
+    """One parameter: an int or float from a range, a choice from a list (a list of one value
+    is that value, not a parameter)."""
+    if isinstance(space, RangeCfg):
+        low, high, step = space.low, space.high, space.step
+        if isinstance(low, int) and isinstance(high, int) and (step is None or isinstance(step, int)):
+            return trial.suggest_int(name, low, high, step=step or 1, log=space.log)
+        return trial.suggest_float(name, float(space.low), float(space.high), step=space.step, log=space.log)
+    return space[0] if len(space) == 1 else trial.suggest_categorical(name, list(space))
+
+
+def suggest(trial: Trial, sweep: SweepCfg) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The insertions and training overrides of one trial (define-by-run: a slot's module,
+    mode and arguments are only asked for when the slot takes a point)."""
+    insertions = []
+    for slot in sweep.slots:
+        at = suggest_value(trial, f"{slot.name}.at", list(slot.at) + (["none"] if slot.optional else []))
+        if at == "none":
+            continue
+        module = suggest_value(trial, f"{slot.name}.module", slot.modules)
+        ins: dict[str, Any] = {"name": slot.name, "module": module, "at": at}
+        if slot.modes:
+            ins["mode"] = suggest_value(trial, f"{slot.name}.mode", slot.modes)
+        args = {
+            k: suggest_value(trial, f"{slot.name}.{module}.{k}", v)
+            for k, v in slot.args.get(module, {}).items()
+        }
+        if args:
+            ins["args"] = args
+        insertions.append(ins)
+    train = {path: suggest_value(trial, f"train.{path}", v) for path, v in sweep.train.items()}
+    return insertions, train
+
+
+def insertions_label(insertions: list[dict[str, Any]]) -> str:
+    """A trial's insertions in one short line (``A:SE@enc1/parallel``), or ``baseline``."""
+    return (
+        " ".join(
+            f"{i['name']}:{i['module']}@{i['at']}" + (f"/{i['mode']}" if "mode" in i else "")
+            for i in insertions
+        )
+        or "baseline"
+    )
+
+
+def _grid_values(name: str, space: Any) -> list[Any]:
+    if isinstance(space, RangeCfg):
+        if space.step is None:
+            raise StitchError(
+                f"sweep: {name} is a range without a step; the grid sampler needs a list of values or a step"
+            )
+        n = math.floor((space.high - space.low) / space.step + 1e-9) + 1
+        vals = [space.low + k * space.step for k in range(n)]
+        return [int(v) for v in vals] if isinstance(space.step, int) and isinstance(space.low, int) else vals
+    return list(space)
+
+
+def grid_space(sweep: SweepCfg) -> dict[str, list[Any]]:
+    """Every parameter's values for the grid sampler (ranges need a ``step``)."""
+    grid: dict[str, list[Any]] = {}
+    for slot in sweep.slots:
+        grid[f"{slot.name}.at"] = list(slot.at) + (["none"] if slot.optional else [])
+        if len(slot.modules) > 1:
+            grid[f"{slot.name}.module"] = list(slot.modules)
+        if slot.modes and len(slot.modes) > 1:
+            grid[f"{slot.name}.mode"] = list(slot.modes)
+        for module, args in slot.args.items():
+            for k, v in args.items():
+                vals = _grid_values(f"{slot.name}.{module}.{k}", v)
+                if len(vals) > 1 or isinstance(v, RangeCfg):
+                    grid[f"{slot.name}.{module}.{k}"] = vals
+    for path, v in sweep.train.items():
+        vals = _grid_values(f"train.{path}", v)
+        if len(vals) > 1 or isinstance(v, RangeCfg):  # suggest_value asks for every range, even of one value
+            grid[f"train.{path}"] = vals
+    return grid
+
+
+def grid_size(sweep: SweepCfg) -> int:
+    """How many points the grid has (an exhaustive sweep never runs more trials)."""
+    return math.prod(len(v) for v in grid_space(sweep).values())
+
+
+def check_train_paths(exp: Experiment) -> None:
+    """Each ``sweep.train`` key names a ``train:`` setting (dotted: ``optimizer.lr``)."""
+    train = exp.cfg.train.model_dump()
+    for path in sweep_of(exp).train:
+        node: Any = train
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise exp.source.error(
+                    ("sweep", "train", path),
+                    f"{path!r} is not a train setting "
+                    "(e.g. optimizer.lr, optimizer.weight_decay, batch_size)",
+                )
+            node = node[part]
+
+
+def trial_experiment(
+    exp: Experiment, insertions: list[dict[str, Any]], train: dict[str, Any], label: str
+) -> Experiment:
+    """The plain experiment one trial runs: the sweep's settings with these insertions and
+    training values, one seed (``sweep.seed``), no sweep block. Schema-checked again."""
+    sweep = sweep_of(exp)
+    data = exp.cfg.model_dump(mode="json", exclude={"sweep"})
+    data["insertions"] = copy.deepcopy(insertions)
+    data["ablation"] = {"design": "none"}
+    data["seeds"] = [sweep.seed]
+    if sweep.epochs:
+        data["train"]["epochs"] = sweep.epochs
+    for path, value in train.items():
+        node = data["train"]
+        *parents, last = path.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return parse_experiment(experiment_yaml(data), label)
+
+
+def experiment_yaml(data: dict[str, Any]) -> str:
+    """An experiment (as a plain dict) written as the YAML of an experiment file."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=120)
