@@ -94,7 +94,8 @@ class Progress:
     def epoch_done(self, record: dict[str, Any], primary: str) -> None:
         metric = f", {primary} {record[primary]:.4f}" if primary in record else ""
         text = (
-            f"  {self._label} epoch {record['epoch']}/{self._epochs}: loss {record['train_loss']:.4f}{metric}, "
+            f"  {self._label} epoch {record['epoch']}/{self._epochs}: "
+            f"loss {record['train_loss']:.4f}{metric}, "
             f"{record['train_images_per_s']:.1f} img/s, {record['seconds']:.1f} s"
         )
         self.log.info(text)

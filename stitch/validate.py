@@ -33,7 +33,7 @@ def stitched_parameter_names(built: BuiltModel) -> list[str]:
     """Names of the parameters that belong to stitched modules and adapters."""
     replaced = [a.point for a in built.applied if a.mode == "replace"]
     out = []
-    for name, p in built.model.named_parameters():
+    for name, _ in built.model.named_parameters():
         parts = name.split(".")
         if "added" in parts or parts[-1] == "scale" or any(name.startswith(r + ".") for r in replaced):
             out.append(name)
@@ -51,7 +51,8 @@ def check_variant(exp: Experiment, variant: Variant, seed: int) -> VariantCheck:
         loss = spec.loss(model, batch)
     except Exception as exc:  # a stitched module that does not fit in training mode
         raise StitchError(
-            f"variant {variant.name!r}: training-mode forward on a dummy batch fails: {exception_text(exc)} (--debug shows where)"
+            f"variant {variant.name!r}: training-mode forward on a dummy batch fails: {exception_text(exc)}"
+            " (--debug shows where)"
         ) from exc
     if not torch.isfinite(loss):
         raise StitchError(

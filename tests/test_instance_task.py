@@ -13,7 +13,7 @@ import torch
 from stitch.tasks.instance import InstanceTask, coco_metrics, detections_to_coco
 
 CATEGORY_IDS = (3, 7, 42)  # non-contiguous on purpose
-LABEL_TO_CATEGORY = {k: c for k, c in enumerate(CATEGORY_IDS, 1)}
+LABEL_TO_CATEGORY = dict(enumerate(CATEGORY_IDS, 1))
 
 
 def _coco_gt(n_images: int = 4, size: int = 48, seed: int = 0):

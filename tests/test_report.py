@@ -1,5 +1,6 @@
 """stitch.report from a results database written by hand (no training): cells, bold, †, captions,
 provenance, LaTeX that compiles, plots."""
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,9 @@ BASE = [0.70, 0.72, 0.71, 0.69]
 # per-variant offsets from the baseline, seed by seed
 OFFSETS = {
     "Baseline": [0.0, 0.0, 0.0, 0.0],
-    "+SE": [0.050, 0.060, 0.055, 0.052],        # clearly better
-    "+ECA": [0.010, -0.010, 0.000, 0.005],      # no evidence
-    "+SE +ECA": [0.060, 0.062, 0.058, 0.061],   # best, clearly better
+    "+SE": [0.050, 0.060, 0.055, 0.052],  # clearly better
+    "+ECA": [0.010, -0.010, 0.000, 0.005],  # no evidence
+    "+SE +ECA": [0.060, 0.062, 0.058, 0.061],  # best, clearly better
 }
 INSERTIONS = {"Baseline": [], "+SE": ["SE"], "+ECA": ["ECA"], "+SE +ECA": ["SE", "ECA"]}
 PARAMS = {"Baseline": 1_000_000, "+SE": 1_006_336, "+ECA": 1_000_020, "+SE +ECA": 1_006_356}
@@ -58,12 +59,21 @@ def mdice(variant: str, seed: int) -> float:
     return {"Baseline": 0.80, "+SE": 0.85001, "+ECA": 0.81, "+SE +ECA": 0.84999}[variant] + 0.001 * seed
 
 
-def make_run_dir(tmp_path: Path, name: str = "tiny", seeds=(0, 1, 2, 3), epochs: int = 3, test: str = "ttest",
-                 skip: dict[str, set[int]] | None = None, extra_rows=()) -> tuple[Path, dict[tuple[str, int], str]]:
+def make_run_dir(
+    tmp_path: Path,
+    name: str = "tiny",
+    seeds=(0, 1, 2, 3),
+    epochs: int = 3,
+    test: str = "ttest",
+    skip: dict[str, set[int]] | None = None,
+    extra_rows=(),
+) -> tuple[Path, dict[tuple[str, int], str]]:
     """A run directory as `stitch run` leaves it, with rows written directly through ResultStore."""
     run_dir = tmp_path / "runs" / name
     run_dir.mkdir(parents=True)
-    (run_dir / "experiment.yaml").write_text(EXPERIMENT.format(name=name, epochs=epochs, seeds=list(seeds), test=test))
+    (run_dir / "experiment.yaml").write_text(
+        EXPERIMENT.format(name=name, epochs=epochs, seeds=list(seeds), test=test)
+    )
     exp = load_experiment(run_dir / "experiment.yaml")
     dump = exp.cfg.model_dump(mode="json")
     ids = {}
@@ -72,17 +82,58 @@ def make_run_dir(tmp_path: Path, name: str = "tiny", seeds=(0, 1, 2, 3), epochs:
             for seed in seeds:
                 if seed in (skip or {}).get(variant, set()):
                     continue
-                config = {"task": "segmentation", "baseline": dump["baseline"], "data": None, "train": dict(dump["train"], epochs=epochs),
-                          "insertions": [x for x in dump["insertions"] if x["name"] in INSERTIONS[variant]], "seed": seed, "primary_metric": "miou"}
+                config = {
+                    "task": "segmentation",
+                    "baseline": dump["baseline"],
+                    "data": None,
+                    "train": dict(dump["train"], epochs=epochs),
+                    "insertions": [x for x in dump["insertions"] if x["name"] in INSERTIONS[variant]],
+                    "seed": seed,
+                    "primary_metric": "miou",
+                }
                 rid = run_id_of(config)
                 ids[(variant, seed)] = rid
-                store.start(RunRow(run_id=rid, experiment=name, variant=variant, variant_slug=variant.lower(), insertions=INSERTIONS[variant],
-                                   seed=seed, status="running", config=config, primary_metric="miou", params=PARAMS[variant],
-                                   baseline_params=PARAMS["Baseline"], epochs=epochs, started_at=1000.0 + 10 * i + seed))
-                history = [{"epoch": e, "train_loss": 1.0 / e + 0.01 * seed, "val_loss": 1.2 / e, "miou": miou(variant, seed) * e / epochs} for e in range(1, epochs + 1)]
-                best = {"miou": miou(variant, seed), "mdice": mdice(variant, seed), "iou_per_class": [0.9, 0.5]}
-                store.update(rid, status="done", best_metrics=best, final_metrics=best, history=history, best_epoch=epochs,
-                             epochs_done=epochs, wall_time=60.0 * (i + 1))
+                store.start(
+                    RunRow(
+                        run_id=rid,
+                        experiment=name,
+                        variant=variant,
+                        variant_slug=variant.lower(),
+                        insertions=INSERTIONS[variant],
+                        seed=seed,
+                        status="running",
+                        config=config,
+                        primary_metric="miou",
+                        params=PARAMS[variant],
+                        baseline_params=PARAMS["Baseline"],
+                        epochs=epochs,
+                        started_at=1000.0 + 10 * i + seed,
+                    )
+                )
+                history = [
+                    {
+                        "epoch": e,
+                        "train_loss": 1.0 / e + 0.01 * seed,
+                        "val_loss": 1.2 / e,
+                        "miou": miou(variant, seed) * e / epochs,
+                    }
+                    for e in range(1, epochs + 1)
+                ]
+                best = {
+                    "miou": miou(variant, seed),
+                    "mdice": mdice(variant, seed),
+                    "iou_per_class": [0.9, 0.5],
+                }
+                store.update(
+                    rid,
+                    status="done",
+                    best_metrics=best,
+                    final_metrics=best,
+                    history=history,
+                    best_epoch=epochs,
+                    epochs_done=epochs,
+                    wall_time=60.0 * (i + 1),
+                )
         for row in extra_rows:
             store.start(row)
             if row.status != "running":
@@ -92,8 +143,8 @@ def make_run_dir(tmp_path: Path, name: str = "tiny", seeds=(0, 1, 2, 3), epochs:
 
 def md_cells(path: Path) -> dict[str, dict[str, str]]:
     """``{first cell: {header: cell}}`` from a pipe Markdown table."""
-    lines = [l for l in path.read_text().splitlines() if l.startswith("|")]
-    split = lambda l: [c.strip() for c in l.strip("|").split("|")]  # noqa: E731
+    lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
+    split = lambda line: [c.strip() for c in line.strip("|").split("|")]
     header = split(lines[0])
     return {cells[0]: dict(zip(header, cells)) for cells in map(split, lines[2:])}
 
@@ -116,10 +167,25 @@ def test_ablation_markdown_cell_by_cell(report) -> None:
     run_dir, out, _ = report
     cells = md_cells(out / "ablation.md")
     assert list(cells) == ["Baseline", "+SE", "+ECA", "+SE +ECA"]  # plan order
-    header = ["Variant", "SE", "ECA", "mIoU (%)", "mDice (%)", "Params (M)", "\u0394Params (K)", "FLOPs (G)", "\u0394FLOPs (M)"]
+    header = [
+        "Variant",
+        "SE",
+        "ECA",
+        "mIoU (%)",
+        "mDice (%)",
+        "Params (M)",
+        "\u0394Params (K)",
+        "FLOPs (G)",
+        "\u0394FLOPs (M)",
+    ]
     assert list(cells["Baseline"]) == header
     checks = {v: (cells[v]["SE"], cells[v]["ECA"]) for v in cells}
-    assert checks == {"Baseline": ("", ""), "+SE": ("\u2713", ""), "+ECA": ("", "\u2713"), "+SE +ECA": ("\u2713", "\u2713")}
+    assert checks == {
+        "Baseline": ("", ""),
+        "+SE": ("\u2713", ""),
+        "+ECA": ("", "\u2713"),
+        "+SE +ECA": ("\u2713", "\u2713"),
+    }
     assert cells["Baseline"]["mIoU (%)"] == expected("Baseline")
     assert cells["+ECA"]["mIoU (%)"] == expected("+ECA")
     assert cells["+SE"]["mIoU (%)"] == expected("+SE") + "\u2020"
@@ -140,15 +206,25 @@ def test_significance_marks_follow_holm(report) -> None:
     res = load_results(run_dir, costs=False)
     raw = {}
     for v in ("+SE", "+ECA", "+SE +ECA"):
-        raw[v] = st.ttest_rel([miou(v, s) for s in range(4)], [miou("Baseline", s) for s in range(4)], alternative="greater").pvalue
+        raw[v] = st.ttest_rel(
+            [miou(v, s) for s in range(4)], [miou("Baseline", s) for s in range(4)], alternative="greater"
+        ).pvalue
     adjusted = dict(zip(raw, holm(list(raw.values()))))
     for v in raw:
         t = res.tests["miou"][v]
         assert t.p == pytest.approx(raw[v]) and t.p_holm == pytest.approx(adjusted[v])
     assert {v for v in raw if adjusted[v] < 0.05} == {"+SE", "+SE +ECA"}
     table = ablation_table(res)
-    assert [table.cell(v, "metric:miou").dagger for v in ("Baseline", "+SE", "+ECA", "+SE +ECA")] == [False, True, False, True]
-    assert "\u2020: significantly better than Baseline at \u03b1 = 0.05 (one-sided paired t-test over seeds, Holm-corrected over the 3 variants" in table.caption
+    assert [table.cell(v, "metric:miou").dagger for v in ("Baseline", "+SE", "+ECA", "+SE +ECA")] == [
+        False,
+        True,
+        False,
+        True,
+    ]
+    assert (
+        "\u2020: significantly better than Baseline at \u03b1 = 0.05 (one-sided paired t-test over seeds, Holm-corrected over the 3 variants"
+        in table.caption
+    )
     assert "4 seeds (0, 1, 2, 3)" in table.caption
     assert table.caption.startswith("Attention in a tiny U-Net.") and table.label == "tab:tiny"
     # the comparison table shows the adjusted p of the primary metric and the paired difference
@@ -156,7 +232,10 @@ def test_significance_marks_follow_holm(report) -> None:
     assert comp["+ECA"]["p (Holm)"] == f"{adjusted['+ECA']:.3f}"
     assert comp["+SE"]["p (Holm)"] == ("<0.001" if adjusted["+SE"] < 0.001 else f"{adjusted['+SE']:.3f}")
     assert comp["Baseline"]["p (Holm)"] == "\u2013"
-    assert comp["+SE"]["\u0394mIoU (pp)"] == f"+{np.mean([miou('+SE', s) - miou('Baseline', s) for s in range(4)]) * 100:.2f}"
+    assert (
+        comp["+SE"]["\u0394mIoU (pp)"]
+        == f"+{np.mean([miou('+SE', s) - miou('Baseline', s) for s in range(4)]) * 100:.2f}"
+    )
     assert comp["+SE +ECA"]["Seeds"] == "4"
 
 
@@ -178,13 +257,13 @@ def test_latex_cells_and_layout(report) -> None:
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
     assert "\\caption{Attention in a tiny U-Net." in tex and "\\label{tab:tiny}" in tex
     assert "\\begin{tabular}{lcccccccc}" in tex
-    se = next(l for l in tex.splitlines() if l.startswith("+SE &"))
+    se = next(line for line in tex.splitlines() if line.startswith("+SE &"))
     cells = [c.strip() for c in se.removesuffix("\\\\").split(" & ")]
     mean, std = expected("+SE").split(" \u00b1 ")
     assert cells[:3] == ["+SE", "\\checkmark", ""]
     assert cells[3] == f"\\(\\num{{{mean}}} \\pm \\num{{{std}}}\\)\\(^{{\\dagger}}\\)"
     assert cells[6] == "\\(\\num[retain-explicit-plus]{+6.34}\\)"
-    both = next(l for l in tex.splitlines() if l.startswith("+SE +ECA &"))
+    both = next(line for line in tex.splitlines() if line.startswith("+SE +ECA &"))
     assert "{\\boldmath\\(\\num{" in both
     assert "% \\" not in tex.split("\n", 1)[1]  # no stray comment characters in the body: % is escaped
     assert "in \\%." in tex
@@ -218,7 +297,9 @@ def test_provenance_maps_every_cell_to_its_runs(report) -> None:
     for v in abl:
         mine = [ids[(v, s)] for s in range(4)]
         if v == "Baseline":
-            assert abl[v]["mIoU (%)"]["run_ids"] == mine and abl[v]["mIoU (%)"]["source"] == "best_metrics.miou"
+            assert (
+                abl[v]["mIoU (%)"]["run_ids"] == mine and abl[v]["mIoU (%)"]["source"] == "best_metrics.miou"
+            )
         else:  # the † of a variant comes from a paired test that also reads the baseline's runs
             assert abl[v]["mIoU (%)"]["run_ids"] == mine + [ids[("Baseline", s)] for s in range(4)]
             assert abl[v]["mIoU (%)"]["source"].startswith("best_metrics.miou; the paired test also reads")
@@ -227,9 +308,13 @@ def test_provenance_maps_every_cell_to_its_runs(report) -> None:
         assert abl[v]["FLOPs (G)"]["source"].startswith("costs.json:")
         assert set(abl[v]) == set(prov["tables"]["ablation"]["columns"])
     # a delta cell aggregates the variant's runs and the baseline's
-    assert set(abl["+SE"]["\u0394Params (K)"]["run_ids"]) == {ids[(v, s)] for v in ("+SE", "Baseline") for s in range(4)}
+    assert set(abl["+SE"]["\u0394Params (K)"]["run_ids"]) == {
+        ids[(v, s)] for v in ("+SE", "Baseline") for s in range(4)
+    }
     comp = prov["tables"]["comparison"]["cells"]
-    assert set(comp["+ECA"]["p (Holm)"]["run_ids"]) == {ids[(v, s)] for v in ("+ECA", "Baseline") for s in range(4)}
+    assert set(comp["+ECA"]["p (Holm)"]["run_ids"]) == {
+        ids[(v, s)] for v in ("+ECA", "Baseline") for s in range(4)
+    }
     assert prov["tests"]["tiny"]["miou"]["+SE"]["significant"] is True
 
 
@@ -240,19 +325,45 @@ def test_fewer_than_three_seeds_claims_no_significance(tmp_path: Path) -> None:
     cells = md_cells(out / "ablation.md")
     assert not any("\u2020" in c for row in cells.values() for c in row.values())
     caption = (out / "ablation.md").read_text().splitlines()[0]
-    assert "With fewer than 3 paired seeds (2 here) no significance test is run, and no significance is claimed." in caption
+    assert (
+        "With fewer than 3 paired seeds (2 here) no significance test is run, and no significance is claimed."
+        in caption
+    )
     assert "over 2 seeds (0, 1)" in caption
     assert cells["+SE"]["mIoU (%)"] == expected("+SE", seeds=(0, 1))
-    assert "Params (M)" in cells["+SE"] and "FLOPs (G)" not in cells["+SE"]  # costs=False: params from the database only
+    assert (
+        "Params (M)" in cells["+SE"] and "FLOPs (G)" not in cells["+SE"]
+    )  # costs=False: params from the database only
     tex = (out / "ablation.tex").read_text()
-    assert "no significance is claimed" in tex and "\\dagger}\\)" not in tex.split("\\caption", 1)[1].split("\\end{table}")[0].split("}\n", 1)[1]
+    assert (
+        "no significance is claimed" in tex
+        and "\\dagger}\\)" not in tex.split("\\caption", 1)[1].split("\\end{table}")[0].split("}\n", 1)[1]
+    )
 
 
 def test_only_done_runs_count_and_differing_seed_counts_are_stated(tmp_path: Path) -> None:
-    failed = RunRow(run_id="f" * 16, experiment="tiny", variant="+SE", variant_slug="se", insertions=["SE"], seed=9, status="failed",
-                    config={"seed": 9, "insertions": []}, primary_metric="miou")
-    running = RunRow(run_id="r" * 16, experiment="tiny", variant="+ECA", variant_slug="eca", insertions=["ECA"], seed=8, status="running",
-                     config={"seed": 8, "insertions": []}, primary_metric="miou")
+    failed = RunRow(
+        run_id="f" * 16,
+        experiment="tiny",
+        variant="+SE",
+        variant_slug="se",
+        insertions=["SE"],
+        seed=9,
+        status="failed",
+        config={"seed": 9, "insertions": []},
+        primary_metric="miou",
+    )
+    running = RunRow(
+        run_id="r" * 16,
+        experiment="tiny",
+        variant="+ECA",
+        variant_slug="eca",
+        insertions=["ECA"],
+        seed=8,
+        status="running",
+        config={"seed": 8, "insertions": []},
+        primary_metric="miou",
+    )
     run_dir, ids = make_run_dir(tmp_path, skip={"+ECA": {3}}, extra_rows=[failed, running])
     res = load_results(run_dir, costs=False)
     assert res.by_name("+ECA").seeds == [0, 1, 2] and res.by_name("+SE").seeds == [0, 1, 2, 3]
@@ -260,7 +371,9 @@ def test_only_done_runs_count_and_differing_seed_counts_are_stated(tmp_path: Pat
     table = ablation_table(res)
     assert "different numbers of seeds: Baseline 4, +SE 4, +ECA 3, +SE +ECA 4" in table.caption
     assert any("1 failed, 1 running" in n for n in table.notes)
-    assert table.cell("+ECA", "metric:miou").run_ids == [ids[("+ECA", s)] for s in range(3)] + [ids[("Baseline", s)] for s in range(3)]
+    assert table.cell("+ECA", "metric:miou").run_ids == [ids[("+ECA", s)] for s in range(3)] + [
+        ids[("Baseline", s)] for s in range(3)
+    ]
     assert table.cell("+ECA", "metric:miou").text == expected("+ECA", seeds=(0, 1, 2))
 
 
@@ -270,10 +383,26 @@ def test_runs_of_another_recipe_or_stale_insertions_are_left_out(tmp_path: Path)
     with ResultStore(run_dir / "runs.sqlite") as store:
         row = store.get(ids[("Baseline", 0)])
         short = dict(row.config, train=dict(row.config["train"], epochs=1))
-        store.start(RunRow(**{**row.__dict__, "run_id": run_id_of(short), "config": short, "epochs": 1, "status": "running"}))
+        store.start(
+            RunRow(
+                **{
+                    **row.__dict__,
+                    "run_id": run_id_of(short),
+                    "config": short,
+                    "epochs": 1,
+                    "status": "running",
+                }
+            )
+        )
         store.update(run_id_of(short), status="done", best_metrics={"miou": 0.1, "mdice": 0.1})
     # the SE settings changed in experiment.yaml since: every run with SE is stale
-    text = (run_dir / "experiment.yaml").read_text().replace('{name: SE, module: SE, at: "enc*"}', '{name: SE, module: SE, at: "enc*", args: {rd_ratio: 0.5}}')
+    text = (
+        (run_dir / "experiment.yaml")
+        .read_text()
+        .replace(
+            '{name: SE, module: SE, at: "enc*"}', '{name: SE, module: SE, at: "enc*", args: {rd_ratio: 0.5}}'
+        )
+    )
     (run_dir / "experiment.yaml").write_text(text)
     res = load_results(run_dir, costs=False)
     assert [v.name for v in res.variants] == ["Baseline", "+ECA"]
@@ -289,16 +418,30 @@ def test_several_run_dirs_one_row_per_experiment(tmp_path: Path) -> None:
     out = tmp_path / "out"
     files = write_report([a, b], out, costs=False)
     names = {p.name for p in files}
-    assert {"ablation_exp_a.md", "ablation_exp_b.tex", "metrics_exp_a.png", "curves_exp_b.pdf", "comparison.md", "provenance.json"} <= names
+    assert {
+        "ablation_exp_a.md",
+        "ablation_exp_b.tex",
+        "metrics_exp_a.png",
+        "curves_exp_b.pdf",
+        "comparison.md",
+        "provenance.json",
+    } <= names
     # the baselines' run ids overlap (same recipe; the name is not hashed) but exp_b has seeds 0, 1 only: two rows
     rows = [(r["Experiment"], r["Variant"]) for r in _md_rows(out / "comparison.md")]
-    assert rows == [("exp_a", "Baseline"), ("exp_a", "+SE +ECA"), ("exp_b", "Baseline"), ("exp_b", "+SE +ECA")]
+    assert rows == [
+        ("exp_a", "Baseline"),
+        ("exp_a", "+SE +ECA"),
+        ("exp_b", "Baseline"),
+        ("exp_b", "+SE +ECA"),
+    ]
     prov = json.loads((out / "provenance.json").read_text())["tables"]["comparison"]["cells"]
     assert prov["exp_a: +SE +ECA"]["mIoU (%)"]["run_ids"] == [ids_a[("+SE +ECA", s)] for s in range(4)]
     assert prov["exp_b: +SE +ECA"]["mIoU (%)"]["run_ids"] == [ids_b[("+SE +ECA", s)] for s in range(2)]
     md = _md_rows(out / "comparison.md")
     assert md[1]["mIoU (%)"] == f"{expected('+SE +ECA')}\u2020"  # significant in exp_a (4 seeds)
-    assert md[3]["mIoU (%)"] == f"**{expected('+SE +ECA', seeds=(0, 1))}**"  # best mean (seeds 0, 1), no test with 2 seeds
+    assert (
+        md[3]["mIoU (%)"] == f"**{expected('+SE +ECA', seeds=(0, 1))}**"
+    )  # best mean (seeds 0, 1), no test with 2 seeds
     assert "No significance is claimed for exp_b" in (out / "comparison.md").read_text()
 
 
@@ -306,9 +449,15 @@ def test_identical_baselines_are_shown_once(tmp_path: Path) -> None:
     a, _ = make_run_dir(tmp_path, name="exp_a")
     b = tmp_path / "runs" / "exp_b"
     shutil.copytree(a, b)  # the same baseline runs (same run ids) under another experiment name
-    (b / "experiment.yaml").write_text((b / "experiment.yaml").read_text().replace("name: exp_a", "name: exp_b"))
+    (b / "experiment.yaml").write_text(
+        (b / "experiment.yaml").read_text().replace("name: exp_a", "name: exp_b")
+    )
     table = comparison_table([load_results(d, costs=False) for d in (a, b)])
-    assert [(r.experiment, r.variant) for r in table.rows] == [("exp_a, exp_b", "Baseline"), ("exp_a", "+SE +ECA"), ("exp_b", "+SE +ECA")]
+    assert [(r.experiment, r.variant) for r in table.rows] == [
+        ("exp_a, exp_b", "Baseline"),
+        ("exp_a", "+SE +ECA"),
+        ("exp_b", "+SE +ECA"),
+    ]
 
 
 def test_wilcoxon_with_few_seeds_says_no_mark_is_possible(tmp_path: Path) -> None:
@@ -328,29 +477,52 @@ def test_missing_or_empty_run_dir_is_a_user_error(tmp_path: Path) -> None:
 
 def test_standalone_latex_compiles_with_pdflatex(report, tmp_path: Path) -> None:
     if shutil.which("pdflatex") is None:
-        pytest.skip("pdflatex is not on PATH (Debian: apt-get install texlive-latex-base texlive-latex-recommended)")
+        pytest.skip(
+            "pdflatex is not on PATH (Debian: apt-get install texlive-latex-base texlive-latex-recommended)"
+        )
     run_dir, _, _ = report
     out = tmp_path / "tex"
-    write_report([run_dir], out, standalone=True, latency_repeats=2, latency_warmup=1)  # costs come from the cache
+    write_report(
+        [run_dir], out, standalone=True, latency_repeats=2, latency_warmup=1
+    )  # costs come from the cache
     for name in ("ablation", "comparison"):
         tex = (out / f"{name}.tex").read_text()
-        assert tex.startswith("\\documentclass{article}") and "\\usepackage{booktabs}" in tex and tex.rstrip().endswith("\\end{document}")
-        proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", f"{name}.tex"], cwd=out,
-                              capture_output=True, text=True, timeout=120)
+        assert (
+            tex.startswith("\\documentclass{article}")
+            and "\\usepackage{booktabs}" in tex
+            and tex.rstrip().endswith("\\end{document}")
+        )
+        proc = subprocess.run(
+            ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", f"{name}.tex"],
+            cwd=out,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stdout[-2000:]
         assert (out / f"{name}.pdf").stat().st_size > 1000
     # where siunitx is not installed (Debian's texlive-latex-recommended alone) the document falls back to plain numbers
-    fallback = (out / "ablation.tex").read_text().replace("\\IfFileExists{siunitx.sty}", "\\IfFileExists{no-such-package.sty}")
+    fallback = (
+        (out / "ablation.tex")
+        .read_text()
+        .replace("\\IfFileExists{siunitx.sty}", "\\IfFileExists{no-such-package.sty}")
+    )
     (out / "fallback.tex").write_text(fallback)
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "fallback.tex"], cwd=out, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "fallback.tex"],
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:]
 
 
 def _md_rows(path: Path) -> list[dict[str, str]]:
-    lines = [l for l in path.read_text().splitlines() if l.startswith("|")]
-    split = lambda l: [c.strip() for c in l.strip("|").split("|")]  # noqa: E731
+    lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
+    split = lambda line: [c.strip() for c in line.strip("|").split("|")]
     header = split(lines[0])
-    return [dict(zip(header, split(l))) for l in lines[2:]]
+    return [dict(zip(header, split(line))) for line in lines[2:]]
 
 
 def test_baselines_of_two_experiments_merge_when_only_keep_last_differs() -> None:
@@ -358,9 +530,24 @@ def test_baselines_of_two_experiments_merge_when_only_keep_last_differs() -> Non
     from stitch.report import VariantRuns
 
     def runs(keep_last: int, lr: float = 1e-3) -> VariantRuns:
-        rows = [RunRow(run_id=f"r{s}{keep_last}{lr}", experiment="e", variant="Baseline", variant_slug="baseline", insertions=[], seed=s,
-                       status="done", config={"seed": s, "train": {"epochs": 3, "keep_last": keep_last, "lr": lr}, "insertions": []},
-                       primary_metric="miou") for s in range(3)]
+        rows = [
+            RunRow(
+                run_id=f"r{s}{keep_last}{lr}",
+                experiment="e",
+                variant="Baseline",
+                variant_slug="baseline",
+                insertions=[],
+                seed=s,
+                status="done",
+                config={
+                    "seed": s,
+                    "train": {"epochs": 3, "keep_last": keep_last, "lr": lr},
+                    "insertions": [],
+                },
+                primary_metric="miou",
+            )
+            for s in range(3)
+        ]
         return VariantRuns(Variant("Baseline", ()), rows)
 
     assert runs(2).recipe_key() == runs(5).recipe_key()

@@ -1,4 +1,5 @@
 """stitch.stats against scipy on known numbers, and Holm's correction on a hand-worked example."""
+
 from __future__ import annotations
 
 import math
@@ -45,11 +46,18 @@ def test_wilcoxon_matches_scipy(alternative: str) -> None:
     # exact distribution: all six differences positive gives 1/2^6 one-sided
     assert paired_test(BASE, BETTER, "wilcoxon", "greater").p == pytest.approx(1 / 64)
     assert wilcoxon_floor(6, "greater") == pytest.approx(1 / 64)
-    assert wilcoxon_floor(3, "greater") == pytest.approx(0.125) and wilcoxon_floor(5, "two-sided") == pytest.approx(1 / 16)
+    assert wilcoxon_floor(3, "greater") == pytest.approx(0.125) and wilcoxon_floor(
+        5, "two-sided"
+    ) == pytest.approx(1 / 16)
 
 
 def test_pairing_is_by_seed_and_only_common_seeds_count() -> None:
-    variant = {5: BETTER[5], 1: BETTER[1], 0: BETTER[0], 9: 0.99}  # order does not matter, seed 9 has no partner
+    variant = {
+        5: BETTER[5],
+        1: BETTER[1],
+        0: BETTER[0],
+        9: 0.99,
+    }  # order does not matter, seed 9 has no partner
     r = paired_test(BASE, variant)
     ref = st.ttest_rel([BETTER[s] for s in (0, 1, 5)], [BASE[s] for s in (0, 1, 5)], alternative="greater")
     assert r.seeds == [0, 1, 5] and r.n == 3
@@ -126,4 +134,7 @@ def test_bad_arguments_and_description() -> None:
         paired_test(BASE, BETTER, "anova")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         paired_test(BASE, BETTER, alternative="less")  # type: ignore[arg-type]
-    assert describe_test("wilcoxon", "two-sided", 0.01) == "two-sided Wilcoxon signed-rank test over seeds, Holm-corrected, \u03b1 = 0.01"
+    assert (
+        describe_test("wilcoxon", "two-sided", 0.01)
+        == "two-sided Wilcoxon signed-rank test over seeds, Holm-corrected, \u03b1 = 0.01"
+    )
