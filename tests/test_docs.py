@@ -24,6 +24,7 @@ DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 REFERENCE = DOCS / "experiment-file.md"
 README_MAX_LINES = 250
+PAGES = [README, ROOT / "reports" / "README.md", *sorted(DOCS.glob("*.md"))]
 
 
 # ----------------------------------------------------------------------------- reading Markdown
@@ -223,10 +224,15 @@ def command_help(*words: str) -> str:
     return out.getvalue()
 
 
-def test_readme_commands_exist_with_their_options() -> None:
+def stitch_commands() -> set[str]:
+    """The commands ``stitch --help`` lists."""
     choices = re.search(r"\{([a-z,]+)\}", command_help())
     assert choices, "stitch --help lists no commands"
-    commands = set(choices.group(1).split(","))
+    return set(choices.group(1).split(","))
+
+
+def test_readme_commands_exist_with_their_options() -> None:
+    commands = stitch_commands()
     table = next(
         rows for header, rows in tables(README.read_text(encoding="utf-8")) if header[0] == "command"
     )
@@ -242,11 +248,59 @@ def test_readme_commands_exist_with_their_options() -> None:
     assert seen == commands, f"README.md's command table lacks {sorted(commands - seen)}"
 
 
-@pytest.mark.parametrize(
-    "page",
-    [README, ROOT / "reports" / "README.md", *sorted(DOCS.glob("*.md"))],
-    ids=lambda p: str(p.relative_to(ROOT)),
-)
+def file_map() -> set[str]:
+    """The files named in the code block under ``## File map`` of docs/architecture.md: a tree,
+    two spaces per level, folders ending in ``/``, several files of one folder joined by ``, ``."""
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    block = re.search(r"^## File map\n.*?^```\n(.*?)^```", text, re.S | re.M)
+    assert block, "docs/architecture.md has no file map (a code block under '## File map')"
+    folders: list[str] = []
+    files: set[str] = set()
+    for line in block.group(1).splitlines():
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        names = re.split(r"\s{2,}", line.strip())[0]
+        del folders[depth:]
+        if names.endswith("/"):
+            folders.append(names.rstrip("/"))
+        else:
+            files.update("/".join([*folders, name]) for name in names.split(", "))
+    return files
+
+
+def test_architecture_file_map_names_every_source_file() -> None:
+    actual = {
+        path.relative_to(ROOT).as_posix()
+        for package in ("stitch", "modules_zoo")
+        for path in (ROOT / package).rglob("*.py")
+    }
+    documented = file_map()
+    assert not sorted(actual - documented), (
+        f"docs/architecture.md's file map lacks {sorted(actual - documented)}"
+    )
+    assert not sorted(documented - actual), (
+        f"docs/architecture.md's file map names files that do not exist: {sorted(documented - actual)}"
+    )
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_documented_command_lines_use_real_options(page: Path) -> None:
+    """Every ``stitch COMMAND ... --option`` written in the docs names an option COMMAND has."""
+    commands = stitch_commands()
+    options = {name: set(re.findall(r"--[a-z][a-z-]*", command_help(name))) for name in commands}
+    wrong = []
+    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+        for part in re.split(r"&&|;", line):
+            for match in re.finditer(r"\bstitch ([a-z]+)\b([^`]*)", part):
+                name, rest = match.groups()
+                if name not in commands:
+                    continue
+                for option in re.findall(r"(?<![\w-])--[a-z][a-z-]*", rest):
+                    if option not in options[name]:
+                        wrong.append(f"line {number}: `stitch {name} {option}` does not exist")
+    assert not wrong, f"{page.relative_to(ROOT)}:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_point_to_existing_files_and_headings(page: Path) -> None:
     broken = []
     for target in relative_links(page):
