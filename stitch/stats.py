@@ -6,7 +6,7 @@ No torch. Conventions (the report's captions say the same):
   one seed the standard deviation is undefined (NaN) and the table shows the mean alone.
 - **Pairing**: a variant is compared with the reference (the ``Baseline`` variant) on the seeds
   present in both, so seed ``s`` of the variant meets seed ``s`` of the baseline (same initial
-  baseline weights, same data order: see README, "Paired initialisation"). Seeds in only one of
+  baseline weights, same data order: see docs/stitching.md, "Guarantees"). Seeds in only one of
   the two are left out of the test (and counted in ``PairedTest.unpaired``).
 - **Test**: paired t-test (:func:`scipy.stats.ttest_rel`, the default) or Wilcoxon signed-rank
   (:func:`scipy.stats.wilcoxon`, exact distribution for small n) on ``variant - baseline``.
