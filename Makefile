@@ -40,7 +40,7 @@ demo: setup
 
 # Style and types: ruff (lint + format check, settings in pyproject.toml) and mypy over stitch/ and
 # modules_zoo/. `ruff format . && ruff check --fix .` mends most of what it reports.
-setup-lint:
+setup-lint: setup
 	$(PIP) install -q -e '.[lint]'
 
 lint: setup-lint

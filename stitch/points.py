@@ -95,7 +95,7 @@ def probe(
     records: dict[str, PointRecord] = {}
     handles = []
 
-    def make_hook(path: str):
+    def make_hook(path: str) -> Callable[[nn.Module, tuple, Any], None]:
         def hook(_mod: nn.Module, args: tuple, output: Any) -> None:
             rec = records[path]
             ins, out = [describe(a) for a in args], describe(output)
