@@ -116,7 +116,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from stitch.engine import pick_device
+    from stitch.devices import pick_device
     from stitch.report import default_out_dir, is_sweep_dir, write_report, write_runs_table
 
     dirs = [Path(d) for d in args.run_dirs]

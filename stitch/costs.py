@@ -43,7 +43,7 @@ from torch import nn
 
 from stitch.build import baseline_of, stitch_variant
 from stitch.config import Experiment
-from stitch.engine import to_device
+from stitch.devices import to_device
 from stitch.fileio import write_text
 from stitch.hashing import digest
 from stitch.model_mode import eval_mode

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from stitch.config import TrainCfg
+from stitch.devices import to_device
 from stitch.fileio import atomic_path
 from stitch.registry import OPTIMIZERS
 from stitch.tasks.base import Task
@@ -43,29 +44,7 @@ class StopTraining(Exception):
         self.reason, self.status = reason, status
 
 
-# ----------------------------------------------------------------------------- device and seeds
-def pick_device(name: str | None = None) -> torch.device:
-    """``name`` (``cpu``, ``cuda``, ``cuda:N``) if given, else CUDA when present, else CPU."""
-    from stitch.errors import StitchError
-
-    if not name:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise StitchError(f"--device {name!r}: use cpu, cuda or cuda:N")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise StitchError(
-                f"--device {name}: CUDA is not available on this machine (use --device cpu or leave it out)"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise StitchError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return dev
-
-
+# ----------------------------------------------------------------------------- seeds
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -86,17 +65,6 @@ def set_deterministic(on: bool) -> None:
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch of one run (distinct across seeds and epochs)."""
     return (seed * 100_003 + epoch * 7919 + 17) % 2**31
-
-
-def to_device(value: Any, device: torch.device) -> Any:
-    """Tensors in ``value`` (nested dicts, lists, tuples) moved to ``device``; the rest unchanged."""
-    if torch.is_tensor(value):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_device(v, device) for v in value)
-    return value
 
 
 def batch_images(batch: dict[str, Any]) -> int:

@@ -55,10 +55,17 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     return " — did you mean " + " or ".join(repr(c) for c in close) + "?"
 
 
-def exception_text(exc: BaseException) -> str:
-    """The first line of an exception's message, or its type name when the message is empty."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text and text[0] else type(exc).__name__
+def exception_text(exc: BaseException, *, join_lines: bool = False, limit: int | None = None) -> str:
+    """A library exception's message as one line, to quote inside a stitch error: its first line
+    (with ``join_lines``, all its lines with white space collapsed), cut to ``limit`` characters
+    with ``...``; its type name when the message is empty. (:func:`one_line_message` is the line
+    the CLI prints for an error stitch raised itself.)"""
+    if join_lines:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+    else:
+        lines = str(exc).strip().splitlines()
+        text = lines[0] if lines and lines[0] else type(exc).__name__
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_types(fn: Callable[..., Any], args: Mapping[str, Any]) -> str | None:

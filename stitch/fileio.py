@@ -2,9 +2,10 @@
 :func:`atomic_write` (or :func:`atomic_path` for writers that want a path, such as matplotlib).
 
 The data goes to a uniquely named temporary file in the destination folder (several processes,
-such as sweep workers, may share a run directory), is flushed to disk, and is then renamed over
-the destination with :func:`os.replace`, which is atomic on POSIX and Windows. On any failure the
-temporary file is removed. Written by hand because the standard library has no atomic writer and
+such as sweep workers, may share a run directory), with the permissions the destination has (or
+a new file would get), and is then renamed over the destination with :func:`os.replace`, which
+is atomic on POSIX and Windows; :func:`atomic_write` also flushes it to disk first. On any
+failure the temporary file is removed. Written by hand because the standard library has no atomic writer and
 the packages that do (``atomicwrites``) are unmaintained.
 """
 
@@ -19,6 +20,16 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _file_mode(path: Path) -> int:
+    """The permission bits ``path`` has, or those ``open(path, "w")`` would give a new file."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside ``path`` with the same suffix (so writers that infer a format from
@@ -29,6 +40,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
+        os.chmod(tmp, _file_mode(final))  # mkstemp makes it private (0600); give it what open() would
         yield tmp
         os.replace(tmp, final)
     except BaseException:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from stitch.config import Experiment
-from stitch.engine import pick_device
+from stitch.devices import pick_device
 from stitch.errors import StitchError, one_line_message
 from stitch.progress import Progress
 from stitch.report import write_report

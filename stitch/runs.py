@@ -8,7 +8,7 @@ Layout of a run directory ``runs/<experiment>/``::
     runs.sqlite       one row per variant x seed (stitch/store.py)
     results.csv       the same rows, flattened, for a spreadsheet
     log.txt           a plain log of everything printed, with timestamps
-    tb/<variant>_s<seed>/   TensorBoard scalars and image grids
+    tb/<slug>_s<seed>_<run id[:8]>/   TensorBoard scalars and image grids
     ckpt/<run_id>/    epoch-NNNN.pt (the last ``keep_last``) and best.pt
 """
 
@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 from stitch.config import Experiment, with_overrides
 from stitch.errors import StitchError
 from stitch.fileio import atomic_path
+from stitch.hashing import digest
 from stitch.plan import Variant, plan_variants
 from stitch.registry import BASELINES
-from stitch.store import run_id_of
 
 if TYPE_CHECKING:
     from stitch.data import DataBundle
@@ -42,6 +42,11 @@ class RunPlan:
     seed: int
     run_id: str
     config: dict[str, Any]
+
+
+def run_id_of(resolved: dict[str, Any]) -> str:
+    """A run's stable id: the first 16 hex digits of the SHA-256 of its canonical JSON config."""
+    return digest(resolved, 16)
 
 
 def with_defaults(fn: Callable[..., Any], args: dict[str, Any], skip: Sequence[str] = ()) -> dict[str, Any]:

@@ -85,7 +85,6 @@ class TensorBoardCallback(Callback):
         self, writer: SummaryWriter, data: DataBundle, device: torch.device, steps_per_epoch: int
     ) -> None:
         self.writer, self.data, self.device, self.steps = writer, data, device, steps_per_epoch
-        self.last_metrics: dict[str, Any] = {}
 
     def on_losses(self, epoch: int, step: int, parts: dict[str, float]) -> None:
         global_step = (epoch - 1) * self.steps + step

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from stitch.fileio import atomic_path
-from stitch.hashing import digest
 
 STATUSES = ("running", "done", "failed", "diverged", "pruned")  # pruned: a sweep stopped it early
 
@@ -61,11 +60,6 @@ def run_dir_files(run_dir: str | Path) -> tuple[Path, Path]:
     if not db.is_file():
         raise StitchError(f"{run_dir}: no runs.sqlite (run `stitch run {exp_file}` first)")
     return exp_file, db
-
-
-def run_id_of(resolved: dict[str, Any]) -> str:
-    """A stable id: the first 16 hex digits of the SHA-256 of the canonical JSON config."""
-    return digest(resolved, 16)
 
 
 @dataclass

@@ -46,17 +46,11 @@ from stitch.points import (
     probe,
     resolve_points,
 )
-from stitch.wrappers import WRAPPERS, Adapted, After, Before, Residual
+from stitch.wrappers import WRAPPERS, Adapted, Residual
 
-# The wrappers live in stitch.wrappers; re-exported here for code that imported them from surgery.
 __all__ = [
-    "WRAPPERS",
-    "Adapted",
-    "After",
     "Applied",
-    "Before",
     "Insertion",
-    "Residual",
     "count_params",
     "instance_seed",
     "stitch",

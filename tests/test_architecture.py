@@ -205,3 +205,51 @@ def test_only_the_cli_imports_command_modules():
 def test_no_file_over_500_lines(module):
     lines = len(MODULES[module].read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{MODULES[module].relative_to(ROOT)} has {lines} lines (at most {MAX_LINES})"
+
+
+def reachable(module: str) -> set[str]:
+    """Every project module ``module`` imports, directly or through others (run-time imports)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        for target, _, _ in GRAPH[todo.pop()]:
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def in_room(module: str, room: str) -> bool:
+    return module == room or module.startswith(room + ".")
+
+
+#: (room, rooms it must know nothing of): the "knows nothing of" column of docs/architecture.md
+KNOWS_NOTHING_OF = [
+    ("modules_zoo", ["stitch"]),
+    ("stitch.config", ["stitch.baselines", "stitch.surgery", "stitch.engine", "stitch.data", "stitch.store"]),
+    ("stitch.plan", ["stitch.baselines", "stitch.surgery", "stitch.engine", "stitch.data"]),
+    ("stitch.wrappers", ["stitch.surgery", "stitch.points", "stitch.baselines", "stitch.config"]),
+    ("stitch.data", ["stitch.baselines", "stitch.surgery", "stitch.build", "stitch.engine", "modules_zoo"]),
+    ("stitch.tasks", ["stitch.engine", "stitch.config", "stitch.session"]),
+    (
+        "stitch.engine",
+        ["stitch.tasks.segmentation", "stitch.tasks.instance", "stitch.store", "stitch.session"],
+    ),
+    ("stitch.store", ["stitch.engine", "stitch.session", "stitch.build", "stitch.data"]),
+    ("stitch.runs", ["stitch.session", "stitch.engine", "stitch.store", "stitch.report", "stitch.sweep"]),
+    ("stitch.report", ["stitch.session", "stitch.engine", "stitch.sweep"]),
+    ("stitch.show", ["stitch.session", "stitch.engine", "stitch.sweep"]),
+    ("stitch.session", ["stitch.report", "stitch.sweep"]),
+]
+
+
+@pytest.mark.parametrize(("room", "forbidden"), KNOWS_NOTHING_OF, ids=[r for r, _ in KNOWS_NOTHING_OF])
+def test_rooms_know_nothing_of_the_rooms_above(room, forbidden):
+    found = sorted(
+        f"{m} -> {t}"
+        for m in MODULES
+        if in_room(m, room)
+        for t in reachable(m)
+        if any(in_room(t, f) for f in forbidden) and not in_room(t, room)
+    )
+    assert found == []

@@ -38,6 +38,17 @@ def test_atomic_path_keeps_the_suffix_and_creates_the_folder(tmp_path):
     assert target.read_bytes() == b"png" and not tmp.exists()
 
 
+def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
+    (tmp_path / "plain.txt").write_text("x")
+    write_text(tmp_path / "atomic.txt", "x")
+    mode = (tmp_path / "plain.txt").stat().st_mode
+    assert (tmp_path / "atomic.txt").stat().st_mode == mode
+    (tmp_path / "shared.txt").write_text("x")
+    (tmp_path / "shared.txt").chmod(0o640)
+    write_text(tmp_path / "shared.txt", "y")  # replacing a file keeps its permissions
+    assert (tmp_path / "shared.txt").stat().st_mode & 0o777 == 0o640
+
+
 def test_write_json_ends_with_a_newline(tmp_path):
     write_json(tmp_path / "a.json", {"b": 1, "a": [1, 2]}, indent=1)
     text = (tmp_path / "a.json").read_text()
@@ -118,3 +129,14 @@ def test_harness_registries_resolve():
 
     opt = OPTIMIZERS.lookup("sgd")(params, OptimizerCfg(name="sgd", lr=0.1, momentum=0.5))
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.5
+
+
+# ----------------------------------------------------------------------------- errors
+def test_exception_text_quotes_a_library_error_on_one_line():
+    from stitch.errors import exception_text
+
+    exc = ValueError("first line\n  second   line")
+    assert exception_text(exc) == "first line"
+    assert exception_text(exc, join_lines=True) == "first line second line"
+    assert exception_text(ValueError("x" * 300), join_lines=True, limit=200) == "x" * 197 + "..."
+    assert exception_text(KeyError()) == "KeyError" == exception_text(KeyError(), join_lines=True)

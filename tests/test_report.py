@@ -14,8 +14,9 @@ from scipy import stats as st
 
 from stitch.config import load_experiment
 from stitch.report import ReportError, ablation_table, comparison_table, load_results, write_report
+from stitch.runs import run_id_of
 from stitch.stats import holm
-from stitch.store import ResultStore, RunRow, run_id_of
+from stitch.store import ResultStore, RunRow
 
 EXPERIMENT = """\
 name: {name}

@@ -17,6 +17,8 @@ from torchvision.models import get_model_weights, get_weight
 from torchvision.models._api import WeightsEnum
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_Weights
 
+from stitch.errors import exception_text
+
 #: The torchvision weights enum of each (backbone, version) torchvision has Mask R-CNN weights for.
 DETECTION_WEIGHTS: dict[tuple[str, int], type[WeightsEnum]] = {
     ("resnet50", 1): MaskRCNN_ResNet50_FPN_Weights,
@@ -84,7 +86,7 @@ def read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(os.path.expanduser(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = exception_text(exc)
         if "weights only load failed" in first.lower():  # torch's advice (weights_only=False) is unsafe
             first = "it holds Python objects besides tensors; save model.state_dict() with torch.save"
         raise ValueError(f"{what} file {path!r} could not be read as a torch state_dict: {first}") from exc

@@ -19,7 +19,7 @@ Checks that need torch (unknown modules, hook points, channels) happen later, in
 from stitch.config.base import NAME_PATTERN, Design, Mode, Strict
 from stitch.config.checks import SCALE_UNDONE_FOR_INSTANCES, check_cross_fields
 from stitch.config.keys import data_keys_by_dataset, schema_keys
-from stitch.config.loading import Experiment, load_experiment, parse_experiment, with_overrides
+from stitch.config.loading import Experiment, load_experiment, parse_experiment, sweep_of, with_overrides
 from stitch.config.schema import ExperimentCfg
 from stitch.config.schema_data import (
     AugmentCfg,
@@ -86,5 +86,6 @@ __all__ = [
     "load_experiment",
     "parse_experiment",
     "schema_keys",
+    "sweep_of",
     "with_overrides",
 ]

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from stitch.config.checks import check_cross_fields
 from stitch.config.schema import ExperimentCfg
+from stitch.config.schema_sweep import SweepCfg
 from stitch.config.source import SourceMap, format_path
 from stitch.config.validation_errors import data_path, describe_error
 from stitch.errors import ConfigError
@@ -101,3 +102,12 @@ def load_experiment(path: str | Path) -> Experiment:
     exp = parse_experiment(p.read_text(encoding="utf-8"), str(p))
     exp.path = p
     return exp
+
+
+def sweep_of(exp: Experiment) -> SweepCfg:
+    """The experiment's ``sweep:`` block, or a one-line error when it has none."""
+    if exp.cfg.sweep is None:
+        raise exp.source.error(
+            ("sweep",), "the experiment has no 'sweep:' block; add one (README: stitch sweep)"
+        )
+    return exp.cfg.sweep

@@ -34,7 +34,7 @@ from stitch.data.common import (
     wheel_files,
     write_json,
 )
-from stitch.errors import one_line_message
+from stitch.errors import exception_text
 
 if TYPE_CHECKING:
     from stitch.config import BrainData
@@ -61,8 +61,9 @@ def read_volume(path: Path) -> np.ndarray:
     try:
         return np.asarray(nibabel.load(str(path)).dataobj)  # type: ignore[attr-defined]  # a Nifti1Image
     except Exception as exc:  # nibabel raises several types on a damaged file
+        reason = exception_text(exc, join_lines=True, limit=200)
         raise DataError(
-            f"cannot read the NIfTI volume ({one_line_message(exc)}); reinstall: pip install --no-deps "
+            f"cannot read the NIfTI volume ({reason}); reinstall: pip install --no-deps "
             "--force-reinstall nilearn==0.14.1",
             path,
         ) from None

@@ -24,7 +24,7 @@ import numpy as np
 from stitch.data.coco_format import check_images_exist, load_coco, split_categories
 from stitch.data.common import DataError, Prepared, read_image
 from stitch.data.instance import InstancePrepared, from_coco_files
-from stitch.errors import one_line_message
+from stitch.errors import exception_text
 
 if TYPE_CHECKING:
     from stitch.config import CocoData
@@ -70,9 +70,9 @@ class CocoSource:
                     warnings.simplefilter("ignore", DeprecationWarning)
                     m = self.coco.annToMask(ann).astype(bool)
             except Exception as exc:  # pycocotools raises bare exceptions on bad polygons/RLE
+                reason = exception_text(exc, join_lines=True, limit=200)
                 raise DataError(
-                    f"annotation {ann['id']} has an unreadable segmentation ({one_line_message(exc)}); fix "
-                    "or drop it",
+                    f"annotation {ann['id']} has an unreadable segmentation ({reason}); fix or drop it",
                     self.ann_file,
                 ) from None
             mask[m] = self.ignore_index if ann.get("iscrowd", 0) else self.cat_to_label[ann["category_id"]]

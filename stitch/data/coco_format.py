@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from stitch.data.common import DataError, require_nonempty
-from stitch.errors import one_line_message
+from stitch.errors import exception_text
 
 
 # ----------------------------------------------------------------------------- values
@@ -58,8 +58,10 @@ def read_coco(path: Path, check: bool = True) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = exception_text(exc, join_lines=True, limit=200)
         raise DataError(
-            f"not a readable JSON file ({one_line_message(exc)}); re-download or re-export it", path
+            f"not a readable JSON file ({reason}); re-download or re-export it",
+            path,
         ) from None
     if check:
         check_coco(data, path)

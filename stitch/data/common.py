@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from stitch import fileio
-from stitch.errors import StitchError, one_line_message
+from stitch.errors import StitchError, exception_text
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 MASK_EXTS = (".png", ".tif", ".tiff", ".bmp")  # lossless only
@@ -99,9 +99,9 @@ def prepare_once(cache_dir: Path, name: str, build: Callable[[Path], None]) -> P
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=cache_dir))
     except OSError as exc:
+        reason = exception_text(exc, join_lines=True, limit=200)
         raise DataError(
-            f"cannot create the data cache ({one_line_message(exc)}); set data.root or $STITCH_DATA to a "
-            "writable directory",
+            f"cannot create the data cache ({reason}); set data.root or $STITCH_DATA to a writable directory",
             cache_dir,
         ) from None
     try:
@@ -150,8 +150,10 @@ def read_image(path: Path, channels: int) -> np.ndarray:
     except FileNotFoundError:
         raise DataError("image file is missing; restore it or remove it from the split", path) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        reason = exception_text(exc, join_lines=True, limit=200)
         raise DataError(
-            f"cannot read the image ({one_line_message(exc)}); re-export it (PNG/JPEG) or remove it", path
+            f"cannot read the image ({reason}); re-export it (PNG/JPEG) or remove it",
+            path,
         ) from None
     return np.ascontiguousarray(arr)
 
@@ -166,8 +168,10 @@ def image_channels(path: Path) -> int:
     except FileNotFoundError:
         raise DataError("image file is missing; restore it or remove it from the split", path) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        reason = exception_text(exc, join_lines=True, limit=200)
         raise DataError(
-            f"cannot read the image ({one_line_message(exc)}); re-export it (PNG/JPEG) or remove it", path
+            f"cannot read the image ({reason}); re-export it (PNG/JPEG) or remove it",
+            path,
         ) from None
     return 1 if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F") else 3
 
@@ -188,8 +192,10 @@ def read_mask(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise DataError("mask file is missing; restore it or remove the image from the split", path) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        reason = exception_text(exc, join_lines=True, limit=200)
         raise DataError(
-            f"cannot read the mask ({one_line_message(exc)}); re-export it as a PNG index mask", path
+            f"cannot read the mask ({reason}); re-export it as a PNG index mask",
+            path,
         ) from None
     if arr.ndim == 3:
         if mode in ("LA", "PA") or (
@@ -278,7 +284,8 @@ def read_list(path: Path, known: Sequence[str] | None = None) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read the split list ({one_line_message(exc)})", path) from None
+        reason = exception_text(exc, join_lines=True, limit=200)
+        raise DataError(f"cannot read the split list ({reason})", path) from None
     out: list[str] = []
     known_set = set(known) if known is not None else None
     for n, line in enumerate(lines, 1):

@@ -44,7 +44,7 @@ from stitch.data.common import (
     write_json,
 )
 from stitch.data.instance import InstancePrepared, from_coco_files
-from stitch.errors import one_line_message
+from stitch.errors import exception_text
 
 if TYPE_CHECKING:
     from stitch.config import NucleiData
@@ -72,8 +72,9 @@ def read_tif(path: Path) -> np.ndarray:
     try:
         return np.asarray(tifffile.imread(path))
     except Exception as exc:  # tifffile raises several types on a damaged file
+        reason = exception_text(exc, join_lines=True, limit=200)
         raise DataError(
-            f"cannot read the TIFF ({one_line_message(exc)}); reinstall: pip install --no-deps "
+            f"cannot read the TIFF ({reason}); reinstall: pip install --no-deps "
             "--force-reinstall stardist==0.9.2",
             path,
         ) from None

@@ -23,7 +23,26 @@ results database.
   (:mod:`stitch.sweep.outputs`).
 """
 
-from stitch.sweep.check import check_sweep
-from stitch.sweep.runner import SweepResult, run_sweep
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stitch.sweep.check import check_sweep
+    from stitch.sweep.runner import SweepResult, run_sweep
 
 __all__ = ["SweepResult", "check_sweep", "run_sweep"]
+
+
+def __getattr__(name: str) -> Any:
+    # lazy: `stitch validate` of a sweep file needs check_sweep only, not optuna's study machinery,
+    # TensorBoard and the training session that running a sweep imports
+    if name == "check_sweep":
+        from stitch.sweep.check import check_sweep
+
+        return check_sweep
+    if name in ("SweepResult", "run_sweep"):
+        from stitch.sweep import runner
+
+        return getattr(runner, name)
+    raise AttributeError(name)

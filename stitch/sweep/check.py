@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import modules_zoo
 from stitch.build import baseline_of, build_baseline
-from stitch.config import Experiment, SlotCfg
+from stitch.config import Experiment, SlotCfg, sweep_of
 from stitch.errors import did_you_mean
 from stitch.points import PointLookupError, resolve_points
-from stitch.sweep.objectives import objectives_of, sweep_of
+from stitch.sweep.objectives import objectives_of
 from stitch.sweep.space import check_train_paths, grid_space
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from stitch.config import TASK_METRICS, Experiment, SweepCfg
+from stitch.config import TASK_METRICS, Experiment, sweep_of
 from stitch.costs import variant_costs
 from stitch.plan import Variant
 from stitch.store import RunRow
@@ -22,15 +22,6 @@ class Objective:
 
     metric: str
     direction: Literal["maximize", "minimize"]
-
-
-def sweep_of(exp: Experiment) -> SweepCfg:
-    """The experiment's ``sweep:`` block, or a one-line error when it has none."""
-    if exp.cfg.sweep is None:
-        raise exp.source.error(
-            ("sweep",), "the experiment has no 'sweep:' block; add one (README: stitch sweep)"
-        )
-    return exp.cfg.sweep
 
 
 def objectives_of(exp: Experiment) -> list[Objective]:

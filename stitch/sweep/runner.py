@@ -11,15 +11,15 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from stitch.config import Experiment
-from stitch.engine import pick_device
+from stitch.config import Experiment, sweep_of
+from stitch.devices import pick_device
 from stitch.errors import StitchError, one_line_message
 from stitch.progress import Progress
 from stitch.registry import PRUNERS, SAMPLERS
 from stitch.report import write_runs_table
 from stitch.runs import experiment_data, open_run_dir, preflight, run_logger
 from stitch.sweep.check import check_sweep
-from stitch.sweep.objectives import objectives_of, prunable, sweep_of
+from stitch.sweep.objectives import objectives_of, prunable
 from stitch.sweep.outputs import write_outputs
 from stitch.sweep.space import grid_size
 from stitch.sweep.study import count, fail_stale_trials, finished, open_storage, retry_failed_trials

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from stitch.config import Experiment, RangeCfg, SweepCfg, parse_experiment
+from stitch.config import Experiment, RangeCfg, SweepCfg, parse_experiment, sweep_of
 from stitch.errors import StitchError
-from stitch.sweep.objectives import sweep_of
 
 if TYPE_CHECKING:
     from optuna.trial import Trial

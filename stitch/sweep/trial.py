@@ -15,15 +15,15 @@ import torch
 from optuna.trial import Trial
 
 from stitch.build import BuiltModel, stitch_variant
-from stitch.config import Experiment
+from stitch.config import Experiment, sweep_of
 from stitch.engine import StopTraining
 from stitch.errors import StitchError, one_line_message
 from stitch.plan import Variant
 from stitch.progress import Progress
-from stitch.runs import RunPlan, resolved_config
+from stitch.runs import RunPlan, resolved_config, run_id_of
 from stitch.session import RunSession
-from stitch.store import ResultStore, RunRow, run_id_of, write_results_csv
-from stitch.sweep.objectives import Objective, objective_values, prunable, sweep_of
+from stitch.store import ResultStore, RunRow, write_results_csv
+from stitch.sweep.objectives import Objective, objective_values, prunable
 from stitch.sweep.pruning import PruneWeakTrial
 from stitch.sweep.space import experiment_yaml, insertions_label, suggest, trial_experiment
 from stitch.sweep.study import claim_configuration
