@@ -1,10 +1,10 @@
 """Every registry of the harness, in one place (after mmengine's ``registry/root.py``).
 
 A :class:`Registry` maps a name used in the experiment file to an object: a baseline spec, a
-dataset module, a task class, an optimiser, a sampler or pruner factory. Entries are either added
-where they are defined (``@OPTIMIZERS.register("sgd")``) or named here as ``"module:attribute"``
-locations that are imported on first use, so reading the registry costs no heavy imports and this
-module imports nothing of the rooms it serves. The module zoo keeps its own registry
+dataset module, a task factory, an optimiser, a sampler or pruner factory. Entries are named here
+as ``"module:attribute"`` locations that are imported on first use (or added at run time with
+:meth:`Registry.add` / the :meth:`Registry.register` decorator), so reading the registry costs
+no heavy imports and this module imports nothing of the rooms it serves. The module zoo keeps its own registry
 (:mod:`modules_zoo.registry`) so that ``modules_zoo`` does not depend on ``stitch``.
 """
 
@@ -66,11 +66,11 @@ class Registry(Mapping[str, T], Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
-    def lookup(self, name: str, fix: str = "") -> T:
-        """``self[name]``, or a one-line error listing the known names (and ``fix``, if given)."""
+    def lookup(self, name: str) -> T:
+        """``self[name]``, or a one-line error listing the known names."""
         if name not in self._entries:
             hint = did_you_mean(name, list(self._entries)) or f"; expected one of {', '.join(self._entries)}"
-            raise StitchError(f"unknown {self.kind} {name!r}{hint}{fix}")
+            raise StitchError(f"unknown {self.kind} {name!r}{hint}")
         return self[name]
 
     def __repr__(self) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stitch.data.common import DataError, Prepared, SegDataset, resolve_cache_dir
-from stitch.registry import DATASETS
+from stitch.registry import DATASETS, TASKS
 
 if TYPE_CHECKING:
     from stitch.config import DataCfg
@@ -42,7 +42,7 @@ __all__ = [
 # DATASETS (``data.dataset`` -> its module here, imported on first use) is stitch.registry's, re-exported.
 #: the datasets with per-object masks (a ``build_instance`` function): the instance task.
 INSTANCE_DATASETS = ("coco", "voc", "nuclei", "shapes")
-TASKS = ("segmentation", "instance")
+# TASKS (the task names) is stitch.registry's too, re-exported.
 
 
 @dataclass
