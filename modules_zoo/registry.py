@@ -8,7 +8,8 @@ space all see the same list.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -109,6 +110,8 @@ class ZooEntry:
     absorbs: Absorbs = ()
     fit: Callable[[Site], dict[str, Any]] | None = None
     fit_args: tuple[str, ...] = ()
+    #: where the entry comes from: ``"zoo"``, or the plugin file / module that registered it
+    origin: str = "zoo"
 
     def parameters(self) -> dict[str, inspect.Parameter]:
         return dict(inspect.signature(self.builder).parameters)
@@ -149,13 +152,29 @@ class ZooEntry:
 
 
 _REGISTRY: dict[str, ZooEntry] = {}
+#: the origin recorded for registrations made now (``"zoo"`` unless a plugin is being imported)
+_origin: list[str] = ["zoo"]
+
+
+class RegistrationError(ValueError):
+    """A name registered twice; the one-line message names both origins."""
+
+
+@contextmanager
+def registering_from(origin: str) -> Iterator[None]:
+    """Record ``origin`` (a plugin file or module) on every entry registered inside the block."""
+    _origin.append(origin)
+    try:
+        yield
+    finally:
+        _origin.pop()
 
 
 def register(
     name: str,
     kind: Kind,
-    reference: str,
-    summary: str,
+    reference: str = "",
+    summary: str = "",
     modes: tuple[str, ...] | None = None,
     aliases: Mapping[str, str] | None = None,
     absorbs: Absorbs = (),
@@ -165,24 +184,79 @@ def register(
     """Decorator registering a module class or builder function under ``name``
     (``absorbs``, ``fit`` and ``fit_args``: see :class:`ZooEntry`)."""
 
+    if kind not in DEFAULT_MODES:
+        raise RegistrationError(f"module {name!r}: kind {kind!r} is not one of {', '.join(DEFAULT_MODES)}")
+
     def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"zoo module {name!r} registered twice")
+        origin = _origin[-1]
+        if name in _REGISTRY and _REGISTRY[name].builder is not builder:
+            first = _REGISTRY[name].origin
+            where = "the zoo" if first == "zoo" else first
+            raise RegistrationError(
+                f"module name {name!r} is registered twice ({where} and {origin}); "
+                + ("choose another name" if first == "zoo" else "rename one of them")
+            )
         _REGISTRY[name] = ZooEntry(
             name=name,
             kind=kind,
             builder=builder,
             reference=reference,
-            summary=summary,
+            summary=summary or _first_doc_line(builder),
             modes=tuple(modes) if modes else DEFAULT_MODES[kind],
             aliases=dict(aliases or {}),
             absorbs=absorbs if callable(absorbs) else tuple(absorbs),
             fit=fit,
             fit_args=tuple(fit_args),
+            origin=origin,
         )
         return builder
 
     return deco
+
+
+def _first_doc_line(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def entry_from_class(name: str, cls: Any, origin: str) -> ZooEntry:
+    """An entry for an unregistered ``nn.Module`` class named in the YAML as ``name``
+    (``"pkg.mod:Class"``): its kind comes from ``forward``'s required positional arguments (one
+    tensor: unary; two: fusion). Raises :class:`RegistrationError` with a one-line reason."""
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        what = f"a {type(cls).__name__}" if not inspect.isclass(cls) else f"class {cls.__name__}"
+        raise RegistrationError(f"{name!r} is {what}, not an nn.Module subclass")
+    params = list(inspect.signature(cls.forward).parameters.values())[1:]  # without self
+    required = [
+        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    if len(required) not in (1, 2):
+        raise RegistrationError(
+            f"{name!r}: forward takes {len(required)} required tensor argument(s); a unary module "
+            "takes one (x), a fusion module two (x, y); register other kinds with stitch.register_module"
+        )
+    kind: Kind = "unary" if len(required) == 1 else "fusion"
+    return ZooEntry(
+        name=name,
+        kind=kind,
+        builder=cls,
+        reference="",
+        summary=_first_doc_line(cls),
+        modes=DEFAULT_MODES[kind],
+        origin=origin,
+    )
+
+
+def add_reference(entry: ZooEntry) -> ZooEntry:
+    """Add (or refresh) the entry of a ``"pkg.mod:Class"`` reference; references name their
+    class exactly, so a later resolution of the same text replaces an earlier one."""
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def unregister(name: str) -> None:
+    """Remove ``name`` (a plugin's entry; tests use it to undo a plugin)."""
+    _REGISTRY.pop(name, None)
 
 
 def get(name: str) -> ZooEntry:

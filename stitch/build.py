@@ -19,6 +19,7 @@ from stitch.baselines import BASELINES, BaselineSpec
 from stitch.config import Experiment, format_path
 from stitch.errors import ConfigError, StitchingError, check_types, did_you_mean, exception_text
 from stitch.plan import Variant, find_variant, plan_variants
+from stitch.plugins import load_plugins
 from stitch.points import probe
 from stitch.surgery import Applied, Insertion, count_params, stitch
 
@@ -66,6 +67,7 @@ def check_kwargs(fn: Callable[..., Any], args: dict[str, Any]) -> str | None:
 def baseline_of(exp: Experiment) -> BaselineSpec:
     """The experiment's baseline spec, with its name, task and arguments checked."""
     cfg, src = exp.cfg, exp.source
+    load_plugins(exp)
     if cfg.baseline.model not in BASELINES:
         raise src.error(
             ("baseline", "model"),

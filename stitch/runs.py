@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stitch.config import Experiment, with_overrides
+from stitch.config.loading import SOURCE_FOLDER_FILE
 from stitch.errors import StitchError
-from stitch.fileio import atomic_path
+from stitch.fileio import atomic_path, write_text
 from stitch.hashing import digest
 from stitch.plan import Variant, plan_variants
+from stitch.plugins import load_plugins, module_refs
 from stitch.registry import BASELINES
 
 if TYPE_CHECKING:
@@ -115,6 +117,7 @@ def plan_runs(
         raise StitchError(
             f"--seeds {' '.join(map(str, seeds))}: seeds repeat; paired statistics need distinct seeds"
         )
+    load_plugins(exp)
     out = []
     for variant in plan_variants(exp.cfg):
         for seed in seeds if seeds is not None else exp.cfg.seeds:
@@ -155,6 +158,7 @@ def experiment_data(exp: Experiment) -> tuple[Experiment, DataBundle]:
             "the experiment has no 'data:' block; add one, e.g. data: {dataset: nuclei}"
             " (README: The experiment file)",
         )
+    load_plugins(exp)
     data = build_data(exp.cfg.data, task=exp.cfg.task)
     return fit_baseline_to_data(exp, data.num_classes, data.in_channels), data
 
@@ -169,7 +173,15 @@ def open_run_dir(exp: Experiment, out: str | Path) -> Path:
     if exp.path is not None and not _same_file(exp.path, run_dir / "experiment.yaml"):
         with atomic_path(run_dir / "experiment.yaml") as tmp:
             shutil.copyfile(exp.path, tmp)
+        if uses_plugins(exp) and exp.base_dir is not None:  # the copy's relative plugin paths
+            write_text(run_dir / SOURCE_FOLDER_FILE, f"{exp.base_dir.resolve()}\n")
     return run_dir
+
+
+def uses_plugins(exp: Experiment) -> bool:
+    """Whether the experiment imports code: ``plugins:`` or a ``file.py:Name`` / ``pkg.mod:Name``
+    module or baseline."""
+    return bool(exp.cfg.plugins) or ":" in exp.cfg.baseline.model or bool(module_refs(exp))
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -31,6 +31,8 @@ class Experiment:
     cfg: ExperimentCfg
     source: SourceMap
     path: Path | None = None
+    #: the folder relative paths in the file (``plugins:``, ``file.py:Name``) are resolved against
+    base_dir: Path | None = None
 
     @property
     def name(self) -> str:
@@ -89,7 +91,7 @@ def with_overrides(
         raise ConfigError(
             f"{format_path(tuple(err['loc']))}: {err['msg']} (got {err.get('input')!r})", "command line"
         ) from None
-    return Experiment(cfg=cfg, source=exp.source, path=exp.path)
+    return Experiment(cfg=cfg, source=exp.source, path=exp.path, base_dir=exp.base_dir)
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -101,7 +103,24 @@ def load_experiment(path: str | Path) -> Experiment:
         )
     exp = parse_experiment(p.read_text(encoding="utf-8"), str(p))
     exp.path = p
+    exp.base_dir = source_folder(p)
     return exp
+
+
+#: In a run directory, the folder the experiment file was copied from (one line, absolute path):
+#: relative plugin paths of the copy ``experiment.yaml`` resolve against it.
+SOURCE_FOLDER_FILE = "experiment-folder.txt"
+
+
+def source_folder(path: Path) -> Path:
+    """The folder relative paths in the experiment file ``path`` are resolved against: the one
+    recorded next to it in :data:`SOURCE_FOLDER_FILE` (a run directory's copy), else its own."""
+    note = path.parent / SOURCE_FOLDER_FILE
+    if note.is_file():
+        recorded = note.read_text(encoding="utf-8").strip()
+        if recorded:
+            return Path(recorded)
+    return path.parent.resolve()
 
 
 def sweep_of(exp: Experiment) -> SweepCfg:

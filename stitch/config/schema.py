@@ -20,6 +20,9 @@ class ExperimentCfg(Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     task: Literal["segmentation", "instance"]
     description: str = ""
+    #: Python files (relative to the experiment file) or module names imported before the zoo is
+    #: read: the only way an experiment file runs code (stitch.plugins)
+    plugins: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     baseline: BaselineCfg
     data: DataCfg | None = None
     train: TrainCfg = Field(default_factory=TrainCfg)

@@ -137,7 +137,9 @@ def trial_experiment(
         for part in parents:
             node = node[part]
         node[last] = value
-    return parse_experiment(experiment_yaml(data), label)
+    texp = parse_experiment(experiment_yaml(data), label)
+    texp.base_dir = exp.base_dir  # its plugin paths are the sweep file's
+    return texp
 
 
 def experiment_yaml(data: dict[str, Any]) -> str:
