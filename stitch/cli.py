@@ -72,7 +72,7 @@ def cmd_points(args: argparse.Namespace) -> int:
 def cmd_zoo(args: argparse.Namespace) -> int:
     from stitch.listings import print_zoo
 
-    print_zoo(as_json=args.json)
+    print_zoo(as_json=args.json, plugins=args.plugins)
     return 0
 
 
@@ -260,8 +260,15 @@ def make_parser() -> argparse.ArgumentParser:
     sh.add_argument("--output", help="PNG path (default: RUN_DIR/show_<variant>_s<seed>.png)")
     sh.set_defaults(func=cmd_show)
 
-    z = sub.add_parser("zoo", help="list the stitchable modules")
+    z = sub.add_parser("zoo", help="list the stitchable modules (the zoo's and the plugins')")
     z.add_argument("--json", action="store_true")
+    z.add_argument(
+        "--plugins",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="import these plugin files (.py) or modules first and list what they register",
+    )
     z.set_defaults(func=cmd_zoo)
     return p
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich import box
@@ -15,8 +16,11 @@ from rich.table import Table
 import modules_zoo
 from stitch.build import list_points
 from stitch.config import Experiment, load_experiment
+from stitch.errors import StitchError, one_line_message
 from stitch.plan import plan_variants
+from stitch.plugins import import_plugin, load_plugins
 from stitch.points import format_shape
+from stitch.runs import fit_baseline_to_data
 from stitch.validate import human_count, validate_experiment
 
 
@@ -39,6 +43,8 @@ def print_validation(path: str) -> None:
     anything is printed."""
     console = make_console()
     exp = load_experiment(path)
+    plugins = load_plugins(exp)
+    exp, data_line = fitted_to_data(exp)
     cfg = exp.cfg
     variants = plan_variants(cfg)
     checks = validate_experiment(exp)  # before printing anything: a mistake is one line only
@@ -53,6 +59,13 @@ def print_validation(path: str) -> None:
         f"{plural(len(variants), 'variant')} x {plural(len(cfg.seeds), 'seed')} {cfg.seeds} = "
         f"{plural(len(variants) * len(cfg.seeds), 'run')}"
     )
+    for plugin in plugins:
+        registered = plugin.modules + [f"baseline {b}" for b in plugin.baselines]
+        console.print(
+            f"plugin: {plugin.ref} ({shown_origin(plugin.origin)}) imported"
+            + (f", registers {', '.join(registered)}" if registered else ", registers nothing")
+        )
+    console.print(data_line)
     if sweep_line is not None:
         console.print(sweep_line)
     elif not cfg.insertions:
@@ -106,9 +119,45 @@ def print_validation(path: str) -> None:
     )
 
 
+def shown_origin(origin: str) -> str:
+    """A module's origin as shown: ``zoo``, a module name, or a file relative to the working
+    directory when it lies inside it."""
+    path = Path(origin)
+    if path.is_absolute():
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return origin
+    return origin
+
+
+def fitted_to_data(exp: Experiment) -> tuple[Experiment, str]:
+    """``exp`` with the baseline's class count and channels taken from its data (so the printed
+    parameter counts are the trained model's), and a line saying what was read. Data that cannot
+    be read is not a validation error (the run reports it); the line says so instead."""
+    if exp.cfg.data is None:
+        return exp, "data: none in the file; built with the baseline's own arguments"
+    from stitch.data import build_data
+
+    try:
+        data = build_data(exp.cfg.data, task=exp.cfg.task)
+    except StitchError as exc:
+        return exp, (
+            f"data: could not read the {exp.cfg.data.dataset} data ({one_line_message(exc)}); "
+            "built with the baseline's own class count and channels"
+        )
+    fitted = fit_baseline_to_data(exp, data.num_classes, data.in_channels)
+    return fitted, (
+        f"data: {exp.cfg.data.dataset}, {plural(data.num_classes, 'class')}, "
+        f"{plural(data.in_channels, 'channel')}: every variant is built for it"
+    )
+
+
 def plural(n: int, word: str) -> str:
-    """``1 run``, ``3 runs``."""
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+    """``1 run``, ``3 runs``, ``2 classes``."""
+    if n == 1:
+        return f"{n} {word}"
+    return f"{n} {word}es" if word.endswith("s") else f"{n} {word}s"
 
 
 def group_applied(applied: list[Any]) -> list[tuple[str, str, str, str, str]]:
@@ -154,9 +203,14 @@ def print_points(exp: Experiment, include_all: bool, as_json: bool) -> None:
         print("(aliased points only; --all lists every module path, each of which is a hook point too)")
 
 
-def print_zoo(as_json: bool) -> None:
-    """The zoo's modules: a table, or JSON with every argument and hook-point alias."""
+def print_zoo(as_json: bool, plugins: Sequence[str] = ()) -> None:
+    """The zoo's modules and those the ``plugins`` (files relative to the working directory, or
+    module names) register: a table, or JSON with every argument and hook-point alias."""
+    for ref in plugins:
+        import_plugin(ref, Path.cwd(), "the working directory")
     entries = modules_zoo.entries()
+    if plugins:  # what the plugins register, first
+        entries = sorted(entries, key=lambda e: e.origin == "zoo")
     if as_json:
         print(
             json.dumps(
@@ -167,6 +221,7 @@ def print_zoo(as_json: bool) -> None:
                         "modes": list(e.modes),
                         "reference": e.reference,
                         "summary": e.summary,
+                        "origin": e.origin,
                         "probe_arguments": e.probe_arguments(),
                         "arguments": [
                             {
@@ -186,9 +241,11 @@ def print_zoo(as_json: bool) -> None:
             )
         )
         return
-    table = make_table("module zoo", ["name", "kind", "modes", "arguments", "reference"])
+    table = make_table("module zoo", ["name", "kind", "modes", "arguments", "reference", "origin"])
     for e in entries:
         arg_text = ", ".join(f"{a.name}={a.default!r}" if not a.required else a.name for a in e.arguments())
-        table.add_row(e.name, e.kind, ", ".join(e.modes), arg_text, e.reference)
+        table.add_row(
+            e.name, e.kind, ", ".join(e.modes), arg_text, e.reference or e.summary, shown_origin(e.origin)
+        )
     make_console().print(table)
     print("channels, in_channels, out_channels and stride come from the shape probe")

@@ -59,13 +59,11 @@ def _file_path(ref: str, base_dir: Path) -> Path:
     return path if path.is_absolute() else (base_dir / path)
 
 
-def import_file(path: Path, ref: str) -> ModuleType:
+def import_file(path: Path, ref: str, relative_to: str = "the experiment file") -> ModuleType:
     """Import the Python file ``path`` once per process (the module name hashes its absolute path)."""
     path = path.resolve()
     if not path.is_file():
-        raise PluginError(
-            f"plugin file {ref!r} does not exist ({path}); paths are relative to the experiment file"
-        )
+        raise PluginError(f"plugin file {ref!r} does not exist ({path}); paths are relative to {relative_to}")
     name = f"stitch_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
     if name in sys.modules:
         return sys.modules[name]
@@ -121,10 +119,11 @@ def _where(exc: BaseException, path: Path | None) -> str:
     return text
 
 
-def import_plugin(ref: str, base_dir: Path) -> ModuleType:
-    """Import one entry of ``plugins:``: a file path (relative to ``base_dir``) or a module name."""
+def import_plugin(ref: str, base_dir: Path, relative_to: str = "the experiment file") -> ModuleType:
+    """Import one entry of ``plugins:``: a file path (relative to ``base_dir``, which is
+    ``relative_to`` in words) or a module name."""
     if is_file_ref(ref):
-        return import_file(_file_path(ref, base_dir), ref)
+        return import_file(_file_path(ref, base_dir), ref, relative_to)
     return import_module(ref)
 
 

@@ -9,9 +9,9 @@ import torch
 from torchvision.utils import save_image
 
 from stitch.build import stitch_variant
-from stitch.config import load_experiment
 from stitch.errors import StitchError, did_you_mean, exception_text
 from stitch.fileio import atomic_path
+from stitch.plugins import load_experiment_with_plugins
 from stitch.runs import experiment_data, plan_runs
 from stitch.store import ResultStore, RunRow, run_dir_files
 from stitch.visualize import prediction_grid
@@ -26,7 +26,7 @@ def show_run(
     exp_file, db = run_dir_files(run_dir)
     if out is not None and not out.parent.is_dir():
         raise StitchError(f"--output {out}: the folder {out.parent} does not exist")
-    exp, data = experiment_data(load_experiment(exp_file))
+    exp, data = experiment_data(load_experiment_with_plugins(exp_file))
     # only runs of the experiment file as it is now: an older config's checkpoint would not fit
     plans = {p.run_id: p for p in plan_runs(exp, epochs=None)}
     with ResultStore(db) as store:

@@ -356,6 +356,11 @@ def _fit_site(ins: Insertion, entry: registry.ZooEntry, shown: str, site: regist
         raise ins.error(shown, str(exc)) from None
 
 
+def _required(entry: registry.ZooEntry, name: str) -> bool:
+    param = entry.parameters().get(name)
+    return param is not None and param.default is param.empty
+
+
 def _build_module(
     ins: Insertion,
     entry: registry.ZooEntry,
@@ -391,6 +396,15 @@ def _build_module(
     problem = check_types(entry.builder, ins.cfg.args)
     if problem:
         raise ins.error(shown, f"{entry.name}: {problem}", "args")
+    unfilled = [a.name for a in entry.arguments() if a.required and a.name not in ins.cfg.args]
+    unfilled += [k for k in takes if k not in probed and k not in ins.cfg.args and _required(entry, k)]
+    if unfilled:
+        raise ins.error(
+            shown,
+            f"{entry.name} needs constructor argument {unfilled[0]!r}, which the shape probe cannot fill "
+            f"(it fills only {', '.join(registry.PROBE_ARGS)}); set it under args:",
+            "args",
+        )
     try:
         module = entry.build(probed, ins.cfg.args)
     except Exception as exc:  # whatever a constructor raises on these arguments is the user's to fix

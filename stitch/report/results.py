@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stitch.config import Experiment, load_experiment, with_overrides
+from stitch.config import Experiment, with_overrides
 from stitch.errors import StitchError
 from stitch.plan import Variant, plan_variants
+from stitch.plugins import load_experiment_with_plugins
 from stitch.report.labels import PERCENT_METRICS
 from stitch.runs import resolved_insertion
 from stitch.stats import PairedTest, compare_to_reference
@@ -213,7 +214,7 @@ def load_results(
         exp_file, db = run_dir_files(run_dir)
     except StitchError as exc:
         raise ReportError(str(exc)) from None
-    exp = load_experiment(exp_file)
+    exp = load_experiment_with_plugins(exp_file)
     with ResultStore(db) as store:
         rows = store.rows()
     variants, notes = select_runs(exp, rows)

@@ -44,12 +44,13 @@ def write_runs_table(run_dir: str | Path, out_dir: str | Path, standalone: bool 
     the best value of each metric column in bold. ``stitch report RUN_DIR`` of a sweep writes it."""
     import pandas as pd
 
-    from stitch.config import load_experiment, sweep_of
+    from stitch.config import sweep_of
+    from stitch.plugins import load_experiment_with_plugins
     from stitch.store import ResultStore, run_dir_files
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     exp_file, db = run_dir_files(run_dir)
-    exp = load_experiment(exp_file)
+    exp = load_experiment_with_plugins(exp_file)
     sweep = sweep_of(exp)
     metrics = list(dict.fromkeys([exp.cfg.primary_metric, *exp.cfg.metrics.report]))
     with ResultStore(db) as store:
