@@ -47,18 +47,18 @@ def cmd_points(args: argparse.Namespace) -> int:
         Experiment,
         ExperimentCfg,
         SourceMap,
-        load_experiment,
         with_overrides,
     )
     from stitch.errors import did_you_mean
     from stitch.listings import print_points
+    from stitch.plugins import load_experiment_with_plugins
 
     target = args.target
     if target in BASELINES:
         cfg = ExperimentCfg(name="points", task=BASELINES[target].task, baseline=BaselineCfg(model=target))
         exp = Experiment(cfg=cfg, source=SourceMap(f"<{target}>"))
     elif Path(target).suffix in (".yaml", ".yml") or Path(target).exists():
-        exp = load_experiment(target)
+        exp = load_experiment_with_plugins(target)
     else:
         raise StitchError(
             f"{target!r} is neither a baseline nor an experiment file"
@@ -78,10 +78,10 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- run / show
 def cmd_run(args: argparse.Namespace) -> int:
-    from stitch.config import load_experiment
+    from stitch.plugins import load_experiment_with_plugins
     from stitch.run import run_experiment
 
-    exp = load_experiment(args.experiment)
+    exp = load_experiment_with_plugins(args.experiment)
     rows = run_experiment(
         exp,
         out=args.out,
@@ -97,10 +97,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from stitch.config import load_experiment
+    from stitch.plugins import load_experiment_with_plugins
     from stitch.sweep import run_sweep
 
-    exp = load_experiment(args.experiment)
+    exp = load_experiment_with_plugins(args.experiment)
     result = run_sweep(
         exp,
         out=args.out,

@@ -356,3 +356,26 @@ def test_example_plugin_experiment_validates(capsys) -> None:
     assert main(["validate", str(ROOT / "experiments" / "plugins" / "unet_my_attention.yaml")]) == 0
     out = capsys.readouterr().out
     assert "registers eca" in out and "my_attention.py:GatedSkip" in out and "ok: 4 variants" in out
+
+
+def test_sweep_over_plugin_modules(tmp_path: Path, capsys) -> None:
+    exp_path = write_plugin_experiment(tmp_path, prefix="sw_")
+    text = exp_path.read_text().split("insertions:")[0] + textwrap.dedent("""\
+        sweep:
+          trials: 2
+          epochs: 1
+          sampler: random
+          pruner: none
+          slots:
+            - name: ENC
+              at: [enc1, enc2]
+              modules: [sw_gain, "plugins/attn.py:Gain", SE]
+              args:
+                sw_gain: {init: [0.5, 1.0]}
+        """)
+    exp_path.write_text(text)
+    assert main(["validate", str(exp_path)]) == 0
+    assert "sweep" in capsys.readouterr().out
+    assert main(["sweep", str(exp_path), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
+    with ResultStore(tmp_path / "runs" / "plug" / "runs.sqlite") as store:
+        assert len([r for r in store.rows() if r.status == "done"]) == 2
