@@ -110,7 +110,7 @@ def _where(exc: BaseException, path: Path | None) -> str:
     text = f"{type(exc).__name__}: {exception_text(exc)}"
     if isinstance(exc, SyntaxError) and exc.filename:
         return f"{text} ({exc.filename}:{exc.lineno})"
-    frames = traceback.extract_tb(exc.__traceback__)
+    frames: list[traceback.FrameSummary] = list(traceback.extract_tb(exc.__traceback__))
     if path is not None:
         mine = [f for f in frames if Path(f.filename).resolve() == path]
         frames = mine or frames
