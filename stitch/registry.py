@@ -34,13 +34,21 @@ class Registry(Mapping[str, T], Generic[T]):
         for name in self._lazy:
             self._entries[name] = None  # keeps the declared order
 
-    def add(self, name: str, obj: T) -> T:
-        """Register ``obj`` under ``name`` (a name declared lazily is filled in); returns ``obj``."""
-        if self._entries.get(name) is not None and self._entries[name] is not obj:
+    def add(self, name: str, obj: T, replace: bool = False) -> T:
+        """Register ``obj`` under ``name`` (a name declared lazily is filled in); returns ``obj``.
+
+        A second, different object under a taken name is a ``ValueError`` unless ``replace``.
+        """
+        if not replace and self._entries.get(name) is not None and self._entries[name] is not obj:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = obj
         self._lazy.pop(name, None)
         return obj
+
+    def remove(self, name: str) -> None:
+        """Forget ``name`` (an entry added at run time, e.g. by a test); unknown names are ignored."""
+        self._entries.pop(name, None)
+        self._lazy.pop(name, None)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator form of :meth:`add`."""
@@ -83,6 +91,16 @@ BASELINES: Registry[Any] = Registry(
     {
         "unet": "stitch.baselines.unet:UNET",
         "maskrcnn": "stitch.baselines.maskrcnn:MASKRCNN",
+        "timm_unet": "stitch.baselines.timm_unet:TIMM_UNET",
+        **{
+            name: f"stitch.baselines.torchvision_seg:{name.upper()}"
+            for name in (
+                "fcn_resnet50",
+                "deeplabv3_resnet50",
+                "deeplabv3_mobilenet_v3_large",
+                "lraspp_mobilenet_v3_large",
+            )
+        },
     },
 )
 #: ``data.dataset`` -> a module of :mod:`stitch.data` with ``build(cfg, cache_dir)`` (and, for

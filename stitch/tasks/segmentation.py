@@ -3,6 +3,10 @@
 The engine (``stitch/engine.py``) owns the loop, device, precision and checkpoints; a task only
 says how a batch becomes a loss and how a model is evaluated, so Mask R-CNN can plug in the same
 loop later.
+
+A segmentation model returns ``N x K x H x W`` logits, either as a tensor or, like torchvision's
+segmentation models, as a dict whose ``"out"`` entry holds them (:func:`segmentation_logits`);
+torchvision's auxiliary ``"aux"`` output is ignored (not part of the loss).
 """
 
 from __future__ import annotations
@@ -38,6 +42,24 @@ def soft_dice_loss(
     return 1.0 - ((2 * inter + eps) / (denom + eps)).mean()
 
 
+def segmentation_logits(output: Any) -> torch.Tensor:
+    """The logits of a segmentation model's output: the tensor itself, or a dict's ``"out"``
+    entry (torchvision's segmentation models); anything else is a one-line ``TypeError``."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict) and isinstance(output.get("out"), torch.Tensor):
+        return output["out"]
+    if isinstance(output, dict):
+        raise TypeError(
+            f"a segmentation model returned a dict with keys {sorted(map(str, output))}; "
+            "it needs the logits under 'out' (or a tensor)"
+        )
+    raise TypeError(
+        f"a segmentation model returned a {type(output).__name__}; it needs an N x K x H x W logits "
+        "tensor (or a dict with the logits under 'out')"
+    )
+
+
 @dataclass
 class SegmentationTask:
     """Loss and evaluation for semantic segmentation with ``num_classes`` classes."""
@@ -48,7 +70,7 @@ class SegmentationTask:
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """The training loss of one batch and its parts (for logging)."""
-        logits = model(batch["image"])
+        logits = segmentation_logits(model(batch["image"]))
         target = batch["mask"]
         parts: dict[str, torch.Tensor] = {}
         if "ce" in self.loss_name.split("+"):
@@ -70,7 +92,7 @@ class SegmentationTask:
             for batch in batches:
                 image = batch["image"].to(device, non_blocking=True)
                 target = batch["mask"].to(device, non_blocking=True)
-                logits = model(image)
+                logits = segmentation_logits(model(image))
                 loss = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)
                 loss_sum += float(loss) * image.shape[0]
                 n += image.shape[0]
