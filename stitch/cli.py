@@ -202,7 +202,7 @@ def make_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_validate)
 
     pt = sub.add_parser("points", help="list hook points with their shapes")
-    pt.add_argument("target", metavar="unet|maskrcnn|EXPERIMENT.yaml")
+    pt.add_argument("target", metavar="BASELINE|EXPERIMENT.yaml")
     pt.add_argument("--json", action="store_true", help="every module path, as JSON")
     pt.add_argument("--all", action="store_true", help="every module path, not only aliased points")
     pt.add_argument(

@@ -48,6 +48,7 @@ from stitch.fileio import write_text
 from stitch.hashing import digest
 from stitch.model_mode import eval_mode
 from stitch.plan import Variant
+from stitch.runs import with_defaults
 
 COSTS_VERSION = 1
 
@@ -138,7 +139,8 @@ def example_input(exp: Experiment, image_size: tuple[int, int] | None = None, ba
     g = torch.Generator().manual_seed(0)
     if exp.cfg.task == "instance":
         return [torch.rand(3, h, w, generator=g) for _ in range(batch_size)]
-    c = int(exp.cfg.baseline.args.get("in_channels", 3))
+    args = with_defaults(baseline_of(exp).build, exp.cfg.baseline.args)  # the builder's own default
+    c = int(args.get("in_channels", 3))
     return torch.rand(batch_size, c, h, w, generator=g)
 
 

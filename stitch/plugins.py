@@ -203,7 +203,7 @@ def load_plugins(exp: Experiment) -> list[LoadedPlugin]:
         try:
             factory = resolve_object(exp.cfg.baseline.model, base_dir, "baseline")
             add_baseline_ref(exp.cfg.baseline.model, factory, exp.cfg.task)
-        except PluginError as exc:
+        except StitchError as exc:
             raise _located(exp, ("baseline", "model"), exc) from None
     return loaded
 

@@ -10,6 +10,7 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from stitch.model_mode import eval_mode
+from stitch.tasks.segmentation import segmentation_logits
 
 
 def palette(num_classes: int) -> torch.Tensor:
@@ -59,7 +60,7 @@ def prediction_grid(
         tiles = []
         for i in range(min(n, len(data.val))):
             item = data.val[i]
-            logits = model(item["image"].unsqueeze(0).to(device))
+            logits = segmentation_logits(model(item["image"].unsqueeze(0).to(device)))
             pred = logits.argmax(1)[0]
             tiles += [
                 unnormalize(item["image"], data.mean, data.std),

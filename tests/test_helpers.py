@@ -122,7 +122,15 @@ def test_registry_lookup_names_the_choices():
 
 
 def test_harness_registries_resolve():
-    assert list(BASELINES) == ["unet", "maskrcnn"]
+    assert list(BASELINES) == [
+        "unet",
+        "maskrcnn",
+        "timm_unet",
+        "fcn_resnet50",
+        "deeplabv3_resnet50",
+        "deeplabv3_mobilenet_v3_large",
+        "lraspp_mobilenet_v3_large",
+    ]
     assert BASELINES["unet"].name == "unet" and BASELINES["maskrcnn"].task == "instance"
     params = [nn.Parameter(torch.zeros(1))]
     from stitch.config import OptimizerCfg
