@@ -119,6 +119,18 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: TrainCfg) -> float:
     return 1.0
 
 
+def base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The schedule's current rate without the groups' ``lr_mult`` (``train.optimizer.lr`` times
+    the schedule factor): a group's rate with multiplier 1 (any group has one without
+    ``lr_mult``), else the first group's divided by its non-zero multiplier."""
+    groups = optimizer.param_groups
+    for group in groups:
+        if group.get("lr_mult", 1.0) == 1.0:
+            return float(group["lr"])
+    scaled = next((g for g in groups if g["lr_mult"]), groups[0])
+    return float(scaled["lr"] / scaled["lr_mult"]) if scaled["lr_mult"] else float(scaled["lr"])
+
+
 # ----------------------------------------------------------------------------- checkpoints
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` through :func:`~stitch.fileio.atomic_path`: never half-written."""
@@ -194,12 +206,16 @@ def train(
     callbacks: Sequence[Callback] = (),
     stop_after: int | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    param_groups: Sequence[Any] | None = None,
 ) -> LoopState:
     """Train ``model`` for ``cfg.epochs`` epochs, resuming from ``ckpt_dir`` when it holds a run.
 
     ``stop_after`` ends the call after that many completed epochs (as an interruption would),
     which is how resume is tested. ``collate_fn`` builds a batch from dataset items (detection
-    data: lists of images and target dicts); torch's default stacks tensors.
+    data: lists of images and target dicts); torch's default stacks tensors. ``param_groups`` is
+    what the optimiser gets (:func:`stitch.param_groups.param_groups`: groups with their own
+    ``lr``, ``weight_decay`` and ``lr_mult``); by default every trainable parameter alike. The
+    schedule scales every group's rate by the same factor; the history's ``lr`` is the base rate.
     """
     set_deterministic(cfg.deterministic)
     model.to(device)
@@ -221,7 +237,8 @@ def train(
     )
     micro_per_epoch = len(loader)
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    params = param_groups if param_groups is not None else [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(list(params), cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, cfg))
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -280,7 +297,7 @@ def train(
             "epoch": epoch,
             "train_loss": loss_sum / max(images, 1),
             **{loss_key(part): total / max(images, 1) for part, total in part_sums.items()},
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": base_lr(optimizer),
             "train_images_per_s": images / max(train_seconds, 1e-9),
         }
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:

@@ -87,6 +87,14 @@ def resolved_config(exp: Experiment, variant: Variant, seed: int, epochs: int) -
         train_cfg["scheduler"].get("milestones") is None
     ):  # added later: unset, it must not change older run ids
         train_cfg["scheduler"] = {k: v for k, v in train_cfg["scheduler"].items() if k != "milestones"}
+    # Parameter groups (added later): recorded only where they change training, so that an
+    # experiment that decays every parameter alike at one rate keeps its older run id.
+    optimizer = dict(train_cfg["optimizer"])
+    if not optimizer.get("lr_mult"):
+        optimizer.pop("lr_mult", None)
+    if optimizer.get("decay_norm_bias", True) or not optimizer["weight_decay"]:
+        optimizer.pop("decay_norm_bias", None)
+    train_cfg["optimizer"] = optimizer
     data = dict(cfg["data"])
     if (
         cfg["task"] != "instance"

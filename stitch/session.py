@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,8 @@ from stitch.build import BuiltModel, stitch_variant
 from stitch.config import Experiment
 from stitch.engine import Callback, Diverged, LoopState, StopTraining, train, train_batches
 from stitch.errors import StitchError, one_line_message
+from stitch.model_notes import model_notes
+from stitch.param_groups import optimizer_params
 from stitch.progress import Progress
 from stitch.runs import RunPlan
 from stitch.store import ResultStore, RunRow
@@ -130,6 +132,16 @@ class RunSession:
     device: torch.device
     run_dir: Path
     progress: Progress
+    #: builder notes already shown (each distinct one goes to the console and log.txt once)
+    notes_shown: set[str] = field(default_factory=set)
+
+    def show_notes(self, built: BuiltModel) -> None:
+        """Write the baseline builder's notes (:mod:`stitch.model_notes`: which pretrained tensors
+        were loaded, which re-initialised) to the console and ``log.txt``, each distinct one once."""
+        for note in model_notes(built.model):
+            if note not in self.notes_shown:
+                self.notes_shown.add(note)
+                self.progress.message(f"baseline {self.exp.cfg.baseline.model}: {note}")
 
     def train(
         self,
@@ -150,13 +162,15 @@ class RunSession:
         assert exp.cfg.data is not None  # the session's data was built from it
         ckpt_dir = self.run_dir / "ckpt" / plan.run_id
         tb_dir = self.run_dir / "tb" / f"{plan.variant.slug}_s{plan.seed}_{plan.run_id[:8]}"
+        built = built or stitch_variant(exp, plan.variant, plan.seed)
+        params = optimizer_params(exp, built, plan.seed)  # a bad lr_mult key: before anything is touched
+        self.show_notes(built)
         previous = store.get(plan.run_id)
         fresh = force or previous is None
         if fresh:
             for folder in (ckpt_dir, tb_dir):
                 if folder.exists():
                     shutil.rmtree(folder)
-        built = built or stitch_variant(exp, plan.variant, plan.seed)
         epochs = plan.config["train"]["epochs"]
         train_cfg = exp.cfg.train.model_copy(update={"epochs": epochs})
         if fresh:
@@ -204,6 +218,7 @@ class RunSession:
                 callbacks=[*own, *callbacks],
                 stop_after=stop_after,
                 collate_fn=getattr(self.data, "collate_fn", None),
+                param_groups=params,
             )
         except Diverged as exc:
             store.update(plan.run_id, status="diverged", error=str(exc))

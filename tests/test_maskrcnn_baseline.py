@@ -17,6 +17,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from stitch.baselines.maskrcnn import MASKRCNN, build_maskrcnn, maskrcnn_aliases
 from stitch.baselines.maskrcnn_weights import resolve_backbone_weights, resolve_detection_weights
+from stitch.model_notes import model_notes
 
 SMALL = {"min_size": 128, "max_size": 160}
 HEADS = [
@@ -296,9 +297,13 @@ def test_weights_file_wrong_keys_or_shapes(tmp_path):
 
     path91 = tmp_path / "coco_classes.pth"
     torch.save(light(num_classes=91).state_dict(), path91)
-    with pytest.raises(ValueError, match="shape") as err:
-        light(weights=str(path91))  # num_classes=5
-    assert "num_classes" in str(err.value)
+    note = model_notes(light(weights=str(path91)))  # num_classes=5: fine-tunes (tests/test_finetune.py)
+    assert "re-initialised box_predictor, mask_predictor for 5 classes (the weights have 91)" in note[0]
+    reshaped = dict(state, **{"backbone.fpn.layer_blocks.0.0.weight": torch.zeros(256, 256, 1, 1)})
+    torch.save(reshaped, path91)
+    with pytest.raises(ValueError, match="1 shape mismatches") as err:
+        light(weights=str(path91))  # a shape outside the predictors stays an error
+    assert "backbone.fpn.layer_blocks.0.0.weight (256, 256, 1, 1) vs (256, 256, 3, 3)" in str(err.value)
 
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")

@@ -46,13 +46,18 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from stitch.baselines.base import BaselineSpec
 from stitch.baselines.maskrcnn_weights import (
     check_file_exists,
+    enum_classes,
+    enum_name,
+    finetune_note,
     is_file_ref,
     load_backbone_file,
     load_weights_file,
+    replace_predictors,
     resolve_backbone_weights,
     resolve_detection_weights,
 )
 from stitch.model_mode import train_mode
+from stitch.model_notes import add_note
 
 RESNET_BACKBONES = ("resnet18", "resnet34", "resnet50")
 MOBILENET_BACKBONES = ("mobilenet_v3_large", "mobilenet_v3_small")
@@ -94,10 +99,12 @@ def build_maskrcnn(
             chosen builder (``"DEFAULT"``, ``"COCO_V1"`` or ``"MaskRCNN_ResNet50_FPN_Weights.COCO_V1"``;
             downloaded, so it needs network or the torch hub cache; only ``resnet50``); or a local
             file (``.pth``/``.pt``…) holding a state_dict or a checkpoint dict with a ``"model"``
-            (or ``"state_dict"``) key. Like torchvision, ``num_classes`` must match the weights:
-            torchvision raises ``ValueError`` for a named weight with another class count, and a
-            local file whose predictor shapes differ raises ``ValueError`` too (to fine-tune on
-            other classes, load the weights with their class count and replace the predictors).
+            (or ``"state_dict"``) key. Weights with another class count than ``num_classes``
+            (COCO's 91 for a 2-class dataset) fine-tune: every other tensor is loaded and
+            ``roi_heads.box_predictor`` / ``mask_predictor`` are re-initialised for
+            ``num_classes``, as in torchvision's fine-tuning tutorial. Either way the model
+            carries a note (:mod:`stitch.model_notes`) saying what was loaded, e.g.
+            ``loaded 299 tensors, re-initialised box_predictor, mask_predictor``.
         weights_backbone: ImageNet weights for the backbone only (ignored by torchvision when
             ``weights`` is a torchvision name). A torchvision name for that backbone
             (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ``"ResNet18_Weights.IMAGENET1K_V1"``…; downloaded),
@@ -125,7 +132,8 @@ def build_maskrcnn(
 
     Raises:
         ValueError: an unknown backbone, version, norm or weights name; a local weights file that
-            is missing, unreadable, or whose keys/shapes don't match the model.
+            is missing, unreadable, or whose keys/shapes don't match the model (other than the
+            predictors' class count).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, not {backbone!r}")
@@ -198,11 +206,13 @@ def build_maskrcnn(
     if backbone == "resnet50":
         builder = maskrcnn_resnet50_fpn if version == 1 else maskrcnn_resnet50_fpn_v2
         tv_trained = weights_enum is not None or backbone_enum is not None
+        # torchvision loads named weights with their own class count; the predictors are replaced below
+        tv_classes = enum_classes(weights_enum) if weights_enum is not None else num_classes
         try:
             model = builder(
                 weights=weights_enum,
                 weights_backbone=backbone_enum,
-                num_classes=num_classes,
+                num_classes=tv_classes,
                 # torchvision ignores (and warns about) this without pretrained weights; applied below then.
                 trainable_backbone_layers=build_trainable if tv_trained else None,
                 **common,
@@ -212,6 +222,13 @@ def build_maskrcnn(
                 f"could not download torchvision weights {weights or weights_backbone!r} ({exc}); "
                 "they need network or the torch hub cache — pass a local .pth file instead"
             ) from exc
+        if weights_enum is not None:
+            other = tv_classes != num_classes
+            loaded = replace_predictors(model, num_classes) if other else len(model.state_dict())
+            add_note(
+                model,
+                finetune_note(enum_name(weights_enum), loaded, num_classes, tv_classes if other else None),
+            )
         _set_norm(model.backbone.body, norm_layer)
     elif backbone in RESNET_BACKBONES:
         body_fpn = resnet_fpn_backbone(
@@ -234,10 +251,16 @@ def build_maskrcnn(
         anchors = AnchorGenerator((per_map,) * 3, ((0.5, 1.0, 2.0),) * 3)
         model = MaskRCNN(body_fpn, num_classes=num_classes, rpn_anchor_generator=anchors, **common)
 
+    if backbone_enum is not None:
+        tensors = len(model.backbone.body.state_dict())
+        add_note(
+            model, f"weights_backbone {enum_name(backbone_enum)}: loaded {tensors} tensors into backbone.body"
+        )
     if backbone_file is not None:
-        load_backbone_file(model.backbone.body, backbone_file, mobilenet=backbone in MOBILENET_BACKBONES)
+        mobilenet = backbone in MOBILENET_BACKBONES
+        add_note(model, load_backbone_file(model.backbone.body, backbone_file, mobilenet=mobilenet))
     if weights_file is not None:
-        load_weights_file(model, weights_file, "weights")
+        add_note(model, load_weights_file(model, weights_file, "weights"))
     train_all = trainable_layers is None and not pretrained
     # torchvision's builder may have used another count, and _set_norm makes new params
     if backbone == "resnet50":

@@ -10,12 +10,19 @@ from stitch.config.base import Strict
 
 
 class OptimizerCfg(Strict):
-    """The optimiser and its hyper-parameters."""
+    """The optimiser and its hyper-parameters, with the parameter groups of fine-tuning
+    (:mod:`stitch.param_groups`): ``decay_norm_bias`` (false: no weight decay on norm and bias
+    parameters) and ``lr_mult`` (learning-rate multipliers by module-path prefix, hook-point
+    alias or ``inserted``)."""
 
     name: Literal["sgd", "adam", "adamw"] = "adamw"
     lr: Annotated[float, Field(gt=0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    decay_norm_bias: StrictBool = False
+    lr_mult: dict[Annotated[str, Field(min_length=1)], Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict
+    )
 
 
 class SchedulerCfg(Strict):
