@@ -215,6 +215,50 @@ def test_stitching_a_pretrained_unet_keeps_its_function_and_every_tensor(tmp_pat
     assert assert_baseline_kept(every, loaded, skip=("dec1",)) == len(loaded) - len(dec1)
 
 
+TIMM_UNET_YAML = """\
+name: keep_timm
+task: segmentation
+baseline:
+  model: timm_unet
+  args: {{encoder: resnet18, encoder_weights: {weights}, num_classes: 2}}
+probe: {{image_size: [64, 64]}}
+seeds: [0]
+insertions:
+"""
+
+
+def test_stitching_a_timm_unet_with_a_pretrained_encoder_keeps_it(tmp_path: Path) -> None:
+    import timm
+
+    torch.manual_seed(1)
+    encoder = saved(timm.create_model("resnet18"), tmp_path / "r18.pth")
+    loaded = {f"backbone.{k}": v for k, v in encoder.items() if not k.startswith("fc.")}
+    head = TIMM_UNET_YAML.format(weights=tmp_path / "r18.pth")
+    zero = parse_experiment(
+        head + "  - {name: RZ, module: CoordAtt, at: 'enc*', mode: residual, residual_scale: 0.0}\n", "z.yaml"
+    )
+    plain, stitched = stitch_variant(zero, "Baseline", 0).model, stitch_variant(zero, None, 0).model
+    image = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(plain.eval()(image), stitched.eval()(image))
+    assert assert_baseline_kept(stitched, loaded) == len(loaded)
+    every = parse_experiment(
+        head
+        + textwrap.dedent("""\
+          - {name: AF, module: SE, at: enc2, mode: after}
+          - {name: BF, module: ECA, at: enc3, mode: before}
+          - {name: RE, module: CoordAtt, at: enc4, mode: residual}
+          - {name: RP, module: CBAM, at: backbone.layer4.1.conv2, mode: replace}
+          - {name: FU, module: CGAFusion, at: 'skip*'}
+        """),
+        "every.yaml",
+    )
+    built = stitch_variant(every, None, 0)
+    assert {a.mode for a in built.applied} == {"after", "before", "residual", "replace"}
+    replaced = ("backbone.layer4.1.conv2",)
+    assert assert_baseline_kept(built.model, loaded, skip=replaced) == len(loaded) - 1
+
+
 # --------------------------------------------------------------------------- the issue's "done when"
 
 
