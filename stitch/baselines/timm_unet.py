@@ -40,6 +40,7 @@ from stitch.baselines.factory import spec_from_factory
 from stitch.baselines.maskrcnn_weights import check_file_exists, read_state_dict
 from stitch.baselines.unet import ConvBlock, SkipMerge
 from stitch.errors import did_you_mean, exception_text
+from stitch.model_notes import add_note
 
 DEFAULT_ENCODER = "resnet34"
 #: file-name prefixes of saved models whose encoder the weights file may hold
@@ -284,7 +285,8 @@ def build_timm_unet(
     state = read_weights(weights_file, "encoder_weights") if weights_file else None
     model = TimmUNet(encoder, in_channels, num_classes, decoder_channels)
     if state is not None:
-        load_encoder_weights(model.backbone, state, f"encoder_weights file {weights_file!r}")
+        n = load_encoder_weights(model.backbone, state, f"encoder_weights file {weights_file!r}")
+        add_note(model, f"loaded {n} encoder tensors from {weights_file}")
     return model
 
 

@@ -49,6 +49,7 @@ from stitch.baselines.maskrcnn_weights import (
     resolve_backbone_weights,
 )
 from stitch.errors import exception_text
+from stitch.model_notes import add_note
 
 #: model -> (its backbone's torchvision name, the final classifier convolutions)
 MODELS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -184,13 +185,16 @@ def build_torchvision_seg(
     net: nn.Module = getattr(segmentation, model)(**kwargs)
     if state is not None and path is not None:
         load_strict(net, state, path, model)
+        add_note(net, f"loaded {len(state)} tensors from {path}")
     if backbone_file is not None:
         load_backbone_file(
             net.get_submodule("backbone"), backbone_file, mobilenet=backbone_name.startswith("mobilenet")
         )
     if file_classes != num_classes:  # fine-tuning on other classes: fresh last convolutions
-        for final in finals + ((AUX_FINAL,) if aux else ()):
+        refreshed = finals + ((AUX_FINAL,) if aux else ())
+        for final in refreshed:
             replace_conv(net, final, out_channels=num_classes)
+        add_note(net, f"re-initialised {', '.join(refreshed)} for {num_classes} classes")
     if in_channels != 3:
         replace_conv(net, first_conv(net), in_channels=in_channels)
     return net
