@@ -17,6 +17,7 @@ from typing import Any
 __version__ = "0.1.0"
 __all__ = [
     "StitchError",
+    "add_note",
     "build_model",
     "load_experiment",
     "plan_variants",
@@ -36,6 +37,10 @@ def __getattr__(name: str) -> Any:
         from modules_zoo.registry import register
 
         return register
+    if name == "add_note":
+        from stitch.model_notes import add_note
+
+        return add_note
     if name == "register_baseline":
         from stitch.baselines.factory import register_baseline
 

@@ -17,6 +17,7 @@ import modules_zoo
 from stitch.build import list_points
 from stitch.config import Experiment, load_experiment
 from stitch.errors import StitchError, one_line_message
+from stitch.model_notes import model_notes
 from stitch.plan import plan_variants
 from stitch.plugins import import_plugin, load_plugins
 from stitch.points import format_shape
@@ -59,6 +60,8 @@ def print_validation(path: str) -> None:
         f"{plural(len(variants), 'variant')} x {plural(len(cfg.seeds), 'seed')} {cfg.seeds} = "
         f"{plural(len(variants) * len(cfg.seeds), 'run')}"
     )
+    for note in dict.fromkeys(n for c in checks for n in model_notes(c.built.model)):
+        console.print(f"baseline {cfg.baseline.model}: {note}")
     for plugin in plugins:
         registered = plugin.modules + [f"baseline {b}" for b in plugin.baselines]
         console.print(

@@ -16,7 +16,6 @@ import torch
 from stitch.config import Experiment
 from stitch.devices import pick_device
 from stitch.errors import StitchError, one_line_message
-from stitch.param_groups import optimizer_params
 from stitch.progress import Progress
 from stitch.report import write_report
 from stitch.runs import experiment_data, open_run_dir, plan_runs, preflight, run_logger
@@ -39,8 +38,7 @@ def run_experiment(
     """Train every planned run that is not finished yet; return the rows of this experiment."""
     dev = pick_device(device)
     exp, data = experiment_data(exp)
-    for check in validate_experiment(exp):  # every model-side mistake before any training
-        optimizer_params(exp, check.built, exp.cfg.seeds[0])  # lr_mult keys name parameters
+    validate_experiment(exp)  # every model-side mistake (lr_mult keys too) before any training
     runs = plan_runs(exp, epochs, seeds)
     preflight(data, exp.cfg.train.batch_size)  # unreadable files, bad labels: before anything is written
 

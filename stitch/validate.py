@@ -16,6 +16,7 @@ import torch
 from stitch.build import BuiltModel, stitch_variant
 from stitch.config import Experiment
 from stitch.errors import StitchError, exception_text
+from stitch.param_groups import optimizer_params, stitched_parameter_names
 from stitch.plan import Variant, plan_variants
 
 
@@ -29,21 +30,11 @@ class VariantCheck:
     seconds: float
 
 
-def stitched_parameter_names(built: BuiltModel) -> list[str]:
-    """Names of the parameters that belong to stitched modules and adapters."""
-    replaced = [a.point for a in built.applied if a.mode == "replace"]
-    out = []
-    for name, _ in built.model.named_parameters():
-        parts = name.split(".")
-        if "added" in parts or parts[-1] == "scale" or any(name.startswith(r + ".") for r in replaced):
-            out.append(name)
-    return out
-
-
 def check_variant(exp: Experiment, variant: Variant, seed: int) -> VariantCheck:
     """Build ``variant``, run a training-mode forward and backward on CPU, check gradients."""
     start = time.perf_counter()
     built = stitch_variant(exp, variant, seed)
+    optimizer_params(exp, built, seed)  # train.optimizer.lr_mult keys name parameters of this variant
     spec = built.baseline
     batch = spec.example_batch(exp.cfg.baseline.args, exp.cfg.probe.batch_size, exp.cfg.probe_image_size)
     model = built.model.train()

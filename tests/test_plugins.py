@@ -379,3 +379,31 @@ def test_sweep_over_plugin_modules(tmp_path: Path, capsys) -> None:
     assert main(["sweep", str(exp_path), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
     with ResultStore(tmp_path / "runs" / "plug" / "runs.sqlite") as store:
         assert len([r for r in store.rows() if r.status == "done"]) == 2
+
+
+def test_a_factory_baseline_notes_what_it_loaded(tmp_path: Path, capsys) -> None:
+    (tmp_path / "nets.py").write_text(
+        textwrap.dedent("""\
+        import stitch
+        from torch import nn
+
+        def make(in_channels: int = 3, num_classes: int = 2, width: int = 8) -> nn.Module:
+            net = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, num_classes, 1))
+            stitch.add_note(net, "loaded 4 tensors from nowhere.pth")
+            return net
+        """)
+    )
+    (tmp_path / "e.yaml").write_text(
+        textwrap.dedent("""\
+        name: factory
+        task: segmentation
+        baseline: {model: "nets.py:make", args: {width: 4}}
+        probe: {image_size: [16, 16]}
+        insertions:
+          - {name: Gain, module: SE, at: "0"}
+        """)
+    )
+    assert main(["validate", str(tmp_path / "e.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "baseline nets.py:make: loaded 4 tensors from nowhere.pth" in out
+    assert "ok: 2 variants" in out
