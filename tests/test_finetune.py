@@ -107,8 +107,11 @@ def test_named_torchvision_weights_with_91_classes_fine_tune(
 ) -> None:
     torch.manual_seed(1)
     coco = build_maskrcnn("resnet50", num_classes=91, min_size=64, max_size=64).state_dict()
-    # what torchvision would download, handed over from memory: nothing leaves this machine
-    monkeypatch.setattr(MaskRCNN_ResNet50_FPN_Weights, "get_state_dict", lambda self, *a, **k: coco)
+    # the file torchvision would download, placed in a torch hub cache: stitch reads it from there
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = MaskRCNN_ResNet50_FPN_Weights.COCO_V1.url
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(coco, tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[-1])
     model = build_maskrcnn("resnet50", num_classes=2, weights="COCO_V1", min_size=64, max_size=64)
     own = model.state_dict()
     kept = [k for k in coco if not in_predictors(k)]

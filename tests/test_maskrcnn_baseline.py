@@ -341,3 +341,20 @@ def test_weights_names_resolve_without_download():
         light(weights="DEFAULT")
     with pytest.raises(ValueError, match="weights_backbone"):
         light(weights_backbone="ResNet50_Weights.DEFAULT")
+
+
+def test_named_weights_are_read_from_the_hub_cache_never_downloaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch hub cache
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("stitch tried to download weights")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(
+        ValueError, match=r"not in the torch hub cache and stitch never downloads: place maskrcnn_"
+    ):
+        build_maskrcnn(backbone="resnet50", num_classes=2, weights="DEFAULT")
+    with pytest.raises(
+        ValueError, match=r"weights_backbone ResNet18_Weights\.IMAGENET1K_V1 is not in the torch hub"
+    ):
+        build_maskrcnn(backbone="resnet18", num_classes=2, weights_backbone="DEFAULT")

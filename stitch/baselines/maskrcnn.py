@@ -45,6 +45,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from stitch.baselines.base import BaselineSpec
 from stitch.baselines.maskrcnn_weights import (
+    cached_weights_file,
     check_file_exists,
     enum_classes,
     enum_name,
@@ -164,6 +165,11 @@ def build_maskrcnn(
         check_file_exists(weights_file, "weights")
     if backbone_file is not None:
         check_file_exists(backbone_file, "weights_backbone")
+    # torchvision would download a named file that is not in the torch hub cache: stitch never does
+    if weights_enum is not None:
+        cached_weights_file(weights_enum, "weights")
+    if backbone_enum is not None:
+        cached_weights_file(backbone_enum, "weights_backbone")
     pretrained = any(w is not None for w in (weights_file, weights_enum, backbone_file, backbone_enum))
     norm_layer: type[nn.Module] = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
     # Stages to train at build time; "all" (None, untrained) is applied after building.
@@ -217,10 +223,10 @@ def build_maskrcnn(
                 trainable_backbone_layers=build_trainable if tv_trained else None,
                 **common,
             )
-        except OSError as exc:  # URLError is an OSError
+        except OSError as exc:  # a cached file that cannot be read
             raise RuntimeError(
-                f"could not download torchvision weights {weights or weights_backbone!r} ({exc}); "
-                "they need network or the torch hub cache — pass a local .pth file instead"
+                f"could not read torchvision weights {weights or weights_backbone!r} from the torch hub "
+                f"cache ({exc}); pass a local .pth file instead"
             ) from exc
         if weights_enum is not None:
             other = tv_classes != num_classes

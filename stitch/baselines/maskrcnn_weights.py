@@ -16,6 +16,7 @@ hand). What was loaded is returned as a note for the run log (:mod:`stitch.model
 from __future__ import annotations
 
 import os
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -87,6 +88,19 @@ def resolve_detection_weights(name: str, backbone: str, version: int) -> Weights
 def resolve_backbone_weights(name: str, backbone: str) -> WeightsEnum:
     """The torchvision classification weights enum value ``name`` names for ``backbone``."""
     return _resolve_enum(name, get_model_weights(backbone), "weights_backbone")
+
+
+def cached_weights_file(weights: WeightsEnum, what: str) -> str:
+    """The torch hub cache file of torchvision ``weights``; a one-line ``ValueError`` naming the file
+    to place there when it is missing (stitch never downloads)."""
+    filename = os.path.basename(urlparse(weights.url).path)
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"{what} {type(weights).__name__}.{weights.name} is not in the torch hub cache and stitch never "
+            f"downloads: place {filename} (from {weights.url}) at {path}, or pass a local .pth file"
+        )
+    return path
 
 
 def check_file_exists(path: str, what: str) -> None:

@@ -30,10 +30,8 @@ re-initialised; with another ``in_channels`` the first convolution is adapted as
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from timm.models import adapt_input_conv
@@ -43,6 +41,7 @@ from torchvision.models import WeightsEnum, get_model_weights, get_weight, segme
 from stitch.baselines.base import BaselineSpec
 from stitch.baselines.factory import spec_from_factory
 from stitch.baselines.maskrcnn_weights import (
+    cached_weights_file,
     is_file_ref,
     load_backbone_file,
     read_state_dict,
@@ -81,19 +80,6 @@ def resolve_model_weights(name: str, model: str) -> WeightsEnum:
             f"choose {choices} or a local .pth file"
         )
     return value
-
-
-def cached_weights_file(weights: WeightsEnum, what: str) -> str:
-    """The torch hub cache file of torchvision ``weights``; a one-line ``ValueError`` naming the file
-    to place there when it is missing (stitch never downloads)."""
-    filename = os.path.basename(urlparse(weights.url).path)
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"{what} {type(weights).__name__}.{weights.name} is not in the torch hub cache and stitch never "
-            f"downloads: place {filename} (from {weights.url}) at {path}, or pass a local .pth file"
-        )
-    return path
 
 
 def weights_path(ref: str, model: str, what: str) -> str:
