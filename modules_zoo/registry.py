@@ -192,8 +192,9 @@ def register(
         if name in _REGISTRY and _REGISTRY[name].builder is not builder:
             first = _REGISTRY[name].origin
             where = "the zoo" if first == "zoo" else first
+            both = f"twice in {origin}" if first == origin else f"twice ({where} and {origin})"
             raise RegistrationError(
-                f"module name {name!r} is registered twice ({where} and {origin}); "
+                f"module name {name!r} is registered {both}; "
                 + ("choose another name" if first == "zoo" else "rename one of them")
             )
         _REGISTRY[name] = ZooEntry(

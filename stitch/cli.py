@@ -267,7 +267,8 @@ def make_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[],
         metavar="FILE",
-        help="import these plugin files (.py) or modules first and list what they register",
+        help="import these plugin files (.py), modules, or the plugins of these experiment files "
+        "(.yaml) first and list what they register",
     )
     z.set_defaults(func=cmd_zoo)
     return p

@@ -45,10 +45,10 @@ def print_validation(path: str) -> None:
     console = make_console()
     exp = load_experiment(path)
     plugins = load_plugins(exp)
-    exp, data_line = fitted_to_data(exp)
+    exp, data_line, num_classes = fitted_to_data(exp)
     cfg = exp.cfg
     variants = plan_variants(cfg)
-    checks = validate_experiment(exp)  # before printing anything: a mistake is one line only
+    checks = validate_experiment(exp, num_classes)  # before printing anything: a mistake is one line only
     sweep_line = None
     if cfg.sweep is not None:
         from stitch.sweep import check_sweep  # optuna only for sweep files
@@ -65,7 +65,9 @@ def print_validation(path: str) -> None:
     for plugin in plugins:
         registered = plugin.modules + [f"baseline {b}" for b in plugin.baselines]
         console.print(
-            f"plugin: {plugin.ref} ({shown_origin(plugin.origin)}) imported"
+            f"plugin: {plugin.ref}"
+            + ("" if shown_origin(plugin.origin) == plugin.ref else f" ({shown_origin(plugin.origin)})")
+            + " imported"
             + (f", registers {', '.join(registered)}" if registered else ", registers nothing")
         )
     console.print(data_line)
@@ -134,25 +136,29 @@ def shown_origin(origin: str) -> str:
     return origin
 
 
-def fitted_to_data(exp: Experiment) -> tuple[Experiment, str]:
+def fitted_to_data(exp: Experiment) -> tuple[Experiment, str, int | None]:
     """``exp`` with the baseline's class count and channels taken from its data (so the printed
     parameter counts are the trained model's), and a line saying what was read. Data that cannot
     be read is not a validation error (the run reports it); the line says so instead."""
     if exp.cfg.data is None:
-        return exp, "data: none in the file; built with the baseline's own arguments"
+        return exp, "data: none in the file; built with the baseline's own arguments", None
     from stitch.data import build_data
 
     try:
         data = build_data(exp.cfg.data, task=exp.cfg.task)
     except StitchError as exc:
-        return exp, (
+        return (
+            exp,
             f"data: could not read the {exp.cfg.data.dataset} data ({one_line_message(exc)}); "
-            "built with the baseline's own class count and channels"
+            "built with the baseline's own class count and channels",
+            None,
         )
     fitted = fit_baseline_to_data(exp, data.num_classes, data.in_channels)
-    return fitted, (
+    return (
+        fitted,
         f"data: {exp.cfg.data.dataset}, {plural(data.num_classes, 'class')}, "
-        f"{plural(data.in_channels, 'channel')}: every variant is built for it"
+        f"{plural(data.in_channels, 'channel')}: every variant is built for it",
+        data.num_classes,
     )
 
 
@@ -210,7 +216,10 @@ def print_zoo(as_json: bool, plugins: Sequence[str] = ()) -> None:
     """The zoo's modules and those the ``plugins`` (files relative to the working directory, or
     module names) register: a table, or JSON with every argument and hook-point alias."""
     for ref in plugins:
-        import_plugin(ref, Path.cwd(), "the working directory")
+        if Path(ref).suffix in (".yaml", ".yml"):  # an experiment file: its plugins
+            load_plugins(load_experiment(ref))
+        else:
+            import_plugin(ref, Path.cwd(), "the working directory")
     entries = modules_zoo.entries()
     if plugins:  # what the plugins register, first
         entries = sorted(entries, key=lambda e: e.origin == "zoo")
@@ -251,4 +260,4 @@ def print_zoo(as_json: bool, plugins: Sequence[str] = ()) -> None:
             e.name, e.kind, ", ".join(e.modes), arg_text, e.reference or e.summary, shown_origin(e.origin)
         )
     make_console().print(table)
-    print("channels, in_channels, out_channels and stride come from the shape probe")
+    print("channels, in_channels, out_channels, stride and in_channels_list come from the shape probe")

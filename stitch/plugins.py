@@ -19,6 +19,7 @@ import importlib.util
 import sys
 import traceback
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -60,8 +61,13 @@ def _file_path(ref: str, base_dir: Path) -> Path:
 
 
 def import_file(path: Path, ref: str, relative_to: str = "the experiment file") -> ModuleType:
-    """Import the Python file ``path`` once per process (the module name hashes its absolute path)."""
+    """Import the Python file ``path`` once per process (the module name hashes its absolute path).
+    Its folder is on ``sys.path`` while it is imported, so it can import files next to it."""
     path = path.resolve()
+    if path.is_dir():
+        raise PluginError(
+            f"plugin {ref!r} is a folder ({path}); name a .py file, or a package by its module name"
+        )
     if not path.is_file():
         raise PluginError(f"plugin file {ref!r} does not exist ({path}); paths are relative to {relative_to}")
     name = f"stitch_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
@@ -72,15 +78,17 @@ def import_file(path: Path, ref: str, relative_to: str = "the experiment file") 
         raise PluginError(f"plugin file {ref!r} cannot be imported (is it a .py file?)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    folder = str(path.parent)
+    sys.path.insert(0, folder)
     try:
-        with zoo_registry.registering_from(str(path)):
+        with _undone_on_failure(ref, str(path), path):
             spec.loader.exec_module(module)
-    except zoo_registry.RegistrationError as exc:
+    except PluginError:
         del sys.modules[name]
-        raise PluginError(f"plugin {ref!r}: {exc}") from None
-    except Exception as exc:
-        del sys.modules[name]
-        raise PluginError(f"plugin {ref!r} fails to import: {_where(exc, path)}") from None
+        raise
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
     return module
 
 
@@ -89,19 +97,37 @@ def import_module(ref: str) -> ModuleType:
     if ref in sys.modules:
         return sys.modules[ref]
     try:
-        with zoo_registry.registering_from(ref):
+        with _undone_on_failure(ref, ref, None):
             return importlib.import_module(ref)
-    except zoo_registry.RegistrationError as exc:
-        raise PluginError(f"plugin {ref!r}: {exc}") from None
-    except ModuleNotFoundError as exc:
-        if exc.name and ref.startswith(exc.name):
+    except PluginError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ModuleNotFoundError) and cause.name and (ref + ".").startswith(cause.name + "."):
             raise PluginError(
                 f"plugin module {ref!r} cannot be found (a file needs its .py ending and a path "
                 "relative to the experiment file; a module must be importable, e.g. pip install -e .)"
             ) from None
-        raise PluginError(f"plugin {ref!r} fails to import: {_where(exc, None)}") from None
+        raise
+
+
+@contextmanager
+def _undone_on_failure(ref: str, origin: str, path: Path | None) -> Iterator[None]:
+    """Run an import with its registrations recorded as coming from ``origin``; when it fails,
+    undo what it registered (so a fixed plugin imports cleanly in the same process) and raise
+    a one-line :class:`PluginError` (chained to the original exception)."""
+    from stitch.registry import BASELINES
+
+    modules, baselines = set(zoo_registry.names()), set(BASELINES)
+    try:
+        with zoo_registry.registering_from(origin):
+            yield
     except Exception as exc:
-        raise PluginError(f"plugin {ref!r} fails to import: {_where(exc, None)}") from None
+        for name in set(zoo_registry.names()) - modules:
+            zoo_registry.unregister(name)
+        for name in set(BASELINES) - baselines:
+            BASELINES.remove(name)
+        if isinstance(exc, zoo_registry.RegistrationError):
+            raise PluginError(f"plugin {ref!r}: {exc}") from exc
+        raise PluginError(f"plugin {ref!r} fails to import: {_where(exc, path)}") from exc
 
 
 def _where(exc: BaseException, path: Path | None) -> str:

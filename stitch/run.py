@@ -38,7 +38,7 @@ def run_experiment(
     """Train every planned run that is not finished yet; return the rows of this experiment."""
     dev = pick_device(device)
     exp, data = experiment_data(exp)
-    validate_experiment(exp)  # every model-side mistake (lr_mult keys too) before any training
+    validate_experiment(exp, data.num_classes)  # every model-side mistake (lr_mult keys too) first
     runs = plan_runs(exp, epochs, seeds)
     preflight(data, exp.cfg.train.batch_size)  # unreadable files, bad labels: before anything is written
 

@@ -182,7 +182,9 @@ def open_run_dir(exp: Experiment, out: str | Path) -> Path:
         with atomic_path(run_dir / "experiment.yaml") as tmp:
             shutil.copyfile(exp.path, tmp)
         if uses_plugins(exp) and exp.base_dir is not None:  # the copy's relative plugin paths
-            write_text(run_dir / SOURCE_FOLDER_FILE, f"{exp.base_dir.resolve()}\n")
+            folder = exp.base_dir.resolve()
+            relative = os.path.relpath(folder, run_dir.resolve())
+            write_text(run_dir / SOURCE_FOLDER_FILE, f"{relative}\n{folder}\n")
     return run_dir
 
 

@@ -413,6 +413,8 @@ def _build_module(
             f"cannot build {entry.name} with {probed | dict(ins.cfg.args)}: {exception_text(exc)}",
             "args",
         ) from None
+    if not isinstance(module, nn.Module):
+        raise ins.error(shown, f"{entry.name} returned a {type(module).__name__}, not an nn.Module", "module")
     nested: list[Applied] = []
     if ins.cfg.nest:
         inputs = trial_inputs(rec, mode)

@@ -16,8 +16,10 @@ import torch
 from stitch.build import BuiltModel, stitch_variant
 from stitch.config import Experiment
 from stitch.errors import StitchError, exception_text
+from stitch.model_mode import eval_mode
 from stitch.param_groups import optimizer_params, stitched_parameter_names
 from stitch.plan import Variant, plan_variants
+from stitch.tasks.segmentation import segmentation_logits
 
 
 @dataclass
@@ -63,10 +65,29 @@ def check_variant(exp: Experiment, variant: Variant, seed: int) -> VariantCheck:
     return VariantCheck(variant, built, float(loss.item()), time.perf_counter() - start)
 
 
-def validate_experiment(exp: Experiment) -> list[VariantCheck]:
-    """Check every planned variant with the experiment's first seed; raises on the first mistake."""
+def validate_experiment(exp: Experiment, num_classes: int | None = None) -> list[VariantCheck]:
+    """Check every planned variant with the experiment's first seed; raises on the first mistake.
+    With ``num_classes`` (the data's), a segmentation model must also give that many scores per
+    pixel, whatever its class-count argument is called."""
     seed = exp.cfg.seeds[0]
-    return [check_variant(exp, v, seed) for v in plan_variants(exp.cfg)]
+    checks = [check_variant(exp, v, seed) for v in plan_variants(exp.cfg)]
+    if num_classes is not None and exp.cfg.task == "segmentation":
+        check_class_count(exp, checks[0].built, num_classes)
+    return checks
+
+
+def check_class_count(exp: Experiment, built: BuiltModel, num_classes: int) -> None:
+    """A one-line error when the model's logits do not have the data's ``num_classes`` channels."""
+    spec = built.baseline
+    batch = spec.example_batch(exp.cfg.baseline.args, exp.cfg.probe.batch_size, exp.cfg.probe_image_size)
+    with torch.no_grad(), eval_mode(built.model):
+        scores = segmentation_logits(spec.run(built.model, batch)).shape[1]
+    if scores != num_classes:
+        dataset = exp.cfg.data.dataset if exp.cfg.data is not None else "the"
+        raise StitchError(
+            f"baseline {exp.cfg.baseline.model} gives {scores} class scores per pixel but the {dataset} "
+            f"data has {num_classes} classes; set its class-count argument in baseline.args to {num_classes}"
+        )
 
 
 def human_count(n: float) -> str:

@@ -22,6 +22,7 @@ from stitch.build import stitch_variant
 from stitch.cli import main
 from stitch.config import load_experiment
 from stitch.plugins import load_plugins
+from stitch.registry import BASELINES
 from stitch.runs import plan_runs
 from stitch.store import ResultStore
 
@@ -105,7 +106,8 @@ def test_plugin_modules_validate_train_and_report(tmp_path: Path, capsys, monkey
         ("+Gain +Mix", "done"),
     ]
     assert rows[1].params - rows[0].params == 4 + 8 + 16 + 32  # one gain per channel of enc1..enc4
-    assert (run_dir / "experiment-folder.txt").read_text().strip() == str((tmp_path / "study").resolve())
+    recorded = (run_dir / "experiment-folder.txt").read_text().split()
+    assert recorded == [os.path.join("..", "..", "study"), str((tmp_path / "study").resolve())]
 
     # the report of the run directory, from elsewhere, imports the plugin from where it was
     for name in ("my_gain", "my_mix"):  # as in a fresh process: the registrations come from the file
@@ -116,6 +118,17 @@ def test_plugin_modules_validate_train_and_report(tmp_path: Path, capsys, monkey
     assert main(["report", str(run_dir), "--out", str(tmp_path / "report")]) == 0
     table = (tmp_path / "report" / "comparison.md").read_text()
     assert "+Gain" in table and "+Mix" in table
+
+    # the project folder moved with its runs (rsync off a cluster): the relative record still works
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (tmp_path / "study").rename(moved / "study")
+    (tmp_path / "runs").rename(moved / "runs")
+    for name in [m for m in sys.modules if m.startswith("stitch_plugin_attn_")]:
+        del sys.modules[name]
+    for name in ("my_gain", "my_mix"):
+        registry.unregister(name)
+    assert main(["report", str(moved / "runs" / "plug"), "--out", str(tmp_path / "report2")]) == 0
 
 
 def test_register_module_is_the_zoos_register_with_an_origin(tmp_path: Path) -> None:
@@ -246,6 +259,12 @@ def helper(x):
         (
             None,
             "{name: A, module: SE, at: enc1}",
+            "[./]",
+            ["plugins[0]", "plugin './' is a folder (", "name a .py file, or a package by its module name"],
+        ),
+        (
+            None,
+            "{name: A, module: SE, at: enc1}",
             "[no_such_package.attn]",
             ["plugin module 'no_such_package.attn' cannot be found"],
         ),
@@ -292,6 +311,7 @@ def helper(x):
     ],
     ids=[
         "missing-file",
+        "folder",
         "missing-module",
         "import-error",
         "syntax-error",
@@ -407,3 +427,69 @@ def test_a_factory_baseline_notes_what_it_loaded(tmp_path: Path, capsys) -> None
     out = capsys.readouterr().out
     assert "baseline nets.py:make: loaded 4 tensors from nowhere.pth" in out
     assert "ok: 2 variants" in out
+
+
+def test_a_plugin_fixed_after_a_failed_import_imports_cleanly(tmp_path: Path, capsys) -> None:
+    body = PLUGIN.format(prefix="fix_") + textwrap.dedent("""
+        @stitch.register_baseline("fix_net")
+        def fix_net(in_channels: int = 3, num_classes: int = 2) -> nn.Module:
+            return nn.Conv2d(in_channels, num_classes, 1)
+        """)
+    broken = body + "raise RuntimeError('bug further down')\n"
+    line = plugin_error(tmp_path, capsys, broken, "{name: A, module: fix_gain, at: enc1}", "[p.py]")
+    assert "fails to import: RuntimeError: bug further down (" in line
+    assert "fix_gain" not in modules_zoo.names()  # what it registered before failing is undone
+    assert "fix_net" not in BASELINES
+    (tmp_path / "p.py").write_text(body)
+    assert main(["validate", str(tmp_path / "e.yaml")]) == 0
+    assert "registers fix_gain, fix_mix, baseline fix_net" in capsys.readouterr().out
+    BASELINES.remove("fix_net")
+
+
+def test_a_plugin_imports_files_next_to_it(tmp_path: Path, capsys) -> None:
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "sibling_core.py").write_text("SCALE = 3.0\n")
+    (tmp_path / "lib" / "attn.py").write_text(
+        textwrap.dedent("""\
+        import stitch
+        from torch import nn
+        from sibling_core import SCALE
+
+        @stitch.register_module("sib_scale", kind="unary")
+        class Scale(nn.Module):
+            def __init__(self, channels):
+                super().__init__()
+            def forward(self, x):
+                return x * SCALE
+        """)
+    )
+    line = "{name: A, module: sib_scale, at: enc1}"
+    (tmp_path / "e.yaml").write_text(
+        tiny_shapes_unet("sib", tmp_path / "data") + f"plugins: [lib/attn.py]\ninsertions:\n  - {line}\n"
+    )
+    assert main(["validate", str(tmp_path / "e.yaml")]) == 0
+    assert str(tmp_path / "lib") not in sys.path  # only while the plugin is imported
+    assert main(["zoo", "--plugins", str(tmp_path / "e.yaml")]) == 0  # an experiment's plugins
+    assert "sib_scale" in capsys.readouterr().out
+
+
+def test_validate_compares_a_factorys_class_scores_with_the_data(tmp_path: Path, capsys) -> None:
+    (tmp_path / "nets.py").write_text(
+        "from torch import nn\n"
+        "def make(in_channels: int = 3, classes: int = 2) -> nn.Module:\n"
+        "    return nn.Conv2d(in_channels, classes, 1)\n"
+    )
+    text = tiny_shapes_unet("k", tmp_path / "data").replace("model: unet", 'model: "nets.py:make"')
+    (tmp_path / "e.yaml").write_text(text.replace("args: {base_width: 4}", "args: {classes: 2}"))
+    assert main(["validate", str(tmp_path / "e.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        "baseline nets.py:make gives 2 class scores per pixel but the shapes data has 3 classes; "
+        "set its class-count argument in baseline.args to 3"
+    )
+
+
+def test_a_registered_function_returning_no_module_says_so(tmp_path: Path, capsys) -> None:
+    plugin = "import stitch\n@stitch.register_module('fn_bad', kind='unary')\ndef bad(channels):\n    return 'nope'\n"
+    line = plugin_error(tmp_path, capsys, plugin, "{name: A, module: fn_bad, at: enc1}", "[p.py]")
+    assert "insertions[0].module" in line and "fn_bad returned a str, not an nn.Module" in line

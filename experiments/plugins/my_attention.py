@@ -27,7 +27,7 @@ import stitch
 @stitch.register_module(
     "eca",
     kind="unary",
-    reference="Wang et al., 'ECA-Net: ECA-Net', CVPR 2020, arXiv:1910.03151",
+    reference="Wang et al., 'ECA-Net: Efficient Channel Attention', CVPR 2020, arXiv:1910.03151",
     summary="Efficient channel attention: global pooling, 1-D conv across channels, sigmoid gate.",
 )
 class ECA(nn.Module):

@@ -219,6 +219,8 @@ def builder(model: str) -> Callable[..., nn.Module]:
 
 # ----------------------------------------------------------------------------- hook points
 def resnet_aliases(model: nn.Module) -> dict[str, str]:
+    """Hook-point aliases of the dilated-ResNet models (FCN, DeepLabV3): ``stem``, ``c2`` … ``c5``,
+    every block ``c{i}.{j}`` with its convolutions, and the heads."""
     aliases = {"stem": "backbone.maxpool"}
     for i in range(2, 6):
         layer: Any = model.get_submodule(f"backbone.layer{i - 1}")
@@ -232,6 +234,8 @@ def resnet_aliases(model: nn.Module) -> dict[str, str]:
 
 
 def mobilenet_aliases(model: nn.Module) -> dict[str, str]:
+    """Hook-point aliases of the MobileNetV3 models (DeepLabV3, LR-ASPP): ``stem``, ``c2`` … ``c5``
+    (the last block of each output stride), every block ``c{i}.{j}``, and the heads."""
     children = list(model.get_submodule("backbone").named_children())
     aliases = {"stem": f"backbone.{children[0][0]}"}
     level, by_level = 1, dict[int, list[str]]()

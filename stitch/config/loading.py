@@ -107,8 +107,10 @@ def load_experiment(path: str | Path) -> Experiment:
     return exp
 
 
-#: In a run directory, the folder the experiment file was copied from (one line, absolute path):
-#: relative plugin paths of the copy ``experiment.yaml`` resolve against it.
+#: In a run directory, the folder the experiment file was copied from: its path relative to the
+#: run directory (so a project folder moved or copied with its runs still works), then its
+#: absolute path, one per line. Relative plugin paths of the copy ``experiment.yaml`` resolve
+#: against the first of them that exists.
 SOURCE_FOLDER_FILE = "experiment-folder.txt"
 
 
@@ -117,9 +119,13 @@ def source_folder(path: Path) -> Path:
     recorded next to it in :data:`SOURCE_FOLDER_FILE` (a run directory's copy), else its own."""
     note = path.parent / SOURCE_FOLDER_FILE
     if note.is_file():
-        recorded = note.read_text(encoding="utf-8").strip()
-        if recorded:
-            return Path(recorded)
+        recorded = [line.strip() for line in note.read_text(encoding="utf-8").splitlines() if line.strip()]
+        candidates = [(path.parent / line).resolve() for line in recorded]
+        for folder in candidates:
+            if folder.is_dir():
+                return folder
+        if candidates:
+            return candidates[0]
     return path.parent.resolve()
 
 
