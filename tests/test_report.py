@@ -409,7 +409,7 @@ def test_runs_of_another_recipe_or_stale_insertions_are_left_out(tmp_path: Path)
     assert [v.name for v in res.variants] == ["Baseline", "+ECA"]
     assert res.by_name("Baseline").run_ids == [ids[("Baseline", s)] for s in range(4)]
     notes = " ".join(res.notes)
-    assert "another training recipe (epochs [1])" in notes and "insertion settings differ" in notes
+    assert "another training recipe (differing in train.epochs)" in notes and "insertion settings differ" in notes
     assert "No finished runs (not in the tables): +SE, +SE +ECA." in notes
 
 

@@ -128,6 +128,16 @@ def _recipe(row: RunRow) -> str:
     )
 
 
+def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """The dotted paths at which two resolved configs differ (a key only one of them has counts)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b), key=str):
+            out += differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
 def _runs_list(rows: Iterable[RunRow]) -> str:
     return ", ".join(f"{r.variant} seed {r.seed} [{r.run_id}]" for r in rows)
 
@@ -166,10 +176,12 @@ def select_runs(exp: Experiment, rows: Sequence[RunRow]) -> tuple[list[VariantRu
     chosen = max(by_recipe, key=lambda k: (len(by_recipe[k]), max(r.updated_at or 0 for r in by_recipe[k])))
     dropped = [r for k, rs in by_recipe.items() if k != chosen for r in rs]
     if dropped:
-        epochs = sorted({r.epochs for r in dropped if r.epochs is not None})
+        used = json.loads(chosen)
+        keys = sorted({k for r in dropped for k in differing_keys(json.loads(_recipe(r)), used)})
+        shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
         notes.append(
             f"Left out: {len(dropped)} finished run(s) with another training recipe"
-            + (f" (epochs {epochs})" if epochs else "")
+            + (f" (differing in {shown})" if keys else "")
             + " than the "
             f"{len(by_recipe[chosen])} used (" + _runs_list(dropped) + ")."
         )
