@@ -10,6 +10,6 @@ from . import registry
 from .registry import PROBE_ARGS, ZooEntry, entries, get, names, register
 
 # Family files: imported for their registrations.
-from . import cgafusion, coordatt, panet, split_attention, timm_attention  # noqa: F401  isort: skip
+from . import cgafusion, controls, coordatt, panet, split_attention, timm_attention  # noqa: F401  isort: skip
 
 __all__ = ["PROBE_ARGS", "ZooEntry", "entries", "get", "names", "register", "registry"]

@@ -4,6 +4,11 @@ Pure data, no torch. With k insertions: ``none`` gives baseline + all (2), ``one
 baseline + each alone + all (k+2), ``leave-one-out`` all + all minus each (k+1),
 ``full-factorial`` every subset (2^k), ``subsets`` the listed ones. Variants with the same set of
 insertions are merged (the first name wins), so k=1 never trains the same network twice.
+
+``ablation.controls`` adds, after the design's variants, one variant per insertion and control:
+``+CA (ctl)`` (the module replaced by a plain block with its parameter count, ``matched``) and
+``+CA (id)`` (the stitching wrapper with nothing inside, ``identity``), stitched at the same
+points in the same mode (:func:`control_insertions`).
 """
 
 from __future__ import annotations
@@ -12,10 +17,15 @@ import itertools
 import re
 from dataclasses import dataclass
 
-from stitch.config import ExperimentCfg
+from stitch.config import ExperimentCfg, InsertionCfg
 from stitch.errors import StitchError, did_you_mean
 
 MINUS = "\u2212"
+#: each kind of ``ablation.controls``: the zoo module it inserts and the tag of its name
+CONTROLS: dict[str, tuple[str, str]] = {
+    "matched": ("MatchedBottleneck", "ctl"),
+    "identity": ("Identity", "id"),
+}
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,7 @@ def plan_variants(cfg: ExperimentCfg) -> list[Variant]:
         for subset in cfg.ablation.subsets:
             chosen = tuple(n for n in names if n in subset)
             out.append(Variant(_name(chosen), chosen))
+    out += [Variant(_name((c.name,)), (c.name,)) for _, c in control_insertions(cfg)]
     seen: set[frozenset[str]] = set()
     merged: list[Variant] = []
     for v in out:
@@ -81,3 +92,38 @@ def find_variant(cfg: ExperimentCfg, name: str) -> Variant:
     names = [v.name for v in variants]
     hint = did_you_mean(name, names) or f" (variants: {', '.join(names)})"
     raise StitchError(f"no variant {name!r} in experiment {cfg.name!r}" + hint)
+
+
+def control_insertions(cfg: ExperimentCfg) -> list[tuple[int, InsertionCfg]]:
+    """The control insertions ``ablation.controls`` asks for, each with the index of the
+    insertion it stands in for (its place in the experiment file).
+
+    A control keeps the insertion's points (``at``), ``mode`` and ``residual_scale``; its name is
+    ``CA (ctl)`` / ``CA (id)`` (no declared name can be, spaces are not allowed there). A
+    ``matched`` control builds ``MatchedBottleneck`` with ``match``/``match_args`` naming the
+    module, whose parameters it counts at each point when it is built; ``skip`` unless the mode is
+    ``residual``. Insertions with ``nest`` or mode ``replace`` get none (a fusion module, which
+    only replaces, gets none by the same rule when its mode is written out).
+    """
+    out = []
+    for kind in cfg.ablation.controls:
+        module, tag = CONTROLS[kind]
+        for k, ins in enumerate(cfg.insertions):
+            if ins.nest or ins.mode == "replace":
+                continue
+            args = (
+                {"match": ins.module, "match_args": dict(ins.args), "skip": ins.mode != "residual"}
+                if kind == "matched"
+                else {}
+            )
+            out.append(
+                (k, ins.model_copy(update={"name": f"{ins.name} ({tag})", "module": module, "args": args}))
+            )
+    return out
+
+
+def variant_insertions(cfg: ExperimentCfg, variant: Variant) -> list[tuple[int, InsertionCfg]]:
+    """The insertions ``variant`` stitches, declared ones and controls, each with the index of
+    its place in the experiment file (a control: the insertion it stands in for)."""
+    every = list(enumerate(cfg.insertions)) + control_insertions(cfg)
+    return [(k, ins) for k, ins in every if ins.name in variant.insertions]

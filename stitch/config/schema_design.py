@@ -37,6 +37,8 @@ class AblationCfg(Strict):
 
     design: Design = "none"
     subsets: list[list[str]] = Field(default_factory=list)
+    #: control variants added for each insertion (see :func:`stitch.plan.control_insertions`)
+    controls: list[Literal["matched", "identity"]] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -49,6 +51,8 @@ class AblationCfg(Strict):
             raise ValueError("design 'subsets' needs a 'subsets:' list of insertion-name lists")
         if self.design != "subsets" and self.subsets:
             raise ValueError(f"'subsets' is only read with design 'subsets', not {self.design!r}")
+        if len(set(self.controls)) != len(self.controls):
+            raise ValueError(f"'controls' lists a control twice: {self.controls}")
         return self
 
 
