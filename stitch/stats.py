@@ -27,6 +27,12 @@ No torch. Conventions (the report's captions say the same):
   shift's direction) or 1 (against it); we keep that value and say so in ``reason``.
   The Wilcoxon test drops zero differences (``zero_method="wilcox"``); when fewer than 3
   non-zero differences remain, no test is run.
+- **Intervals**: next to the test, the mean paired difference gets a two-sided confidence interval
+  at ``level`` (the report passes ``1 - report.alpha``): a t-interval over the seeds
+  (:func:`t_interval`, :data:`scipy.stats.t`) and a percentile bootstrap over the seeds
+  (:func:`bootstrap_interval`, :func:`scipy.stats.bootstrap` with a fixed seed, so tables are
+  reproducible). Resampling the paired differences resamples whole seeds (both runs of a pair
+  together). Both need at least 2 pairs (else NaN); equal differences give a zero-width interval.
 - **Multiplicity**: Holm's step-down correction over the variants compared in one table column
   (one metric), :func:`holm`. scipy has no Holm (``false_discovery_control`` is Benjamini-Hochberg
   / -Yekutieli, which control the FDR, not the family-wise error) and statsmodels is not a
@@ -44,6 +50,8 @@ from typing import Literal
 import numpy as np
 
 MIN_PAIRS = 3
+BOOTSTRAP_RESAMPLES = 9999
+BOOTSTRAP_SEED = 0  # fixed, so a report is the same every time it is written
 Test = Literal["ttest", "wilcoxon"]
 Alternative = Literal["greater", "two-sided"]
 TEST_NAMES = {"ttest": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
@@ -87,6 +95,10 @@ class PairedTest:
     tested: bool = False
     reason: str = ""  # why no test was run, or a remark (identical values …)
     unpaired: list[int] = field(default_factory=list)  # seeds in only one of the two
+    diffs: list[float] = field(default_factory=list)  # the oriented paired differences, in seed order
+    level: float = 0.95  # confidence level of the intervals (two-sided)
+    ci: tuple[float, float] = (math.nan, math.nan)  # t-interval of mean_diff over seeds
+    bootstrap_ci: tuple[float, float] = (math.nan, math.nan)  # percentile bootstrap over seeds
 
     def significant(self, alpha: float) -> bool:
         """Significantly *better* than the reference after Holm (needs a test and the right sign)."""
@@ -99,11 +111,13 @@ def paired_test(
     test: Test = "ttest",
     alternative: Alternative = "greater",
     higher_is_better: bool = True,
+    level: float = 0.95,
 ) -> PairedTest:
     """Test ``variant`` against ``reference`` (``{seed: value}`` each) on their common seeds.
 
-    ``mean_diff`` is oriented so that positive means better (``variant - reference``, negated when
-    ``higher_is_better`` is False). See the module docstring for the conventions.
+    ``mean_diff`` (and its intervals at ``level``) is oriented so that positive means better
+    (``variant - reference``, negated when ``higher_is_better`` is False). See the module
+    docstring for the conventions.
     """
     if test not in TEST_NAMES:
         raise ValueError(f"unknown test {test!r} (ttest or wilcoxon)")
@@ -117,7 +131,16 @@ def paired_test(
     sign = 1.0 if higher_is_better else -1.0
     diffs = np.asarray([sign * (var[s] - ref[s]) for s in seeds], dtype=float)
     out = PairedTest(
-        test, alternative, seeds, len(seeds), float(diffs.mean()) if seeds else math.nan, unpaired=unpaired
+        test,
+        alternative,
+        seeds,
+        len(seeds),
+        float(diffs.mean()) if seeds else math.nan,
+        unpaired=unpaired,
+        diffs=diffs.tolist(),
+        level=level,
+        ci=t_interval(diffs, level),
+        bootstrap_ci=bootstrap_interval(diffs, level),
     )
     if len(seeds) < MIN_PAIRS:
         out.reason = (
@@ -153,6 +176,47 @@ def paired_test(
     return out
 
 
+def t_interval(diffs: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Two-sided t confidence interval of the mean of ``diffs`` at ``level`` (NaN for < 2 values).
+
+    ``mean ± t_{(1+level)/2, n-1} * s / sqrt(n)`` with the sample std ``s`` (``ddof=1``), as
+    ``scipy.stats.t.interval(level, n - 1, loc=mean, scale=s / sqrt(n))``.
+    """
+    d = np.asarray(diffs, dtype=float)
+    if d.size < 2:
+        return math.nan, math.nan
+    mean, sem = float(d.mean()), float(d.std(ddof=1)) / math.sqrt(d.size)
+    if sem == 0.0:
+        return mean, mean
+    from scipy.stats import t
+
+    low, high = t.interval(level, d.size - 1, loc=mean, scale=sem)
+    return float(low), float(high)
+
+
+def bootstrap_interval(
+    diffs: Sequence[float] | np.ndarray, level: float = 0.95, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of the paired ``diffs`` at ``level`` (resampling
+    seeds, :data:`BOOTSTRAP_RESAMPLES` times, from a fixed ``seed``); NaN for < 2 values."""
+    d = np.asarray(diffs, dtype=float)
+    if d.size < 2:
+        return math.nan, math.nan
+    if np.all(d == d[0]):
+        return float(d[0]), float(d[0])
+    from scipy.stats import bootstrap
+
+    res = bootstrap(
+        (d,),
+        np.mean,
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values, in the input order; NaNs stay NaN and are not counted.
 
@@ -180,13 +244,15 @@ def compare_to_reference(
     test: Test = "ttest",
     alternative: Alternative = "greater",
     higher_is_better: bool = True,
+    level: float = 0.95,
 ) -> dict[str, PairedTest]:
     """Paired test of every variant in ``values`` (``{variant: {seed: value}}``) against
-    ``reference``, with Holm's correction over the variants actually tested (one family)."""
+    ``reference``, with Holm's correction over the variants actually tested (one family), and
+    intervals of each mean difference at ``level``."""
     if reference not in values:
         raise KeyError(f"reference {reference!r} has no values")
     results = {
-        name: paired_test(values[reference], vals, test, alternative, higher_is_better)
+        name: paired_test(values[reference], vals, test, alternative, higher_is_better, level)
         for name, vals in values.items()
         if name != reference
     }

@@ -174,12 +174,14 @@ def test_ablation_markdown_cell_by_cell(report) -> None:
         "ECA",
         "mIoU (%)",
         "mDice (%)",
+        "\u0394mIoU (pp) [95 % CI]",
         "Params (M)",
         "\u0394Params (K)",
         "FLOPs (G)",
         "\u0394FLOPs (M)",
     ]
-    assert list(cells["Baseline"]) == header
+    # (FLOPs counting every operation, where stitch.flops gives them, follow the FLOPs columns)
+    assert [h for h in cells["Baseline"] if "all ops" not in h] == header
     checks = {v: (cells[v]["SE"], cells[v]["ECA"]) for v in cells}
     assert checks == {
         "Baseline": ("", ""),
@@ -233,10 +235,10 @@ def test_significance_marks_follow_holm(report) -> None:
     assert comp["+ECA"]["p (Holm)"] == f"{adjusted['+ECA']:.3f}"
     assert comp["+SE"]["p (Holm)"] == ("<0.001" if adjusted["+SE"] < 0.001 else f"{adjusted['+SE']:.3f}")
     assert comp["Baseline"]["p (Holm)"] == "\u2013"
-    assert (
-        comp["+SE"]["\u0394mIoU (pp)"]
-        == f"+{np.mean([miou('+SE', s) - miou('Baseline', s) for s in range(4)]) * 100:.2f}"
-    )
+    diffs = [(miou("+SE", s) - miou("Baseline", s)) * 100 for s in range(4)]
+    low, high = st.t.interval(0.95, 3, loc=np.mean(diffs), scale=st.sem(diffs))
+    assert comp["+SE"]["\u0394mIoU (pp) [95 % CI]"] == f"+{np.mean(diffs):.2f} [+{low:.2f}, +{high:.2f}]"
+    assert comp["Baseline"]["\u0394mIoU (pp) [95 % CI]"] == "\u2013"
     assert comp["+SE +ECA"]["Seeds"] == "4"
 
 
@@ -257,13 +259,15 @@ def test_latex_cells_and_layout(report) -> None:
     assert tex.startswith("% needs \\usepackage{booktabs,amssymb,siunitx}")
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
     assert "\\caption{Attention in a tiny U-Net." in tex and "\\label{tab:tiny}" in tex
-    assert "\\begin{tabular}{lcccccccc}" in tex
+    n_columns = len(md_cells(out / "ablation.md")["Baseline"])
+    assert "\\begin{tabular}{l" + "c" * (n_columns - 1) + "}" in tex
     se = next(line for line in tex.splitlines() if line.startswith("+SE &"))
     cells = [c.strip() for c in se.removesuffix("\\\\").split(" & ")]
     mean, std = expected("+SE").split(" \u00b1 ")
     assert cells[:3] == ["+SE", "\\checkmark", ""]
     assert cells[3] == f"\\(\\num{{{mean}}} \\pm \\num{{{std}}}\\)\\(^{{\\dagger}}\\)"
-    assert cells[6] == "\\(\\num[retain-explicit-plus]{+6.34}\\)"
+    assert cells[5].startswith("\\(\\num[retain-explicit-plus]{+5.43}\\ [\\num[retain-explicit-plus]{+4.")
+    assert cells[7] == "\\(\\num[retain-explicit-plus]{+6.34}\\)"
     both = next(line for line in tex.splitlines() if line.startswith("+SE +ECA &"))
     assert "{\\boldmath\\(\\num{" in both
     assert "% \\" not in tex.split("\n", 1)[1]  # no stray comment characters in the body: % is escaped
@@ -409,7 +413,10 @@ def test_runs_of_another_recipe_or_stale_insertions_are_left_out(tmp_path: Path)
     assert [v.name for v in res.variants] == ["Baseline", "+ECA"]
     assert res.by_name("Baseline").run_ids == [ids[("Baseline", s)] for s in range(4)]
     notes = " ".join(res.notes)
-    assert "another training recipe (differing in train.epochs)" in notes and "insertion settings differ" in notes
+    assert (
+        "another training recipe (differing in train.epochs)" in notes
+        and "insertion settings differ" in notes
+    )
     assert "No finished runs (not in the tables): +SE, +SE +ECA." in notes
 
 
@@ -440,9 +447,8 @@ def test_several_run_dirs_one_row_per_experiment(tmp_path: Path) -> None:
     assert prov["exp_b: +SE +ECA"]["mIoU (%)"]["run_ids"] == [ids_b[("+SE +ECA", s)] for s in range(2)]
     md = _md_rows(out / "comparison.md")
     assert md[1]["mIoU (%)"] == f"{expected('+SE +ECA')}\u2020"  # significant in exp_a (4 seeds)
-    assert (
-        md[3]["mIoU (%)"] == f"**{expected('+SE +ECA', seeds=(0, 1))}**"
-    )  # best mean (seeds 0, 1), no test with 2 seeds
+    # best mean (seeds 0, 1) but no test with 2 seeds: not bold (report.bold: significant)
+    assert md[3]["mIoU (%)"] == expected("+SE +ECA", seeds=(0, 1))
     assert "No significance is claimed for exp_b" in (out / "comparison.md").read_text()
 
 
@@ -553,3 +559,133 @@ def test_baselines_of_two_experiments_merge_when_only_keep_last_differs() -> Non
 
     assert runs(2).recipe_key() == runs(5).recipe_key()
     assert runs(2).recipe_key() != runs(2, lr=1e-2).recipe_key()
+
+
+def _with_report_keys(run_dir: Path, **keys: object) -> None:
+    """Add keys under ``report:`` in a run directory's experiment.yaml."""
+    text = (run_dir / "experiment.yaml").read_text()
+    extra = "".join(f"  {k}: {v}\n" for k, v in keys.items())
+    (run_dir / "experiment.yaml").write_text(text.replace("  test: ttest\n", "  test: ttest\n" + extra))
+
+
+def test_bold_is_absent_when_nothing_is_significant(tmp_path: Path) -> None:
+    run_dir, _ = make_run_dir(tmp_path, seeds=(0, 1))  # two seeds: no test, nothing significant
+    out = tmp_path / "out"
+    write_report([run_dir], out, costs=False)
+    for name in ("ablation", "comparison"):
+        text = (out / f"{name}.md").read_text()
+        assert "**" not in text and "\\boldmath" not in (out / f"{name}.tex").read_text()
+        assert "Nothing is bold in any column: no best mean is significantly better than Baseline." in text
+    # report.bold: best restores the plain rule, none bolds nothing even where it is significant
+    _with_report_keys(run_dir, bold="best")
+    table = ablation_table(load_results(run_dir, costs=False))
+    assert [r.key for r in table.rows if r.cells["metric:miou"].bold] == ["+SE +ECA"]
+    assert "Bold: best mean per metric column." in table.caption
+    full, _ = make_run_dir(tmp_path / "full")
+    _with_report_keys(full, bold="none")
+    table = ablation_table(load_results(full, costs=False))
+    assert not any(c.bold for r in table.rows for c in r.cells.values()) and "Bold" not in table.caption
+
+
+def test_bold_needs_significance_in_its_own_column(tmp_path: Path) -> None:
+    # +ECA's mIoU made the best but not significant (one seed far off): that column has no bold
+    run_dir, _ = make_run_dir(tmp_path)
+    with ResultStore(run_dir / "runs.sqlite") as store:
+        for row in store.rows():
+            if row.variant == "+ECA":
+                best = dict(row.best_metrics or {}, miou=0.99 if row.seed == 0 else row.best_metrics["miou"])
+                store.update(row.run_id, best_metrics=best)
+    table = ablation_table(load_results(run_dir, costs=False))
+    assert not any(r.cells["metric:miou"].bold for r in table.rows)
+    assert [r.key for r in table.rows if r.cells["metric:mdice"].bold] == ["+SE", "+SE +ECA"]
+    assert "Nothing is bold in mIoU: no best mean is significantly better than Baseline." in table.caption
+
+
+def test_effect_sizes_in_csv_provenance_and_the_noise_floor(report) -> None:
+    import pandas as pd
+
+    from stitch.stats import bootstrap_interval
+    from stitch.stats_power import min_detectable_effect, pooled_sd
+
+    run_dir, out, _ = report
+    df = pd.read_csv(out / "ablation.csv")
+    row = df[df.variant == "+ECA"].iloc[0]
+    diffs = [miou("+ECA", s) - miou("Baseline", s) for s in range(4)]
+    low, high = st.t.interval(0.95, 3, loc=np.mean(diffs), scale=st.sem(diffs))
+    assert [row[f"miou_seed{s}"] for s in range(4)] == pytest.approx([miou("+ECA", s) for s in range(4)])
+    assert row.miou_diff == pytest.approx(np.mean(diffs))
+    assert (row.miou_diff_ci_low, row.miou_diff_ci_high) == pytest.approx((low, high))
+    boot = (row.miou_diff_boot_low, row.miou_diff_boot_high)
+    assert boot == pytest.approx(bootstrap_interval(diffs))
+    comp = pd.read_csv(out / "comparison.csv")
+    assert comp[comp.variant == "+ECA"].iloc[0].miou_diff_ci_low == pytest.approx(low)
+    prov = json.loads((out / "provenance.json").read_text())
+    t = prov["tests"]["tiny"]["miou"]["+ECA"]
+    assert (
+        t["diffs"] == pytest.approx(diffs) and t["ci"] == pytest.approx([low, high]) and t["ci_level"] == 0.95
+    )
+    assert prov["values"]["tiny"]["miou"]["+SE"]["2"] == pytest.approx(miou("+SE", 2))
+    # the noise floor: pooled std of the three variants' paired differences, 4 seeds, one-sided
+    sd = pooled_sd(
+        [[miou(v, s) - miou("Baseline", s) for s in range(4)] for v in ("+SE", "+ECA", "+SE +ECA")]
+    )
+    mde = min_detectable_effect(sd, 4, 0.05)
+    nf = prov["noise_floor"]["tiny"]
+    assert nf["sd"] == pytest.approx(sd) and nf["mde"] == pytest.approx(mde) and nf["n"] == 4
+    assert nf["sd_source"] == "paired differences" and nf["min_effect"] is None
+    caption = (out / "ablation.md").read_text().splitlines()[0]
+    assert (
+        f"Noise floor: with 4 seeds and the standard deviation of the paired differences over seeds "
+        f"({sd * 100:.2f} pp), the design detects a \u0394mIoU of at least {mde * 100:.2f} pp at \u03b1 = 0.05 "
+        "and 80 % power (one-sided paired t-test)." in caption
+    )
+    assert "two-sided 95 % t-interval" in caption
+
+
+def test_min_effect_names_the_seeds_it_needs(tmp_path: Path) -> None:
+    from stitch.stats_power import seeds_needed
+
+    run_dir, _ = make_run_dir(tmp_path, seeds=(0, 1))
+    _with_report_keys(run_dir, min_effect=0.01, alpha=0.1)
+    res = load_results(run_dir, costs=False)
+    table = ablation_table(res)
+    sd = np.sqrt(
+        np.mean(
+            [
+                np.var([miou(v, s) - miou("Baseline", s) for s in (0, 1)], ddof=1)
+                for v in ("+SE", "+ECA", "+SE +ECA")
+            ]
+        )
+    )
+    need = seeds_needed(0.01, sd, 0.1)
+    assert need is not None and need > 2
+    # two seeds: no test, so no noise floor of this design, but the seeds a 1 pp difference needs
+    assert "Noise floor" not in table.caption
+    assert f"A \u0394mIoU of 1.00 pp needs {need} seeds at \u03b1 = 0.1 and 80 % power" in table.caption
+    assert "[90 % CI]" in table.columns[5].header and table.cell("+SE", "diff").text.count(",") == 1
+
+
+def test_noise_floor_from_the_baseline_alone_and_its_latex(tmp_path: Path) -> None:
+    from stitch.stats_power import min_detectable_effect
+
+    others = {v: {0, 1, 2, 3} for v in OFFSETS if v != "Baseline"}
+    run_dir, _ = make_run_dir(tmp_path, skip=others)
+    out = tmp_path / "out"
+    write_report([run_dir], out, costs=False, standalone=True)
+    sd = np.std([miou("Baseline", s) for s in range(4)], ddof=1) * np.sqrt(2)
+    caption = (out / "ablation.md").read_text().splitlines()[0]
+    assert (
+        f"with 4 seeds and \u221a2 \u00d7 the Baseline's standard deviation over seeds ({sd * 100:.2f} pp), "
+        f"the design detects a \u0394mIoU of at least {min_detectable_effect(sd, 4, 0.05) * 100:.2f} pp"
+        in caption
+    )
+    assert "\\(\\surd\\)2" in (out / "ablation.tex").read_text()
+    if shutil.which("pdflatex") is not None:
+        proc = subprocess.run(
+            ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "ablation.tex"],
+            cwd=out,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:]

@@ -138,3 +138,113 @@ def test_bad_arguments_and_description() -> None:
         describe_test("wilcoxon", "two-sided", 0.01)
         == "two-sided Wilcoxon signed-rank test over seeds, Holm-corrected, \u03b1 = 0.01"
     )
+
+
+# ---------------------------------------------------------------------------- intervals and power
+DIFFS = [0.050, 0.060, 0.055, 0.052, 0.041]
+
+
+def test_t_interval_matches_scipy() -> None:
+    from stitch.stats import t_interval
+
+    d = np.asarray(DIFFS)
+    for level in (0.95, 0.9):
+        ref = st.t.interval(level, d.size - 1, loc=d.mean(), scale=st.sem(d))
+        assert t_interval(d, level) == pytest.approx(ref)
+    assert all(math.isnan(x) for x in t_interval([0.1]))
+    assert t_interval([0.02, 0.02, 0.02]) == (0.02, 0.02)  # equal differences: zero width
+
+
+def test_bootstrap_interval_matches_scipy_and_is_reproducible() -> None:
+    from stitch.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_interval
+
+    ref = st.bootstrap(
+        (np.asarray(DIFFS),),
+        np.mean,
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        confidence_level=0.95,
+        method="percentile",
+        rng=np.random.default_rng(BOOTSTRAP_SEED),
+    ).confidence_interval
+    assert bootstrap_interval(DIFFS) == pytest.approx((ref.low, ref.high))
+    assert bootstrap_interval(DIFFS) == bootstrap_interval(DIFFS)  # fixed seed
+    # resampling paired seeds = resampling the differences: scipy's paired two-sample bootstrap agrees
+    a, b = np.asarray(list(BETTER.values())), np.asarray(list(BASE.values()))
+    paired = st.bootstrap(
+        (a, b),
+        lambda x, y, axis=-1: np.mean(x - y, axis=axis),
+        paired=True,
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        method="percentile",
+        rng=np.random.default_rng(BOOTSTRAP_SEED),
+    ).confidence_interval
+    assert bootstrap_interval(a - b) == pytest.approx((paired.low, paired.high))
+    low, high = bootstrap_interval(DIFFS)
+    assert min(DIFFS) <= low < np.mean(DIFFS) < high <= max(DIFFS)
+
+
+def test_paired_test_carries_the_intervals() -> None:
+    from stitch.stats import bootstrap_interval, t_interval
+
+    r = paired_test(BASE, BETTER, level=0.9)
+    diffs = [BETTER[s] - BASE[s] for s in sorted(BASE)]
+    assert r.diffs == pytest.approx(diffs) and r.level == 0.9
+    assert r.ci == pytest.approx(t_interval(diffs, 0.9)) and r.bootstrap_ci == pytest.approx(
+        bootstrap_interval(diffs, 0.9)
+    )
+    lower = paired_test(
+        {s: 1 - v for s, v in BASE.items()}, {s: 1 - v for s, v in BETTER.items()}, higher_is_better=False
+    )
+    assert lower.ci == pytest.approx(t_interval(diffs))  # oriented: positive is better
+
+
+def _power(delta: float, sd: float, n: int, alpha: float, two_sided: bool) -> float:
+    """An independent power computation (noncentral t) to check stitch.stats_power against."""
+    df, nc = n - 1, delta / (sd / np.sqrt(n))
+    if not two_sided:
+        return 1 - st.nct.cdf(st.t.isf(alpha, df), df, nc)
+    c = st.t.isf(alpha / 2, df)
+    return 1 - st.nct.cdf(c, df, nc) + np.nan_to_num(st.nct.cdf(-c, df, nc))  # NaN where it underflows
+
+
+@pytest.mark.parametrize(("alternative", "two_sided"), [("greater", False), ("two-sided", True)])
+def test_min_detectable_effect_matches_a_noncentral_t_power_computation(alternative, two_sided) -> None:
+    from scipy.optimize import root_scalar
+
+    from stitch.stats_power import min_detectable_effect, t_test_power
+
+    for sd, n, alpha in [(0.01, 3, 0.05), (0.0056, 4, 0.05), (1.0, 10, 0.01)]:
+        mde = min_detectable_effect(sd, n, alpha, 0.8, alternative)
+        ref = root_scalar(
+            lambda d, sd=sd, n=n, alpha=alpha: _power(d, sd, n, alpha, two_sided) - 0.8,
+            bracket=[1e-9, 10 * sd],
+            xtol=1e-14,
+        ).root
+        assert mde == pytest.approx(ref, rel=1e-6)
+        assert t_test_power(mde, sd, n, alpha, alternative) == pytest.approx(0.8)
+    # a larger design detects smaller effects
+    assert min_detectable_effect(1.0, 10, 0.05) < min_detectable_effect(1.0, 5, 0.05)
+    assert math.isnan(min_detectable_effect(1.0, 1, 0.05)) and math.isnan(min_detectable_effect(0.0, 5, 0.05))
+
+
+def test_seeds_needed_matches_the_textbook_numbers() -> None:
+    from stitch.stats_power import MAX_SEEDS, seeds_needed
+
+    # Cohen's d = 0.5, alpha = 0.05, 80 % power: 27 pairs one-sided, 34 two-sided (G*Power)
+    assert seeds_needed(0.5, 1.0, 0.05) == 27
+    assert seeds_needed(0.5, 1.0, 0.05, alternative="two-sided") == 34
+    n = seeds_needed(0.01, 0.008, 0.05)
+    assert n is not None and _power(0.01, 0.008, n, 0.05, False) >= 0.8 > _power(
+        0.01, 0.008, n - 1, 0.05, False
+    )
+    assert seeds_needed(10.0, 1.0, 0.05) == 3  # never fewer than a test needs
+    assert seeds_needed(1e-6, 1.0, 0.05) is None and MAX_SEEDS == 1000
+
+
+def test_pooled_sd() -> None:
+    from stitch.stats_power import pooled_sd
+
+    a, b = [1.0, 2.0, 4.0], [3.0, 3.5]
+    ref = np.sqrt((np.var(a, ddof=1) * 2 + np.var(b, ddof=1)) / 3)
+    assert pooled_sd([a, b, [7.0]]) == pytest.approx(ref)
+    assert math.isnan(pooled_sd([[1.0], []]))

@@ -70,7 +70,8 @@ DEFAULT_FORMATS: tuple[ReportFormat, ...] = ("latex", "markdown", "csv")
 
 
 class ReportCfg(Strict):
-    """Table caption and label, output formats, the paired test and its level, decimals shown."""
+    """Table caption and label, output formats, the paired test and its level, decimals shown,
+    what bold marks, and the difference the noise-floor sentence sizes the seeds for."""
 
     caption: str | None = None
     label: str | None = None
@@ -78,6 +79,8 @@ class ReportCfg(Strict):
     test: Literal["ttest", "wilcoxon"] = "ttest"
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
     decimals: Annotated[int, Field(ge=0, le=6)] = 2
+    bold: Literal["significant", "best", "none"] = "significant"
+    min_effect: Annotated[float, Field(gt=0)] | None = None  # in the metric's stored units
 
 
 class ProbeCfg(Strict):

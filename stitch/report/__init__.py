@@ -7,18 +7,21 @@ several run directories are given):
 - ``ablation.{tex,md,csv,html}`` (the formats in ``report.formats``): one check-mark column per
   insertion (✓ / empty, LaTeX ``\\checkmark``), one column per metric of ``metrics.report``
   (default: the primary metric) with mean ± sample std over seeds at each run's best epoch
-  (``best_metrics``), then Params (M), ΔParams (K), FLOPs (G) and ΔFLOPs (M) against the baseline.
-  The best mean of each metric column is bold (every row that ties at the shown precision); † marks
-  a variant significantly better than the baseline after Holm's correction (see
-  :mod:`stitch.stats` for the test, the direction and the corner cases).
+  (``best_metrics``), the primary metric's paired Δ against the baseline with its confidence
+  interval (``Δ [95 % CI]``), then Params (M), ΔParams (K), FLOPs (G) and ΔFLOPs (M) against the
+  baseline. † marks a variant significantly better than the baseline after Holm's correction (see
+  :mod:`stitch.stats` for the test, the direction and the corner cases); bold follows
+  ``report.bold`` (default: the best mean only where it is significant); the caption states the
+  design's noise floor (:mod:`stitch.report.effects`).
 - ``comparison.{tex,md,csv,html}``: one row per variant with the number of seeds, the metrics, the
-  paired difference of the primary metric against the baseline and its Holm-adjusted p, Params,
+  primary metric's Δ [95 % CI] against the baseline and its Holm-adjusted p, Params,
   FLOPs, CPU latency and training time per run. With several run directories: one row per
   experiment (its variant with every insertion), plus each distinct baseline (baselines of
   experiments with the same recipe have the same run ids and are shown once).
 - ``metrics.{png,pdf}`` and ``curves.{png,pdf}`` (:mod:`stitch.report.plots`).
 - ``provenance.json``: for every table cell (row × column header), the run ids it aggregates,
-  the seeds, and where the number comes from; plus the tests' p-values and the notes.
+  the seeds, and where the number comes from; plus, per experiment, every value per seed, the
+  tests (p-values, paired differences, t- and bootstrap intervals), the noise floor and the notes.
 
 Decisions (also stated in the captions):
 
@@ -49,7 +52,7 @@ from stitch.report.ablation import ablation_table
 from stitch.report.comparison import comparison_table
 from stitch.report.labels import metric_label
 from stitch.report.plots import plot_curves, plot_metrics
-from stitch.report.provenance import provenance, tests_json
+from stitch.report.provenance import noise_floor_json, provenance, tests_json, values_json
 from stitch.report.render import write_table
 from stitch.report.results import ExperimentResults, ReportError, VariantRuns, load_results, select_runs
 from stitch.report.sweep_runs import is_sweep_dir, write_runs_table
@@ -135,6 +138,8 @@ def write_report(
         "run_dirs": [str(d) for d in dirs],
         "tables": {},
         "tests": {},
+        "values": {},
+        "noise_floor": {},
     }
     for res, suffix in zip(results, suffixes):
         table = ablation_table(res)
@@ -145,6 +150,8 @@ def write_report(
             **provenance(table),
         }
         prov["tests"][res.name] = tests_json(res)
+        prov["values"][res.name] = values_json(res)
+        prov["noise_floor"][res.name] = noise_floor_json(res)
         written += plot_metrics(res, out / f"metrics{suffix}")
         written += plot_curves(res, out / f"curves{suffix}")
     comp = comparison_table(results)

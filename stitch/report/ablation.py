@@ -1,6 +1,7 @@
 """The ablation table of one experiment: a ✓ column per insertion, the reported metrics (mean ±
-sample std over seeds, bold best, † for a significant improvement on the baseline), then Params,
-ΔParams, FLOPs and ΔFLOPs against the baseline."""
+sample std over seeds, bold per ``report.bold``, † for a significant improvement on the baseline),
+the primary metric's paired Δ to the baseline with its confidence interval, then Params, ΔParams,
+FLOPs and ΔFLOPs against the baseline. The caption states the design's noise floor."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ from typing import Any
 
 from stitch.report.captions import cost_sentence, metric_sentence, seed_sentence, stats_sentence
 from stitch.report.columns import cost_cells, cost_columns, cost_records, metric_cells, metric_column
+from stitch.report.effects import (
+    bold_sentence,
+    ci_cell,
+    ci_column,
+    ci_sentence,
+    effect_records,
+    mark_bold,
+    noise_floor_sentence,
+)
 from stitch.report.labels import CHECK
 from stitch.report.results import ExperimentResults
 from stitch.report.table import Cell, Column, Row, Table, latex_escape
@@ -23,6 +33,8 @@ def ablation_table(res: ExperimentResults) -> Table:
     columns = [Column("variant", "Variant", "Variant", "l")]
     columns += [Column(f"check:{n}", n, latex_escape(n)) for n in names]
     columns += [metric_column(m, res.scale[m]) for m in res.metrics]
+    if res.reference is not None:
+        columns.append(ci_column(res))
     columns += cost_columns(res)
     rows, records = [], []
     for v in res.variants:
@@ -40,6 +52,8 @@ def ablation_table(res: ExperimentResults) -> Table:
                 seeds=v.seeds,
                 source="runs.insertions",
             )
+        if res.reference is not None:
+            cells["diff"] = ci_cell(res, v, res.tests.get(res.primary, {}).get(v.name))
         cost = cost_cells(res, v, d)
         cells.update({c.key: cost[c.key] for c in cost_columns(res)})
         rows.append(Row(v.name, res.name, v.name, cells))
@@ -60,16 +74,20 @@ def ablation_table(res: ExperimentResults) -> Table:
                     f"{m}_significant": int(res.significant(m, v.name)),
                 }
             )
+            rec.update(effect_records(res, v, m))
         rec.update(cost_records(res, v))
         rec.update(seeds=" ".join(map(str, v.seeds)), run_ids=" ".join(v.run_ids))
         records.append(rec)
     metric_cells(res, rows, {v.name: v for v in res.variants}, d)
+    mark_bold(res, rows, {v.name: v for v in res.variants})
     sentences = (
         cfg.report.caption or f"Ablation of {res.name}.",
         seed_sentence(res.variants),
         metric_sentence(res),
-        "Bold: best mean per metric column.",
+        bold_sentence(res, rows),
         stats_sentence(res),
+        ci_sentence(res),
+        noise_floor_sentence(res),
         cost_sentence(res),
     )
     caption = " ".join(s for s in sentences if s)

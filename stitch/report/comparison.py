@@ -25,7 +25,16 @@ from stitch.report.columns import (
     metric_cells,
     metric_column,
 )
-from stitch.report.labels import DAGGER, DASH, DELTA, PERCENT_METRICS, metric_label
+from stitch.report.effects import (
+    bold_sentence,
+    ci_cell,
+    ci_column,
+    ci_sentence,
+    effect_records,
+    mark_bold,
+    noise_floor_sentence,
+)
+from stitch.report.labels import DAGGER, DASH, metric_label
 from stitch.report.results import ExperimentResults, VariantRuns
 from stitch.report.table import (
     Cell,
@@ -59,25 +68,21 @@ def _variant_cell(v: VariantRuns) -> Cell:
     return Cell(v.name, latex_escape(v.name), run_ids=v.run_ids, seeds=v.seeds, source="runs.variant")
 
 
-def _test_cells(
-    res: ExperimentResults, v: VariantRuns, t: PairedTest | None, scale: float
-) -> dict[str, Cell]:
-    """The paired difference of the primary metric to the reference and its Holm-adjusted p."""
+def _test_cells(res: ExperimentResults, v: VariantRuns, t: PairedTest | None) -> dict[str, Cell]:
+    """The paired difference of the primary metric to the reference with its interval, and the
+    Holm-adjusted p of the test."""
     assert res.reference is not None
-    p, d = res.primary, res.exp.cfg.report.decimals
+    p = res.primary
     ref_ids = res.reference.ids_for(t.seeds) if t else []
     paired = (v.ids_for(t.seeds) + ref_ids) if t else []
     seeds = t.seeds if t else []
-    diff = None if t is None or not t.seeds else t.mean_diff * scale
     ptxt = p_text(t.p_holm) if t else DASH
     if ptxt == DASH:
         platex = "--"
     else:
         platex = "\\(<\\num{0.001}\\)" if ptxt.startswith("<") else f"\\({siunitx_num(ptxt)}\\)"
     return {
-        "diff": number_cell(
-            diff, d, signed=True, run_ids=paired, seeds=seeds, source=f"best_metrics.{p} (paired by seed)"
-        ),
+        "diff": ci_cell(res, v, t),
         "p_holm": Cell(
             ptxt, platex, run_ids=paired, seeds=seeds, source=f"{res.test} on best_metrics.{p}, Holm"
         ),
@@ -90,13 +95,8 @@ def _comparison_one(res: ExperimentResults) -> Table:
     p = res.primary
     columns = [Column("variant", "Variant", "Variant", "l"), Column("seeds", "Seeds", "Seeds")]
     columns += [metric_column(m, res.scale[m]) for m in res.metrics]
-    pm_scale = res.scale.get(p, 100.0 if p in PERCENT_METRICS else 1.0)
     if res.reference is not None:
-        diff_header = f"{DELTA}{metric_label(p)}" + (" (pp)" if pm_scale == 100.0 else "")
-        columns += [
-            Column("diff", diff_header, latex_escape(diff_header)),
-            Column("p_holm", "p (Holm)", "\\(p\\) (Holm)"),
-        ]
+        columns += [ci_column(res), Column("p_holm", "p (Holm)", "\\(p\\) (Holm)")]
     columns += cost_columns(res, latency=True, deltas=False)
     columns += [Column("time", "Time/run (min)", "Time/run (min)")]
     tests = {}
@@ -105,13 +105,19 @@ def _comparison_one(res: ExperimentResults) -> Table:
             tests = res.tests[p]
         else:
             values = {v.name: v.values(p) for v in res.variants}
-            tests = compare_to_reference(values, res.reference.name, res.test, res.alternative)  # type: ignore[arg-type]
+            tests = compare_to_reference(
+                values,
+                res.reference.name,
+                res.test,  # type: ignore[arg-type]
+                res.alternative,  # type: ignore[arg-type]
+                level=1 - res.alpha,
+            )
     rows, records = [], []
     for v in res.variants:
         cells = {"variant": _variant_cell(v), "seeds": _seeds_cell(v)}
         t = tests.get(v.name)
         if res.reference is not None:
-            cells.update(_test_cells(res, v, t, pm_scale))
+            cells.update(_test_cells(res, v, t))
         cost = cost_cells(res, v, d, with_latency=True)
         cells.update({c.key: cost[c.key] for c in cost_columns(res, latency=True, deltas=False)})
         minutes = [r.wall_time / 60 for r in v.rows if r.wall_time]
@@ -124,6 +130,7 @@ def _comparison_one(res: ExperimentResults) -> Table:
         for m in res.metrics:
             s = summarize(v.values(m).values())
             rec.update({f"{m}_mean": s.mean, f"{m}_std": s.std, f"{m}_n": s.n})
+            rec.update(effect_records(res, v, m))
         if res.reference is not None:
             rec.update(
                 {
@@ -140,20 +147,18 @@ def _comparison_one(res: ExperimentResults) -> Table:
         )
         records.append(rec)
     metric_cells(res, rows, {v.name: v for v in res.variants}, d)
+    mark_bold(res, rows, {v.name: v for v in res.variants})
     diff_sentence = ""
     if res.reference is not None:
-        diff_sentence = (
-            f"{DELTA}{metric_label(p)}: mean paired difference to {res.reference.name}"
-            + (" in percentage points" if pm_scale == 100.0 else "")
-            + "; p: Holm-adjusted p-value of that test."
-        )
+        diff_sentence = ci_sentence(res) + " p: Holm-adjusted p-value of the paired test."
     sentences = (
         f"Comparison of the variants of {res.name}.",
         seed_sentence(res.variants),
         metric_sentence(res),
-        "Bold: best mean per metric column.",
+        bold_sentence(res, rows),
         stats_sentence(res),
         diff_sentence,
+        noise_floor_sentence(res),
         cost_sentence(res, latency=True, deltas=False),
         "Time/run: mean training wall time.",
     )
@@ -185,6 +190,21 @@ def _entries(results: Sequence[ExperimentResults]) -> list[tuple[list[Experiment
             else:
                 entries.append(([res], v))
     return entries
+
+
+def _bold_sentence_many(mode: str, rows: list[Row], metrics: list[str]) -> str:
+    """What bold marks in the several-experiment table (``report.bold`` of the first experiment)."""
+    if mode != "significant":
+        return "Bold: best mean per metric column." if mode == "best" else ""
+    plain = [metric_label(m) for m in metrics if not any(r.cells[f"metric:{m}"].bold for r in rows)]
+    out = (
+        "Bold: the best mean of a metric column, only where it is significantly better than its "
+        f"experiment's Baseline ({DAGGER})."
+    )
+    if plain:
+        which = "any column" if len(plain) == len(metrics) else ", ".join(plain)
+        out += f" Nothing is bold in {which}: no best mean is significantly better than its Baseline."
+    return out
 
 
 def _comparison_many(results: Sequence[ExperimentResults]) -> Table:
@@ -247,8 +267,12 @@ def _comparison_many(results: Sequence[ExperimentResults]) -> Table:
         rec["run_ids"] = " ".join(v.run_ids)
         rows.append(Row(key, label, v.name, cells))
         records.append(rec)
+    mode = results[0].exp.cfg.report.bold
     for m in metrics:
-        bold_best(rows, f"metric:{m}", means[m], d, scale[m])
+        if mode != "none":
+            bold_best(rows, f"metric:{m}", means[m], d, scale[m])
+        for r in rows if mode == "significant" else []:
+            r.cells[f"metric:{m}"].bold &= r.cells[f"metric:{m}"].dagger  # only a significant best
     tests = sorted({(r.test, r.alternative, r.alpha) for r in results})
     sig = "; ".join(
         f"{DAGGER}: significantly better than the experiment's own Baseline at \u03b1 = {a:g} "
@@ -275,7 +299,7 @@ def _comparison_many(results: Sequence[ExperimentResults]) -> Table:
         "Mean \u00b1 sample standard deviation over seeds (Seeds column), "
         "metrics at each run's best validation epoch"
         + (", in %." if all(scale[m] == 100.0 for m in metrics) else "."),
-        "Bold: best mean per metric column.",
+        _bold_sentence_many(mode, rows, metrics),
         sig + ".",
         no_claim,
         cost_sentence(next((r for r in results if r.costs), results[0]), latency=True, deltas=False),

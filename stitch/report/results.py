@@ -252,6 +252,7 @@ def load_results(
                 reference.name,
                 cfg.report.test,
                 alternative,  # type: ignore[arg-type]
+                level=1 - cfg.report.alpha,
             )
     res = ExperimentResults(
         run_dir,

@@ -89,6 +89,7 @@ _LATEX_SPECIAL = {
     "\u2212": r"\(-\)", "\u00b1": r"\(\pm\)", "\u03b1": r"\(\alpha\)", DAGGER: r"\(^{\dagger}\)",
     CHECK: r"\checkmark{}", "\u00d7": r"\(\times\)", "\u2013": "--", "\u2014": "---", DELTA: r"\(\Delta\)",
     "\u2264": r"\(\le\)", "\u2265": r"\(\ge\)", "\u00b7": r"\(\cdot\)",
+    "\u221a": r"\(\surd\)",
 }  # fmt: skip
 
 
