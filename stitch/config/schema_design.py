@@ -79,6 +79,8 @@ class ReportCfg(Strict):
     test: Literal["ttest", "wilcoxon"] = "ttest"
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
     decimals: Annotated[int, Field(ge=0, le=6)] = 2
+    #: a non-learned reference row in the ablation table (binary segmentation)
+    reference: Literal["otsu"] | None = None
     bold: Literal["significant", "best", "none"] = "significant"
     min_effect: Annotated[float, Field(gt=0)] | None = None  # in the metric's stored units
 

@@ -20,6 +20,7 @@ from stitch.report.effects import (
     noise_floor_sentence,
 )
 from stitch.report.labels import CHECK
+from stitch.report.reference_row import reference_rows
 from stitch.report.results import ExperimentResults
 from stitch.report.table import Cell, Column, Row, Table, latex_escape
 from stitch.stats import summarize
@@ -80,6 +81,8 @@ def ablation_table(res: ExperimentResults) -> Table:
         records.append(rec)
     metric_cells(res, rows, {v.name: v for v in res.variants}, d)
     mark_bold(res, rows, {v.name: v for v in res.variants})
+    ref_rows, ref_sentence = reference_rows(res, columns)
+    rows += ref_rows
     sentences = (
         cfg.report.caption or f"Ablation of {res.name}.",
         seed_sentence(res.variants),
@@ -89,6 +92,7 @@ def ablation_table(res: ExperimentResults) -> Table:
         ci_sentence(res),
         noise_floor_sentence(res),
         cost_sentence(res),
+        ref_sentence,
     )
     caption = " ".join(s for s in sentences if s)
     return Table(
