@@ -9,6 +9,10 @@
   PyTorch counts a multiply-add as **2 FLOPs** and counts only operators it has formulas for
   (convolutions, matrix products, attention); element-wise work (BatchNorm, activations, pooling,
   sigmoid gates) is not counted. Tools such as ``thop``/``ptflops`` report MACs, half of this.
+- **FLOPs (all ops)** (``flops_all``): the same forward counted with element-wise work, pooling,
+  reductions, normalisation and softmax as well, in the convention of :mod:`stitch.flops`
+  (1 FLOP per output element of an element-wise operator, ...), so a gate or an attention module
+  that adds little convolution work still shows its cost.
 - **Latency**: the median wall time of ``repeats`` forwards after ``warmup`` forwards, eval mode,
   ``torch.no_grad``, batch size 1 (stated in every record), on a given device (CUDA is
   synchronised around each forward). CPU latency depends on the machine and on
@@ -45,6 +49,7 @@ from stitch.build import baseline_of, stitch_variant
 from stitch.config import Experiment
 from stitch.devices import to_device
 from stitch.fileio import write_text
+from stitch.flops import count_flops
 from stitch.hashing import digest
 from stitch.model_mode import eval_mode
 from stitch.plan import Variant
@@ -63,6 +68,8 @@ class Costs:
     latency_ms: float | None = None
     params_delta: int | None = None
     flops_delta: int | None = None
+    flops_all: int | None = None  # FLOPs (all ops): stitch.flops' convention
+    flops_all_delta: int | None = None
     latency_delta_ms: float | None = None
     image_size: tuple[int, int] = (0, 0)
     in_channels: int = 3
@@ -88,15 +95,6 @@ class Costs:
 
 
 # --------------------------------------------------------------------------- measuring one model
-def count_flops(model: nn.Module, inputs: Any) -> int:
-    """FLOPs of one eval-mode, no-grad forward ``model(inputs)`` (train/eval mode restored)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(inputs)
-    return int(counter.get_total_flops())
-
-
 def measure_latency(
     model: nn.Module, inputs: Any, device: str | torch.device = "cpu", warmup: int = 3, repeats: int = 20
 ) -> float:
@@ -197,6 +195,7 @@ def variant_costs(
     notes = []
     try:
         out.flops = count_flops(model, x)
+        out.flops_all = count_flops(model, x, all_ops=True)
     except Exception as exc:  # an operator FlopCounterMode cannot trace: keep the rest
         notes.append(f"FLOPs not counted: {type(exc).__name__}: {exc}")
     if exp.cfg.task == "instance":
@@ -213,6 +212,15 @@ def variant_costs(
     return out
 
 
+def flops_all(exp: Experiment, variant: Variant, seed: int, image_size: tuple[int, int]) -> int | None:
+    """FLOPs (all ops) of ``variant`` built under ``seed`` (None when they cannot be counted)."""
+    model = stitch_variant(exp, variant, seed).model
+    try:
+        return count_flops(model, example_input(exp, image_size), all_ops=True)
+    except Exception:  # as in variant_costs: an operator FlopCounterMode cannot trace
+        return None
+
+
 def with_deltas(costs: dict[str, Costs], reference: str | None) -> dict[str, Costs]:
     """Fill ``*_delta`` of every entry against ``costs[reference]`` (in place; returned)."""
     ref = costs.get(reference) if reference else None
@@ -221,6 +229,9 @@ def with_deltas(costs: dict[str, Costs], reference: str | None) -> dict[str, Cos
     for c in costs.values():
         c.params_delta = c.params - ref.params
         c.flops_delta = None if c.flops is None or ref.flops is None else c.flops - ref.flops
+        c.flops_all_delta = (
+            None if c.flops_all is None or ref.flops_all is None else c.flops_all - ref.flops_all
+        )
         c.latency_delta_ms = (
             None if c.latency_ms is None or ref.latency_ms is None else c.latency_ms - ref.latency_ms
         )
@@ -268,6 +279,10 @@ def cached_costs(
             changed = True
         else:
             c = Costs.from_json(entry)
+            if "flops_all" not in entry:  # written before FLOPs (all ops) existed: add them
+                c.flops_all = flops_all(exp, v, seed, size)  # type: ignore[arg-type]
+                entry["flops_all"] = c.flops_all
+                changed = True
         c.variant = v.name
         out[v.name] = c
     if changed:

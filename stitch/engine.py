@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from stitch.config import TrainCfg
 from stitch.devices import to_device
 from stitch.fileio import atomic_path
+from stitch.memory import larger, peak_memory_mb, reset_peak_memory
 from stitch.registry import OPTIMIZERS
 from stitch.tasks.base import Task
 
@@ -173,6 +174,7 @@ class LoopState:
     wall_time: float = 0.0
     train_images: int = 0
     train_seconds: float = 0.0
+    peak_memory_mb: float | None = None  # stitch.memory: CUDA max allocated, else the process's max RSS
 
 
 class Callback:
@@ -243,6 +245,7 @@ def train(
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     state = LoopState()
+    reset_peak_memory(device)
 
     ck = load_latest_checkpoint(ckpt_dir, device)
     if ck is not None:
@@ -316,6 +319,7 @@ def train(
         state.train_images += images
         state.train_seconds += train_seconds
         state.wall_time += time.perf_counter() - start
+        state.peak_memory_mb = larger(state.peak_memory_mb, peak_memory_mb(device))
         record["seconds"] = time.perf_counter() - start
         state.history.append(record)
         save_atomic(

@@ -74,6 +74,7 @@ class StoreCallback(Callback):
             final_metrics=state.last_metrics,
             wall_time=state.wall_time,
             train_images_per_s=state.train_images / max(state.train_seconds, 1e-9),
+            peak_memory_mb=state.peak_memory_mb,
         )
 
     def on_epoch(self, state: LoopState, record: dict[str, Any]) -> None:

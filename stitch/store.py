@@ -2,7 +2,9 @@
 
 SQLite in the run directory (WAL mode, so a reader such as ``stitch report`` can look while runs
 write). Metrics, history and config are JSON columns: tables are views of these rows, and every
-number in a report can be traced back to its run id.
+number in a report can be traced back to its run id. ``peak_memory_mb`` is the run's peak memory
+(:mod:`stitch.memory`: CUDA max allocated, or the process's max RSS on CPU); databases written
+before it existed get the column (empty for their runs) when opened.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ CREATE TABLE IF NOT EXISTS runs (
     device TEXT,
     error TEXT,
     started_at REAL,
-    updated_at REAL
+    updated_at REAL,
+    peak_memory_mb REAL
 );
 """
 
@@ -90,6 +93,7 @@ class RunRow:
     error: str | None = None
     started_at: float | None = None
     updated_at: float | None = None
+    peak_memory_mb: float | None = None
 
 
 _JSON = ("insertions", "config", "final_metrics", "best_metrics", "history")
@@ -117,17 +121,24 @@ class ResultStore:
 
     def _migrate(self) -> None:
         """Databases written before the ``pruned`` status existed: the same table with the new
-        status check (SQLite cannot alter a CHECK constraint in place), in one transaction."""
+        status check (SQLite cannot alter a CHECK constraint in place), in one transaction; and
+        before ``peak_memory_mb`` existed: the column added, empty."""
         sql = self._conn.execute(
             "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'"
         ).fetchone()[0]
-        if "'pruned'" in sql:
-            return
-        self._conn.executescript(
-            "BEGIN IMMEDIATE; ALTER TABLE runs RENAME TO runs_before_pruned;"
-            + SCHEMA
-            + "INSERT INTO runs SELECT * FROM runs_before_pruned; DROP TABLE runs_before_pruned; COMMIT;"
-        )
+        if "'pruned'" not in sql:
+            old = [r[1] for r in self._conn.execute("PRAGMA table_info(runs)")]
+            cols = ", ".join(old)
+            self._conn.executescript(
+                "BEGIN IMMEDIATE; ALTER TABLE runs RENAME TO runs_before_pruned;"
+                + SCHEMA
+                + f"INSERT INTO runs ({cols}) SELECT {cols} FROM runs_before_pruned;"
+                + " DROP TABLE runs_before_pruned; COMMIT;"
+            )
+        columns = {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}
+        if "peak_memory_mb" not in columns:
+            with self._conn:
+                self._conn.execute("ALTER TABLE runs ADD COLUMN peak_memory_mb REAL")
 
     def close(self) -> None:
         self._conn.close()
@@ -213,6 +224,7 @@ CSV_COLUMNS = (
     "best_value",
     "wall_time",
     "train_images_per_s",
+    "peak_memory_mb",
     "device",
     "error",
 )

@@ -125,3 +125,49 @@ def test_maskrcnn_flops_in_eval_mode(write_experiment) -> None:
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model([torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))])
     assert c.flops == fc.get_total_flops()
+
+
+def test_all_ops_flops_of_a_tiny_module_match_a_hand_count() -> None:
+    from torch import nn
+
+    from stitch.flops import count_flops as count
+
+    model = nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4), nn.Sigmoid())  # eval: BN folded = 2 per element
+    x = torch.rand(2, 4, 8, 8)  # 512 elements
+    assert count(model, x) == 0  # PyTorch's count has no formula for any of these
+    assert count(model, x, all_ops=True) == 512 + 2 * 512 + 512
+    pools = nn.Sequential(nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Softmax(1), nn.GroupNorm(2, 4))
+    # window 2x2 per output (128 outputs), global mean 1 per input (128), softmax 3 x 8, group norm 4 x 8
+    assert count(pools, x, all_ops=True) == 4 * 128 + 128 + 3 * 8 + 4 * 8
+    conv = nn.Conv2d(4, 2, 1, bias=False)  # PyTorch's own formulas are kept: 2 x 64 x 4 x 2 x 2
+    assert count(conv, x, all_ops=True) == count(conv, x) == 2 * 128 * 4 * 2
+    up = nn.Upsample(scale_factor=2, mode="bilinear")
+    assert count(up, x, all_ops=True) == 8 * 2 * 4 * 16 * 16
+
+
+def test_all_ops_flops_of_a_coordatt_variant_exceed_the_baseline(tiny_unet) -> None:
+    exp = tiny_unet('insertions:\n  - {name: CA, module: CoordAtt, at: "enc*"}\nablation: none\n')
+    got = with_deltas(
+        {v.name: variant_costs(exp, v, latency=False) for v in plan_variants(exp.cfg)}, "Baseline"
+    )
+    base, ca = got["Baseline"], got["+CA"]
+    assert base.flops_all > base.flops and ca.flops_all > ca.flops
+    assert ca.flops_all > base.flops_all and ca.flops_all_delta == ca.flops_all - base.flops_all
+    # the gates (pooling, sigmoid, products) are counted only in the all-ops convention
+    assert ca.flops_all_delta > ca.flops_delta
+
+
+def test_an_old_cache_without_all_ops_flops_is_filled(tiny_unet, tmp_path: Path) -> None:
+    exp = tiny_unet(INSERTIONS)
+    variants = plan_variants(exp.cfg)
+    cache = tmp_path / "costs.json"
+    first, _ = cached_costs(exp, variants, cache, latency=False)
+    store = json.loads(cache.read_text())
+    for entry in store["entries"].values():  # as written before FLOPs (all ops) existed
+        del entry["flops_all"], entry["flops_all_delta"]
+        entry["params"] = -1  # proves the entry is read, not recomputed
+    cache.write_text(json.dumps(store))
+    again, errors = cached_costs(exp, variants, cache, latency=False)
+    assert not errors and all(c.params == -1 for c in again.values())
+    assert {n: c.flops_all for n, c in again.items()} == {n: c.flops_all for n, c in first.items()}
+    assert all("flops_all" in e for e in json.loads(cache.read_text())["entries"].values())

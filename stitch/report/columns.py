@@ -15,6 +15,9 @@ COST_COLUMNS = [
     Column("params_delta", f"{DELTA}Params (K)", r"\(\Delta\)Params (K)"),
     Column("flops", "FLOPs (G)", "FLOPs (G)"),
     Column("flops_delta", f"{DELTA}FLOPs (M)", r"\(\Delta\)FLOPs (M)"),
+    # FLOPs (all ops): element-wise work, pooling and normalisation too (stitch.flops)
+    Column("flops_all", "FLOPs all ops (G)", "FLOPs all ops (G)"),
+    Column("flops_all_delta", f"{DELTA}FLOPs all ops (M)", r"\(\Delta\)FLOPs all ops (M)"),
 ]
 LATENCY_COLUMN = Column("latency", "Latency (ms)", "Latency (ms)")
 
@@ -40,6 +43,9 @@ def cost_cells(
         None if params is None or ref_params is None or v is res.reference else (params - ref_params) / 1e3
     )
     flops_delta = None if c is None or c.flops_delta is None or v is res.reference else c.flops_delta / 1e6
+    all_delta = (
+        None if c is None or c.flops_all_delta is None or v is res.reference else c.flops_all_delta / 1e6
+    )
     out = {
         "params": number_cell(
             None if params is None else params / 1e6, decimals, run_ids=ids, seeds=seeds, source="runs.params"
@@ -67,6 +73,21 @@ def cost_cells(
             seeds=seeds,
             source=src + " (minus the reference's)",
         ),
+        "flops_all": number_cell(
+            None if c is None or c.flops_all is None else c.flops_all / 1e9,
+            decimals,
+            run_ids=ids,
+            seeds=seeds,
+            source=src + " flops_all",
+        ),
+        "flops_all_delta": number_cell(
+            all_delta,
+            decimals,
+            signed=True,
+            run_ids=with_ref,
+            seeds=seeds,
+            source=src + " flops_all (minus the reference's)",
+        ),
     }
     if with_latency:
         latency = None if c is None else c.latency_ms
@@ -84,15 +105,19 @@ def cost_records(res: ExperimentResults, v: VariantRuns) -> dict[str, Any]:
         "params_delta": None if params is None or ref is None else params - ref,
         "flops": c.flops if c else None,
         "flops_delta": c.flops_delta if c else None,
+        "flops_all": c.flops_all if c else None,
+        "flops_all_delta": c.flops_all_delta if c else None,
         "latency_ms": c.latency_ms if c else None,
     }
 
 
 def cost_columns(res: ExperimentResults, latency: bool = False, deltas: bool = True) -> list[Column]:
-    """Params (from the database) always; FLOPs (and latency) when costs were computed."""
+    """Params (from the database) always; FLOPs, FLOPs (all ops) (and latency) when costs were computed."""
     cols = [c for c in COST_COLUMNS if c.key.startswith("params")]
     if res.costs:
-        cols += [c for c in COST_COLUMNS if c.key.startswith("flops")]
+        cols += [c for c in COST_COLUMNS if c.key.startswith("flops") and not c.key.startswith("flops_all")]
+    if any(c.flops_all is not None for c in res.costs.values()):
+        cols += [c for c in COST_COLUMNS if c.key.startswith("flops_all")]
     if not deltas or res.reference is None:
         cols = [c for c in cols if not c.key.endswith("_delta")]
     if latency and any(c.latency_ms is not None for c in res.costs.values()):
