@@ -18,7 +18,7 @@ from torch import nn
 from stitch.baselines import BASELINES, BaselineSpec
 from stitch.config import Experiment, format_path
 from stitch.errors import ConfigError, StitchingError, check_types, did_you_mean, exception_text
-from stitch.plan import Variant, find_variant, plan_variants
+from stitch.plan import Variant, find_variant, plan_variants, variant_insertions
 from stitch.plugins import load_plugins
 from stitch.points import probe
 from stitch.surgery import Applied, Insertion, count_params, stitch
@@ -141,9 +141,7 @@ def stitch_variant(exp: Experiment, variant: str | Variant | None = None, seed: 
     if var.is_baseline:
         return built
     chosen = [
-        Insertion(i.name, i, ("insertions", k))
-        for k, i in enumerate(exp.cfg.insertions)
-        if i.name in var.insertions
+        Insertion(i.name, i, ("insertions", k)) for k, i in variant_insertions(exp.cfg, var)
     ]
     batch = spec.example_batch(exp.cfg.baseline.args, exp.cfg.probe.batch_size, exp.cfg.probe_image_size)
     try:

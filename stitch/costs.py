@@ -52,7 +52,7 @@ from stitch.fileio import write_text
 from stitch.flops import count_flops
 from stitch.hashing import digest
 from stitch.model_mode import eval_mode
-from stitch.plan import Variant
+from stitch.plan import Variant, variant_insertions
 from stitch.runs import with_defaults
 
 COSTS_VERSION = 1
@@ -158,7 +158,7 @@ def costs_key(
         "version": COSTS_VERSION,
         "task": cfg["task"],
         "baseline": cfg["baseline"],
-        "insertions": [i for i in cfg["insertions"] if i["name"] in variant.insertions],
+        "insertions": [i.model_dump(mode="json") for _, i in variant_insertions(exp.cfg, variant)],
         "probe": cfg["probe"],
         "seed": seed,
         "image_size": list(image_size),

@@ -28,7 +28,7 @@ from stitch.config.loading import SOURCE_FOLDER_FILE
 from stitch.errors import StitchError
 from stitch.fileio import atomic_path, write_text
 from stitch.hashing import digest
-from stitch.plan import Variant, plan_variants
+from stitch.plan import Variant, plan_variants, variant_insertions
 from stitch.plugins import load_plugins, module_refs
 from stitch.registry import BASELINES
 
@@ -110,7 +110,9 @@ def resolved_config(exp: Experiment, variant: Variant, seed: int, epochs: int) -
         "baseline": baseline,
         "data": data,
         "train": train_cfg,
-        "insertions": [resolved_insertion(i) for i in cfg["insertions"] if i["name"] in variant.insertions],
+        "insertions": [
+            resolved_insertion(i.model_dump(mode="json")) for _, i in variant_insertions(exp.cfg, variant)
+        ],
         "seed": seed,
         "primary_metric": exp.cfg.primary_metric,
     }

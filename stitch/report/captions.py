@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from stitch.flops import CAPTION as FLOPS_ALL_CAPTION
 from stitch.plan import plan_variants
 from stitch.report.labels import DAGGER, DELTA, metric_label
 from stitch.report.results import ExperimentResults, VariantRuns
@@ -94,6 +95,8 @@ def cost_sentence(res: ExperimentResults, latency: bool = False, deltas: bool = 
         f"Params in millions; FLOPs in billions for one {c.in_channels}\u00d7{h}\u00d7{w} input (batch 1, "
         f"counted by torch.utils.flop_counter, a multiply-add = 2 FLOPs){delta}."
     )
+    if c.flops_all is not None:
+        s += " " + FLOPS_ALL_CAPTION
     if latency and c.latency_ms is not None:
         s += (
             f" Latency: median of {c.repeats} forwards after {c.warmup} warm-up, batch 1, eval mode, "

@@ -21,7 +21,7 @@ from typing import Any
 
 from stitch.config import Experiment, with_overrides
 from stitch.errors import StitchError
-from stitch.plan import Variant, plan_variants
+from stitch.plan import Variant, control_insertions, plan_variants
 from stitch.plugins import load_experiment_with_plugins
 from stitch.report.labels import PERCENT_METRICS
 from stitch.runs import resolved_insertion
@@ -146,7 +146,8 @@ def select_runs(exp: Experiment, rows: Sequence[RunRow]) -> tuple[list[VariantRu
     """The finished runs that belong in the tables, grouped by variant, and notes on the rest."""
     cfg = exp.cfg
     notes: list[str] = []
-    current = {i["name"]: resolved_insertion(i) for i in cfg.model_dump(mode="json")["insertions"]}
+    every = list(cfg.insertions) + [c for _, c in control_insertions(cfg)]
+    current = {i.name: resolved_insertion(i.model_dump(mode="json")) for i in every}
     others = Counter(r.status for r in rows if r.status != "done")
     if others:
         left = ", ".join(f"{n} {s}" for s, n in sorted(others.items()))
