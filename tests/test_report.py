@@ -689,3 +689,13 @@ def test_noise_floor_from_the_baseline_alone_and_its_latex(tmp_path: Path) -> No
             timeout=120,
         )
         assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+def test_no_noise_floor_from_results_that_do_not_vary(tmp_path: Path, monkeypatch) -> None:
+    for variant in OFFSETS:
+        monkeypatch.setitem(OFFSETS, variant, [0.0, 0.0, 0.0, 0.0])
+    run_dir, _ = make_run_dir(tmp_path)
+    _with_report_keys(run_dir, min_effect=0.01)
+    caption = ablation_table(load_results(run_dir, costs=False)).caption
+    assert "Noise floor: not estimated; the results do not vary over seeds." in caption
+    assert "seeds at" not in caption and "detects" not in caption

@@ -142,6 +142,8 @@ def noise_floor_sentence(res: ExperimentResults) -> str:
     nf = noise_floor(res)
     if nf is None or math.isnan(nf.sd):
         return ""
+    if not nf.sd > 0:  # identical results over seeds: no spread to estimate a floor from
+        return "Noise floor: not estimated; the results do not vary over seeds."
     scale = res.scale.get(nf.metric, 1.0)
     unit = " pp" if scale == 100.0 else ""
     d = res.exp.cfg.report.decimals
