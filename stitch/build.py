@@ -140,9 +140,7 @@ def stitch_variant(exp: Experiment, variant: str | Variant | None = None, seed: 
     built = BuiltModel(model=model, variant=var, baseline=spec, baseline_params=count_params(model))
     if var.is_baseline:
         return built
-    chosen = [
-        Insertion(i.name, i, ("insertions", k)) for k, i in variant_insertions(exp.cfg, var)
-    ]
+    chosen = [Insertion(i.name, i, ("insertions", k)) for k, i in variant_insertions(exp.cfg, var)]
     batch = spec.example_batch(exp.cfg.baseline.args, exp.cfg.probe.batch_size, exp.cfg.probe_image_size)
     try:
         built.applied = stitch(
