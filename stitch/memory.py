@@ -20,6 +20,12 @@ import sys
 import torch
 
 MIB = 2**20
+#: what the report's "Peak memory (MiB)" column means (its caption sentence)
+CAPTION = (
+    "Peak memory: mean over seeds of each run's peak during training, in MiB: CUDA max allocated on a "
+    "GPU; on a CPU the process's max resident set size, an upper bound that includes earlier runs "
+    "of the same process."
+)
 
 
 def reset_peak_memory(device: torch.device) -> None:

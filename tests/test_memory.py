@@ -36,6 +36,13 @@ def test_a_tiny_run_stores_its_peak_memory(tmp_path: Path) -> None:
     rss_now = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert row.device == "cpu" and row.peak_memory_mb is not None and 0 < row.peak_memory_mb <= rss_now
     assert pd.read_csv(run_dir / "results.csv")["peak_memory_mb"].tolist() == [row.peak_memory_mb]
+    # the report shows it as a column, with what it means in the caption
+    caption, header, baseline = (run_dir / "report" / "ablation.md").read_text().splitlines()[0:5:2]
+    assert "Peak memory: mean over seeds of each run's peak during training, in MiB" in caption
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in baseline.split("|")]))
+    assert cells["Peak memory (MiB)"] == f"{row.peak_memory_mb:.0f}"
+    csv = pd.read_csv(run_dir / "report" / "ablation.csv")
+    assert csv["peak_memory_mb"].tolist() == [row.peak_memory_mb]
 
 
 def old_database(path: Path, schema: str) -> None:

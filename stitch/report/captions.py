@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from stitch.flops import CAPTION as FLOPS_ALL_CAPTION
+from stitch.memory import CAPTION as MEMORY_CAPTION
 from stitch.plan import plan_variants
 from stitch.report.labels import DAGGER, DELTA, metric_label
 from stitch.report.results import ExperimentResults, VariantRuns
@@ -85,10 +86,14 @@ def metric_sentence(res: ExperimentResults) -> str:
 def cost_sentence(res: ExperimentResults, latency: bool = False, deltas: bool = True) -> str:
     """The units of Params and FLOPs, the input they were counted for, and how latency was timed."""
     delta = f"; {DELTA} against {res.reference.name}" if deltas and res.reference is not None else ""
+    memory = (
+        " " + MEMORY_CAPTION
+        if any(r.peak_memory_mb is not None for v in res.variants for r in v.rows)
+        else ""
+    )
     if not res.costs:
-        return (
-            f"Params in millions{delta}." if any(v.rows[0].params is not None for v in res.variants) else ""
-        )
+        params = any(v.rows[0].params is not None for v in res.variants)
+        return ((f"Params in millions{delta}." if params else "") + memory).strip()
     c = next(iter(res.costs.values()))
     h, w = c.image_size
     s = (
@@ -97,6 +102,7 @@ def cost_sentence(res: ExperimentResults, latency: bool = False, deltas: bool = 
     )
     if c.flops_all is not None:
         s += " " + FLOPS_ALL_CAPTION
+    s += memory
     if latency and c.latency_ms is not None:
         s += (
             f" Latency: median of {c.repeats} forwards after {c.warmup} warm-up, batch 1, eval mode, "

@@ -20,6 +20,14 @@ COST_COLUMNS = [
     Column("flops_all_delta", f"{DELTA}FLOPs all ops (M)", r"\(\Delta\)FLOPs all ops (M)"),
 ]
 LATENCY_COLUMN = Column("latency", "Latency (ms)", "Latency (ms)")
+#: peak training memory per run (stitch.memory), mean over the variant's seeds
+MEMORY_COLUMN = Column("peak_memory", "Peak memory (MiB)", "Peak memory (MiB)")
+
+
+def peak_memory(v: VariantRuns) -> float | None:
+    """The mean over seeds of the runs' peak training memory in MiB (None when none recorded it)."""
+    values = [r.peak_memory_mb for r in v.rows if r.peak_memory_mb is not None]
+    return sum(values) / len(values) if values else None
 
 
 def _params(res: ExperimentResults, v: VariantRuns) -> int | None:
@@ -89,6 +97,9 @@ def cost_cells(
             source=src + " flops_all (minus the reference's)",
         ),
     }
+    out["peak_memory"] = number_cell(
+        peak_memory(v), 0, run_ids=ids, seeds=seeds, source="mean of runs.peak_memory_mb"
+    )
     if with_latency:
         latency = None if c is None else c.latency_ms
         out["latency"] = number_cell(latency, decimals, run_ids=ids, seeds=seeds, source=src)
@@ -108,6 +119,7 @@ def cost_records(res: ExperimentResults, v: VariantRuns) -> dict[str, Any]:
         "flops_all": c.flops_all if c else None,
         "flops_all_delta": c.flops_all_delta if c else None,
         "latency_ms": c.latency_ms if c else None,
+        "peak_memory_mb": peak_memory(v),
     }
 
 
@@ -122,6 +134,8 @@ def cost_columns(res: ExperimentResults, latency: bool = False, deltas: bool = T
         cols = [c for c in cols if not c.key.endswith("_delta")]
     if latency and any(c.latency_ms is not None for c in res.costs.values()):
         cols.append(LATENCY_COLUMN)
+    if any(peak_memory(v) is not None for v in res.variants):
+        cols.append(MEMORY_COLUMN)
     return cols
 
 
