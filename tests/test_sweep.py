@@ -357,3 +357,42 @@ def test_a_killed_worker_is_detected_by_its_heartbeat_and_its_trial_retried_once
         row = store.get(retries[0].user_attrs["run_id"])
     assert row.status == "done" and row.epochs_done == 30
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 2
+
+
+def test_flops_all_ops_is_a_cost_objective(tmp_path: Path) -> None:
+    from stitch.costs import variant_costs
+    from stitch.plan import plan_variants
+    from stitch.store import RunRow
+    from stitch.sweep.objectives import objective_values, objectives_of
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        tiny_shapes_unet("fa", tmp_path / "data")
+        + textwrap.dedent("""\
+        insertions:
+          - {name: CA, module: CoordAtt, at: "enc*"}
+        sweep:
+          sampler: nsga2
+          objectives: [miou, flops_all]
+          train: {optimizer.lr: [0.001, 0.01]}
+        """)
+    )
+    exp = load_experiment(path)
+    objectives = objectives_of(exp)
+    assert [(o.metric, o.direction) for o in objectives] == [("miou", "maximize"), ("flops_all", "minimize")]
+    variant = plan_variants(exp.cfg)[-1]
+    row = RunRow(
+        run_id="r",
+        experiment="fa",
+        variant=variant.name,
+        variant_slug="ca",
+        insertions=["CA"],
+        seed=0,
+        status="done",
+        config={},
+        primary_metric="miou",
+        best_metrics={"miou": 0.5},
+    )
+    costs = variant_costs(exp, variant, 0)
+    assert objective_values(row, objectives, exp, variant, 0) == (0.5, float(costs.flops_all))
+    assert costs.flops_all > costs.flops

@@ -13,7 +13,7 @@ from stitch.plan import Variant
 from stitch.store import RunRow
 
 #: objectives that are costs of the network, minimised by default
-COST_OBJECTIVES = ("params", "flops", "latency_ms")
+COST_OBJECTIVES = ("params", "flops", "flops_all", "latency_ms")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ def objective_values(
     row: RunRow, objectives: Sequence[Objective], exp: Experiment, variant: Variant, seed: int
 ) -> float | tuple[float, ...]:
     """A finished run's value of each objective (one float for a single objective): metrics at
-    its best epoch, parameters from the row, FLOPs and latency measured on ``variant``; NaN
+    its best epoch, parameters from the row, FLOPs (PyTorch's or all ops, :mod:`stitch.flops`) and
+    latency measured on ``variant``; NaN
     where one is undefined."""
     out = []
     costs = None
@@ -61,7 +62,7 @@ def objective_values(
     for o in objectives:
         if o.metric == "params":
             out.append(float("nan") if row.params is None else float(row.params))
-        elif o.metric in ("flops", "latency_ms"):
+        elif o.metric in ("flops", "flops_all", "latency_ms"):
             if costs is None:
                 costs = variant_costs(exp, variant, seed, latency=latency)
             value = getattr(costs, o.metric)
