@@ -39,3 +39,21 @@ class BaselineSpec:
     default_image_size: tuple[int, int]
     #: why an input size cannot work with these arguments (one line), or None
     check_input: Callable[[dict[str, Any], tuple[int, int]], str | None] = lambda args, size: None
+
+
+def resnet_stage_aliases(body: nn.Module, prefix: str) -> dict[str, str]:
+    """Aliases of a torchvision ResNet's stages at ``prefix`` (``"backbone.body."``): ``c2`` … ``c5``
+    for ``layer1`` … ``layer4`` (stages the body lacks are left out), every block ``c{i}.{j}`` and
+    its ``conv1`` / ``conv2`` / ``conv3``. Mask R-CNN and the torchvision segmentation models share it."""
+    aliases: dict[str, str] = {}
+    for i in range(2, 6):
+        layer = getattr(body, f"layer{i - 1}", None)
+        if layer is None:
+            continue
+        aliases[f"c{i}"] = f"{prefix}layer{i - 1}"
+        for j, block in enumerate(layer):
+            aliases[f"c{i}.{j}"] = f"{prefix}layer{i - 1}.{j}"
+            for conv in ("conv1", "conv2", "conv3"):
+                if hasattr(block, conv):
+                    aliases[f"c{i}.{j}.{conv}"] = f"{prefix}layer{i - 1}.{j}.{conv}"
+    return aliases

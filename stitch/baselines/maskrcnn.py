@@ -43,7 +43,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from stitch.baselines.base import BaselineSpec
+from stitch.baselines.base import BaselineSpec, resnet_stage_aliases
 from stitch.baselines.maskrcnn_weights import (
     cached_weights_file,
     check_file_exists,
@@ -334,16 +334,7 @@ def maskrcnn_aliases(model: nn.Module) -> dict[str, str]:
     body = model.get_submodule("backbone.body")
     aliases: dict[str, str] = {}
     if hasattr(body, "layer1"):  # ResNet
-        for i in range(2, 6):
-            layer = getattr(body, f"layer{i - 1}", None)
-            if layer is None:
-                continue
-            aliases[f"c{i}"] = f"backbone.body.layer{i - 1}"
-            for j, block in enumerate(layer):
-                aliases[f"c{i}.{j}"] = f"backbone.body.layer{i - 1}.{j}"
-                for conv in ("conv1", "conv2", "conv3"):
-                    if hasattr(block, conv):
-                        aliases[f"c{i}.{j}.{conv}"] = f"backbone.body.layer{i - 1}.{j}.{conv}"
+        aliases.update(resnet_stage_aliases(body, "backbone.body."))
     else:  # MobileNetV3 features, one child per block
         names = [n for n, _ in body.named_children()]
         if names:

@@ -38,7 +38,7 @@ from timm.models import adapt_input_conv
 from torch import nn
 from torchvision.models import WeightsEnum, get_model_weights, get_weight, segmentation
 
-from stitch.baselines.base import BaselineSpec
+from stitch.baselines.base import BaselineSpec, resnet_stage_aliases
 from stitch.baselines.factory import spec_from_factory
 from stitch.baselines.maskrcnn_weights import (
     cached_weights_file,
@@ -222,14 +222,7 @@ def resnet_aliases(model: nn.Module) -> dict[str, str]:
     """Hook-point aliases of the dilated-ResNet models (FCN, DeepLabV3): ``stem``, ``c2`` … ``c5``,
     every block ``c{i}.{j}`` with its convolutions, and the heads."""
     aliases = {"stem": "backbone.maxpool"}
-    for i in range(2, 6):
-        layer: Any = model.get_submodule(f"backbone.layer{i - 1}")
-        aliases[f"c{i}"] = f"backbone.layer{i - 1}"
-        for j, block in enumerate(layer):
-            aliases[f"c{i}.{j}"] = f"backbone.layer{i - 1}.{j}"
-            for conv in ("conv1", "conv2", "conv3"):
-                if hasattr(block, conv):
-                    aliases[f"c{i}.{j}.{conv}"] = f"backbone.layer{i - 1}.{j}.{conv}"
+    aliases.update(resnet_stage_aliases(model.get_submodule("backbone"), "backbone."))
     return aliases
 
 
