@@ -46,6 +46,11 @@ class RunPlan:
     config: dict[str, Any]
 
 
+#: data keys added with the held-out test split: left out of the resolved config while unset (None,
+#: 0 or the old layout), so experiments without a test split keep their older run ids
+TEST_SPLIT_KEYS = ("test_list", "test_fraction", "test_annotations", "test_images", "test_split")
+
+
 def run_id_of(resolved: dict[str, Any]) -> str:
     """A run's stable id: the first 16 hex digits of the SHA-256 of its canonical JSON config."""
     return digest(resolved, 16)
@@ -100,6 +105,9 @@ def resolved_config(exp: Experiment, variant: Variant, seed: int, epochs: int) -
         cfg["task"] != "instance"
     ):  # read by the instance task only (added later: must not change older run ids)
         data.pop("objects", None)
+    for key in TEST_SPLIT_KEYS:
+        if not data.get(key):
+            data.pop(key, None)
     if data.get("root"):
         data["root"] = os.path.normpath(data["root"])
     baseline = dict(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +47,12 @@ INSTANCE_DATASETS = ("coco", "voc", "nuclei", "shapes")
 
 @dataclass
 class DataBundle:
-    """The train and val datasets of an experiment and what the model and reports need to know.
+    """The train, val and (where the experiment has one) test datasets of an experiment and what the
+    model and reports need to know.
+
+    ``val`` chooses the epoch (the best or the last); ``test`` is held out, evaluated once a run has
+    finished, and is what the tables report. ``test`` is ``None`` when the dataset config gives no
+    test split (the tables then report val and say that it also chose the epoch).
 
     Segmentation: items of ``train``/``val`` are ``{"image": float32 CxHxW (normalised), "mask":
     int64 HxW, "index": int}``, all of ``image_size``; ``val`` is deterministic, ``train`` augments
@@ -71,25 +76,41 @@ class DataBundle:
     ignore_index: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    info: dict = field(default_factory=dict)  # dataset, root (the folder read), split (how), train/val counts
+    info: dict = field(default_factory=dict)  # dataset, root (the folder read), split (how), split counts
     task: str = "segmentation"
     collate_fn: Callable | None = None  # instance task: stitch.data.instance.collate_instances
     coco_gt: Any = None  # instance task: pycocotools COCO of the val split
     # instance task: label 1..K -> category id
     label_to_category: dict[int, int] = field(default_factory=dict)
+    test: Any = None  # the held-out test split (items as in val), or None
+    coco_gt_test: Any = None  # instance task: pycocotools COCO of the test split
+
+    def split_view(self, split: str) -> DataBundle:
+        """This bundle with ``split`` (``val`` or ``test``) in the ``val`` place (and its ``coco_gt``),
+        so a task built from it evaluates that split."""
+        if split == "val":
+            return self
+        if split != "test" or self.test is None:
+            raise ValueError(f"no {split!r} split in this data bundle")
+        return replace(self, val=self.test, coco_gt=self.coco_gt_test, test=None, coco_gt_test=None)
 
     def describe(self) -> str:
         """One line for logs: dataset, sizes, classes, where it lives (instance task: objects and
         skipped annotations)."""
         i = self.info
         text = (
-            f"{i.get('dataset', '?')}: {len(self.train)} train / {len(self.val)} val, "
+            f"{i.get('dataset', '?')}: {len(self.train)} train / {len(self.val)} val / "
+            f"{len(self.test) if self.test is not None else 'no'} test, "
             f"{self.num_classes} classes ({', '.join(self.class_names)}), {self.in_channels} channel(s), "
             f"split {i.get('split', '?')}, at {i.get('root', '?')}"
         )
         if self.task == "instance":
             obj = i.get("objects", {})
-            parts = [f"{obj.get(s, {}).get('objects', 0)} {s} objects" for s in ("train", "val")]
+            parts = [
+                f"{obj.get(s, {}).get('objects', 0)} {s} objects"
+                for s in ("train", "val", "test")
+                if s in obj
+            ]
             crowd = sum(v.get("crowd", 0) for v in obj.values())
             if crowd:
                 parts.append(f"{crowd} crowd regions (not trained on, kept for evaluation)")
@@ -143,6 +164,11 @@ def build_data(
     return DataBundle(
         train=SegDataset(prep.train, build_transforms(cfg, prep.in_channels, mean, std, train=True), "train"),
         val=SegDataset(prep.val, build_transforms(cfg, prep.in_channels, mean, std, train=False), "val"),
+        test=(
+            SegDataset(prep.test, build_transforms(cfg, prep.in_channels, mean, std, train=False), "test")
+            if prep.test is not None
+            else None
+        ),
         num_classes=k,
         in_channels=prep.in_channels,
         class_names=list(prep.class_names),
@@ -162,6 +188,12 @@ def _build_instance(cfg: DataCfg, cache_dir: str | os.PathLike | None) -> DataBu
     return DataBundle(
         train=InstanceDataset(prep.train, instance_transforms(cfg, train=True), "train"),
         val=InstanceDataset(prep.val, instance_transforms(cfg, train=False), "val"),
+        test=(
+            InstanceDataset(prep.test, instance_transforms(cfg, train=False), "test")
+            if prep.test is not None
+            else None
+        ),
+        coco_gt_test=prep.coco_gt_test,
         num_classes=len(prep.class_names),
         in_channels=3,
         class_names=list(prep.class_names),

@@ -357,6 +357,7 @@ class Prepared:
     in_channels: int
     class_names: list[str]
     info: dict = field(default_factory=dict)
+    test: Any = None  # Source of the held-out test split; None where the experiment has none
 
 
 class SourceDataset:

@@ -287,6 +287,8 @@ class InstancePrepared:
     label_to_category: dict[int, int]
     coco_gt: Any
     info: dict = field(default_factory=dict)
+    test: InstanceSource | None = None  # the held-out test split, where the experiment has one
+    coco_gt_test: Any = None  # its pycocotools COCO
 
 
 def from_coco_dicts(
@@ -294,17 +296,18 @@ def from_coco_dicts(
     info: dict,
     extra_skips: dict[str, dict[str, int]] | None = None,
 ) -> InstancePrepared:
-    """Build both splits from ``split -> (COCO dict, file named in errors, images folder)``.
+    """Build the splits from ``split -> (COCO dict, file named in errors, images folder)``: ``train``
+    and ``val``, and ``test`` when given.
 
-    The dicts are checked (:func:`stitch.data.coco_format.check_coco`), the val split must have the
-    train split's category ids, every image file must exist. ``extra_skips`` adds a dataset's own
+    The dicts are checked (:func:`stitch.data.coco_format.check_coco`), the val and test splits must
+    have the train split's category ids, every image file must exist. ``extra_skips`` adds a dataset's own
     skip counts (VOC's ``no_class``) to ``info["skipped"]``."""
     cats: list[dict] | None = None
     sources: dict[str, InstanceSource] = {}
     skipped: dict[str, dict[str, int]] = {}
     objects: dict[str, dict[str, int]] = {}
-    gt: dict | None = None
-    for split in ("train", "val"):
+    gts: dict[str, dict] = {}
+    for split in [s for s in ("train", "val", "test") if s in splits]:
         data, ann_file, images_dir = splits[split]
         check_coco(data, ann_file)
         if not images_dir.is_dir():
@@ -315,9 +318,9 @@ def from_coco_dicts(
                 raise DataError(f"category id {c['id']!r} is not an integer", ann_file)
         check_images_exist(data["images"], images_dir, ann_file, split)
         cat_to_label = {c["id"]: k for k, c in enumerate(cats, 1)}
-        records, g, counts = parse_split(data, ann_file, cat_to_label, keep_gt=split == "val")
-        if split == "val":
-            gt = g
+        records, g, counts = parse_split(data, ann_file, cat_to_label, keep_gt=split != "train")
+        if g is not None:
+            gts[split] = g
         sources[split] = InstanceSource(records, images_dir, ann_file)
         skipped[split] = {k: counts[k] for k in SKIP_KINDS}
         skipped[split].update((extra_skips or {}).get(split, {}))
@@ -326,17 +329,17 @@ def from_coco_dicts(
             "crowd": counts["crowd"],
             "empty_images": sum(1 for r in records if not r.rles),
         }
-    assert cats is not None and gt is not None
+    assert cats is not None and "val" in gts
     names = ["background"] + [str(c.get("name", c["id"])) for c in cats]
     return InstancePrepared(
         train=sources["train"],
         val=sources["val"],
         class_names=names,
         label_to_category={k: int(c["id"]) for k, c in enumerate(cats, 1)},
-        coco_gt=coco_index(gt),
-        info=dict(
-            info, train=len(sources["train"]), val=len(sources["val"]), skipped=skipped, objects=objects
-        ),
+        coco_gt=coco_index(gts["val"]),
+        info=dict(info, **{s: len(src) for s, src in sources.items()}, skipped=skipped, objects=objects),
+        test=sources.get("test"),
+        coco_gt_test=coco_index(gts["test"]) if "test" in gts else None,
     )
 
 
