@@ -49,6 +49,8 @@ class RunPlan:
 #: data keys added with the held-out test split: left out of the resolved config while unset (None,
 #: 0 or the old layout), so experiments without a test split keep their older run ids
 TEST_SPLIT_KEYS = ("test_list", "test_fraction", "test_annotations", "test_images", "test_split")
+#: fixed-split datasets whose ``test_region: false`` is the layout of before (kept out of run ids)
+TEST_REGION_KEY = "test_region"
 
 
 def run_id_of(resolved: dict[str, Any]) -> str:
@@ -105,9 +107,9 @@ def resolved_config(exp: Experiment, variant: Variant, seed: int, epochs: int) -
         cfg["task"] != "instance"
     ):  # read by the instance task only (added later: must not change older run ids)
         data.pop("objects", None)
-    for key in TEST_SPLIT_KEYS:
-        if not data.get(key):
-            data.pop(key, None)
+    for key in (*TEST_SPLIT_KEYS, TEST_REGION_KEY):
+        if key in data and not data[key]:
+            data.pop(key)
     if data.get("root"):
         data["root"] = os.path.normpath(data["root"])
     baseline = dict(

@@ -343,29 +343,34 @@ def test_val_transform_resizes_pads_and_normalises() -> None:
 HAS_STARDIST = importlib.util.find_spec("stardist") is not None
 
 
+LAYOUTS = {  # test_region -> split: (row range, tiles at 128)
+    True: {"train": ((0, 256), 21), "val": ((256, 384), 4), "test": ((384, 512), 4)},
+    False: {"train": ((0, 384), 35), "val": ((384, 512), 4)},
+}
+
+
 @pytest.mark.skipif(
     not HAS_STARDIST, reason="stardist wheel not installed (pip install --no-deps stardist==0.9.2)"
 )
-def test_nuclei_tiles_split_masks_and_coco(tmp_path: Path) -> None:
+@pytest.mark.parametrize("test_region", [True, False])
+def test_nuclei_tiles_split_masks_and_coco(tmp_path: Path, test_region: bool) -> None:
     from pycocotools.coco import COCO
 
-    b = build_data(cfg(dataset="nuclei", normalize="none"), tmp_path)
+    layout = LAYOUTS[test_region]
+    b = build_data(cfg(dataset="nuclei", normalize="none", test_region=test_region), tmp_path)
     root = Path(b.info["root"])
-    assert (
-        (len(b.train), len(b.val)) == (35, 4)
-        and b.in_channels == 1
-        and b.class_names == ["background", "nucleus"]
-    )
+    assert root.name == f"nuclei-dsb2018-tile128-v{2 if test_region else 1}"
+    sets = {"train": b.train, "val": b.val, **({"test": b.test} if test_region else {})}
+    assert (b.test is None) is not test_region
+    assert {s: len(ds) for s, ds in sets.items()} == {s: n for s, (_, n) in layout.items()}
+    assert b.in_channels == 1 and b.class_names == ["background", "nucleus"]
     meta = json.loads((root / "meta.json").read_text())
-    assert (
-        meta["nuclei"] == 125
-        and meta["split"]["train_rows"] == [0, 384]
-        and meta["split"]["val_rows"] == [384, 512]
-    )
+    assert meta["nuclei"] == 125
+    assert {s: meta["split"][f"{s}_rows"] for s in layout} == {s: list(r) for s, (r, _) in layout.items()}
 
-    covered = {"train": np.zeros((512, 512), bool), "val": np.zeros((512, 512), bool)}
+    covered = {s: np.zeros((512, 512), bool) for s in layout}
     ids: dict[str, set] = {}
-    for split, ds in (("train", b.train), ("val", b.val)):
+    for split, ds in sets.items():
         coco = COCO(str(root / "annotations" / f"instances_{split}.json"))
         assert len(coco.imgs) == len(ds)
         for img in coco.imgs.values():
@@ -378,10 +383,13 @@ def test_nuclei_tiles_split_masks_and_coco(tmp_path: Path) -> None:
                 inst |= coco.annToMask(ann)
             assert np.array_equal(inst, sem)  # instances cover exactly the semantic foreground
         ids[split] = {a["instance_id"] for a in coco.anns.values()}
-    assert not (covered["train"] & covered["val"]).any()  # no pixel in both splits
-    assert covered["train"][:384].all() and covered["val"][384:].all()
-    assert len(ids["train"] | ids["val"]) == 125  # every nucleus of the full image appears in some tile
-    assert meta["counts"]["val"]["nuclei"] == len(ids["val"])
+        assert meta["counts"][split]["nuclei"] == len(ids[split])
+    for a in layout:  # no pixel in two splits, each split covers its rows
+        (r0, r1), _ = layout[a]
+        assert covered[a][r0:r1].all() and not covered[a][:r0].any() and not covered[a][r1:].any()
+        for c in layout:
+            assert a == c or not (covered[a] & covered[c]).any()
+    assert len(set().union(*ids.values())) == 125  # every nucleus of the full image appears in some tile
     item = b.train[0]
     assert item["image"].shape == (1, 128, 128) and set(item["mask"].unique().tolist()) == {0, 1}
     assert float(item["image"].min()) >= 0.0 and float(item["image"].max()) <= 1.0
@@ -392,7 +400,9 @@ def test_nuclei_tiles_split_masks_and_coco(tmp_path: Path) -> None:
 )
 def test_nuclei_small_tiles(tmp_path: Path) -> None:
     b = build_data(cfg(dataset="nuclei", tile=64, image_size=64), tmp_path)
-    assert (len(b.train), len(b.val)) == (11 * 15, 2 * 8)
+    assert (len(b.train), len(b.val), len(b.test)) == (7 * 15, 2 * 8, 2 * 8)
+    old = build_data(cfg(dataset="nuclei", tile=64, image_size=64, test_region=False), tmp_path)
+    assert (len(old.train), len(old.val), old.test) == (11 * 15, 2 * 8, None)
 
 
 def test_nuclei_without_stardist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

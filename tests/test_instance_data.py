@@ -599,14 +599,18 @@ def test_shapes_instances_deterministic_with_disjoint_occluded_masks(tmp_path: P
 def test_nuclei_instance_bundle_matches_its_json(tmp_path: Path) -> None:
     b = build_data(cfg(dataset="nuclei", augment={"hflip": False}), tmp_path, task="instance")
     root = Path(b.info["root"])
-    assert (len(b.train), len(b.val), b.num_classes, b.class_names, b.label_to_category) == (
-        35,
+    assert (len(b.train), len(b.val), len(b.test), b.num_classes, b.class_names, b.label_to_category) == (
+        21,
+        4,
         4,
         2,
         ["background", "nucleus"],
         {1: 1},
     )
-    for split, ds in (("train", b.train), ("val", b.val)):
+    assert sorted(b.coco_gt_test.imgs) == sorted(
+        d["image_id"] for d in (b.test[i]["target"] for i in range(len(b.test)))
+    )
+    for split, ds in (("train", b.train), ("val", b.val), ("test", b.test)):
         data = json.loads((root / "annotations" / f"instances_{split}.json").read_text())
         areas: dict[int, list[float]] = {}
         for a in data["annotations"]:

@@ -95,8 +95,9 @@ class DataBase(Strict):
 class NucleiData(DataBase):
     """Real DSB2018 nuclei sample shipped in the stardist wheel (512x512, 125 nuclei), cut into tiles.
 
-    Split without leakage: rows 0-383 are train (tiles of ``tile`` pixels, stride ``tile // 2``),
-    rows 384-511 are val (non-overlapping tiles). Prepared once under the cache directory (``root``,
+    Split without leakage: rows 0-255 are train (tiles of ``tile`` pixels, stride ``tile // 2``),
+    rows 256-383 val and rows 384-511 test (non-overlapping tiles); ``test_region: false`` gives
+    the first layout (rows 0-383 train, 384-511 val, no test). Prepared once under the cache directory (``root``,
     else ``$STITCH_DATA``, else ``~/.cache/stitch``). Needs ``pip install --no-deps stardist==0.9.2``.
     Instance task: the COCO JSON files written beside the tiles (one category, RLE masks).
     """
@@ -104,6 +105,7 @@ class NucleiData(DataBase):
     dataset: Literal["nuclei"]
     root: str | None = None
     tile: Annotated[int, Field(ge=16, le=128)] = 128  # the val band is 128 rows high
+    test_region: bool = True
 
 
 class ShapesData(DataBase):

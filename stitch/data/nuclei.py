@@ -4,21 +4,28 @@ Source: ``stardist/data/images/img2d.tif`` (512x512 uint16) and ``mask2d.tif`` (
 map, 125 nuclei), found with ``importlib.util.find_spec`` without importing stardist, read with
 tifffile.
 
-Split, fixed and without leakage (H = W = 512, t = ``tile``):
+Split, fixed and without leakage (H = W = 512, t = ``tile``), with ``test_region: true`` (the
+default; cache layout v2):
 
-- **train**: rows 0-383 (the top three quarters), tiles t x t with stride t/2 in both directions,
-  plus a last row/column of tiles flush with the region's edge where the stride does not reach
-  it, so the region is covered. t = 128: 5 x 7 = 35 tiles.
-- **val**: rows 384-511 (the bottom quarter), non-overlapping t x t tiles (a remainder narrower
-  than t at the right/bottom is dropped; none when t divides 128). t = 128: 1 x 4 = 4 tiles.
+- **train**: rows 0-255 (the top half), tiles t x t with stride t/2 in both directions, plus a
+  last row/column of tiles flush with the region's edge where the stride does not reach it, so
+  the region is covered. t = 128: 3 x 7 = 21 tiles.
+- **val**: rows 256-383, non-overlapping t x t tiles (a remainder narrower than t at the
+  right/bottom is dropped; none when t divides 128). t = 128: 1 x 4 = 4 tiles. It chooses the epoch.
+- **test**: rows 384-511 (the bottom quarter), tiled like val. t = 128: 4 tiles, 41 nuclei (some
+  cut by row 384). The tables report it.
 
-No pixel is in both splits; nuclei crossing row 384 are cut, one part in each split. The image is
-scaled to uint8 by its 1st and 99.8th percentiles, computed on the train rows only. Semantic masks
-are binary (0 background, 1 nucleus).
+``test_region: false`` gives the first layout (cache layout v1, the run ids of before): train rows
+0-383 (t = 128: 5 x 7 = 35 tiles), val rows 384-511 (4 tiles), no test split; the tables then
+report the split that chose the epoch.
 
-Written once to ``<cache>/nuclei-dsb2018-tile<t>-v1/``: ``images/<split>_y<row>_x<col>.png``
-(mode L), ``masks/…`` (mode L, 0/1), ``train.txt``, ``val.txt``, and
-``annotations/instances_{train,val}.json`` (COCO, one category ``nucleus``, RLE masks; each
+No pixel is in two splits; nuclei crossing a boundary row are cut, one part in each split. The
+image is scaled to uint8 by its 1st and 99.8th percentiles, computed on the train rows only.
+Semantic masks are binary (0 background, 1 nucleus).
+
+Written once to ``<cache>/nuclei-dsb2018-tile<t>-v<layout>/``: ``images/<split>_y<row>_x<col>.png``
+(mode L), ``masks/…`` (mode L, 0/1), ``train.txt``, ``val.txt`` (and ``test.txt``), and
+``annotations/instances_<split>.json`` (COCO, one category ``nucleus``, RLE masks; each
 annotation keeps ``instance_id``, its label in the full 512x512 map, and each image its
 ``tile_box`` [x0, y0, x1, y1]) for the instance task, which :func:`build_instance` reads through
 :mod:`stitch.data.instance` (grey tiles repeated to RGB).
@@ -49,7 +56,8 @@ from stitch.errors import exception_text
 if TYPE_CHECKING:
     from stitch.config import NucleiData
 
-VERSION = 1
+#: cache layout: 1 = train/val (``test_region: false``), 2 = train/val/test
+VERSION = 2
 INSTALL = "pip install --no-deps stardist==0.9.2"
 
 
@@ -88,30 +96,32 @@ def starts(length: int, tile: int, stride: int, cover: bool) -> list[int]:
     return out
 
 
-def split_regions(h: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Row ranges ``(train, val)``: the bottom quarter is val."""
-    cut = h - h // 4
-    return (0, cut), (cut, h)
+def split_regions(h: int, test_region: bool = True) -> dict[str, tuple[int, int]]:
+    """Row range ``[start, stop)`` of each split: with a test region the bottom quarter is test, the
+    quarter above it val and the top half train; without, the bottom quarter is val."""
+    quarter = h // 4
+    if not test_region:
+        return {"train": (0, h - quarter), "val": (h - quarter, h)}
+    return {"train": (0, h - 2 * quarter), "val": (h - 2 * quarter, h - quarter), "test": (h - quarter, h)}
 
 
-def tile_boxes(h: int, w: int, tile: int) -> dict[str, list[tuple[int, int, int, int]]]:
+def tile_boxes(
+    h: int, w: int, tile: int, test_region: bool = True
+) -> dict[str, list[tuple[int, int, int, int]]]:
     """``split -> [(y0, x0, y1, x1)]`` of the tiles (see the module docstring)."""
-    (t0, t1), (v0, v1) = split_regions(h)
-    if tile > v1 - v0:
-        raise DataError(
-            f"tile {tile} is larger than the val band ({v1 - v0} rows); use data.tile <= {v1 - v0}"
-        )
-    train = [
-        (t0 + y, x, t0 + y + tile, x + tile)
-        for y in starts(t1 - t0, tile, tile // 2, True)
-        for x in starts(w, tile, tile // 2, True)
-    ]
-    val = [
-        (v0 + y, x, v0 + y + tile, x + tile)
-        for y in starts(v1 - v0, tile, tile, False)
-        for x in starts(w, tile, tile, False)
-    ]
-    return {"train": train, "val": val}
+    regions = split_regions(h, test_region)
+    band = min(b - a for split, (a, b) in regions.items() if split != "train")
+    if tile > band:
+        raise DataError(f"tile {tile} is larger than the val band ({band} rows); use data.tile <= {band}")
+    out = {}
+    for split, (r0, r1) in regions.items():
+        stride, cover = (tile // 2, True) if split == "train" else (tile, False)
+        out[split] = [
+            (r0 + y, x, r0 + y + tile, x + tile)
+            for y in starts(r1 - r0, tile, stride, cover)
+            for x in starts(w, tile, stride, cover)
+        ]
+    return out
 
 
 def to_uint8(image: np.ndarray, train_rows: tuple[int, int]) -> tuple[np.ndarray, list[float]]:
@@ -164,7 +174,7 @@ def coco_for_tiles(labels: np.ndarray, boxes: list[tuple[int, int, int, int]], n
     }
 
 
-def prepare(out: Path, tile: int) -> None:
+def prepare(out: Path, tile: int, test_region: bool = True) -> None:
     """Write the tiles, masks, split lists, COCO files and ``meta.json`` into ``out``."""
     from PIL import Image
 
@@ -178,9 +188,9 @@ def prepare(out: Path, tile: int) -> None:
         )
     labels = labels.astype(np.int64)
     h, w = raw.shape
-    train_rows, val_rows = split_regions(h)
-    image, (lo, hi) = to_uint8(raw, train_rows)
-    boxes = tile_boxes(h, w, tile)
+    regions = split_regions(h, test_region)
+    image, (lo, hi) = to_uint8(raw, regions["train"])
+    boxes = tile_boxes(h, w, tile, test_region)
     for d in ("images", "masks", "annotations"):
         (out / d).mkdir()
     counts = {}
@@ -203,16 +213,16 @@ def prepare(out: Path, tile: int) -> None:
         out / "meta.json",
         {
             "dataset": "nuclei",
-            "version": VERSION,
+            "version": layout_version(test_region),
             "tile": tile,
             "source": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (img_file, mask_file)},
             "image_shape": [h, w],
             "nuclei": int(len(np.unique(labels)) - 1),
             "split": {
-                "train_rows": list(train_rows),
-                "val_rows": list(val_rows),
+                **{f"{split}_rows": list(rows) for split, rows in regions.items()},
                 "train_stride": tile // 2,
                 "val_stride": tile,
+                **({"test_stride": tile} if test_region else {}),
             },
             "percentiles_1_99.8": [lo, hi],
             "counts": counts,
@@ -220,51 +230,61 @@ def prepare(out: Path, tile: int) -> None:
     )
 
 
-def build(cfg: NucleiData, cache_dir: Path | None = None) -> Prepared:
-    tile = int(cfg.tile)
+def layout_version(test_region: bool) -> int:
+    """The cache layout of a split choice (see :data:`VERSION`)."""
+    return VERSION if test_region else 1
+
+
+def split_text(test_region: bool) -> str:
+    """How the split was made, for logs and ``info["split"]``."""
+    if test_region:
+        return "rows 0-255 train (stride tile/2), rows 256-383 val, rows 384-511 test (no overlap)"
+    return "rows 0-383 train (stride tile/2), rows 384-511 val (no overlap)"
+
+
+def prepared_root(cfg: NucleiData, cache_dir: Path | None) -> Path:
+    """The prepared tiles of ``cfg`` (written on first use)."""
+    tile, test_region = int(cfg.tile), bool(cfg.test_region)
     if tile > 128:  # also enforced by the schema; kept for direct callers
         raise DataError(f"tile {tile} is larger than the val band (128 rows); use data.tile <= 128")
-    root = prepare_once(
+    return prepare_once(
         resolve_cache_dir(cfg, cache_dir),
-        f"nuclei-dsb2018-tile{tile}-v{VERSION}",
-        lambda tmp: prepare(tmp, tile),
+        f"nuclei-dsb2018-tile{tile}-v{layout_version(test_region)}",
+        lambda tmp: prepare(tmp, tile, test_region),
     )
+
+
+def splits_of(cfg: NucleiData) -> tuple[str, ...]:
+    return ("train", "val", "test") if cfg.test_region else ("train", "val")
+
+
+def build(cfg: NucleiData, cache_dir: Path | None = None) -> Prepared:
+    root = prepared_root(cfg, cache_dir)
     fix = f"delete {root} to prepare it again"
-    sources = {}
-    for split in ("train", "val"):
-        pairs = prepared_pairs(root, split)
-        sources[split] = FileSource(pairs, 1, 2, cfg.ignore_index, fix=fix)
+    sources = {
+        split: FileSource(prepared_pairs(root, split), 1, 2, cfg.ignore_index, fix=fix)
+        for split in splits_of(cfg)
+    }
     return Prepared(
         train=sources["train"],
         val=sources["val"],
+        test=sources.get("test"),
         num_classes=2,
         in_channels=1,
         class_names=["background", "nucleus"],
         info={
             "dataset": "nuclei",
             "root": str(root),
-            "split": "rows 0-383 train (stride tile/2), rows 384-511 val (no overlap)",
-            "train": len(sources["train"]),
-            "val": len(sources["val"]),
+            "split": split_text(cfg.test_region),
+            **{split: len(src) for split, src in sources.items()},
         },
     )
 
 
 def build_instance(cfg: NucleiData, cache_dir: Path | None = None) -> InstancePrepared:
     """The instance task: the tiles' COCO JSON files read by :mod:`stitch.data.instance`."""
-    tile = int(cfg.tile)
-    if tile > 128:
-        raise DataError(f"tile {tile} is larger than the val band (128 rows); use data.tile <= 128")
-    root = prepare_once(
-        resolve_cache_dir(cfg, cache_dir),
-        f"nuclei-dsb2018-tile{tile}-v{VERSION}",
-        lambda tmp: prepare(tmp, tile),
-    )
+    root = prepared_root(cfg, cache_dir)
     return from_coco_files(
-        {s: (root / "annotations" / f"instances_{s}.json", root / "images") for s in ("train", "val")},
-        {
-            "dataset": "nuclei",
-            "root": str(root),
-            "split": "rows 0-383 train (stride tile/2), rows 384-511 val (no overlap)",
-        },
+        {s: (root / "annotations" / f"instances_{s}.json", root / "images") for s in splits_of(cfg)},
+        {"dataset": "nuclei", "root": str(root), "split": split_text(cfg.test_region)},
     )
