@@ -26,12 +26,13 @@ from stitch.build import BuiltModel, stitch_variant
 from stitch.config import Experiment
 from stitch.engine import Callback, Diverged, LoopState, StopTraining, train, train_batches
 from stitch.errors import StitchError, one_line_message
+from stitch.held_out import evaluate_test
 from stitch.model_notes import model_notes
 from stitch.param_groups import optimizer_params
 from stitch.progress import Progress
 from stitch.runs import RunPlan
 from stitch.store import ResultStore, RunRow
-from stitch.tasks import Task
+from stitch.tasks import Task, make_task
 from stitch.visualize import prediction_grid
 
 if TYPE_CHECKING:
@@ -144,6 +145,25 @@ class RunSession:
                 self.notes_shown.add(note)
                 self.progress.message(f"baseline {self.exp.cfg.baseline.model}: {note}")
 
+    def evaluate_test(
+        self, model: nn.Module, ckpt_dir: Path, state: LoopState, train_cfg: Any
+    ) -> dict[str, Any]:
+        """The held-out test split of a finished run (:func:`stitch.held_out.evaluate_test`): at
+        the epoch val chose and at the last one."""
+        test_task = make_task(self.exp.cfg.task, self.data.split_view("test"), self.exp.cfg.train.loss)
+        return evaluate_test(
+            model,
+            test_task,
+            self.data.test,
+            self.device,
+            ckpt_dir,
+            state.best_epoch,
+            state.epoch,
+            train_cfg.batch_size,
+            collate_fn=getattr(self.data, "collate_fn", None),
+            num_classes=self.data.num_classes,
+        )
+
     def train(
         self,
         plan: RunPlan,
@@ -221,6 +241,8 @@ class RunSession:
                 collate_fn=getattr(self.data, "collate_fn", None),
                 param_groups=params,
             )
+            if state.epoch >= epochs and self.data.test is not None:
+                store.update(plan.run_id, **self.evaluate_test(built.model, ckpt_dir, state, train_cfg))
         except Diverged as exc:
             store.update(plan.run_id, status="diverged", error=str(exc))
             progress.message(f"{name}: diverged ({exc})")

@@ -46,7 +46,10 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     started_at REAL,
     updated_at REAL,
-    peak_memory_mb REAL
+    peak_memory_mb REAL,
+    test_best_metrics TEXT,
+    test_last_metrics TEXT,
+    test_per_image TEXT
 );
 """
 
@@ -94,9 +97,30 @@ class RunRow:
     started_at: float | None = None
     updated_at: float | None = None
     peak_memory_mb: float | None = None
+    # the held-out test split, evaluated once the run finished: at the epoch val chose (best) and at
+    # the last epoch; per image (segmentation: {"best": [confusion matrix per image], "last": ...})
+    test_best_metrics: dict[str, Any] | None = None
+    test_last_metrics: dict[str, Any] | None = None
+    test_per_image: dict[str, Any] | None = None
 
 
-_JSON = ("insertions", "config", "final_metrics", "best_metrics", "history")
+_JSON = (
+    "insertions",
+    "config",
+    "final_metrics",
+    "best_metrics",
+    "history",
+    "test_best_metrics",
+    "test_last_metrics",
+    "test_per_image",
+)
+#: columns added after the first release, with their SQL type: added (empty) to older databases
+ADDED_COLUMNS = {
+    "peak_memory_mb": "REAL",
+    "test_best_metrics": "TEXT",
+    "test_last_metrics": "TEXT",
+    "test_per_image": "TEXT",
+}
 
 
 class ResultStore:
@@ -122,7 +146,7 @@ class ResultStore:
     def _migrate(self) -> None:
         """Databases written before the ``pruned`` status existed: the same table with the new
         status check (SQLite cannot alter a CHECK constraint in place), in one transaction; and
-        before ``peak_memory_mb`` existed: the column added, empty."""
+        the :data:`ADDED_COLUMNS` they lack added, empty."""
         sql = self._conn.execute(
             "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'"
         ).fetchone()[0]
@@ -136,9 +160,10 @@ class ResultStore:
                 + " DROP TABLE runs_before_pruned; COMMIT;"
             )
         columns = {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}
-        if "peak_memory_mb" not in columns:
-            with self._conn:
-                self._conn.execute("ALTER TABLE runs ADD COLUMN peak_memory_mb REAL")
+        for name, sql_type in ADDED_COLUMNS.items():
+            if name not in columns:
+                with self._conn:
+                    self._conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {sql_type}")
 
     def close(self) -> None:
         self._conn.close()
@@ -210,7 +235,8 @@ def _decode(row: sqlite3.Row) -> RunRow:
     return RunRow(**d)
 
 
-#: the run columns of ``results.csv``, in order (metrics follow as ``final_*`` and ``best_*``)
+#: the run columns of ``results.csv``, in order (metrics follow as ``final_*``, ``best_*`` (val) and
+#: ``test_best_*``, ``test_last_*`` (the test split at the epoch val chose / the last epoch))
 CSV_COLUMNS = (
     "run_id",
     "variant",
@@ -240,7 +266,12 @@ def write_results_csv(store: ResultStore, path: Path, current: set[str]) -> None
         rec: dict[str, Any] = {"current": r.run_id in current}
         rec |= {k: getattr(r, k) for k in CSV_COLUMNS}
         rec["insertions"] = "+".join(r.insertions)
-        for prefix, metrics in (("final", r.final_metrics), ("best", r.best_metrics)):
+        for prefix, metrics in (
+            ("final", r.final_metrics),
+            ("best", r.best_metrics),
+            ("test_best", r.test_best_metrics),
+            ("test_last", r.test_last_metrics),
+        ):
             for k, v in (metrics or {}).items():
                 if isinstance(v, (int, float)):
                     rec[f"{prefix}_{k}"] = v

@@ -248,3 +248,56 @@ def test_pooled_sd() -> None:
     ref = np.sqrt((np.var(a, ddof=1) * 2 + np.var(b, ddof=1)) / 3)
     assert pooled_sd([a, b, [7.0]]) == pytest.approx(ref)
     assert math.isnan(pooled_sd([[1.0], []]))
+
+
+def test_seeds_images_bootstrap_matches_scipy_for_one_seed() -> None:
+    """One seed: the bootstrap over images is scipy's paired percentile bootstrap of the pooled
+    metric difference (resampling images, both arms together)."""
+    from scipy.stats import bootstrap
+
+    from stitch.stats_images import seeds_images_interval
+
+    rng = np.random.default_rng(3)
+    n = 12
+    ref = rng.integers(20, 200, size=(n, 2, 2))
+    var = ref.copy()
+    var[:, 1, 1] += rng.integers(0, 30, size=n)  # more true positives, image by image
+    var[:, 1, 0] = np.maximum(var[:, 1, 0] - 5, 0)
+
+    def fg_iou(m: np.ndarray) -> np.ndarray:
+        tp, fp, fn = m[..., 1, 1], m[..., 0, 1], m[..., 1, 0]
+        return tp / (tp + fp + fn)
+
+    def pooled_diff(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        idx = np.asarray(idx, dtype=int)
+        return fg_iou(var[idx].sum(-3)) - fg_iou(ref[idx].sum(-3))
+
+    ours = seeds_images_interval({0: var.tolist()}, {0: ref.tolist()}, fg_iou, level=0.95, resamples=4000)
+    theirs = bootstrap(
+        (np.arange(n),),
+        lambda i, axis=-1: pooled_diff(i),
+        vectorized=False,
+        n_resamples=4000,
+        method="percentile",
+        rng=np.random.default_rng(1),
+    ).confidence_interval
+    width = theirs.high - theirs.low
+    assert ours[0] == pytest.approx(theirs.low, abs=0.1 * width)
+    assert ours[1] == pytest.approx(theirs.high, abs=0.1 * width)
+    assert ours[0] < pooled_diff(np.arange(n)) < ours[1]
+
+
+def test_seeds_images_bootstrap_widens_with_image_noise_and_handles_missing() -> None:
+    from stitch.stats_images import seeds_images_interval
+
+    def fg_iou(m: np.ndarray) -> np.ndarray:
+        tp, fp, fn = m[..., 1, 1], m[..., 0, 1], m[..., 1, 0]
+        return tp / (tp + fp + fn)
+
+    same = [[[50, 5], [5, 50]]] * 6
+    # identical images: resampling images changes nothing, only the seeds' spread remains
+    var = {s: [[[50, 5], [4 - s, 51 + s]]] * 6 for s in range(3)}
+    low, high = seeds_images_interval(var, dict.fromkeys(range(3), same), fg_iou)
+    assert 0 < low <= high
+    assert np.isnan(seeds_images_interval(var, {9: same}, fg_iou)[0])  # no common seed
+    assert np.isnan(seeds_images_interval({0: same}, {0: same[:3]}, fg_iou)[0])  # image counts differ

@@ -71,7 +71,9 @@ DEFAULT_FORMATS: tuple[ReportFormat, ...] = ("latex", "markdown", "csv")
 
 class ReportCfg(Strict):
     """Table caption and label, output formats, the paired test and its level, decimals shown,
-    what bold marks, and the difference the noise-floor sentence sizes the seeds for."""
+    what bold marks, the difference the noise-floor sentence sizes the seeds for, and which
+    epoch's test metrics the tables report (``selection``: the epoch with the best validation
+    value of the primary metric, or the last epoch)."""
 
     caption: str | None = None
     label: str | None = None
@@ -83,6 +85,7 @@ class ReportCfg(Strict):
     reference: Literal["otsu"] | None = None
     bold: Literal["significant", "best", "none"] = "significant"
     min_effect: Annotated[float, Field(gt=0)] | None = None  # in the metric's stored units
+    selection: Literal["best", "last"] = "best"
 
 
 class ProbeCfg(Strict):

@@ -6,8 +6,10 @@ several run directories are given):
 
 - ``ablation.{tex,md,csv,html}`` (the formats in ``report.formats``): one check-mark column per
   insertion (✓ / empty, LaTeX ``\\checkmark``), one column per metric of ``metrics.report``
-  (default: the primary metric) with mean ± sample std over seeds at each run's best epoch
-  (``best_metrics``), the primary metric's paired Δ against the baseline with its confidence
+  (default: the primary metric) with mean ± sample std over seeds, on the held-out test split
+  at the epoch the validation split chose (``test_best_metrics``; ``report.selection: last``:
+  the last epoch), or on the validation split when there is no test split (``best_metrics``,
+  said in the caption), the primary metric's paired Δ against the baseline with its confidence
   interval (``Δ [95 % CI]``), then Params (M), ΔParams (K), FLOPs (G) and ΔFLOPs (M) against the
   baseline. † marks a variant significantly better than the baseline after Holm's correction (see
   :mod:`stitch.stats` for the test, the direction and the corner cases); bold follows

@@ -77,10 +77,36 @@ def significance_words(test: str, alternative: str, k: int) -> str:
 
 
 def metric_sentence(res: ExperimentResults) -> str:
-    """At which epoch the metrics are taken, and which are in %."""
+    """Which split the metrics are on, at which epoch, and which are in %."""
     pct = [metric_label(m) for m in res.metrics if res.scale[m] == 100.0]
-    s = f"Metrics at each run's best validation epoch (by {metric_label(res.primary)})"
-    return s + (", in %." if len(pct) == len(res.metrics) else (f"; {', '.join(pct)} in %." if pct else "."))
+    if len(pct) == len(res.metrics):
+        units = "All metrics in %."
+    else:
+        units = f"{', '.join(pct)} in %." if pct else ""
+    return (split_sentence(res) + units).strip()
+
+
+def split_sentence(res: ExperimentResults) -> str:
+    """The reported split and the epoch: held-out test at the epoch val chose (or the last), or
+    the validation split, saying that it also chose the epoch."""
+    primary = metric_label(res.primary)
+    epoch = (
+        f"its epoch with the best validation {primary}"
+        if res.selection == "best"
+        else "the last epoch (report.selection: last)"
+    )
+    if res.split == "test":
+        size = f" ({res.split_images} images)" if res.split_images else ""
+        return (
+            f"Metrics on the held-out test split{size}, each run at {epoch}; nothing was chosen on "
+            "the test split. "
+        )
+    if res.selection == "best":
+        return (
+            f"Metrics on the validation split at each run's best validation epoch (by {primary}): no "
+            "held-out test split, so the reported split also chose the epoch. "
+        )
+    return "Metrics on the validation split at each run's last epoch (no held-out test split). "
 
 
 def cost_sentence(res: ExperimentResults, latency: bool = False, deltas: bool = True) -> str:

@@ -157,7 +157,7 @@ def metric_cells(
             vals = v.values(m)
             s = summarize(vals.values())
             means[r.key] = s.mean
-            ids, source = v.ids_for(vals), f"best_metrics.{m}"
+            ids, source = v.ids_for(vals), f"{v.source}.{m}"
             ref = res.reference
             if ref is not None and ref is not v:  # the † comes from a test against the reference's runs
                 ids = ids + [i for i in ref.ids_for(vals) if i not in ids]

@@ -84,7 +84,7 @@ def _test_cells(res: ExperimentResults, v: VariantRuns, t: PairedTest | None) ->
     return {
         "diff": ci_cell(res, v, t),
         "p_holm": Cell(
-            ptxt, platex, run_ids=paired, seeds=seeds, source=f"{res.test} on best_metrics.{p}, Holm"
+            ptxt, platex, run_ids=paired, seeds=seeds, source=f"{res.test} on {res.source}.{p}, Holm"
         ),
     }
 
@@ -251,7 +251,7 @@ def _comparison_many(results: Sequence[ExperimentResults]) -> Table:
                 dagger=significant,
                 run_ids=v.ids_for(vals),
                 seeds=sorted(vals),
-                source=f"best_metrics.{m}",
+                source=f"{v.source}.{m}",
             )
             rec.update(
                 {

@@ -6,13 +6,17 @@ sentence, and which means are bold (``report.bold``)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from stitch.report.labels import DAGGER, DASH, DELTA, metric_label
 from stitch.report.results import ExperimentResults, VariantRuns
 from stitch.report.table import Cell, Column, Row, bold_best, latex_escape, signed_fixed, siunitx_num
 from stitch.stats import MIN_PAIRS, PairedTest, summarize
+from stitch.stats_images import seeds_images_interval
 from stitch.stats_power import DEFAULT_POWER, min_detectable_effect, pooled_sd, seeds_needed
 
 
@@ -42,7 +46,7 @@ def ci_cell(res: ExperimentResults, v: VariantRuns, t: PairedTest | None) -> Cel
     seeds = t.seeds if t else []
     ids = (v.ids_for(seeds) + res.reference.ids_for(seeds)) if t else []
     src = (
-        f"best_metrics.{p} (paired by seed): mean difference and its "
+        f"{res.source}.{p} (paired by seed): mean difference and its "
         f"{level_text(1 - res.alpha)} t-interval over seeds"
     )
     if t is None or not t.seeds:
@@ -67,8 +71,9 @@ def ci_sentence(res: ExperimentResults) -> str:
     pp = " in percentage points" if res.scale.get(res.primary) == 100.0 else ""
     return (
         f"{DELTA}{metric_label(res.primary)}: mean paired difference to {res.reference.name} over seeds{pp}, "
-        f"with its two-sided {level_text(1 - res.alpha)} t-interval [CI] (a bootstrap interval is in "
-        "the CSV)."
+        f"with its two-sided {level_text(1 - res.alpha)} t-interval [CI] (bootstrap intervals over "
+        + ("seeds and over seeds x test images" if any(v.per_image() for v in res.variants) else "seeds")
+        + " are in the CSV)."
     )
 
 
@@ -89,7 +94,29 @@ def effect_records(res: ExperimentResults, v: VariantRuns, metric: str) -> dict[
                 f"{metric}_diff_boot_high": boot[1],
             }
         )
+        if v is not res.reference and v.per_image() and metric in IMAGE_METRICS:
+            low, high = seeds_images_interval(
+                v.per_image(), res.reference.per_image(), image_score(metric), level=1 - res.alpha
+            )
+            out.update({f"{metric}_diff_boot_images_low": low, f"{metric}_diff_boot_images_high": high})
     return out
+
+
+#: metrics the bootstrap over test images can recompute from pooled confusion matrices
+IMAGE_METRICS = ("miou", "mdice", "mprecision", "mrecall", "pixel_acc", "fg_iou", "fg_dice")
+
+
+def image_score(metric: str) -> Callable[[np.ndarray], np.ndarray]:
+    """``metric`` of a stack of confusion matrices (:func:`stitch.tasks.metrics.confusion_scores`,
+    the definition the runs were scored with)."""
+    import torch
+
+    from stitch.tasks.metrics import confusion_scores
+
+    def score(matrices: np.ndarray) -> np.ndarray:
+        return confusion_scores(torch.from_numpy(np.rint(matrices).astype(np.int64)))[metric].numpy()
+
+    return score
 
 
 @dataclass(frozen=True)

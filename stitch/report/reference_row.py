@@ -17,7 +17,7 @@ def reference_rows(res: ExperimentResults, columns: list[Column]) -> tuple[list[
     if kind is None:
         return [], ""
     _, data = experiment_data(res.exp)
-    ref = otsu_reference(data)
+    ref = otsu_reference(data, res.split)  # the split the variants' rows report
     label = REFERENCE_LABELS[kind]
     source = f"report.reference: {kind} (fitted on the train split, scored on {ref.split}; no runs)"
     cells = {c.key: Cell("", "", source=source) for c in columns}

@@ -1,6 +1,11 @@
 """Loading results: a run directory's ``experiment.yaml`` and ``runs.sqlite`` to the finished runs
 of each variant, the paired tests against the baseline and the (cached) costs.
 
+Which numbers: the held-out test split at the epoch ``report.selection`` names (the best
+validation epoch, or the last) when every reported run has test metrics; otherwise the
+validation split itself (best or last epoch), and the captions say that this split also chose the
+epoch (:data:`METRIC_SOURCES`).
+
 Which runs: only ``done`` runs. Runs whose insertion settings differ from the current
 ``experiment.yaml`` are stale and left out; when runs with several training recipes exist
 (``stitch run --epochs 2`` then a full run) the recipe with the most finished runs is used (ties:
@@ -28,6 +33,14 @@ from stitch.runs import resolved_insertion
 from stitch.stats import PairedTest, compare_to_reference
 from stitch.store import ResultStore, RunRow, run_dir_files
 
+#: the run-row attribute the tables read, by ``(split, report.selection)``
+METRIC_SOURCES = {
+    ("test", "best"): "test_best_metrics",
+    ("test", "last"): "test_last_metrics",
+    ("val", "best"): "best_metrics",
+    ("val", "last"): "final_metrics",
+}
+
 
 class ReportError(StitchError):
     """A run directory that cannot be reported (missing files, no finished runs)."""
@@ -39,10 +52,23 @@ class VariantRuns:
 
     variant: Variant
     rows: list[RunRow]
+    #: the row attribute the values come from (:data:`METRIC_SOURCES`)
+    source: str = "best_metrics"
 
     @property
     def name(self) -> str:
         return self.variant.name
+
+    def per_image(self) -> dict[int, list[Any]]:
+        """``{seed: per-image confusion matrices}`` of the test evaluation the values come from
+        (seeds without them left out; empty when the values are not test metrics)."""
+        which = {"test_best_metrics": "best", "test_last_metrics": "last"}.get(self.source)
+        out = {}
+        for r in self.rows:
+            images = (r.test_per_image or {}).get(which or "")
+            if which and images:
+                out[r.seed] = images
+        return out
 
     @property
     def seeds(self) -> list[int]:
@@ -53,10 +79,10 @@ class VariantRuns:
         return [r.run_id for r in self.rows]
 
     def values(self, metric: str) -> dict[int, float]:
-        """``{seed: best-epoch value}`` of the runs that have ``metric``."""
+        """``{seed: value}`` of the runs that have ``metric``, from :attr:`source`."""
         out = {}
         for r in self.rows:
-            v = (r.best_metrics or {}).get(metric)
+            v = (getattr(r, self.source) or {}).get(metric)
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(float(v)):
                 out[r.seed] = float(v)
         return out
@@ -91,6 +117,9 @@ class ExperimentResults:
     test: str
     alpha: float
     alternative: str
+    split: str = "val"  # the split the tables report: test (held out) or val (it also chose the epoch)
+    selection: str = "best"  # report.selection: the best validation epoch or the last
+    split_images: int | None = None  # the reported split's size, when stored (test)
     costs: dict[str, Any] = field(default_factory=dict)  # variant name -> stitch.costs.Costs
     cost_errors: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -102,6 +131,11 @@ class ExperimentResults:
     @property
     def primary(self) -> str:
         return self.exp.cfg.primary_metric
+
+    @property
+    def source(self) -> str:
+        """The run-row field the tables' metrics come from (``test_best_metrics`` …)."""
+        return METRIC_SOURCES[(self.split, self.selection)]
 
     def by_name(self, name: str) -> VariantRuns:
         return next(v for v in self.variants if v.name == name)
@@ -211,6 +245,22 @@ def select_runs(exp: Experiment, rows: Sequence[RunRow]) -> tuple[list[VariantRu
     return out, notes
 
 
+def reported_split(variants: Sequence[VariantRuns], notes: list[str]) -> tuple[str, int | None]:
+    """``("test", test images)`` when every run has test metrics, else ``("val", None)`` (with a
+    note when only some have them)."""
+    rows = [r for v in variants for r in v.rows]
+    with_test = [r for r in rows if r.test_best_metrics]
+    if rows and len(with_test) == len(rows):
+        sizes = {r.test_best_metrics.get("images") for r in with_test if r.test_best_metrics}
+        return "test", (sizes.pop() if len(sizes) == 1 else None)
+    if with_test:
+        notes.append(
+            f"{len(rows) - len(with_test)} of {len(rows)} runs have no test-split metrics (finished before "
+            "the test split was evaluated?); every table reports the validation split."
+        )
+    return "val", None
+
+
 def load_results(
     run_dir: str | Path,
     *,
@@ -236,6 +286,9 @@ def load_results(
             f"{run_dir}: no finished runs to report" + (f" ({' '.join(notes)})" if notes else "")
         )
     cfg = exp.cfg
+    split, split_images = reported_split(variants, notes)
+    for v in variants:
+        v.source = METRIC_SOURCES[(split, cfg.report.selection)]
     metrics = list(dict.fromkeys(cfg.metrics.report or [cfg.primary_metric]))
     scale = {}
     for m in metrics:
@@ -266,6 +319,9 @@ def load_results(
         cfg.report.test,
         cfg.report.alpha,
         alternative,
+        split=split,
+        selection=cfg.report.selection,
+        split_images=split_images,
         notes=notes,
     )
     if costs:

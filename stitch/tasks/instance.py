@@ -200,10 +200,15 @@ class InstanceTask:
 
     @torch.no_grad()
     def evaluate(
-        self, model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device
+        self,
+        model: nn.Module,
+        batches: Iterable[dict[str, Any]],
+        device: torch.device,
+        per_image: bool = False,
     ) -> dict[str, Any]:
-        """COCO bbox and segm metrics of ``model`` on ``batches`` (the val loader), in eval mode
-        (the model's mode is restored after)."""
+        """COCO bbox and segm metrics of ``model`` on ``batches`` (the val or test loader), in eval
+        mode (the model's mode is restored after). ``per_image`` is ignored: COCO AP is a ranking
+        over all images' detections and has no per-image value to resample."""
         results: dict[str, list[dict[str, Any]]] = {t: [] for t in IOU_TYPES}
         image_ids: list[int] = []
         detections = 0

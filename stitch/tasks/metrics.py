@@ -52,9 +52,43 @@ def _ratio(num: torch.Tensor, den: torch.Tensor, present: torch.Tensor | None = 
     return torch.where(defined, out, torch.full_like(out, float("nan")))
 
 
-def _nanmean(x: torch.Tensor) -> float:
-    x = x[~torch.isnan(x)]
-    return float(x.mean()) if x.numel() else float("nan")
+def confusion_scores(matrix: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every metric of :func:`metrics_from_confusion` as tensors, for one ``K x K`` matrix or a
+    batch ``... x K x K`` (the bootstrap over images scores thousands of pooled matrices at once).
+
+    Scalars have the batch shape; ``*_per_class``, ``tp``/``fp``/``fn``/``tn`` end in ``K``."""
+    m = matrix.to(torch.int64)
+    tp = m.diagonal(dim1=-2, dim2=-1)
+    fp = m.sum(-2) - tp
+    fn = m.sum(-1) - tp
+    total = m.sum((-2, -1))
+    tn = total.unsqueeze(-1) - tp - fp - fn
+    present = (tp + fp + fn) > 0
+    iou = _ratio(tp, tp + fp + fn, present)
+    dice = _ratio(2 * tp, 2 * tp + fp + fn, present)
+    precision = _ratio(tp, tp + fp, present)  # never predicted but present: precision 0
+    recall = _ratio(tp, tp + fn, present)  # predicted but absent from the target: recall 0
+    # binary foreground view: class 0 is background
+    fg_tp = m[..., 1:, 1:].sum((-2, -1))
+    fg_fp = m[..., 0, 1:].sum(-1)
+    fg_fn = m[..., 1:, 0].sum(-1)
+    return {
+        "miou": torch.nanmean(iou, -1),
+        "mdice": torch.nanmean(dice, -1),
+        "mprecision": torch.nanmean(precision, -1),
+        "mrecall": torch.nanmean(recall, -1),
+        "pixel_acc": _ratio(tp.sum(-1), total),
+        "fg_iou": _ratio(fg_tp, fg_tp + fg_fp + fg_fn),
+        "fg_dice": _ratio(2 * fg_tp, 2 * fg_tp + fg_fp + fg_fn),
+        "iou_per_class": iou,
+        "dice_per_class": dice,
+        "precision_per_class": precision,
+        "recall_per_class": recall,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
 
 
 def metrics_from_confusion(matrix: torch.Tensor) -> dict[str, float | list[float]]:
@@ -64,37 +98,5 @@ def metrics_from_confusion(matrix: torch.Tensor) -> dict[str, float | list[float
     defined. ``fg_iou``/``fg_dice`` treat every class but 0 as foreground (binary view), the usual
     number for one-object-type sets such as nuclei or lesions.
     """
-    m = matrix.detach().to("cpu", torch.int64)
-    tp = m.diag()
-    fp = m.sum(0) - tp
-    fn = m.sum(1) - tp
-    total = m.sum()
-    tn = total - tp - fp - fn
-    present = (tp + fp + fn) > 0
-    iou = _ratio(tp, tp + fp + fn, present)
-    dice = _ratio(2 * tp, 2 * tp + fp + fn, present)
-    precision = _ratio(tp, tp + fp, present)  # never predicted but present: precision 0
-    recall = _ratio(tp, tp + fn, present)  # predicted but absent from the target: recall 0
-    # binary foreground view: class 0 is background
-    fg_tp = m[1:, 1:].sum()
-    fg_fp = m[0, 1:].sum()
-    fg_fn = m[1:, 0].sum()
-    fg_iou = _ratio(fg_tp, fg_tp + fg_fp + fg_fn)
-    fg_dice = _ratio(2 * fg_tp, 2 * fg_tp + fg_fp + fg_fn)
-    return {
-        "miou": _nanmean(iou),
-        "mdice": _nanmean(dice),
-        "mprecision": _nanmean(precision),
-        "mrecall": _nanmean(recall),
-        "pixel_acc": float(_ratio(tp.sum(), total)),
-        "fg_iou": float(fg_iou),
-        "fg_dice": float(fg_dice),
-        "iou_per_class": iou.tolist(),
-        "dice_per_class": dice.tolist(),
-        "precision_per_class": precision.tolist(),
-        "recall_per_class": recall.tolist(),
-        "tp": tp.tolist(),
-        "fp": fp.tolist(),
-        "fn": fn.tolist(),
-        "tn": tn.tolist(),
-    }
+    scores = confusion_scores(matrix.detach().to("cpu", torch.int64))
+    return {k: (v.tolist() if v.dim() else float(v)) for k, v in scores.items()}

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stitch.model_mode import eval_mode
+from stitch.tasks.base import PER_IMAGE_KEY
 from stitch.tasks.metrics import ConfusionMatrix
 
 
@@ -82,11 +83,18 @@ class SegmentationTask:
 
     @torch.no_grad()
     def evaluate(
-        self, model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device
+        self,
+        model: nn.Module,
+        batches: Iterable[dict[str, Any]],
+        device: torch.device,
+        per_image: bool = False,
     ) -> dict[str, Any]:
         """Metrics over ``batches`` from one confusion matrix accumulated on ``device`` (in eval
-        mode; the model's mode is restored after)."""
+        mode; the model's mode is restored after). ``per_image`` adds each image's own confusion
+        matrix (:data:`~stitch.tasks.base.PER_IMAGE_KEY`): their sum is the pooled one, so a
+        bootstrap over images can recompute every metric exactly."""
         cm = ConfusionMatrix(self.num_classes, self.ignore_index, device)
+        images: list[list[list[int]]] = []
         loss_sum, n = 0.0, 0
         with eval_mode(model):
             for batch in batches:
@@ -96,9 +104,17 @@ class SegmentationTask:
                 loss = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)
                 loss_sum += float(loss) * image.shape[0]
                 n += image.shape[0]
-                cm.update(logits.argmax(1), target)
+                pred = logits.argmax(1)
+                cm.update(pred, target)
+                if per_image:
+                    for p, t in zip(pred, target):
+                        one = ConfusionMatrix(self.num_classes, self.ignore_index, device)
+                        one.update(p, t)
+                        images.append(one.matrix.tolist())
         out = cm.compute()
         out["val_loss"] = loss_sum / max(n, 1)
+        if per_image:
+            out[PER_IMAGE_KEY] = images
         return out
 
 

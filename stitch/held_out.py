@@ -1,0 +1,72 @@
+"""The held-out test split of a finished run: evaluated once, after training, at the epoch the
+validation split chose (``best.pt``) and at the last epoch.
+
+Nothing during training looks at the test split, so no choice (the best epoch, early stopping,
+a sweep's pruning) can depend on it; the tables pick one of the two evaluations with
+``report.selection``. Segmentation also keeps each test image's confusion matrix (for the
+bootstrap over images), unless the split is so large that they would not fit a database row
+(:data:`MAX_PER_IMAGE_COUNTS`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from stitch.tasks.base import PER_IMAGE_KEY, Task
+
+#: most confusion-matrix counts kept per evaluation (e.g. 2 classes x 2 x 100 000 images, or 21
+#: classes x 21 x 2 000 images); beyond it the bootstrap over images is left out
+MAX_PER_IMAGE_COUNTS = 1_000_000
+
+
+def evaluate_test(
+    model: nn.Module,
+    task: Task,
+    test_set: Any,
+    device: torch.device,
+    ckpt_dir: Path,
+    best_epoch: int | None,
+    last_epoch: int,
+    batch_size: int,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    num_classes: int | None = None,
+) -> dict[str, Any]:
+    """``{"test_best_metrics", "test_last_metrics", "test_per_image"}`` of a finished run (the
+    store's columns). ``model`` holds the last epoch's weights and holds them again on return;
+    ``best.pt`` in ``ckpt_dir`` holds the chosen epoch's (read with ``weights_only=True``). Each
+    metrics dict gets ``images`` (the test split's size) and ``epoch``."""
+    loader = DataLoader(test_set, batch_size=max(1, batch_size), shuffle=False, collate_fn=collate_fn)
+    keep = (num_classes or 0) ** 2 * len(test_set) <= MAX_PER_IMAGE_COUNTS
+    last = task.evaluate(model, loader, device, per_image=keep)
+    per_image: dict[str, Any] = {}
+    if PER_IMAGE_KEY in last:
+        per_image["last"] = last.pop(PER_IMAGE_KEY)
+    last.update(images=len(test_set), epoch=last_epoch)
+    best_file = ckpt_dir / "best.pt"
+    if best_epoch is None or best_epoch == last_epoch or not best_file.is_file():
+        best = dict(last, epoch=best_epoch if best_epoch is not None else last_epoch)
+        if "last" in per_image:
+            per_image["best"] = per_image["last"]
+    else:
+        weights = copy.deepcopy(model.state_dict())
+        try:
+            saved = torch.load(best_file, map_location=device, weights_only=True)
+            model.load_state_dict(saved["model"])
+            best = task.evaluate(model, loader, device, per_image=keep)
+        finally:
+            model.load_state_dict(weights)
+        if PER_IMAGE_KEY in best:
+            per_image["best"] = best.pop(PER_IMAGE_KEY)
+        best.update(images=len(test_set), epoch=best_epoch)
+    return {
+        "test_best_metrics": best,
+        "test_last_metrics": last,
+        "test_per_image": per_image or None,
+    }
