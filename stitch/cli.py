@@ -19,7 +19,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from stitch.listings import print_validation
 
     for path in args.experiments:
-        print_validation(path)
+        print_validation(path, args.out)
     return 0
 
 
@@ -199,6 +199,11 @@ def make_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="build every variant and check it, before any training")
     v.add_argument("experiments", nargs="+", metavar="EXPERIMENT.yaml")
+    v.add_argument(
+        "--out",
+        default="runs",
+        help="where `stitch run` writes (default: runs): earlier Baseline runs there size the seeds",
+    )
     v.set_defaults(func=cmd_validate)
 
     pt = sub.add_parser("points", help="list hook points with their shapes")

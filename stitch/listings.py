@@ -22,6 +22,7 @@ from stitch.plan import plan_variants
 from stitch.plugins import import_plugin, load_plugins
 from stitch.points import format_shape
 from stitch.runs import fit_baseline_to_data
+from stitch.seed_advice import seed_advice
 from stitch.validate import human_count, validate_experiment
 
 
@@ -38,10 +39,11 @@ def make_table(title: str, columns: Sequence[str]) -> Table:
     return t
 
 
-def print_validation(path: str) -> None:
+def print_validation(path: str, out: str | Path = "runs") -> None:
     """Check the experiment file ``path`` (every variant built, probed, run forward and backward)
-    and print its variants, insertions, adapters and parameter counts; a mistake raises before
-    anything is printed."""
+    and print its variants, insertions, adapters and parameter counts, and, when ``out`` holds
+    earlier Baseline runs of it, the seeds the design needs (:mod:`stitch.seed_advice`); a
+    mistake raises before anything is printed."""
     console = make_console()
     exp = load_experiment(path)
     plugins = load_plugins(exp)
@@ -71,6 +73,9 @@ def print_validation(path: str) -> None:
             + (f", registers {', '.join(registered)}" if registered else ", registers nothing")
         )
     console.print(data_line)
+    advice = seed_advice(exp, out) if cfg.sweep is None else None
+    if advice:
+        console.print(advice)
     if sweep_line is not None:
         console.print(sweep_line)
     elif not cfg.insertions:
