@@ -106,13 +106,17 @@ class Progress:
 
     def summary(self, rows: Sequence[Any], metrics: Sequence[str]) -> None:
         """The short table printed at the end: per variant, mean ± std over seeds of each metric
-        at the best epoch, parameters and time per run."""
+        at the best validation epoch, on the held-out test split when every finished run has it
+        (else the validation split; the header says which), parameters and time per run."""
         by_variant: dict[str, list[Any]] = {}
         for r in rows:
             by_variant.setdefault(r.variant, []).append(r)
+        finished = [r for r in rows if r.status == "done" and r.best_metrics]
+        test = bool(finished) and all(r.test_best_metrics for r in finished)
+        field = "test_best_metrics" if test else "best_metrics"
         header = (
             f"{'variant':<24} {'runs':>9}"
-            + "".join(f" {m:>17}" for m in metrics)
+            + "".join(f" {m + (' (test)' if test else ' (val)'):>17}" for m in metrics)
             + f" {'params':>12} {'time/run':>9}"
         )
         lines = [header]
@@ -120,7 +124,9 @@ class Progress:
             done = [r for r in rs if r.status == "done" and r.best_metrics]
             cells = []
             for m in metrics:
-                values = [r.best_metrics[m] for r in done if isinstance(r.best_metrics.get(m), (int, float))]
+                values = [
+                    getattr(r, field)[m] for r in done if isinstance(getattr(r, field).get(m), (int, float))
+                ]
                 if len(values) >= 2:
                     cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
                 else:
