@@ -73,7 +73,7 @@ def test_shapes_deterministic_files_and_ranges(tmp_path: Path) -> None:
         cfg(dataset="shapes", num_images=12, image_size=64, num_classes=5, seed=4), tmp_path / "a"
     )
     assert digest(Path(other.info["root"])) != files
-    assert (len(a.train), len(a.val)) == (9, 3)
+    assert (len(a.train), len(a.val), len(a.test)) == (6, 3, 3)  # test_fraction 0.25 by default
     assert (
         a.num_classes == 5
         and a.in_channels == 3
@@ -106,9 +106,11 @@ def test_shapes_reused_and_atomic(tmp_path: Path) -> None:
 
 def test_cache_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STITCH_DATA", str(tmp_path / "env"))
-    b = build_data(cfg(dataset="shapes", num_images=2, image_size=16))
+    b = build_data(cfg(dataset="shapes", num_images=2, image_size=16, test_fraction=0))
     assert Path(b.info["root"]).parent == tmp_path / "env"
-    b = build_data(cfg(dataset="shapes", num_images=2, image_size=16, root=str(tmp_path / "own")))
+    b = build_data(
+        cfg(dataset="shapes", num_images=2, image_size=16, test_fraction=0, root=str(tmp_path / "own"))
+    )
     assert Path(b.info["root"]).parent == tmp_path / "own"
 
 
@@ -541,16 +543,17 @@ def test_coco_semantic(tmp_path: Path) -> None:
 )
 def test_brain_slices(tmp_path: Path) -> None:
     b = build_data(cfg(dataset="brain", image_size=[240, 208], normalize="none"), tmp_path)
-    assert (len(b.train), len(b.val), b.num_classes, b.in_channels) == (112, 20, 3, 1)
+    assert (len(b.train), len(b.val), len(b.test), b.num_classes, b.in_channels) == (88, 20, 20, 3, 1)
     names = {b.train.name(i) for i in range(len(b.train))}
     assert not names & {b.val.name(i) for i in range(len(b.val))}
+    assert not (names | {b.val.name(i) for i in range(len(b.val))}) & {b.test.name(i) for i in range(20)}
     m = b.val[10]["mask"]
     # 233x197 -> 240x203, padded right
     assert set(m.unique().tolist()) == {0, 1, 2, 255} and (m[:, 203:] == 255).all()
 
 
 def test_bundle_is_a_dataloader_source(tmp_path: Path) -> None:
-    b = build_data(cfg(dataset="shapes", num_images=6, image_size=32), tmp_path)
+    b = build_data(cfg(dataset="shapes", num_images=6, image_size=32, test_fraction=0), tmp_path)
     assert isinstance(b, DataBundle)
     batch = next(iter(torch.utils.data.DataLoader(b.train, batch_size=4)))
     assert (

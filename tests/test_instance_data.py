@@ -575,7 +575,7 @@ def test_shapes_instances_deterministic_with_disjoint_occluded_masks(tmp_path: P
     a, b = build_data(c, tmp_path / "a", task="instance"), build_data(c, tmp_path / "b", task="instance")
     ra = Path(a.info["root"])
     assert ra.name.startswith("shapes-instances-") and digest(ra) == digest(Path(b.info["root"]))
-    assert (len(a.train), len(a.val), a.num_classes) == (12, 4, 4) and a.class_names == [
+    assert (len(a.train), len(a.val), len(a.test), a.num_classes) == (8, 4, 4, 4) and a.class_names == [
         "background",
         "circle",
         "square",
@@ -586,7 +586,7 @@ def test_shapes_instances_deterministic_with_disjoint_occluded_masks(tmp_path: P
     for i in range(len(a.val)):
         t = a.val[i]["target"]
         assert len(t["labels"]) >= 1 and int(t["masks"].sum(0).max()) <= 1  # disjoint
-        drawn = render_objects(12 + i, 5, (48, 48), 4, INSTANCE_COUNT)[1]
+        drawn = render_objects(8 + i, 5, (48, 48), 4, INSTANCE_COUNT)[1]  # val: images 8-11
         occluded += sum(int(r.sum()) for _, r in drawn) - int(t["masks"].sum())
         assert len(drawn) >= 2
     assert occluded > 0  # some objects overlap, and the later one wins

@@ -112,9 +112,10 @@ class ShapesData(DataBase):
     """Procedurally generated RGB images and index masks (seeded, written once as PNG files).
 
     Class 0 is background; classes 1.. are, in order: circle, square, triangle, cross, ring, star,
-    hexagon (``num_classes`` 2-8). Images are ``image_size``; the last ``val_fraction`` of the
-    images (at least one) are the val split. Instance task: a separate set (2-5 possibly
-    overlapping objects per image, COCO JSON with RLE masks of the visible parts).
+    hexagon (``num_classes`` 2-8). Images are ``image_size``; the last ``test_fraction`` of the
+    images (at least one when above 0) are the test split, the ``val_fraction`` before them (at
+    least one) the val split, the rest train (:meth:`split_counts`). Instance task: a separate set
+    (2-5 possibly overlapping objects per image, COCO JSON with RLE masks of the visible parts).
     """
 
     dataset: Literal["shapes"]
@@ -122,7 +123,28 @@ class ShapesData(DataBase):
     num_images: Annotated[int, Field(gt=1)] = 64
     num_classes: Annotated[int, Field(ge=2, le=8)] = 3
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
+    test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.25
     seed: int = 0
+
+    def split_counts(self) -> tuple[int, int, int]:
+        """``(train, val, test)`` image counts: test ``round(n * test_fraction)`` (at least one when
+        the fraction is above 0), val ``round(n * val_fraction)`` (at least one, at most what leaves
+        one train image)."""
+        n = self.num_images
+        n_test = max(1, round(n * self.test_fraction)) if self.test_fraction > 0 else 0
+        n_val = min(n - n_test - 1, max(1, round(n * self.val_fraction)))
+        return n - n_val - n_test, n_val, n_test
+
+    @model_validator(mode="after")
+    def _train_left(self) -> ShapesData:
+        _, n_val, n_test = self.split_counts()
+        if n_val < 1:
+            raise ValueError(
+                f"num_images {self.num_images} with test_fraction {self.test_fraction} ({n_test} test) "
+                "leaves no image for train and val; raise num_images or lower test_fraction "
+                "(0: no test split)"
+            )
+        return self
 
 
 class FolderData(DataBase):
@@ -131,6 +153,10 @@ class FolderData(DataBase):
     - ``train_list`` / ``val_list``: text files (relative to ``root``), one stem per line; with only
       one of them the other split is every remaining pair. Without lists, ``val_fraction`` of the
       pairs (seeded by ``split_seed``) are val.
+    - ``test_list`` (a file like the others) or ``test_fraction`` (seeded by ``split_seed``, drawn
+      before ``val_fraction`` is applied to the rest; only without ``train_list``/``val_list``):
+      the held-out test split; its stems are never train or val ("every remaining pair" excludes
+      them). Default: no test split.
     - ``num_classes``: when unset, every mask is read once at build time and the largest label + 1
       is used; when set, labels are checked as each mask is loaded.
     - ``class_names``: optional, ``num_classes`` names (default ``class0``, ``class1`` …).
@@ -145,9 +171,22 @@ class FolderData(DataBase):
     val_list: str | None = None
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     split_seed: int = 0
+    test_list: str | None = None
+    test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
     num_classes: Annotated[int, Field(ge=2)] | None = None
     class_names: list[str] | None = None
     channels: Literal[1, 3] | None = None
+
+    @model_validator(mode="after")
+    def _one_test_source(self) -> FolderData:
+        if self.test_fraction and self.test_list:
+            raise ValueError("give test_list or test_fraction, not both")
+        if self.test_fraction and (self.train_list or self.val_list):
+            raise ValueError(
+                "test_fraction splits by a seeded fraction, train_list/val_list by files; with the lists "
+                "give the test stems as a test_list too"
+            )
+        return self
 
     @model_validator(mode="after")
     def _names_match(self) -> FolderData:
@@ -172,14 +211,25 @@ class VOCData(DataBase):
     ``masks: SegmentationClassAug`` with ``train_split: train_aug`` reads the SBD-augmented set.
     Instance task: ``{objects}/`` holds the instance-index palette PNGs (255 borders); each
     object's class is the majority class of its pixels in ``{masks}/``.
+    Test split (default none; VOC's own test set has no public masks): ``test_split`` (another
+    ``ImageSets/Segmentation`` list) or ``test_fraction`` of the train list's images, a fixed
+    seeded draw (see :mod:`stitch.data.voc`).
     """
 
     dataset: Literal["voc"]
     root: str
     train_split: str = "train"
     val_split: str = "val"
+    test_split: str | None = None
+    test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
     masks: str = "SegmentationClass"
     objects: str = "SegmentationObject"
+
+    @model_validator(mode="after")
+    def _one_test_source(self) -> VOCData:
+        if self.test_fraction and self.test_split:
+            raise ValueError("give test_split or test_fraction, not both")
+        return self
 
 
 class CocoData(DataBase):
@@ -189,6 +239,8 @@ class CocoData(DataBase):
     ``ignore_index``; larger objects are drawn first so small ones stay visible. Paths are
     relative to ``root``; the defaults fit a COCO 2017 download. Instance task: polygon and RLE
     objects, crowd regions kept for evaluation only (see :mod:`stitch.data.instance`).
+    Test split (default none): ``test_annotations`` with its ``test_images`` folder (both needed),
+    or ``test_fraction`` of the train file's images, a fixed seeded draw (see :mod:`stitch.data.coco`).
     """
 
     dataset: Literal["coco"]
@@ -197,18 +249,34 @@ class CocoData(DataBase):
     val_annotations: str = "annotations/instances_val2017.json"
     train_images: str = "train2017"
     val_images: str = "val2017"
+    test_annotations: str | None = None
+    test_images: str | None = None
+    test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+    @model_validator(mode="after")
+    def _one_test_source(self) -> CocoData:
+        if bool(self.test_annotations) != bool(self.test_images):
+            raise ValueError(
+                "test_annotations and test_images go together (the JSON and the folder its file_name paths "
+                "are relative to); give both or neither"
+            )
+        if self.test_fraction and self.test_annotations:
+            raise ValueError("give test_annotations/test_images or test_fraction, not both")
+        return self
 
 
 class BrainData(DataBase):
     """Axial slices of the MNI ICBM152 2009a template shipped in the nilearn wheel.
 
     T1 image, labels background / grey matter / white matter (the larger tissue probability when
-    above 0.5). Fixed split along z (documented in ``stitch.data.brain``). Needs
+    above 0.5). Fixed train/val/test bands along z (documented in ``stitch.data.brain``);
+    ``test_region: false`` gives the first layout (train/val only, the run ids of before). Needs
     ``pip install --no-deps nilearn==0.14.1`` and ``pip install nibabel``.
     """
 
     dataset: Literal["brain"]
     root: str | None = None
+    test_region: bool = True
 
 
 DataCfg = Annotated[

@@ -6,14 +6,29 @@ nilearn, read with nibabel). Image: the T1 slice (uint8, one channel). Labels: 0
 1 grey matter, 2 white matter — the tissue with the larger probability where that probability is
 above 0.5 (probabilities are stored as 0-255).
 
-Slices are axial (``z`` fixed), rotated so anterior is up: 233 rows x 197 columns. Fixed split
-along z, contiguous so neighbouring, nearly identical slices do not straddle it:
+Slices are axial (``z`` fixed), rotated so anterior is up: 233 rows x 197 columns. Fixed bands
+along z, each contiguous (neighbouring, nearly identical slices do not straddle a boundary) and
+separated from its neighbours by a gap of 4 slices that no split uses. With ``test_region: true``
+(the default; cache layout v2):
 
-- **val**: z = 100-119 (20 slices through the top of the lateral ventricles, rich in both tissues);
-- **train**: z = 10-95 and 124-149 (112 slices); z = 96-99 and 120-123 are left out as a gap.
+======  ====================  ======
+split   z                     slices
+======  ====================  ======
+train   10-71 and 124-149     88
+(gap)   72-75
+test    76-95                 20
+(gap)   96-99
+val     100-119               20
+(gap)   120-123
+======  ====================  ======
 
-Written once to ``<cache>/brain-icbm152-2009a-v1/`` as ``images/z<z>.png``, ``masks/z<z>.png``,
-``train.txt``, ``val.txt`` and ``meta.json``.
+Val (through the top of the lateral ventricles, rich in both tissues) chooses the epoch; test
+(the basal ganglia and the bodies of the lateral ventricles, also rich in both) is what the tables
+report. ``test_region: false`` is the first layout (cache layout v1, the run ids of before): train
+z = 10-95 and 124-149 (112 slices), val z = 100-119 (20), gaps 96-99 and 120-123, no test split.
+
+Written once to ``<cache>/brain-icbm152-2009a-v<layout>/`` as ``images/z<z>.png``,
+``masks/z<z>.png``, ``train.txt``, ``val.txt`` (and ``test.txt``) and ``meta.json``.
 """
 
 from __future__ import annotations
@@ -39,11 +54,32 @@ from stitch.errors import exception_text
 if TYPE_CHECKING:
     from stitch.config import BrainData
 
-VERSION = 1
+#: cache layout: 1 = train/val (``test_region: false``), 2 = train/val/test
+VERSION = 2
 INSTALL = "pip install --no-deps nilearn==0.14.1 && pip install nibabel"
-TRAIN_Z = list(range(10, 96)) + list(range(124, 150))
-VAL_Z = list(range(100, 120))
+#: ``split -> (first z, last z)`` bands of each layout (module docstring)
+BANDS: dict[int, dict[str, list[tuple[int, int]]]] = {
+    1: {"train": [(10, 95), (124, 149)], "val": [(100, 119)]},
+    2: {"train": [(10, 71), (124, 149)], "val": [(100, 119)], "test": [(76, 95)]},
+}
 CLASSES = ["background", "grey_matter", "white_matter"]
+
+
+def layout_version(test_region: bool) -> int:
+    """The cache layout of ``test_region``: 2 with a test band, 1 without."""
+    return VERSION if test_region else 1
+
+
+def split_slices(layout: int) -> dict[str, list[int]]:
+    """``split -> z indices`` of a layout, in order."""
+    return {s: [z for a, b in bands for z in range(a, b + 1)] for s, bands in BANDS[layout].items()}
+
+
+def bands_text(layout: int) -> str:
+    """``axial z 10-71 and 124-149 train, z 100-119 val, z 76-95 test``."""
+    return "axial " + ", ".join(
+        "z " + " and ".join(f"{a}-{b}" for a, b in bands) + f" {s}" for s, bands in BANDS[layout].items()
+    )
 
 
 def template_files() -> dict[str, Path]:
@@ -79,7 +115,8 @@ def labels_from(gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
     return lab
 
 
-def prepare(out: Path) -> None:
+def prepare(out: Path, layout: int = VERSION) -> None:
+    """Write the slices of ``layout`` (:data:`BANDS`), the split lists and ``meta.json`` into ``out``."""
     from PIL import Image
 
     files = template_files()
@@ -94,51 +131,55 @@ def prepare(out: Path) -> None:
     t1 = np.clip(np.round(t1 / max(float(t1.max()), 1e-9) * 255.0), 0, 255).astype(np.uint8)
     (out / "images").mkdir()
     (out / "masks").mkdir()
-    for z in TRAIN_Z + VAL_Z:
+    slices = split_slices(layout)
+    for z in sorted(z for zs in slices.values() for z in zs):
         Image.fromarray(np.ascontiguousarray(np.rot90(t1[:, :, z])), "L").save(
             out / "images" / f"z{z:03d}.png"
         )
         Image.fromarray(np.ascontiguousarray(np.rot90(lab[:, :, z])), "L").save(
             out / "masks" / f"z{z:03d}.png"
         )
-    (out / "train.txt").write_text("".join(f"z{z:03d}\n" for z in TRAIN_Z))
-    (out / "val.txt").write_text("".join(f"z{z:03d}\n" for z in VAL_Z))
+    for split, zs in slices.items():
+        (out / f"{split}.txt").write_text("".join(f"z{z:03d}\n" for z in zs))
     write_json(
         out / "meta.json",
         {
             "dataset": "brain",
-            "version": VERSION,
+            "version": layout,
             "classes": CLASSES,
             "volume_shape": list(t1.shape),
             "slice_shape": [int(t1.shape[1]), int(t1.shape[0])],
             "source": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()},
-            "split": {"train_z": [[10, 95], [124, 149]], "val_z": [100, 119]},
+            "split": {f"{s}_z": [list(b) for b in bands] for s, bands in BANDS[layout].items()},
             "pixel_counts": {
                 split: np.bincount(np.concatenate([lab[:, :, z].ravel() for z in zs]), minlength=3).tolist()
-                for split, zs in (("train", TRAIN_Z), ("val", VAL_Z))
+                for split, zs in slices.items()
             },
         },
     )
 
 
 def build(cfg: BrainData, cache_dir: Path | None = None) -> Prepared:
-    root = prepare_once(resolve_cache_dir(cfg, cache_dir), f"brain-icbm152-2009a-v{VERSION}", prepare)
+    layout = layout_version(cfg.test_region)
+    root = prepare_once(
+        resolve_cache_dir(cfg, cache_dir), f"brain-icbm152-2009a-v{layout}", lambda tmp: prepare(tmp, layout)
+    )
     fix = f"delete {root} to prepare it again"
     sources = {}
-    for split in ("train", "val"):
+    for split in BANDS[layout]:
         pairs = prepared_pairs(root, split)
         sources[split] = FileSource(pairs, 1, 3, cfg.ignore_index, fix=fix)
     return Prepared(
         train=sources["train"],
         val=sources["val"],
+        test=sources.get("test"),
         num_classes=3,
         in_channels=1,
         class_names=list(CLASSES),
         info={
             "dataset": "brain",
             "root": str(root),
-            "split": "axial z 10-95 and 124-149 train, z 100-119 val",
-            "train": len(sources["train"]),
-            "val": len(sources["val"]),
+            "split": bands_text(layout),
+            **{s: len(src) for s, src in sources.items()},
         },
     )

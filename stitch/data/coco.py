@@ -10,24 +10,100 @@ at build time; masks are rendered as samples load.
 :mod:`stitch.data.instance` (objects with polygon or RLE masks, crowd regions kept only for the
 evaluation, bad annotations found at build time). With ``root`` at a COCO 2017 download
 (``annotations/instances_train2017.json``, ``train2017/``, ``val2017/``) the defaults fit.
+
+Test split (both tasks; default none): ``test_annotations`` with ``test_images`` (a file and its
+image folder, both required: the folder is not guessed, since a held-out file may list images of
+either download folder), or ``test_fraction``: ``round(n * test_fraction)`` of the train file's
+``n`` images (at least one, and one left to train), drawn with the fixed seed
+:data:`TEST_SEED` from the images sorted by id, so every experiment over the same file holds out
+the same images; they leave the train split. COCO's own test-dev set has no public annotations.
+No image file (its folder joined with its ``file_name``) may be in the test split and in train or
+val; the train and val files are taken as given, as before.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stitch.data.coco_format import check_images_exist, load_coco, split_categories
-from stitch.data.common import DataError, Prepared, read_image
-from stitch.data.instance import InstancePrepared, from_coco_files
+from stitch.data.coco_format import check_images_exist, load_coco, read_coco, split_categories
+from stitch.data.common import DataError, Prepared, hold_out, read_image
+from stitch.data.instance import InstancePrepared, from_coco_dicts
 from stitch.errors import exception_text
 
 if TYPE_CHECKING:
     from stitch.config import CocoData
+
+TEST_SEED = 0  # the test_fraction draw: fixed, so experiments over one file share the test images
+
+
+def subset_coco(data: dict, image_ids: Iterable[int]) -> dict:
+    """A COCO dict of only ``image_ids``: their images and annotations, every other key as it is."""
+    keep = set(image_ids)
+    return dict(
+        data,
+        images=[im for im in data["images"] if im["id"] in keep],
+        annotations=[a for a in data["annotations"] if a["image_id"] in keep],
+    )
+
+
+def split_files(cfg: CocoData) -> dict[str, tuple[str, str]]:
+    """``split -> (annotations, images)`` as configured, relative to ``root``."""
+    out = {
+        "train": (cfg.train_annotations, cfg.train_images),
+        "val": (cfg.val_annotations, cfg.val_images),
+    }
+    if cfg.test_annotations and cfg.test_images:
+        out["test"] = (cfg.test_annotations, cfg.test_images)
+    return out
+
+
+def split_text(cfg: CocoData) -> str:
+    """How the splits were made, for the data line of the log."""
+    text = f"{cfg.train_annotations} / {cfg.val_annotations}"
+    if cfg.test_annotations:
+        return f"{text} / test {cfg.test_annotations}"
+    if cfg.test_fraction:
+        return f"{text}, test: {cfg.test_fraction} of the train images (seed {TEST_SEED})"
+    return text
+
+
+def check_test_disjoint(files: dict[str, list[str]], test_ann: Path) -> None:
+    """No image file (absolute, normalised path) both in the test split and in train or val."""
+    if "test" not in files:
+        return
+    test = set(files["test"])
+    for split in ("train", "val"):
+        both = sorted(test.intersection(files[split]))
+        if both:
+            raise DataError(
+                f"{both[0]} is in both the {split} and the test split ({len(both)} shared); a sample in both "
+                "splits leaks: remove it from one file",
+                test_ann,
+            )
+
+
+def image_paths(images_dir: Path, file_names: Iterable[str]) -> list[str]:
+    """The absolute normalised path of each image file (no file-system access)."""
+    base = os.path.abspath(images_dir)
+    return [os.path.normpath(os.path.join(base, str(f))) for f in file_names]
+
+
+def check_root(cfg: CocoData) -> Path:
+    """``cfg.root`` expanded, or a one-line error when it is not a folder."""
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            "COCO folder not found; set data.root to the folder holding annotations/ and the image folders",
+            root,
+        )
+    return root
 
 
 @dataclass
@@ -80,18 +156,10 @@ class CocoSource:
 
 
 def build(cfg: CocoData, cache_dir: Path | None = None) -> Prepared:
-    root = Path(cfg.root).expanduser()
-    if not root.is_dir():
-        raise DataError(
-            "COCO folder not found; set data.root to the folder holding annotations/ and the image folders",
-            root,
-        )
+    root = check_root(cfg)
     sources: dict[str, CocoSource] = {}
     cats: list[dict] | None = None
-    for split, ann_rel, img_rel in (
-        ("train", cfg.train_annotations, cfg.train_images),
-        ("val", cfg.val_annotations, cfg.val_images),
-    ):
+    for split, (ann_rel, img_rel) in split_files(cfg).items():
         ann_file, images_dir = root / ann_rel, root / img_rel
         coco = load_coco(ann_file)
         if not images_dir.is_dir():
@@ -102,35 +170,61 @@ def build(cfg: CocoData, cache_dir: Path | None = None) -> Prepared:
         cat_to_label = {c["id"]: k for k, c in enumerate(cats, 1)}
         sources[split] = CocoSource(coco, ann_file, images_dir, ids, cat_to_label, cfg.ignore_index)
     assert cats is not None
+    if cfg.test_fraction:
+        tr = sources["train"]
+        kept, held = hold_out(tr.image_ids, cfg.test_fraction, TEST_SEED, "data.test_fraction", tr.ann_file)
+        sources["train"], sources["test"] = replace(tr, image_ids=kept), replace(tr, image_ids=held)
+    if "test" in sources:
+        check_test_disjoint(
+            {
+                s: image_paths(src.images_dir, (src.coco.imgs[i]["file_name"] for i in src.image_ids))
+                for s, src in sources.items()
+            },
+            sources["test"].ann_file,
+        )
     names = ["background"] + [str(c.get("name", c["id"])) for c in cats]
     return Prepared(
         train=sources["train"],
         val=sources["val"],
+        test=sources.get("test"),
         num_classes=len(names),
         in_channels=3,
         class_names=names,
         info={
             "dataset": "coco",
             "root": str(root),
-            "split": f"{cfg.train_annotations} / {cfg.val_annotations}",
-            "train": len(sources["train"]),
-            "val": len(sources["val"]),
+            "split": split_text(cfg),
+            **{s: len(src) for s, src in sources.items()},
         },
     )
 
 
 def build_instance(cfg: CocoData, cache_dir: Path | None = None) -> InstancePrepared:
     """The instance task over the same files (see :mod:`stitch.data.instance`)."""
-    root = Path(cfg.root).expanduser()
-    if not root.is_dir():
-        raise DataError(
-            "COCO folder not found; set data.root to the folder holding annotations/ and the image folders",
-            root,
+    root = check_root(cfg)
+    splits: dict[str, tuple[dict, Path, Path]] = {}
+    for split, (ann_rel, img_rel) in split_files(cfg).items():
+        ann_file = root / ann_rel
+        # from_coco_dicts checks every dict; a fraction split needs a checked one to cut
+        splits[split] = (read_coco(ann_file, check=bool(cfg.test_fraction)), ann_file, root / img_rel)
+    if cfg.test_fraction:
+        data, ann_file, images_dir = splits["train"]
+        kept, held = hold_out(
+            sorted(im["id"] for im in data["images"]),
+            cfg.test_fraction,
+            TEST_SEED,
+            "data.test_fraction",
+            ann_file,
         )
-    return from_coco_files(
-        {
-            "train": (root / cfg.train_annotations, root / cfg.train_images),
-            "val": (root / cfg.val_annotations, root / cfg.val_images),
-        },
-        {"dataset": "coco", "root": str(root), "split": f"{cfg.train_annotations} / {cfg.val_annotations}"},
-    )
+        splits["train"] = (subset_coco(data, kept), ann_file, images_dir)
+        splits["test"] = (subset_coco(data, held), ann_file, images_dir)
+    prep = from_coco_dicts(splits, {"dataset": "coco", "root": str(root), "split": split_text(cfg)})
+    if prep.test is not None:
+        check_test_disjoint(
+            {
+                s: image_paths(src.images_dir, (r.file_name for r in src.records))
+                for s, src in (("train", prep.train), ("val", prep.val), ("test", prep.test))
+            },
+            prep.test.ann_file,
+        )
+    return prep

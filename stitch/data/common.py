@@ -1,12 +1,12 @@
 """Shared pieces of the datasets: the error type, the cache directory, atomic preparation,
 image/mask reading with one-line errors, file pairing and splits, and the torch ``Dataset``.
 
-A dataset module turns its config into a :class:`Prepared`: two *sources* (train, val) and the
-class layout. A source knows how many samples it has, each sample's name and how to load it as
-``(image uint8 HxWxC, mask int64 HxW)`` with the ignore value already mapped and the labels
-checked. :class:`SegDataset` wraps a source with the transforms of :mod:`stitch.data.transforms`.
-The instance task's sources and dataset (per-object masks, boxes, ``coco_gt``) are in
-:mod:`stitch.data.instance`.
+A dataset module turns its config into a :class:`Prepared`: its *sources* (train, val, and test
+where there is one) and the class layout. A source knows how many samples it has, each sample's
+name and how to load it as ``(image uint8 HxWxC, mask int64 HxW)`` with the ignore value already
+mapped and the labels checked. :class:`SegDataset` wraps a source with the transforms of
+:mod:`stitch.data.transforms`. The instance task's sources and dataset (per-object masks, boxes,
+``coco_gt``) are in :mod:`stitch.data.instance`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from stitch.errors import StitchError, exception_text
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 MASK_EXTS = (".png", ".tif", ".tiff", ".bmp")  # lossless only
 LOSSY_EXTS = (".jpg", ".jpeg", ".webp")
+T = TypeVar("T")
 
 
 class DataError(StitchError):
@@ -302,6 +303,28 @@ def read_list(path: Path, known: Sequence[str] | None = None) -> list[str]:
 def require_nonempty(split: str, n: int, where: Any, fix: str) -> None:
     if n == 0:
         raise DataError(f"the {split} split is empty; {fix}", where)
+
+
+def hold_out(
+    names: Sequence[T], fraction: float, seed: int, key: str = "data.test_fraction", where: Any = None
+) -> tuple[list[T], list[T]]:
+    """``(kept, held)``: a seeded random ``fraction`` of ``names`` held out (``round(n * fraction)``,
+    at least one, at most ``n - 1``; the draw is ``numpy.random.default_rng(seed).permutation``),
+    both lists in their original order. Fewer than two names is a one-line :class:`DataError`
+    naming ``key``."""
+    n = len(names)
+    if n < 2:
+        raise DataError(
+            f"{key} {fraction} needs at least 2 samples to hold some out and keep the rest, found {n}; "
+            f"add samples or drop {key}",
+            where,
+        )
+    n_held = min(n - 1, max(1, round(n * fraction)))
+    held_idx = {int(i) for i in np.random.default_rng(seed).permutation(n)[:n_held]}
+    return (
+        [s for i, s in enumerate(names) if i not in held_idx],
+        [s for i, s in enumerate(names) if i in held_idx],
+    )
 
 
 # ----------------------------------------------------------------------------- sources and the dataset

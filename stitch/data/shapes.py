@@ -8,16 +8,21 @@ away from the background colour), overlapping in drawing order, then Gaussian pi
 num_classes)`` (``numpy.random.default_rng([seed, i])``), so the same seed gives identical files.
 
 Written to ``<cache>/shapes-n<num_images>-<H>x<W>-c<num_classes>-seed<seed>-v1/`` as
-``images/00000.png`` …, ``masks/00000.png`` … (mode L, pixel = class) and ``meta.json``. The last
-``round(num_images * val_fraction)`` images (at least one, at most ``num_images - 1``) are val.
+``images/00000.png`` …, ``masks/00000.png`` … (mode L, pixel = class) and ``meta.json``. The split
+is by index, so the files do not depend on it (:meth:`stitch.config.ShapesData.split_counts`): the
+last ``round(num_images * test_fraction)`` images (at least one when ``test_fraction`` > 0;
+default 0.25) are test, the ``round(num_images * val_fraction)`` before them (at least one) are
+val, the rest (at least one) train. With 64 images and the defaults: 0-31 train, 32-47 val, 48-63
+test.
 
 Instance task (:func:`build_instance`): a separate set under
-``<cache>/shapes-instances-n<num_images>-<H>x<W>-c<num_classes>-seed<seed>-v1/`` drawn the same
+``<cache>/shapes-instances-n<num_images>-<H>x<W>-c<num_classes>-seed<seed>-v2/`` drawn the same
 way but with 2-5 objects per image; a later object occludes the earlier ones, so each object's
 mask is its visible part (the masks of one image are disjoint; an object hidden completely is not
-annotated). ``images/00000.png`` … plus ``annotations/instances_{train,val}.json`` (COCO, RLE
+annotated). ``images/00000.png`` … plus ``annotations/instances.json`` (COCO, every image; RLE
 masks, category ids 1.. = the class indices, image id = file index + 1) and ``meta.json``; the
-split is the same as above.
+split, the same as above, is cut from that file in memory (v1 wrote one file per split, with the
+val count baked in).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stitch.data.coco_format import mask_fields
+from stitch.data.coco import subset_coco
+from stitch.data.coco_format import mask_fields, read_coco
 from stitch.data.common import (
     FileSource,
     Prepared,
@@ -37,13 +43,14 @@ from stitch.data.common import (
     resolve_cache_dir,
     write_json,
 )
-from stitch.data.instance import InstancePrepared, from_coco_files
+from stitch.data.instance import InstancePrepared, from_coco_dicts
 
 if TYPE_CHECKING:
     from stitch.config import ShapesData
 
 SHAPE_NAMES = ["circle", "square", "triangle", "cross", "ring", "star", "hexagon"]
 VERSION = 1
+INSTANCE_VERSION = 2  # v2: one annotation file for every image, split in memory
 
 
 def _polygon(cx: float, cy: float, radii: list[float], rot: float) -> list[tuple[float, float]]:
@@ -190,38 +197,53 @@ def build(cfg: ShapesData, cache_dir: Path | None = None) -> Prepared:
         lambda tmp: generate(tmp, cfg.num_images, size, cfg.num_classes, cfg.seed),
     )
     n = cfg.num_images
-    n_val = min(n - 1, max(1, round(n * cfg.val_fraction)))
+    ranges = split_ranges(cfg)
     pairs = [(root / "images" / f"{i:05d}.png", root / "masks" / f"{i:05d}.png") for i in range(n)]
     names = ["background", *SHAPE_NAMES[: cfg.num_classes - 1]]
     fix = f"delete {root} to generate it again"
     check_prepared(pairs, root)
 
-    def source(sel: list) -> FileSource:
-        return FileSource(sel, 3, cfg.num_classes, cfg.ignore_index, fix=fix)
+    def source(split: str) -> FileSource:
+        return FileSource([pairs[i] for i in ranges[split]], 3, cfg.num_classes, cfg.ignore_index, fix=fix)
 
     return Prepared(
-        train=source(pairs[: n - n_val]),
-        val=source(pairs[n - n_val :]),
+        train=source("train"),
+        val=source("val"),
+        test=source("test") if ranges["test"] else None,
         num_classes=cfg.num_classes,
         in_channels=3,
         class_names=names,
         info={
             "dataset": "shapes",
             "root": str(root),
-            "split": f"images 0..{n - n_val - 1} train, {n - n_val}..{n - 1} val",
-            "train": n - n_val,
-            "val": n_val,
+            "split": split_text(ranges),
+            **{s: len(r) for s, r in ranges.items() if r},
         },
     )
+
+
+def split_ranges(cfg: ShapesData) -> dict[str, range]:
+    """``split -> image indices``: train first, then val, then test (empty without a test split)."""
+    n_train, n_val, n_test = cfg.split_counts()
+    return {
+        "train": range(n_train),
+        "val": range(n_train, n_train + n_val),
+        "test": range(n_train + n_val, n_train + n_val + n_test),
+    }
+
+
+def split_text(ranges: dict[str, range]) -> str:
+    """``images 0..31 train, 32..47 val, 48..63 test`` (the splits that have images)."""
+    return "images " + ", ".join(f"{r[0]}..{r[-1]} {s}" for s, r in ranges.items() if r)
 
 
 INSTANCE_COUNT = (2, 6)  # 2-5 shapes per image
 
 
 def generate_instances(
-    out: Path, num_images: int, size: tuple[int, int], num_classes: int, seed: int, n_val: int
+    out: Path, num_images: int, size: tuple[int, int], num_classes: int, seed: int
 ) -> None:
-    """Write ``images/``, ``annotations/instances_{train,val}.json`` and ``meta.json`` into ``out``."""
+    """Write ``images/``, ``annotations/instances.json`` (every image) and ``meta.json`` into ``out``."""
     from PIL import Image
 
     (out / "images").mkdir(parents=True)
@@ -231,59 +253,61 @@ def generate_instances(
         {"id": k, "name": n, "supercategory": "shape"}
         for k, n in enumerate(SHAPE_NAMES[: num_classes - 1], 1)
     ]
-    docs: dict[str, dict[str, Any]] = {
-        s: {
-            "info": {"description": f"stitch shapes instances seed {seed}", "version": str(VERSION)},
-            "images": [],
-            "annotations": [],
-            "categories": cats,
-        }
-        for s in ("train", "val")
+    doc: dict[str, Any] = {
+        "info": {"description": f"stitch shapes instances seed {seed}", "version": str(INSTANCE_VERSION)},
+        "images": [],
+        "annotations": [],
+        "categories": cats,
     }
     for i in range(num_images):
         image, objects = render_objects(i, seed, size, num_classes, INSTANCE_COUNT)
         Image.fromarray(image, "RGB").save(out / "images" / f"{i:05d}.png")
-        doc = docs["train" if i < num_images - n_val else "val"]
         doc["images"].append({"id": i + 1, "file_name": f"{i:05d}.png", "height": h, "width": w})
         for label, vis in visible_parts(objects):
-            n = sum(len(d["annotations"]) for d in docs.values()) + 1
             doc["annotations"].append(
-                {"id": n, "image_id": i + 1, "category_id": label, "iscrowd": 0, **mask_fields(vis)}
+                {
+                    "id": len(doc["annotations"]) + 1,
+                    "image_id": i + 1,
+                    "category_id": label,
+                    "iscrowd": 0,
+                    **mask_fields(vis),
+                }
             )
-    for split, doc in docs.items():
-        write_json(out / "annotations" / f"instances_{split}.json", doc)
+    write_json(out / "annotations" / "instances.json", doc)
     write_json(
         out / "meta.json",
         {
             "dataset": "shapes-instances",
-            "version": VERSION,
+            "version": INSTANCE_VERSION,
             "num_images": num_images,
             "image_size": list(size),
             "num_classes": num_classes,
             "seed": seed,
-            "val_images": n_val,
             "objects_per_image": [INSTANCE_COUNT[0], INSTANCE_COUNT[1] - 1],
-            "annotations": {s: len(d["annotations"]) for s, d in docs.items()},
+            "annotations": len(doc["annotations"]),
         },
     )
 
 
 def build_instance(cfg: ShapesData, cache_dir: Path | None = None) -> InstancePrepared:
-    """The instance set (module docstring), generated once, read through the COCO path."""
+    """The instance set (module docstring), generated once, split by index and read through the
+    COCO path."""
     size = (int(cfg.image_size[0]), int(cfg.image_size[1]))
     n = cfg.num_images
-    n_val = min(n - 1, max(1, round(n * cfg.val_fraction)))
-    name = f"shapes-instances-n{n}-{size[0]}x{size[1]}-c{cfg.num_classes}-seed{cfg.seed}-v{VERSION}"
+    name = f"shapes-instances-n{n}-{size[0]}x{size[1]}-c{cfg.num_classes}-seed{cfg.seed}-v{INSTANCE_VERSION}"
     root = prepare_once(
         resolve_cache_dir(cfg, cache_dir),
         name,
-        lambda tmp: generate_instances(tmp, n, size, cfg.num_classes, cfg.seed, n_val),
+        lambda tmp: generate_instances(tmp, n, size, cfg.num_classes, cfg.seed),
     )
-    return from_coco_files(
-        {s: (root / "annotations" / f"instances_{s}.json", root / "images") for s in ("train", "val")},
+    ann_file = root / "annotations" / "instances.json"
+    data = read_coco(ann_file)
+    ranges = split_ranges(cfg)
+    return from_coco_dicts(
         {
-            "dataset": "shapes",
-            "root": str(root),
-            "split": f"images 0..{n - n_val - 1} train, {n - n_val}..{n - 1} val",
+            s: (subset_coco(data, [i + 1 for i in r]), ann_file, root / "images")
+            for s, r in ranges.items()
+            if r
         },
+        {"dataset": "shapes", "root": str(root), "split": split_text(ranges)},
     )

@@ -10,8 +10,16 @@ PNGs of instance indices 1..N, 0 background, 255 void border) with ``<masks>/<id
 classes. Each instance's class is the majority class of its pixels in the class mask (0 and 255
 not counted; an instance without any class pixel is skipped and counted as ``no_class``). The
 COCO dicts (RLE masks, bbox from the mask, area, iscrowd 0, categories 1..20 with the VOC names,
-image ids 1.. in list order, train then val) are built in memory and read by
+image ids 1.. in list order, train then val then test) are built in memory and read by
 :mod:`stitch.data.instance`; the void border is background there.
+
+Test split (both tasks; default none). VOC 2012's official test set has no public masks, so a
+test split is one you hold out yourself: ``test_split`` names another
+``ImageSets/Segmentation/<test_split>.txt`` (a list you wrote), or ``test_fraction`` holds out
+``round(n * test_fraction)`` of the ``n`` ids of the train list (at least one, and one left to
+train), drawn with the fixed seed :data:`TEST_SEED`, so every experiment over the same list holds
+out the same images; they leave the train split. No id may be in two of the lists (an error
+naming it); an empty list is an error.
 """
 
 from __future__ import annotations
@@ -22,12 +30,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stitch.data.coco_format import mask_fields
-from stitch.data.common import DataError, Prepared, read_list, read_mask, require_nonempty
-from stitch.data.folder import prepare_pairs
+from stitch.data.common import DataError, Prepared, hold_out, read_list, read_mask, require_nonempty
+from stitch.data.folder import check_disjoint, prepare_pairs
 from stitch.data.instance import InstancePrepared, from_coco_dicts
 
 if TYPE_CHECKING:
     from stitch.config import VOCData
+
+TEST_SEED = 0  # the test_fraction draw: fixed, so experiments over one list share the test images
 
 VOC_CLASSES = [
     "background",
@@ -67,15 +77,19 @@ def find_voc_root(root: Path) -> Path:
 
 
 def split_ids(cfg: VOCData, root: Path, folders: dict[str, Path]) -> dict[str, list[str]]:
-    """``split -> ids`` of the two list files; every id needs ``JPEGImages/<id>.jpg`` and a
-    ``<id>.png`` in each of ``folders`` (what -> folder); no id in both lists."""
+    """``split -> ids`` of the list files (train, val, and test when configured; see the module
+    docstring); every id needs ``JPEGImages/<id>.jpg`` and a ``<id>.png`` in each of ``folders``
+    (what -> folder); no id in two splits."""
     images = root / "JPEGImages"
     for what, folder in folders.items():
         if not folder.is_dir():
             raise DataError(f"no {folder.name}/ folder beside JPEGImages/; check data.{what}", folder)
     sets = root / "ImageSets" / "Segmentation"
     splits = {}
-    for split, name in (("train", cfg.train_split), ("val", cfg.val_split)):
+    lists = [("train", cfg.train_split), ("val", cfg.val_split)]
+    if cfg.test_split:
+        lists.append(("test", cfg.test_split))
+    for split, name in lists:
         lst = sets / f"{name}.txt"
         ids = read_list(lst)
         require_nonempty(split, len(ids), lst, "the list names no image ids")
@@ -102,7 +116,28 @@ def split_ids(cfg: VOCData, root: Path, folders: dict[str, Path]) -> dict[str, l
             f"({len(shared)} shared); a sample in both splits leaks",
             sets / f"{cfg.val_split}.txt",
         )
+    if cfg.test_split:
+        check_disjoint(
+            splits,
+            {s: f"the {name} list" for s, name in lists},
+            {s: sets / f"{name}.txt" for s, name in lists},
+        )
+    elif cfg.test_fraction:
+        lst = sets / f"{cfg.train_split}.txt"
+        splits["train"], splits["test"] = hold_out(
+            splits["train"], cfg.test_fraction, TEST_SEED, "data.test_fraction", lst
+        )
     return splits
+
+
+def split_text(cfg: VOCData) -> str:
+    """How the splits were made, for the data line of the log."""
+    text = f"ImageSets/Segmentation/{cfg.train_split}.txt / {cfg.val_split}.txt"
+    if cfg.test_split:
+        return f"{text} / test {cfg.test_split}.txt"
+    if cfg.test_fraction:
+        return f"{text}, test: {cfg.test_fraction} of the {cfg.train_split} ids (seed {TEST_SEED})"
+    return text
 
 
 def build(cfg: VOCData, cache_dir: Path | None = None) -> Prepared:
@@ -114,17 +149,14 @@ def build(cfg: VOCData, cache_dir: Path | None = None) -> Prepared:
         pairs,
         splits["train"],
         splits["val"],
+        test=splits.get("test"),
         channels=3,
         num_classes=len(VOC_CLASSES),
         ignore_index=cfg.ignore_index,
         class_names=list(VOC_CLASSES),
         raw_ignore=255,
         fix="VOC masks hold 0..20 and 255 (borders); is this a palette PNG of SegmentationClass?",
-        info={
-            "dataset": "voc",
-            "root": str(root),
-            "split": f"ImageSets/Segmentation/{cfg.train_split}.txt / {cfg.val_split}.txt",
-        },
+        info={"dataset": "voc", "root": str(root), "split": split_text(cfg)},
     )
 
 
@@ -182,11 +214,7 @@ def build_instance(cfg: VOCData, cache_dir: Path | None = None) -> InstancePrepa
         dicts[split] = {"images": imgs, "annotations": anns, "categories": cats}
         no_class[split] = {"no_class": skipped}
     return from_coco_dicts(
-        {s: (dicts[s], objects, images) for s in ("train", "val")},
-        {
-            "dataset": "voc",
-            "root": str(root),
-            "split": f"ImageSets/Segmentation/{cfg.train_split}.txt / {cfg.val_split}.txt",
-        },
+        {s: (dicts[s], objects, images) for s in splits},
+        {"dataset": "voc", "root": str(root), "split": split_text(cfg)},
         extra_skips=no_class,
     )
