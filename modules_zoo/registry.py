@@ -202,7 +202,7 @@ def register(
             kind=kind,
             builder=builder,
             reference=reference,
-            summary=summary or _first_doc_line(builder),
+            summary=summary or first_doc_line(builder),
             modes=tuple(modes) if modes else DEFAULT_MODES[kind],
             aliases=dict(aliases or {}),
             absorbs=absorbs if callable(absorbs) else tuple(absorbs),
@@ -215,7 +215,8 @@ def register(
     return deco
 
 
-def _first_doc_line(obj: Any) -> str:
+def first_doc_line(obj: Any) -> str:
+    """The first line of ``obj``'s docstring, or '' (an entry's default summary)."""
     doc = inspect.getdoc(obj) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
@@ -242,7 +243,7 @@ def entry_from_class(name: str, cls: Any, origin: str) -> ZooEntry:
         kind=kind,
         builder=cls,
         reference="",
-        summary=_first_doc_line(cls),
+        summary=first_doc_line(cls),
         modes=DEFAULT_MODES[kind],
         origin=origin,
     )

@@ -44,7 +44,7 @@ class LoadedPlugin:
     baselines: list[str] = field(default_factory=list)
 
 
-def is_file_ref(ref: str) -> bool:
+def names_python_file(ref: str) -> bool:
     """Whether a plugin or object reference names a Python file (``x.py``, ``dir/x.py``)."""
     return ref.endswith(".py") or "/" in ref or "\\" in ref
 
@@ -148,7 +148,7 @@ def _where(exc: BaseException, path: Path | None) -> str:
 def import_plugin(ref: str, base_dir: Path, relative_to: str = "the experiment file") -> ModuleType:
     """Import one entry of ``plugins:``: a file path (relative to ``base_dir``, which is
     ``relative_to`` in words) or a module name."""
-    if is_file_ref(ref):
+    if names_python_file(ref):
         return import_file(_file_path(ref, base_dir), ref, relative_to)
     return import_module(ref)
 
@@ -238,7 +238,7 @@ def resolve_module_ref(ref: str, base_dir: Path) -> zoo_registry.ZooEntry:
     """The zoo entry of the class ``ref`` names (registered under the text ``ref``)."""
     cls = resolve_object(ref, base_dir, "module")
     target = ref.rpartition(":")[0]
-    origin = str(_file_path(target, base_dir).resolve()) if is_file_ref(target) else target
+    origin = str(_file_path(target, base_dir).resolve()) if names_python_file(target) else target
     try:
         return zoo_registry.add_reference(zoo_registry.entry_from_class(ref, cls, origin))
     except zoo_registry.RegistrationError as exc:

@@ -34,8 +34,10 @@ def earlier_baseline_runs(exp: Experiment, out: str | Path) -> tuple[Path, list[
     """The run database ``stitch run --out OUT`` would use, and its finished Baseline runs of the
     experiment's current recipe (none when the database does not exist)."""
     db = Path(out) / exp.cfg.name / "runs.sqlite"
+    if not db.is_file() or exp.cfg.data is None:  # no runs, or none that could have trained
+        return db, []
     plans = [p for p in plan_runs(exp) if not p.variant.insertions]
-    if not db.is_file() or not plans:
+    if not plans:
         return db, []
     recipe = recipe_of(plans[0].config)
     with ResultStore(db) as store:

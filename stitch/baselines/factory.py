@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modules_zoo.registry import first_doc_line
 from stitch.baselines.base import BaselineSpec
 from stitch.errors import StitchError
 from stitch.registry import BASELINES, TASKS
@@ -221,12 +222,6 @@ def instance_loss(model: nn.Module, batch: Any) -> torch.Tensor:
 # ----------------------------------------------------------------------------- specs
 #: the options a factory was registered with, so that naming it as ``pkg.mod:factory`` keeps them
 DECLARED: weakref.WeakKeyDictionary[Any, BaselineSpec] = weakref.WeakKeyDictionary()
-
-
-def first_doc_line(obj: Any) -> str:
-    """The first line of ``obj``'s docstring, or ''."""
-    doc = inspect.getdoc(obj) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
 def spec_from_factory(

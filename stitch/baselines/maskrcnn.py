@@ -50,7 +50,7 @@ from stitch.baselines.maskrcnn_weights import (
     enum_classes,
     enum_name,
     finetune_note,
-    is_file_ref,
+    is_weights_file,
     load_backbone_file,
     load_weights_file,
     replace_predictors,
@@ -149,11 +149,11 @@ def build_maskrcnn(
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background and must be at least 2, not {num_classes}")
 
-    weights_file = weights if is_file_ref(weights) else None
+    weights_file = weights if is_weights_file(weights) else None
     weights_enum = (
         resolve_detection_weights(weights, backbone, version) if weights and not weights_file else None
     )
-    backbone_file = weights_backbone if is_file_ref(weights_backbone) else None
+    backbone_file = weights_backbone if is_weights_file(weights_backbone) else None
     backbone_enum = (
         resolve_backbone_weights(weights_backbone, backbone)
         if weights_backbone and not backbone_file

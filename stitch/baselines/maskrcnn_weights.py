@@ -45,7 +45,7 @@ CLASS_SCORE_KEY = "roi_heads.box_predictor.cls_score.weight"
 FILE_SUFFIXES = (".pth", ".pt", ".pth.tar", ".ckpt", ".bin")
 
 
-def is_file_ref(ref: str | None) -> bool:
+def is_weights_file(ref: str | None) -> bool:
     """Whether a weights argument names a local file rather than a torchvision weights name."""
     if not ref:
         return False

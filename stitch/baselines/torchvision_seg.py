@@ -42,7 +42,7 @@ from stitch.baselines.base import BaselineSpec, resnet_stage_aliases
 from stitch.baselines.factory import spec_from_factory
 from stitch.baselines.maskrcnn_weights import (
     cached_weights_file,
-    is_file_ref,
+    is_weights_file,
     load_backbone_file,
     read_state_dict,
     resolve_backbone_weights,
@@ -84,7 +84,7 @@ def resolve_model_weights(name: str, model: str) -> WeightsEnum:
 
 def weights_path(ref: str, model: str, what: str) -> str:
     """A local file for the weights argument ``ref``: the file itself, or the cached torchvision file."""
-    if is_file_ref(ref):
+    if is_weights_file(ref):
         return ref
     if what == "weights":
         return cached_weights_file(resolve_model_weights(ref, model), what)

@@ -97,9 +97,10 @@ class NucleiData(DataBase):
 
     Split without leakage: rows 0-255 are train (tiles of ``tile`` pixels, stride ``tile // 2``),
     rows 256-383 val and rows 384-511 test (non-overlapping tiles); ``test_region: false`` gives
-    the first layout (rows 0-383 train, 384-511 val, no test). Prepared once under the cache directory (``root``,
-    else ``$STITCH_DATA``, else ``~/.cache/stitch``). Needs ``pip install --no-deps stardist==0.9.2``.
-    Instance task: the COCO JSON files written beside the tiles (one category, RLE masks).
+    the first layout (rows 0-383 train, 384-511 val, no test). Prepared once under the cache
+    directory (``root``, else ``$STITCH_DATA``, else ``~/.cache/stitch``). Needs
+    ``pip install --no-deps stardist==0.9.2``. Instance task: the COCO JSON files written beside
+    the tiles (one category, RLE masks).
     """
 
     dataset: Literal["nuclei"]
