@@ -111,7 +111,7 @@ class SegmentationTask:
                         one = ConfusionMatrix(self.num_classes, self.ignore_index, device)
                         one.update(p, t)
                         images.append(one.matrix.tolist())
-        out = cm.compute()
+        out: dict[str, Any] = dict(cm.compute())
         out["val_loss"] = loss_sum / max(n, 1)
         if per_image:
             out[PER_IMAGE_KEY] = images
