@@ -76,9 +76,11 @@ def blobs(n: int, seed: int, bright: bool, classes: int = 2) -> tuple[_Source, f
 def bundle(bright: bool, classes: int = 2) -> DataBundle:
     train, _ = blobs(6, 0, bright, classes)
     val, _ = blobs(3, 1, bright, classes)
+    test, _ = blobs(4, 2, bright, classes)
     return DataBundle(
         train=SegDataset(train, _identity, "train"),
         val=SegDataset(val, _identity, "val"),
+        test=SegDataset(test, _identity, "test"),
         num_classes=classes,
         in_channels=1,
         class_names=[str(i) for i in range(classes)],
@@ -93,6 +95,8 @@ def test_otsu_reference_separates_generated_blobs_either_polarity(bright: bool) 
     ref = otsu_reference(bundle(bright))
     assert ref.foreground_above is bright and 0.3 <= ref.threshold < 0.7
     assert ref.split == "val"
+    on_test = otsu_reference(bundle(bright), "test")
+    assert on_test.split == "test" and on_test.threshold == ref.threshold  # fitted on train either way
     assert ref.metrics["miou"] == pytest.approx(1.0) and ref.metrics["fg_iou"] == pytest.approx(1.0)
 
 
@@ -105,7 +109,9 @@ def test_reference_row_in_the_table_columns(monkeypatch: pytest.MonkeyPatch) -> 
     text = "name: x\ntask: segmentation\nbaseline: {model: unet}\nreport: {reference: otsu, decimals: 1}\n"
     exp = SimpleNamespace(cfg=parse_experiment(text).cfg)
     monkeypatch.setattr(reference_row, "experiment_data", lambda e: (e, bundle(True)))
-    res: Any = SimpleNamespace(exp=exp, metrics=["miou", "fg_iou"], scale={"miou": 100.0, "fg_iou": 100.0})
+    res: Any = SimpleNamespace(
+        exp=exp, metrics=["miou", "fg_iou"], scale={"miou": 100.0, "fg_iou": 100.0}, split="test"
+    )
     res.name = "x"
     columns = [Column("variant", "Variant", "Variant", "l"), Column("check:CA", "CA", "CA")]
     columns += [Column("metric:miou", "mIoU", "mIoU"), Column("metric:fg_iou", "fg IoU", "fg IoU")]
@@ -114,6 +120,8 @@ def test_reference_row_in_the_table_columns(monkeypatch: pytest.MonkeyPatch) -> 
     assert set(row.cells) == {c.key for c in columns}
     assert row.cells["variant"].text == "Otsu threshold (no training)"
     assert row.cells["metric:miou"].text == "100.0" and row.cells["check:CA"].text == ""
-    assert "Otsu" in sentence and "val split" in sentence
+    assert "Otsu" in sentence and "scored on the test split" in sentence  # the split the table reports
+    res.split = "val"
+    assert "scored on the val split" in reference_row.reference_rows(res, columns)[1]
     exp.cfg = parse_experiment(text.replace("reference: otsu, ", "")).cfg
     assert reference_row.reference_rows(res, columns) == ([], "")

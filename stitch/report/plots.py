@@ -65,7 +65,8 @@ def plot_metrics(res: ExperimentResults, stem: Path) -> list[Path]:
         ax.grid(axis="y", alpha=0.3)
     n = sorted({len(v.seeds) for v in res.variants})
     tested = any(t.tested for ts in res.tests.values() for t in ts.values())
-    title = f"{res.name}: mean \u00b1 std over {'/'.join(map(str, n))} seed(s)"
+    split = "held-out test split" if res.split == "test" else "validation split"
+    title = f"{res.name} ({split}): mean \u00b1 std over {'/'.join(map(str, n))} seed(s)"
     fig.suptitle(title + (f", {DAGGER} p<{res.alpha:g} (Holm)" if tested else ""), fontsize=10)
     return _save(fig, stem)
 
