@@ -91,7 +91,7 @@ class WeightTask:
     def evaluate(self, model, batches, device, per_image=False):
         for _ in batches:
             pass
-        return {"score": float(sum(p.sum() for p in model.parameters()))}
+        return {"score": float(sum(p.detach().sum() for p in model.parameters()))}
 
 
 def test_evaluate_test_scores_the_chosen_and_the_last_weights(tmp_path: Path) -> None:
