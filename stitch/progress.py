@@ -104,16 +104,22 @@ class Progress:
         else:
             print(text, flush=True)
 
-    def summary(self, rows: Sequence[Any], metrics: Sequence[str]) -> None:
+    def summary(self, rows: Sequence[Any], metrics: Sequence[str], selection: str = "best") -> None:
         """The short table printed at the end: per variant, mean ± std over seeds of each metric
-        at the best validation epoch, on the held-out test split when every finished run has it
-        (else the validation split; the header says which), parameters and time per run."""
+        at the epoch ``selection`` names (``best`` validation epoch, or ``last``), on the held-out
+        test split when every finished run has it (else the validation split; the header says
+        which), parameters and time per run."""
         by_variant: dict[str, list[Any]] = {}
         for r in rows:
             by_variant.setdefault(r.variant, []).append(r)
         finished = [r for r in rows if r.status == "done" and r.best_metrics]
-        test = bool(finished) and all(r.test_best_metrics for r in finished)
-        field = "test_best_metrics" if test else "best_metrics"
+        test = bool(finished) and all(r.test_last_metrics for r in finished)
+        field = {
+            (True, "best"): "test_best_metrics",
+            (True, "last"): "test_last_metrics",
+            (False, "best"): "best_metrics",
+            (False, "last"): "final_metrics",
+        }[(test, selection)]
         header = (
             f"{'variant':<24} {'runs':>9}"
             + "".join(f" {m + (' (test)' if test else ' (val)'):>17}" for m in metrics)
@@ -125,7 +131,9 @@ class Progress:
             cells = []
             for m in metrics:
                 values = [
-                    getattr(r, field)[m] for r in done if isinstance(getattr(r, field).get(m), (int, float))
+                    getattr(r, field)[m]
+                    for r in done
+                    if isinstance((getattr(r, field) or {}).get(m), (int, float))
                 ]
                 if len(values) >= 2:
                     cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")

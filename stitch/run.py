@@ -68,7 +68,7 @@ def run_experiment(
         finally:
             write_results_csv(store, run_dir / "results.csv", current)
         shown = list(dict.fromkeys([exp.cfg.primary_metric, *exp.cfg.metrics.report]))
-        progress.summary(results, shown)
+        progress.summary(results, shown, exp.cfg.report.selection)
         _report(run_dir, dev, progress)
     return results
 

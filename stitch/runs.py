@@ -226,9 +226,10 @@ def run_logger(run_dir: Path) -> logging.Logger:
 
 
 def preflight(data: DataBundle, batch_size: int) -> None:
-    """Read every validation sample and the first training batch once, so unreadable files and
-    out-of-range labels stop the command before any run directory is written."""
-    for i in range(len(data.val)):
-        data.val[i]
+    """Read every validation and test sample and the first training batch once, so unreadable files
+    and out-of-range labels stop the command before any run directory is written."""
+    for split in (data.val, data.test):
+        for i in range(len(split) if split is not None else 0):
+            split[i]
     for i in range(min(len(data.train), batch_size)):
         data.train[i]

@@ -52,7 +52,7 @@ def seed_advice(exp: Experiment, out: str | Path = "runs") -> str | None:
 
     db, rows = earlier_baseline_runs(exp, out)
     cfg = exp.cfg
-    test = bool(rows) and all(r.test_best_metrics for r in rows)
+    test = bool(rows) and all(r.test_last_metrics for r in rows)
     source = METRIC_SOURCES[("test" if test else "val", cfg.report.selection)]
     values = [
         float(v)

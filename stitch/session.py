@@ -172,13 +172,16 @@ class RunSession:
         stop_after: int | None = None,
         callbacks: Sequence[Callback] = (),
         built: BuiltModel | None = None,
+        test: bool = True,
     ) -> RunRow:
         """Train ``plan`` (fresh, or resumed from its last checkpoint unless ``force``) and store it;
         returns its row. ``callbacks`` run after the session's own (store, TensorBoard, progress)
         and may raise :class:`~stitch.engine.StopTraining` (the run is stored with that status and
         the exception goes on). ``built`` is the run's model when the caller has already built it
         (``stitch_variant`` of ``plan.variant`` and ``plan.seed``, untrained). ``stop_after`` ends
-        the call after that many epochs, as an interruption would."""
+        the call after that many epochs, as an interruption would. ``test=False`` leaves the
+        held-out test split alone (a sweep's trials: the search chooses on val, and no trial's
+        test numbers should be there to look at)."""
         exp, store, progress = self.exp, self.store, self.progress
         assert exp.cfg.data is not None  # the session's data was built from it
         ckpt_dir = self.run_dir / "ckpt" / plan.run_id
@@ -241,7 +244,7 @@ class RunSession:
                 collate_fn=getattr(self.data, "collate_fn", None),
                 param_groups=params,
             )
-            if state.epoch >= epochs and self.data.test is not None:
+            if test and state.epoch >= epochs and self.data.test is not None:
                 store.update(plan.run_id, **self.evaluate_test(built.model, ckpt_dir, state, train_cfg))
         except Diverged as exc:
             store.update(plan.run_id, status="diverged", error=str(exc))

@@ -46,8 +46,8 @@ def seeds_images_interval(
     number of images. Replicates whose difference is undefined (a class absent from every
     resampled image) are dropped; NaN when more than half are."""
     seeds = sorted(set(variant) & set(reference))
-    if not seeds:
-        return math.nan, math.nan
+    if not seeds or len({len(arm[s]) for arm in (variant, reference) for s in seeds}) != 1:
+        return math.nan, math.nan  # no common seed, or runs scored on different numbers of images
     var = np.asarray([variant[s] for s in seeds], dtype=np.float64)  # S x N x K x K
     ref = np.asarray([reference[s] for s in seeds], dtype=np.float64)
     if var.ndim != 4 or var.shape != ref.shape or var.shape[1] == 0:

@@ -14,6 +14,7 @@ from yaml_snippets import tiny_shapes_unet
 
 import stitch.run
 from stitch.config import load_experiment
+from stitch.data import build_data
 from stitch.data.common import SegDataset
 from stitch.report import write_report
 from stitch.report.results import load_results
@@ -77,7 +78,11 @@ def test_selection_depends_on_val_only(tmp_path: Path, monkeypatch: pytest.Monke
         assert (a.best_epoch, a.best_value) == (b.best_epoch, b.best_value)
         assert untimed(a.history) == untimed(b.history)
         assert a.test_best_metrics["epoch"] == a.best_epoch and a.test_last_metrics["epoch"] == 3
-        assert a.test_best_metrics["images"] == 4
+        assert (
+            a.test_best_metrics["images"] == 4
+            and "loss" in a.test_best_metrics
+            and "val_loss" not in a.test_best_metrics
+        )
         assert a.test_best_metrics["miou"] != b.test_best_metrics["miou"]  # the test labels did change
         per_image = a.test_per_image["best"]
         assert len(per_image) == 4 and np.asarray(per_image).shape == (4, 3, 3)
@@ -111,6 +116,35 @@ def test_evaluate_test_scores_the_chosen_and_the_last_weights(tmp_path: Path) ->
     assert model.weight.tolist() == [[1.0, 1.0]]  # the last weights are back
     same = evaluate_test(model, WeightTask(), test_set, torch.device("cpu"), tmp_path, 5, 5, batch_size=2)
     assert same["test_best_metrics"] == same["test_last_metrics"]  # chosen epoch = last: one evaluation
+    none = evaluate_test(model, WeightTask(), test_set, torch.device("cpu"), tmp_path, None, 5, batch_size=2)
+    assert none["test_best_metrics"] is None and none["test_last_metrics"]["score"] == 2.0  # nothing chosen
+
+
+def test_the_chosen_weights_are_never_replaced_by_others(tmp_path: Path) -> None:
+    from stitch.held_out import HeldOutError, evaluate_test
+
+    model = torch.nn.Linear(2, 1)
+    args = (model, WeightTask(), [torch.zeros(2)], torch.device("cpu"), tmp_path)
+    with pytest.raises(HeldOutError, match="best.pt: missing, so epoch 2 cannot be tested; run the command"):
+        evaluate_test(*args, 2, 5, batch_size=1)
+    torch.save({"model": model.state_dict(), "epoch": 3}, tmp_path / "best.pt")
+    with pytest.raises(HeldOutError, match="holds epoch 3, but validation chose epoch 2"):
+        evaluate_test(*args, 2, 5, batch_size=1)
+
+
+def test_a_broken_test_sample_stops_the_command_before_training(tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    from stitch.cli import main
+
+    path = experiment(tmp_path)
+    data = build_data(load_experiment(path).cfg.data)
+    bad = data.test.source.pairs[-1][1]  # the last test image's mask
+    Image.fromarray(np.full((32, 32), 9, np.uint8)).save(bad)
+    assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "outside the class range" in err and str(bad) in err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_tables_report_test_at_the_chosen_epoch(tmp_path: Path) -> None:

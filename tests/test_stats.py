@@ -301,3 +301,5 @@ def test_seeds_images_bootstrap_widens_with_image_noise_and_handles_missing() ->
     assert 0 < low <= high
     assert np.isnan(seeds_images_interval(var, {9: same}, fg_iou)[0])  # no common seed
     assert np.isnan(seeds_images_interval({0: same}, {0: same[:3]}, fg_iou)[0])  # image counts differ
+    uneven = {0: same, 1: same[:3]}  # the runs of one arm scored on different numbers of images
+    assert np.isnan(seeds_images_interval(uneven, dict.fromkeys(range(2), same), fg_iou)[0])

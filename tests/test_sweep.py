@@ -64,6 +64,7 @@ def test_sweep_writes_trials_plots_and_a_best_yaml_that_run_reproduces(tmp_path:
     with ResultStore(tmp_path / "runs" / "tiny_sweep" / "runs.sqlite") as store:
         rows = {r.run_id: r for r in store.rows()}
     assert {t.user_attrs["run_id"] for t in trials} <= set(rows)  # every trial is a run in the database
+    assert all(r.test_last_metrics is None for r in rows.values())  # the search never looks at test
     csv = (out_dir / "trials.csv").read_text().splitlines()
     assert len(csv) == 5 and csv[0].startswith("trial,state,miou,insertions")
 
@@ -85,6 +86,7 @@ def test_sweep_writes_trials_plots_and_a_best_yaml_that_run_reproduces(tmp_path:
         again = {r.run_id: r for r in store.rows()}
     # deterministic CPU run
     assert again[best.user_attrs["run_id"]].best_value == pytest.approx(best.value, abs=1e-12)
+    assert again[best.user_attrs["run_id"]].test_best_metrics  # a plain run is tested
 
 
 def test_choices_that_cannot_be_stitched_are_pruned_without_training(tmp_path: Path) -> None:

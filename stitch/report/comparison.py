@@ -14,6 +14,7 @@ from stitch.report.captions import (
     input_sizes_sentence,
     metric_sentence,
     seed_sentence,
+    split_sentence,
     stats_sentence,
 )
 from stitch.report.columns import (
@@ -207,6 +208,15 @@ def _bold_sentence_many(mode: str, rows: list[Row], metrics: list[str]) -> str:
     return out
 
 
+def splits_sentence(results: Sequence[ExperimentResults]) -> str:
+    """Which split and epoch each experiment reports: one sentence when they all agree, else one
+    per experiment."""
+    texts = {r.name: split_sentence(r).strip() for r in results}
+    if len(set(texts.values())) == 1:
+        return next(iter(texts.values()))
+    return " ".join(f"{name}: {text[0].lower()}{text[1:]}" for name, text in texts.items())
+
+
 def _comparison_many(results: Sequence[ExperimentResults]) -> Table:
     d = results[0].exp.cfg.report.decimals
     metrics = list(dict.fromkeys(m for r in results for m in r.metrics))
@@ -296,9 +306,9 @@ def _comparison_many(results: Sequence[ExperimentResults]) -> Table:
         + ", ".join(r.name for r in results)
         + ": each experiment's variant with every insertion, and the baselines "
         "(shown once when their runs are the same).",
-        "Mean \u00b1 sample standard deviation over seeds (Seeds column), "
-        "metrics at each run's best validation epoch"
-        + (", in %." if all(scale[m] == 100.0 for m in metrics) else "."),
+        "Mean \u00b1 sample standard deviation over seeds (Seeds column)"
+        + (", metrics in %." if all(scale[m] == 100.0 for m in metrics) else "."),
+        splits_sentence(results),
         _bold_sentence_many(mode, rows, metrics),
         sig + ".",
         no_claim,

@@ -72,7 +72,11 @@ def ci_sentence(res: ExperimentResults) -> str:
     return (
         f"{DELTA}{metric_label(res.primary)}: mean paired difference to {res.reference.name} over seeds{pp}, "
         f"with its two-sided {level_text(1 - res.alpha)} t-interval [CI] (bootstrap intervals over "
-        + ("seeds and over seeds x test images" if any(v.per_image() for v in res.variants) else "seeds")
+        + (
+            "seeds and over seeds x test images"
+            if res.primary in IMAGE_METRICS and any(v.per_image() for v in res.variants)
+            else "seeds"
+        )
         + " are in the CSV)."
     )
 

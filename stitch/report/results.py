@@ -246,12 +246,12 @@ def select_runs(exp: Experiment, rows: Sequence[RunRow]) -> tuple[list[VariantRu
 
 
 def reported_split(variants: Sequence[VariantRuns], notes: list[str]) -> tuple[str, int | None]:
-    """``("test", test images)`` when every run has test metrics, else ``("val", None)`` (with a
-    note when only some have them)."""
+    """``("test", test images)`` when every run was evaluated on a test split, else ``("val",
+    None)`` (with a note when only some were)."""
     rows = [r for v in variants for r in v.rows]
-    with_test = [r for r in rows if r.test_best_metrics]
+    with_test = [r for r in rows if r.test_last_metrics]  # set whenever the test split was evaluated
     if rows and len(with_test) == len(rows):
-        sizes = {r.test_best_metrics.get("images") for r in with_test if r.test_best_metrics}
+        sizes = {(r.test_last_metrics or {}).get("images") for r in with_test}
         return "test", (sizes.pop() if len(sizes) == 1 else None)
     if with_test:
         notes.append(

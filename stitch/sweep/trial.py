@@ -126,7 +126,8 @@ class TrialObjective:
                 else []
             )
             try:
-                return session.train(plan, callbacks=pruning, built=built)
+                # the search chooses on val: trials never evaluate the held-out test split
+                return session.train(plan, callbacks=pruning, built=built, test=False)
             except StopTraining as exc:
                 raise optuna.TrialPruned(exc.reason) from None
             finally:
