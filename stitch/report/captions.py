@@ -132,7 +132,9 @@ def cost_sentence(res: ExperimentResults, latency: bool = False, deltas: bool = 
     if latency and c.latency_ms is not None:
         s += (
             f" Latency: median of {c.repeats} forwards after {c.warmup} warm-up, batch 1, eval mode, "
-            f"{c.device}{f' ({c.threads} threads)' if c.device == 'cpu' else ''}."
+            f"{c.device}"
+            + (f" ({c.threads} thread{'s' if c.threads != 1 else ''})" if c.device == "cpu" else "")
+            + "."
         )
     return s
 
