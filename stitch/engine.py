@@ -29,6 +29,7 @@ from stitch.devices import to_device
 from stitch.fileio import atomic_path
 from stitch.memory import larger, peak_memory_mb, reset_peak_memory
 from stitch.registry import OPTIMIZERS
+from stitch.safe_load import UnsafeFileError, load_plain
 from stitch.tasks.base import Task
 
 
@@ -151,10 +152,14 @@ def train_batches(n_images: int, batch_size: int) -> tuple[int, bool, int]:
 
 def load_latest_checkpoint(ckpt_dir: Path, device: torch.device) -> dict[str, Any] | None:
     """The newest readable epoch checkpoint (an unreadable one, e.g. cut by a full disk, is
-    skipped for the one before it)."""
+    skipped for the one before it). Read as plain data only (:mod:`stitch.safe_load`): a file
+    holding pickled objects is refused with one line, never run and never silently skipped."""
+    fix = "delete it to resume from the epoch before, or run again with --force"
     for path in sorted(ckpt_dir.glob("epoch-*.pt"), reverse=True):
         try:
-            return torch.load(path, map_location=device, weights_only=False)
+            return cast(dict[str, Any], load_plain(path, device, fix))
+        except UnsafeFileError:
+            raise
         except Exception:  # a damaged file: fall back to the previous epoch
             continue
     return None

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from stitch.errors import StitchError
+from stitch.safe_load import load_plain
 from stitch.tasks.base import PER_IMAGE_KEY, Task
 
 #: most confusion-matrix counts kept per evaluation (e.g. 2 classes x 2 x 100 000 images, or 21
@@ -36,7 +37,7 @@ def chosen_weights(best_file: Path, best_epoch: int, device: torch.device) -> di
     fix = "run the command again with --force to retrain this run"
     if not best_file.is_file():
         raise HeldOutError(f"{best_file}: missing, so epoch {best_epoch} cannot be tested; {fix}")
-    saved = torch.load(best_file, map_location=device, weights_only=True)
+    saved = load_plain(best_file, device, fix)
     if saved.get("epoch") != best_epoch:
         raise HeldOutError(
             f"{best_file}: holds epoch {saved.get('epoch')}, but validation chose epoch {best_epoch}; {fix}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torchvision.utils import save_image
 
 from stitch.build import stitch_variant
@@ -13,6 +12,7 @@ from stitch.errors import StitchError, did_you_mean, exception_text
 from stitch.fileio import atomic_path
 from stitch.plugins import load_experiment_with_plugins
 from stitch.runs import experiment_data, plan_runs
+from stitch.safe_load import UnsafeFileError, load_plain
 from stitch.store import ResultStore, RunRow, run_dir_files
 from stitch.visualize import prediction_grid
 
@@ -44,7 +44,9 @@ def show_run(
     model = stitch_variant(exp, plans[row.run_id].variant, row.seed).model
     best = run_dir / "ckpt" / row.run_id / "best.pt"
     try:
-        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["model"])
+        model.load_state_dict(load_plain(best, "cpu", "`stitch run --force` retrains it")["model"])
+    except UnsafeFileError:
+        raise
     except Exception as exc:
         raise StitchError(
             f"{best}: cannot be read ({exception_text(exc)}); `stitch run --force` retrains it"

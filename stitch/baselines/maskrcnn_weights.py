@@ -31,6 +31,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
 from stitch.errors import exception_text
+from stitch.safe_load import UnsafeFileError, load_plain
 
 #: The torchvision weights enum of each (backbone, version) torchvision has Mask R-CNN weights for.
 DETECTION_WEIGHTS: dict[tuple[str, int], type[WeightsEnum]] = {
@@ -114,11 +115,12 @@ def read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
     a ``module.`` prefix (DataParallel / DDP) is dropped. Read with ``weights_only=True``."""
     check_file_exists(path, what)
     try:
-        obj = torch.load(os.path.expanduser(path), map_location="cpu", weights_only=True)
+        obj = load_plain(os.path.expanduser(path), "cpu")
+    except UnsafeFileError:  # never torch's advice (turning the check off), which would run its code
+        first = "it holds Python objects besides tensors; save model.state_dict() with torch.save"
+        raise ValueError(f"{what} file {path!r} could not be read as a torch state_dict: {first}") from None
     except Exception as exc:
         first = exception_text(exc)
-        if "weights only load failed" in first.lower():  # torch's advice (weights_only=False) is unsafe
-            first = "it holds Python objects besides tensors; save model.state_dict() with torch.save"
         raise ValueError(f"{what} file {path!r} could not be read as a torch state_dict: {first}") from exc
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
