@@ -187,3 +187,12 @@ def test_every_key_of_a_full_experiment_is_a_listed_key() -> None:
             found.add(key)
     assert len(found) > 40
     assert found <= schema_keys()
+
+
+@pytest.mark.parametrize("label", ["tab:x}\\input{/etc/passwd}", "tab x", "tab:50%", "tab:$a$"])
+def test_a_report_label_cannot_carry_latex(label: str) -> None:
+    text = f'name: x\ntask: segmentation\nbaseline: {{model: unet}}\nreport: {{label: "{label}"}}\n'
+    with pytest.raises(ConfigError, match=r"report.label: label .* may hold only letters, digits"):
+        parse_experiment(text.replace("\\", "\\\\"))
+    ok = text.replace(f'"{label}"', "tab:unet_ablation-2/a.b+c")
+    assert parse_experiment(ok).cfg.report.label == "tab:unet_ablation-2/a.b+c"

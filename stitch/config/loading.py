@@ -21,6 +21,7 @@ from stitch.config.schema import ExperimentCfg
 from stitch.config.schema_sweep import SweepCfg
 from stitch.config.source import SourceMap, format_path
 from stitch.config.validation_errors import data_path, describe_error
+from stitch.config.yaml_limits import compose_bounded, read_utf8
 from stitch.errors import ConfigError
 
 
@@ -43,8 +44,8 @@ class Experiment:
 def parse_experiment(text: str, file: str = "<string>") -> Experiment:
     """Parse and schema-check experiment YAML text; raises :class:`ConfigError`."""
     try:
+        root = compose_bounded(text, file)  # depth, cycles and alias expansion bounded first
         data = yaml.safe_load(text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -101,7 +102,7 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ConfigError(
             "no such experiment file (check the path; `ls experiments/` lists the examples)", str(p)
         )
-    exp = parse_experiment(p.read_text(encoding="utf-8"), str(p))
+    exp = parse_experiment(read_utf8(p), str(p))
     exp.path = p
     exp.base_dir = source_folder(p)
     return exp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictInt, field_validator, model_validator
@@ -86,6 +87,17 @@ class ReportCfg(Strict):
     bold: Literal["significant", "best", "none"] = "significant"
     min_effect: Annotated[float, Field(gt=0)] | None = None  # in the metric's stored units
     selection: Literal["best", "last"] = "best"
+
+    @field_validator("label")
+    @classmethod
+    def _plain_label(cls, v: str | None) -> str | None:
+        # a LaTeX \label cannot be escaped (\ref must name it as written), so only characters
+        # that mean nothing to TeX are allowed
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9:._/+-]+", v):
+            raise ValueError(
+                f"label {v!r} may hold only letters, digits and : . _ / + - (it becomes a LaTeX \\label)"
+            )
+        return v
 
 
 class ProbeCfg(Strict):
