@@ -166,6 +166,8 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value > 100_000:
+        raise argparse.ArgumentTypeError(f"must be at most 100000, got {value}")
     return value
 
 

@@ -185,7 +185,8 @@ class RunSession:
         exp, store, progress = self.exp, self.store, self.progress
         assert exp.cfg.data is not None  # the session's data was built from it
         ckpt_dir = self.run_dir / "ckpt" / plan.run_id
-        tb_dir = self.run_dir / "tb" / f"{plan.variant.slug}_s{plan.seed}_{plan.run_id[:8]}"
+        # the slug cut to 80 characters: a file name has at most 255 bytes (the run id keeps it unique)
+        tb_dir = self.run_dir / "tb" / f"{plan.variant.slug[:80]}_s{plan.seed}_{plan.run_id[:8]}"
         built = built or stitch_variant(exp, plan.variant, plan.seed)
         params = optimizer_params(exp, built, plan.seed)  # a bad lr_mult key: before anything is touched
         self.show_notes(built)

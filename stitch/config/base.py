@@ -15,6 +15,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
 
 class Strict(BaseModel):
-    """Base of every schema block: unknown keys are errors."""
+    """Base of every schema block: unknown keys are errors, and so are infinite and NaN numbers
+    (``lr: .inf`` would pass every bound and make every run diverge)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)

@@ -17,7 +17,7 @@ from stitch.config.schema_train import TrainCfg
 class ExperimentCfg(Strict):
     """An experiment file: the baseline, its insertions, the data, training, design and report."""
 
-    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]  # a directory name
     task: Literal["segmentation", "instance"]
     description: str = ""
     #: Python files (relative to the experiment file) or module names imported before the zoo is

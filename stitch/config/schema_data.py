@@ -5,11 +5,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from stitch.config.base import Strict
+
+#: the largest image side (pixels) a sample or the probe may have: bigger ones would not fit in memory
+MAX_SIDE = 8192
 
 
 class AugmentCfg(Strict):
@@ -63,7 +67,10 @@ class DataBase(Strict):
     inside the model). See :mod:`stitch.data.instance`.
     """
 
-    image_size: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] = (128, 128)
+    image_size: tuple[Annotated[int, Field(gt=0, le=MAX_SIDE)], Annotated[int, Field(gt=0, le=MAX_SIDE)]] = (
+        128,
+        128,
+    )
     augment: AugmentCfg = Field(default_factory=AugmentCfg)
     normalize: Literal["imagenet", "none"] | tuple[list[float], list[float]] = "imagenet"
     ignore_index: int = 255
@@ -73,6 +80,15 @@ class DataBase(Strict):
     @classmethod
     def _square(cls, v: Any) -> Any:
         return (v, v) if isinstance(v, int) else v
+
+    @field_validator("normalize", mode="before")
+    @classmethod
+    def _finite(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            numbers = [x for part in v if isinstance(part, (list, tuple)) for x in part]
+            if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+                raise ValueError(f"normalize mean/std must be finite numbers, got {list(v)}")
+        return v
 
     @field_validator("normalize")
     @classmethod

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictInt, field_validator, model_validator
 
 from stitch.config.base import Design, Strict
+from stitch.config.schema_data import MAX_SIDE
 
 #: Metric names each task reports (``metrics.primary`` and ``metrics.report`` choose among them).
 TASK_METRICS: dict[str, tuple[str, ...]] = {
@@ -103,8 +104,11 @@ class ReportCfg(Strict):
 class ProbeCfg(Strict):
     """Input used by the dry run (shape probe, ``stitch validate``); defaults to the data size."""
 
-    image_size: tuple[Annotated[StrictInt, Field(gt=0)], Annotated[StrictInt, Field(gt=0)]] | None = None
-    batch_size: Annotated[int, Field(ge=2)] = 2  # BatchNorm in training mode needs 2 or more
+    image_size: (
+        tuple[Annotated[StrictInt, Field(gt=0, le=MAX_SIDE)], Annotated[StrictInt, Field(gt=0, le=MAX_SIDE)]]
+        | None
+    ) = None
+    batch_size: Annotated[int, Field(ge=2, le=64)] = 2  # BatchNorm in training mode needs 2 or more
 
     @field_validator("image_size", mode="before")
     @classmethod

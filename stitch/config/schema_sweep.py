@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StrictInt, model_validator
+from pydantic import Discriminator, Field, StrictInt, Tag, model_validator
 
 from stitch.config.base import NAME_PATTERN, Mode, Strict
 
@@ -18,6 +19,16 @@ class RangeCfg(Strict):
     log: bool = False
     step: StrictInt | float | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _finite(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("low", "high", "step"):
+                value = data.get(key)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(f"{key} must be a finite number, got {value}")
+        return data
+
     @model_validator(mode="after")
     def _ordered(self) -> RangeCfg:
         if self.low >= self.high:
@@ -29,8 +40,17 @@ class RangeCfg(Strict):
         return self
 
 
-#: a searched value: a list of choices (categorical) or a numeric range
-SearchValue = list[Any] | RangeCfg
+def _search_kind(value: Any) -> str:
+    """Which kind of search value ``value`` is: a mapping is a range, anything else choices."""
+    return "range" if isinstance(value, (dict, RangeCfg)) else "choices"
+
+
+#: a searched value: a list of choices (categorical) or a numeric range (told apart by their
+#: YAML type, so a bad range reports the range's problem, not "Input should be a valid list")
+SearchValue = Annotated[
+    Annotated[list[Any], Tag("choices")] | Annotated[RangeCfg, Tag("range")],
+    Discriminator(_search_kind),
+]
 
 
 class SlotCfg(Strict):

@@ -8,6 +8,9 @@ from pydantic import Field, StrictBool, StrictInt, model_validator
 
 from stitch.config.base import Strict
 
+#: the most epochs a run may have (more is a typo, and would overflow the results database)
+MAX_EPOCHS = 100_000
+
 
 class OptimizerCfg(Strict):
     """The optimiser and its hyper-parameters, with the parameter groups of fine-tuning
@@ -31,7 +34,7 @@ class SchedulerCfg(Strict):
     milestones [8, 11])."""
 
     name: Literal["none", "cosine", "step", "poly"] = "cosine"
-    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    warmup_epochs: Annotated[int, Field(ge=0, le=MAX_EPOCHS)] = 0
     step_size: Annotated[int, Field(gt=0)] = 10
     milestones: list[Annotated[StrictInt, Field(gt=0)]] | None = None
     gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
@@ -51,7 +54,7 @@ class SchedulerCfg(Strict):
 class TrainCfg(Strict):
     """The training recipe (the ``train:`` block)."""
 
-    epochs: Annotated[StrictInt, Field(gt=0)] = 20
+    epochs: Annotated[StrictInt, Field(gt=0, le=MAX_EPOCHS)] = 20
     batch_size: Annotated[StrictInt, Field(gt=0)] = 8
     optimizer: OptimizerCfg = Field(default_factory=OptimizerCfg)
     scheduler: SchedulerCfg = Field(default_factory=SchedulerCfg)

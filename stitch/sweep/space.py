@@ -105,9 +105,14 @@ def grid_size(sweep: SweepCfg) -> int:
 
 
 def check_train_paths(exp: Experiment) -> None:
-    """Each ``sweep.train`` key names a ``train:`` setting (dotted: ``optimizer.lr``)."""
+    """Each ``sweep.train`` key names a ``train:`` setting (dotted: ``optimizer.lr``), and each of
+    its values (every choice; a range's ends) is one ``train:`` itself accepts."""
+    from pydantic import ValidationError
+
+    from stitch.config import TrainCfg
+
     train = exp.cfg.train.model_dump()
-    for path in sweep_of(exp).train:
+    for path, search in sweep_of(exp).train.items():
         node: Any = train
         for part in path.split("."):
             if not isinstance(node, dict) or part not in node:
@@ -117,6 +122,21 @@ def check_train_paths(exp: Experiment) -> None:
                     "(e.g. optimizer.lr, optimizer.weight_decay, batch_size)",
                 )
             node = node[part]
+        values = search if isinstance(search, list) else [search.low, search.high]
+        for value in values:
+            trial = copy.deepcopy(train)
+            *parents, last = path.split(".")
+            node = trial
+            for part in parents:
+                node = node[part]
+            node[last] = value
+            try:
+                TrainCfg.model_validate(trial)
+            except ValidationError as exc:
+                reason = exc.errors()[0]["msg"]
+                raise exp.source.error(
+                    ("sweep", "train", path), f"{value!r} is not a valid {path} ({reason})"
+                ) from None
 
 
 def trial_experiment(
