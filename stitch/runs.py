@@ -189,6 +189,11 @@ def open_run_dir(exp: Experiment, out: str | Path) -> Path:
     run_dir = Path(out) / exp.cfg.name
     if Path(out).exists() and not Path(out).is_dir():
         raise StitchError(f"--out {out}: is a file, not a directory")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise StitchError(
+            f"{run_dir}: is a file, where the experiment's run directory goes; "
+            "move it away or use another --out"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     if exp.path is not None and not _same_file(exp.path, run_dir / "experiment.yaml"):
         with atomic_path(run_dir / "experiment.yaml") as tmp:

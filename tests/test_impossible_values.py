@@ -75,3 +75,15 @@ def test_long_names_and_epochs_on_the_command_line(tmp_path: Path, capsys) -> No
         main(["run", str(path), "--epochs", "100000000000000000000"])
     assert exit_info.value.code == 2
     assert "must be at most 100000" in capsys.readouterr().err
+
+
+def test_a_file_where_the_run_directory_goes_is_one_line(tmp_path: Path, capsys) -> None:
+    from yaml_snippets import tiny_shapes_unet
+
+    path = tmp_path / "e.yaml"
+    path.write_text(tiny_shapes_unet("taken", tmp_path / "data", 1))
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "taken").write_text("not a directory")
+    assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "taken: is a file, where the experiment's run directory goes" in err[0]
