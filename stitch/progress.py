@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from stitch.store import METRIC_FIELDS, reported_split
+
 
 class Progress:
     """Progress of an experiment: one bar per run (variant, seed, epoch, step, loss, ETA, img/s)."""
@@ -113,16 +115,11 @@ class Progress:
         for r in rows:
             by_variant.setdefault(r.variant, []).append(r)
         finished = [r for r in rows if r.status == "done" and r.best_metrics]
-        test = bool(finished) and all(r.test_last_metrics for r in finished)
-        field = {
-            (True, "best"): "test_best_metrics",
-            (True, "last"): "test_last_metrics",
-            (False, "best"): "best_metrics",
-            (False, "last"): "final_metrics",
-        }[(test, selection)]
+        split = reported_split(finished)
+        field = METRIC_FIELDS[(split, selection)]
         header = (
             f"{'variant':<24} {'runs':>9}"
-            + "".join(f" {m + (' (test)' if test else ' (val)'):>17}" for m in metrics)
+            + "".join(f" {m + f' ({split})':>17}" for m in metrics)
             + f" {'params':>12} {'time/run':>9}"
         )
         lines = [header]

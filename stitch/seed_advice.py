@@ -22,7 +22,7 @@ import numpy as np
 from stitch.config import Experiment
 from stitch.runs import plan_runs
 from stitch.stats_power import DEFAULT_POWER, min_detectable_effect, seeds_needed
-from stitch.store import ResultStore, RunRow
+from stitch.store import METRIC_FIELDS, ResultStore, RunRow, reported_split
 
 
 def recipe_of(config: dict[str, Any]) -> str:
@@ -48,12 +48,11 @@ def earlier_baseline_runs(exp: Experiment, out: str | Path) -> tuple[Path, list[
 def seed_advice(exp: Experiment, out: str | Path = "runs") -> str | None:
     """One line on the seeds the design needs, from earlier Baseline runs; None without two."""
     from stitch.report.labels import metric_label
-    from stitch.report.results import METRIC_SOURCES
 
     db, rows = earlier_baseline_runs(exp, out)
     cfg = exp.cfg
-    test = bool(rows) and all(r.test_last_metrics for r in rows)
-    source = METRIC_SOURCES[("test" if test else "val", cfg.report.selection)]
+    split = reported_split(rows)
+    source = METRIC_FIELDS[(split, cfg.report.selection)]
     values = [
         float(v)
         for r in rows
@@ -66,10 +65,9 @@ def seed_advice(exp: Experiment, out: str | Path = "runs") -> str | None:
     label = metric_label(cfg.primary_metric)
     n, alpha = len(cfg.seeds), cfg.report.alpha
     mde = min_detectable_effect(sd, n, alpha, DEFAULT_POWER)
-    split = "test" if test else "validation"
     text = (
         f"seeds: {len(values)} earlier Baseline runs in {db.parent} spread {label} by "
-        f"{np.std(values, ddof=1):.4g} (std, {split} split); "
+        f"{np.std(values, ddof=1):.4g} (std, {'test' if split == 'test' else 'validation'} split); "
     )
     if math.isnan(mde):
         text += f"with {n} seed(s) no paired test can be run"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -114,6 +115,22 @@ _JSON = (
     "test_last_metrics",
     "test_per_image",
 )
+#: the row field holding the metrics a table or summary reports, by ``(split, report.selection)``:
+#: the held-out test split at the chosen or the last epoch, or the validation split itself
+METRIC_FIELDS = {
+    ("test", "best"): "test_best_metrics",
+    ("test", "last"): "test_last_metrics",
+    ("val", "best"): "best_metrics",
+    ("val", "last"): "final_metrics",
+}
+
+
+def reported_split(rows: Sequence[RunRow]) -> str:
+    """``test`` when every run of ``rows`` was evaluated on a test split (``test_last_metrics`` is
+    set whenever it was), else ``val``."""
+    return "test" if rows and all(r.test_last_metrics for r in rows) else "val"
+
+
 #: columns added after the first release, with their SQL type: added (empty) to older databases
 ADDED_COLUMNS = {
     "peak_memory_mb": "REAL",

@@ -4,7 +4,7 @@ of each variant, the paired tests against the baseline and the (cached) costs.
 Which numbers: the held-out test split at the epoch ``report.selection`` names (the best
 validation epoch, or the last) when every reported run has test metrics; otherwise the
 validation split itself (best or last epoch), and the captions say that this split also chose the
-epoch (:data:`METRIC_SOURCES`).
+epoch (:data:`stitch.store.METRIC_FIELDS`).
 
 Which runs: only ``done`` runs. Runs whose insertion settings differ from the current
 ``experiment.yaml`` are stale and left out; when runs with several training recipes exist
@@ -31,15 +31,7 @@ from stitch.plugins import load_experiment_with_plugins
 from stitch.report.labels import PERCENT_METRICS
 from stitch.runs import resolved_insertion
 from stitch.stats import PairedTest, compare_to_reference
-from stitch.store import ResultStore, RunRow, run_dir_files
-
-#: the run-row attribute the tables read, by ``(split, report.selection)``
-METRIC_SOURCES = {
-    ("test", "best"): "test_best_metrics",
-    ("test", "last"): "test_last_metrics",
-    ("val", "best"): "best_metrics",
-    ("val", "last"): "final_metrics",
-}
+from stitch.store import METRIC_FIELDS, ResultStore, RunRow, reported_split, run_dir_files
 
 
 class ReportError(StitchError):
@@ -52,7 +44,7 @@ class VariantRuns:
 
     variant: Variant
     rows: list[RunRow]
-    #: the row attribute the values come from (:data:`METRIC_SOURCES`)
+    #: the row attribute the values come from (:data:`stitch.store.METRIC_FIELDS`)
     source: str = "best_metrics"
 
     @property
@@ -135,7 +127,7 @@ class ExperimentResults:
     @property
     def source(self) -> str:
         """The run-row field the tables' metrics come from (``test_best_metrics`` …)."""
-        return METRIC_SOURCES[(self.split, self.selection)]
+        return METRIC_FIELDS[(self.split, self.selection)]
 
     def by_name(self, name: str) -> VariantRuns:
         return next(v for v in self.variants if v.name == name)
@@ -245,12 +237,12 @@ def select_runs(exp: Experiment, rows: Sequence[RunRow]) -> tuple[list[VariantRu
     return out, notes
 
 
-def reported_split(variants: Sequence[VariantRuns], notes: list[str]) -> tuple[str, int | None]:
+def tables_split(variants: Sequence[VariantRuns], notes: list[str]) -> tuple[str, int | None]:
     """``("test", test images)`` when every run was evaluated on a test split, else ``("val",
     None)`` (with a note when only some were)."""
     rows = [r for v in variants for r in v.rows]
-    with_test = [r for r in rows if r.test_last_metrics]  # set whenever the test split was evaluated
-    if rows and len(with_test) == len(rows):
+    with_test = [r for r in rows if r.test_last_metrics]
+    if reported_split(rows) == "test":
         sizes = {(r.test_last_metrics or {}).get("images") for r in with_test}
         return "test", (sizes.pop() if len(sizes) == 1 else None)
     if with_test:
@@ -286,9 +278,9 @@ def load_results(
             f"{run_dir}: no finished runs to report" + (f" ({' '.join(notes)})" if notes else "")
         )
     cfg = exp.cfg
-    split, split_images = reported_split(variants, notes)
+    split, split_images = tables_split(variants, notes)
     for v in variants:
-        v.source = METRIC_SOURCES[(split, cfg.report.selection)]
+        v.source = METRIC_FIELDS[(split, cfg.report.selection)]
     metrics = list(dict.fromkeys(cfg.metrics.report or [cfg.primary_metric]))
     scale = {}
     for m in metrics:
