@@ -15,6 +15,7 @@ Layout of a run directory ``runs/<experiment>/``::
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import shutil
@@ -56,6 +57,14 @@ TEST_REGION_KEY = "test_region"
 def run_id_of(resolved: dict[str, Any]) -> str:
     """A run's stable id: the first 16 hex digits of the SHA-256 of its canonical JSON config."""
     return digest(resolved, 16)
+
+
+def recipe_text(config: dict[str, Any]) -> str:
+    """The training recipe of a run's resolved config, as canonical text: everything but the seed
+    and the insertions (the runs of one recipe differ only in those)."""
+    return json.dumps(
+        {k: v for k, v in config.items() if k not in ("seed", "insertions")}, sort_keys=True, default=str
+    )
 
 
 def with_defaults(fn: Callable[..., Any], args: dict[str, Any], skip: Sequence[str] = ()) -> dict[str, Any]:

@@ -12,22 +12,15 @@ epoch ``report.selection`` names; else the validation split.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from stitch.config import Experiment
-from stitch.runs import plan_runs
+from stitch.runs import plan_runs, recipe_text
 from stitch.stats_power import DEFAULT_POWER, min_detectable_effect, seeds_needed
 from stitch.store import METRIC_FIELDS, ResultStore, RunRow, reported_split
-
-
-def recipe_of(config: dict[str, Any]) -> str:
-    """A run's config without its seed, as canonical text (runs of one recipe differ in the seed)."""
-    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True, default=str)
 
 
 def earlier_baseline_runs(exp: Experiment, out: str | Path) -> tuple[Path, list[RunRow]]:
@@ -39,10 +32,10 @@ def earlier_baseline_runs(exp: Experiment, out: str | Path) -> tuple[Path, list[
     plans = [p for p in plan_runs(exp) if not p.variant.insertions]
     if not plans:
         return db, []
-    recipe = recipe_of(plans[0].config)
+    recipe = recipe_text(plans[0].config)
     with ResultStore(db) as store:
         rows = store.rows("done")
-    return db, [r for r in rows if not r.insertions and recipe_of(r.config) == recipe]
+    return db, [r for r in rows if not r.insertions and recipe_text(r.config) == recipe]
 
 
 def seed_advice(exp: Experiment, out: str | Path = "runs") -> str | None:

@@ -29,7 +29,7 @@ from stitch.errors import StitchError
 from stitch.plan import Variant, control_insertions, plan_variants
 from stitch.plugins import load_experiment_with_plugins
 from stitch.report.labels import PERCENT_METRICS
-from stitch.runs import resolved_insertion
+from stitch.runs import recipe_text, resolved_insertion
 from stitch.stats import PairedTest, compare_to_reference
 from stitch.store import METRIC_FIELDS, ResultStore, RunRow, reported_split, run_dir_files
 
@@ -147,13 +147,6 @@ class ExperimentResults:
         return max(self.variants, key=lambda v: len(v.variant.insertions))
 
 
-def _recipe(row: RunRow) -> str:
-    """The training recipe of a run: its config without the seed and the insertions."""
-    return json.dumps(
-        {k: v for k, v in row.config.items() if k not in ("seed", "insertions")}, sort_keys=True, default=str
-    )
-
-
 def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     """The dotted paths at which two resolved configs differ (a key only one of them has counts)."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -199,12 +192,12 @@ def select_runs(exp: Experiment, rows: Sequence[RunRow]) -> tuple[list[VariantRu
         return [], notes
     by_recipe: dict[str, list[RunRow]] = {}
     for r in done:
-        by_recipe.setdefault(_recipe(r), []).append(r)
+        by_recipe.setdefault(recipe_text(r.config), []).append(r)
     chosen = max(by_recipe, key=lambda k: (len(by_recipe[k]), max(r.updated_at or 0 for r in by_recipe[k])))
     dropped = [r for k, rs in by_recipe.items() if k != chosen for r in rs]
     if dropped:
         used = json.loads(chosen)
-        keys = sorted({k for r in dropped for k in differing_keys(json.loads(_recipe(r)), used)})
+        keys = sorted({k for r in dropped for k in differing_keys(json.loads(recipe_text(r.config)), used)})
         shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
         notes.append(
             f"Left out: {len(dropped)} finished run(s) with another training recipe"
