@@ -104,6 +104,15 @@ def grid_size(sweep: SweepCfg) -> int:
     return math.prod(len(v) for v in grid_space(sweep).values())
 
 
+def set_dotted(tree: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``tree``'s value at the dotted ``path`` (``optimizer.lr``); the parents must exist."""
+    *parents, last = path.split(".")
+    node = tree
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
 def check_train_paths(exp: Experiment) -> None:
     """Each ``sweep.train`` key names a ``train:`` setting (dotted: ``optimizer.lr``), and each of
     its values (every choice; a range's ends) is one ``train:`` itself accepts."""
@@ -125,11 +134,7 @@ def check_train_paths(exp: Experiment) -> None:
         values = search if isinstance(search, list) else [search.low, search.high]
         for value in values:
             trial = copy.deepcopy(train)
-            *parents, last = path.split(".")
-            node = trial
-            for part in parents:
-                node = node[part]
-            node[last] = value
+            set_dotted(trial, path, value)
             try:
                 TrainCfg.model_validate(trial)
             except ValidationError as exc:
@@ -152,11 +157,7 @@ def trial_experiment(
     if sweep.epochs:
         data["train"]["epochs"] = sweep.epochs
     for path, value in train.items():
-        node = data["train"]
-        *parents, last = path.split(".")
-        for part in parents:
-            node = node[part]
-        node[last] = value
+        set_dotted(data["train"], path, value)
     texp = parse_experiment(experiment_yaml(data), label)
     texp.base_dir = exp.base_dir  # its plugin paths are the sweep file's
     return texp
