@@ -98,10 +98,14 @@ def effect_records(res: ExperimentResults, v: VariantRuns, metric: str) -> dict[
                 f"{metric}_diff_boot_high": boot[1],
             }
         )
-        if v is not res.reference and v.per_image() and metric in IMAGE_METRICS:
-            low, high = seeds_images_interval(
-                v.per_image(), res.reference.per_image(), image_score(metric), level=1 - res.alpha
-            )
+        per_image = v.per_image() if v is not res.reference and metric in IMAGE_METRICS else {}
+        if per_image:
+            key = (v.name, metric)
+            if key not in res.image_intervals:
+                res.image_intervals[key] = seeds_images_interval(
+                    per_image, res.reference.per_image(), image_score(metric), level=1 - res.alpha
+                )
+            low, high = res.image_intervals[key]
             out.update({f"{metric}_diff_boot_images_low": low, f"{metric}_diff_boot_images_high": high})
     return out
 

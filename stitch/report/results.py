@@ -114,6 +114,9 @@ class ExperimentResults:
     split_images: int | None = None  # the reported split's size, when stored (test)
     costs: dict[str, Any] = field(default_factory=dict)  # variant name -> stitch.costs.Costs
     cost_errors: dict[str, str] = field(default_factory=dict)
+    #: (variant, metric) -> its seeds x test-images bootstrap interval, computed once per report
+    #: (stitch.report.effects; both tables' CSVs show it)
+    image_intervals: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
