@@ -61,15 +61,17 @@ def _gray(item: dict[str, Any]) -> torch.Tensor:
     return item["image"].float().mean(0)
 
 
-def _items(dataset: Any) -> Iterable[dict[str, Any]]:
-    return (dataset[i] for i in range(len(dataset)))
+def _gray_masks(dataset: Any) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """``(grey image, mask)`` of every sample of ``dataset``, decoded as they are iterated."""
+    return ((_gray(item), item["mask"]) for item in (dataset[i] for i in range(len(dataset))))
 
 
-def _score(dataset: Any, threshold: float, above: bool, num_classes: int, ignore: int) -> ConfusionMatrix:
-    cm = ConfusionMatrix(num_classes, ignore)
-    for item in _items(dataset):
-        g = _gray(item)
-        cm.update(((g > threshold) == above).long(), item["mask"])
+def _score(
+    pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], threshold: float, above: bool, ignore: int
+) -> ConfusionMatrix:
+    cm = ConfusionMatrix(2, ignore)
+    for g, mask in pairs:
+        cm.update(((g > threshold) == above).long(), mask)
     return cm
 
 
@@ -90,10 +92,11 @@ def otsu_reference(data: DataBundle, split: str = "val") -> OtsuReference:
     scored = getattr(data, split, None)
     if scored is None:
         raise StitchError(f"report.reference: otsu: the data has no {split!r} split")
-    train = SegDataset(data.train.source, data.val.transform, "train")
-    threshold = otsu_threshold(torch.cat([_gray(it).ravel() for it in _items(train)]).numpy())
-    fg = {above: _fg_iou(_score(train, threshold, above, 2, data.ignore_index)) for above in (True, False)}
+    # the training images decoded once: the threshold and both polarities read them
+    train = list(_gray_masks(SegDataset(data.train.source, data.val.transform, "train")))
+    threshold = otsu_threshold(torch.cat([g.ravel() for g, _ in train]).numpy())
+    fg = {above: _fg_iou(_score(train, threshold, above, data.ignore_index)) for above in (True, False)}
     above = fg[True] >= fg[False]
-    computed = _score(scored, threshold, above, 2, data.ignore_index).compute()
+    computed = _score(_gray_masks(scored), threshold, above, data.ignore_index).compute()
     metrics = {k: float(v) for k, v in computed.items() if isinstance(v, float)}
     return OtsuReference(threshold, above, split, metrics)
