@@ -67,7 +67,7 @@ def seed_advice(exp: Experiment, out: str | Path = "runs") -> str | None:
     else:
         text += (
             f"with {n} paired seeds the design detects a Δ{label} of at least {mde:.4g} "
-            f"(one-sided, α = {alpha:g}, {DEFAULT_POWER:.0%} power)"
+            f"(one-sided, α = {alpha:g}, {DEFAULT_POWER * 100:g} % power)"
         )
     if cfg.report.min_effect is not None:
         need = seeds_needed(cfg.report.min_effect, sd, alpha, DEFAULT_POWER)
