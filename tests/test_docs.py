@@ -311,3 +311,20 @@ def test_relative_links_point_to_existing_files_and_headings(page: Path) -> None
         elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             broken.append(f"{target}: no heading with that anchor in {dest.name}")
     assert not broken, f"{page.relative_to(ROOT)} has broken links:\n" + "\n".join(broken)
+
+
+def test_every_guarantee_names_tests_that_exist() -> None:
+    """docs/guarantees.md: each promise (a bullet) names at least one test, and every test it names
+    is a test function of that file."""
+    text = (DOCS / "guarantees.md").read_text(encoding="utf-8")
+    bullets = re.split(r"\n(?=- )", text.split("\n## ", 1)[1])
+    promises = [b for b in bullets if b.startswith("- ")]
+    assert promises, "docs/guarantees.md lists no promises"
+    unbacked = [b.splitlines()[0] for b in promises if "::test_" not in b]
+    assert not unbacked, f"docs/guarantees.md promises without a test: {unbacked}"
+    missing = []
+    for file, name in re.findall(r"`(tests/[\w/]+\.py)::(test_\w+)`", text):
+        path = ROOT / file
+        if not path.is_file() or not re.search(rf"^def {name}\(", path.read_text(encoding="utf-8"), re.M):
+            missing.append(f"{file}::{name}")
+    assert not missing, f"docs/guarantees.md names tests that do not exist: {missing}"
