@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS runs (
     peak_memory_mb REAL,
     test_best_metrics TEXT,
     test_last_metrics TEXT,
-    test_per_image TEXT
+    test_per_image TEXT,
+    memory_retries TEXT
 );
 """
 
@@ -103,6 +104,17 @@ class RunRow:
     test_best_metrics: dict[str, Any] | None = None
     test_last_metrics: dict[str, Any] | None = None
     test_per_image: dict[str, Any] | None = None
+    # CUDA out-of-memory retries (stitch.oom_retry), in order: {"epoch": the last completed epoch,
+    # "batch_size": the new micro-batch, "grad_accum": the new accumulation, "error": one line}
+    memory_retries: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def micro_batch_changes(self) -> str:
+        """The out-of-memory retries in a few words (``results.csv``): ``"4x2 from epoch 1; 2x4
+        from epoch 3"`` (micro-batch x accumulation, and the first epoch trained so); empty without."""
+        return "; ".join(
+            f"{r['batch_size']}x{r['grad_accum']} from epoch {r['epoch'] + 1}" for r in self.memory_retries
+        )
 
 
 _JSON = (
@@ -114,6 +126,7 @@ _JSON = (
     "test_best_metrics",
     "test_last_metrics",
     "test_per_image",
+    "memory_retries",
 )
 #: the row field holding the metrics a table or summary reports, by ``(split, report.selection)``:
 #: the held-out test split at the chosen or the last epoch, or the validation split itself
@@ -137,6 +150,7 @@ ADDED_COLUMNS = {
     "test_best_metrics": "TEXT",
     "test_last_metrics": "TEXT",
     "test_per_image": "TEXT",
+    "memory_retries": "TEXT",
 }
 
 
@@ -249,6 +263,7 @@ def _decode(row: sqlite3.Row) -> RunRow:
         if d.get(k) is not None:
             d[k] = json.loads(d[k])
     d["history"] = d.get("history") or []
+    d["memory_retries"] = d.get("memory_retries") or []
     return RunRow(**d)
 
 
@@ -270,6 +285,7 @@ CSV_COLUMNS = (
     "peak_memory_mb",
     "device",
     "error",
+    "micro_batch_changes",
 )
 
 
