@@ -20,7 +20,7 @@ from stitch.config.checks import check_cross_fields
 from stitch.config.schema import ExperimentCfg
 from stitch.config.schema_sweep import SweepCfg
 from stitch.config.source import SourceMap, format_path
-from stitch.config.validation_errors import data_path, describe_error
+from stitch.config.validation_errors import data_path, describe_error, short_repr
 from stitch.config.yaml_limits import compose_bounded, read_utf8
 from stitch.errors import ConfigError
 
@@ -67,7 +67,7 @@ def parse_experiment(text: str, file: str = "<string>") -> Experiment:
         path, message = describe_error(errors[0], data)
         if path[:1] == ("insertions",) and len(path) > 1 and isinstance(data.get("insertions"), list):
             item = data["insertions"][path[1]]
-            if isinstance(item, dict) and item.get("name"):
+            if isinstance(item, dict) and item.get("name") and path[2:] != ("name",):
                 message = f"insertion {item['name']!r}: {message}"
         more = (
             f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
@@ -90,7 +90,8 @@ def with_overrides(
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ConfigError(
-            f"{format_path(tuple(err['loc']))}: {err['msg']} (got {err.get('input')!r})", "command line"
+            f"{format_path(tuple(err['loc']))}: {err['msg']} (got {short_repr(err.get('input'))})",
+            "command line",
         ) from None
     return Experiment(cfg=cfg, source=exp.source, path=exp.path, base_dir=exp.base_dir)
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
+from stitch.config.base import NAME_PATTERN
 from stitch.config.schema import ExperimentCfg
 from stitch.errors import did_you_mean
 
@@ -122,7 +123,25 @@ def describe_error(err: ErrorDetails, data: Any) -> tuple[tuple, str]:
     if kind == "union_tag_not_found":
         return path, "needs a 'dataset:' key (nuclei, shapes, folder, voc, coco or brain)"
     got = err.get("input")
-    message = err["msg"].removeprefix("Value error, ").rstrip(".")
+    if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == NAME_PATTERN:
+        message = (
+            "a name starts with a letter or digit and holds only letters, digits, _ . and -"
+            " (it names table rows, files and folders)"
+        )
+    elif kind == "model_type":
+        message = "should be a mapping of keys (key: value lines, or {key: value})"
+    else:
+        message = err["msg"].removeprefix("Value error, ").rstrip(".")
     if isinstance(got, (dict, list)) or kind == "value_error":
         return path, message
-    return path, f"{message} (got {got!r})"
+    return path, f"{message} (got {short_repr(got)})"
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters with ``...`` and the full length of a long string
+    (a 300-character name is quoted as its start, not in full)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f", {len(value)} characters" if isinstance(value, str) else ""
+    return f"{text[: limit - 3]}...{size}"
