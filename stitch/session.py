@@ -28,6 +28,15 @@ from stitch.engine import Callback, Diverged, LoopState, StopTraining, train, tr
 from stitch.errors import StitchError, one_line_message
 from stitch.held_out import evaluate_test
 from stitch.model_notes import model_notes
+from stitch.oom_retry import (
+    MAX_HALVINGS,
+    current_micro_batch,
+    first_line,
+    free_memory,
+    give_up_message,
+    halved,
+    is_out_of_memory,
+)
 from stitch.param_groups import optimizer_params
 from stitch.progress import Progress
 from stitch.runs import RunPlan
@@ -123,6 +132,11 @@ class ProgressCallback(Callback):
         self.progress.epoch_done(record, self.primary)
 
 
+class OutOfMemory(Exception):
+    """A run ran out of CUDA memory and is not retried (two halvings done, or a micro-batch that
+    cannot be halved); the message says so and gives the advice."""
+
+
 @dataclass
 class RunSession:
     """What the runs of one experiment share; :meth:`train` trains and stores one of them."""
@@ -197,7 +211,14 @@ class RunSession:
                 if folder.exists():
                     shutil.rmtree(folder)
         epochs = plan.config["train"]["epochs"]
-        train_cfg = exp.cfg.train.model_copy(update={"epochs": epochs})
+        # a resumed run goes on with the micro-batch its out-of-memory retries left it (its row's)
+        retries = [] if fresh or previous is None else list(previous.memory_retries)
+        batch_size, grad_accum = current_micro_batch(
+            exp.cfg.train.batch_size, exp.cfg.train.grad_accum, retries
+        )
+        train_cfg = exp.cfg.train.model_copy(
+            update={"epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum}
+        )
         if fresh:
             store.start(
                 RunRow(
@@ -221,30 +242,45 @@ class RunSession:
         _, _, steps = train_batches(len(self.data.train), train_cfg.batch_size)
         writer = SummaryWriter(str(tb_dir))
         saver = StoreCallback(store, plan.run_id)
-        own = [
-            saver,
-            TensorBoardCallback(writer, self.data, self.device, steps),
-            ProgressCallback(progress, exp.cfg.primary_metric),
-        ]
+        tb = TensorBoardCallback(writer, self.data, self.device, steps)
+        own = [saver, tb, ProgressCallback(progress, exp.cfg.primary_metric)]
         progress.start_run(plan.variant.name, plan.seed, epochs, len(self.data.train), steps)
         name = f"{plan.variant.name} seed {plan.seed}"
-        try:
-            state = train(
-                built.model,
-                self.task,
-                self.data.train,
-                self.data.val,
-                train_cfg,
-                plan.seed,
-                self.device,
-                ckpt_dir,
-                exp.cfg.primary_metric,
-                num_workers=exp.cfg.data.num_workers,
-                callbacks=[*own, *callbacks],
-                stop_after=stop_after,
-                collate_fn=getattr(self.data, "collate_fn", None),
-                param_groups=params,
+        if retries:
+            progress.message(
+                f"{name}: micro-batch {batch_size} x {grad_accum} accumulation (out-of-memory retry)"
             )
+        try:
+            while True:
+                error = None
+                try:
+                    state = train(
+                        built.model,
+                        self.task,
+                        self.data.train,
+                        self.data.val,
+                        train_cfg,
+                        plan.seed,
+                        self.device,
+                        ckpt_dir,
+                        exp.cfg.primary_metric,
+                        num_workers=exp.cfg.data.num_workers,
+                        callbacks=[*own, *callbacks],
+                        stop_after=stop_after,
+                        collate_fn=getattr(self.data, "collate_fn", None),
+                        param_groups=params,
+                    )
+                except Exception as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    error = first_line(exc)
+                if error is None:
+                    break
+                # out of this handler, the failed attempt's frames (activations, optimiser) are gone
+                train_cfg = self.smaller_micro_batch(plan, built, train_cfg, retries, error)
+                _, _, steps = train_batches(len(self.data.train), train_cfg.batch_size)
+                tb.steps = steps
+                progress.start_run(plan.variant.name, plan.seed, epochs, len(self.data.train), steps)
             if test and state.epoch >= epochs and self.data.test is not None:
                 store.update(plan.run_id, **self.evaluate_test(built.model, ckpt_dir, state, train_cfg))
         except Diverged as exc:
@@ -254,6 +290,9 @@ class RunSession:
             store.update(plan.run_id, status=exc.status, error=exc.reason)
             progress.message(f"{name}: {exc.status} ({exc.reason})")
             raise
+        except OutOfMemory as exc:
+            store.update(plan.run_id, status="failed", error=str(exc))
+            progress.message(f"{name}: failed: {exc}")
         except KeyboardInterrupt:
             progress.message(f"{name}: interrupted; run the same command again to resume")
             raise
@@ -273,3 +312,33 @@ class RunSession:
         row = store.get(plan.run_id)
         assert row is not None  # started above or found before
         return row
+
+    def smaller_micro_batch(
+        self, plan: RunPlan, built: BuiltModel, train_cfg: Any, retries: list[dict[str, Any]], error: str
+    ) -> Any:
+        """After a CUDA out-of-memory error: ``train_cfg`` with half the micro-batch and twice the
+        accumulation, recorded in the run's row (``memory_retries``) and the log, and ``built``'s
+        model reset to its state as built (its partial step undone; the loop then loads the last
+        epoch checkpoint into it when there is one). Raises :class:`OutOfMemory` with the advice
+        after :data:`~stitch.oom_retry.MAX_HALVINGS` halvings or when the micro-batch is odd."""
+        batch_size, grad_accum = train_cfg.batch_size, train_cfg.grad_accum
+        smaller = halved(batch_size, grad_accum) if len(retries) < MAX_HALVINGS else None
+        if smaller is None:
+            self.progress.log.error(f"{plan.variant.name} seed {plan.seed}: {error}")
+            raise OutOfMemory(give_up_message(batch_size, grad_accum, retries, train_cfg.amp))
+        row = self.store.get(plan.run_id)
+        epoch = row.epochs_done if row is not None else 0
+        retries.append({"epoch": epoch, "batch_size": smaller[0], "grad_accum": smaller[1], "error": error})
+        self.store.update(plan.run_id, memory_retries=retries)
+        self.progress.message(
+            f"{plan.variant.name} seed {plan.seed}: CUDA out of memory in epoch {epoch + 1} at micro-batch "
+            f"{batch_size} x {grad_accum} accumulation ({error}); retrying from epoch {epoch + 1} with "
+            f"micro-batch {smaller[0]} x {smaller[1]} (the same effective batch {batch_size * grad_accum})"
+        )
+        built.model.zero_grad(set_to_none=True)
+        free_memory(self.device)
+        fresh = stitch_variant(self.exp, plan.variant, plan.seed)  # deterministic: the model as built
+        built.model.load_state_dict(fresh.model.state_dict())
+        del fresh
+        free_memory(self.device)
+        return train_cfg.model_copy(update={"batch_size": smaller[0], "grad_accum": smaller[1]})
