@@ -10,6 +10,7 @@ import yaml
 
 from stitch.errors import StitchError
 from stitch.fileio import write_text
+from stitch.report.table import latex_escape
 
 # module arguments that the insertion point fills in (not choices of the sweep)
 _WIRED_ARGS = ("channels", "in_channels", "out_channels", "stride")
@@ -110,7 +111,7 @@ def write_runs_table(run_dir: str | Path, out_dir: str | Path, standalone: bool 
             styler = styler.highlight_max(subset=(done_rows, [m]), props="textbf:--rwrap;")
     latex = styler.to_latex(
         hrules=True,
-        caption=caption.replace("_", r"\_"),
+        caption=latex_escape(caption),
         label=f"tab:{exp.cfg.name}_runs",
         position_float="centering",
     )

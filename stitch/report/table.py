@@ -5,6 +5,7 @@ formatting every cell uses (fixed decimals, ``\\num{}`` from siunitx in LaTeX, b
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -93,9 +94,46 @@ _LATEX_SPECIAL = {
 }  # fmt: skip
 
 
+_LATEX_TEXT = {
+    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}", "\u00a0": "~", "\u2026": r"\ldots{}",
+    "\u2018": "`", "\u2019": "'", "\u201c": "``", "\u201d": "''", "\u00df": r"\ss{}", "\u00e6": r"\ae{}",
+    "\u00c6": r"\AE{}", "\u00f8": r"\o{}", "\u00d8": r"\O{}", "\u0153": r"\oe{}", "\u0152": r"\OE{}",
+    "\u0142": r"\l{}", "\u0141": r"\L{}", "\u0131": r"\i{}",
+}  # fmt: skip
+#: combining marks (of a letter's NFKD decomposition) and the OT1 accent command of each
+_ACCENTS = {
+    "\u0300": "`", "\u0301": "'", "\u0302": "^", "\u0303": "~", "\u0304": "=", "\u0306": "u", "\u0307": ".",
+    "\u0308": '"', "\u030a": "r", "\u030b": "H", "\u030c": "v", "\u0323": "d", "\u0327": "c",
+}  # fmt: skip
+
+
 def latex_escape(text: str) -> str:
-    """Plain text (with the symbols the report uses) to LaTeX that pdflatex takes in any encoding."""
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+    """Plain text (with the symbols the report uses) to LaTeX that pdflatex takes in any encoding:
+    TeX's special characters escaped, line breaks and other control characters as spaces (a blank
+    line would end the caption's paragraph), accented letters as accent commands, and any other
+    character pdflatex has no glyph for as ``?``."""
+    return "".join(_latex_char(ch) for ch in text)
+
+
+def _latex_char(ch: str) -> str:
+    if ch in _LATEX_SPECIAL:
+        return _LATEX_SPECIAL[ch]
+    if ch in _LATEX_TEXT:
+        return _LATEX_TEXT[ch]
+    if " " <= ch <= "~":
+        return ch
+    if unicodedata.category(ch)[0] in "CZ":  # control, format, separator: a space
+        return " "
+    decomposed = unicodedata.normalize("NFKD", ch)
+    if all(" " <= c <= "~" for c in decomposed):  # a ligature, a full-width letter: plain ASCII
+        return latex_escape(decomposed)
+    base, *marks = decomposed
+    if " " <= base <= "~" and all(m in _ACCENTS for m in marks):
+        out = {"i": r"\i{}", "j": r"\j{}"}.get(base) or latex_escape(base)
+        for mark in marks:
+            out = f"\\{_ACCENTS[mark]}{{{out}}}"
+        return out
+    return "?"
 
 
 def fixed(x: float, decimals: int) -> str:
