@@ -7,6 +7,7 @@ User mistakes (:class:`~stitch.errors.StitchError`) print one line on stderr and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,6 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         force=args.force,
         quiet=args.quiet,
+        wait=args.wait,
     )
     failed = [r for r in rows if r.status == "failed"]
     print(f"results: {Path(args.out) / exp.cfg.name} (runs.sqlite, results.csv, log.txt, tb/)")
@@ -116,10 +118,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from stitch.run_lock import LOCK_FILE, run_dir_lock
+
+    dirs = [Path(d) for d in args.run_dirs]
+    with contextlib.ExitStack() as held:
+        for d in dirs:  # not while another process trains in it (refused, or waited for with --wait)
+            if (d / "experiment.yaml").is_file() or (d / LOCK_FILE).is_file():
+                held.enter_context(run_dir_lock(d, "stitch report", args.wait))
+        return _report_dirs(args, dirs)
+
+
+def _report_dirs(args: argparse.Namespace, dirs: list[Path]) -> int:
     from stitch.devices import pick_device
     from stitch.report import default_out_dir, is_sweep_dir, write_report, write_runs_table
 
-    dirs = [Path(d) for d in args.run_dirs]
     if len({d.resolve() for d in dirs}) != len(dirs):
         raise StitchError("the same run directory is given twice; name each once")
     out = Path(args.out) if args.out else default_out_dir(dirs)
@@ -191,6 +203,14 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar (CI)")
 
 
+def _wait_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another process works in the run directory, wait for it instead of stopping",
+    )
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stitch", description="Module-stitching and ablation experiments on PyTorch vision models."
@@ -227,6 +247,7 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=_positive_int, help="override train.epochs")
     r.add_argument("--seeds", type=_seed, nargs="+", help="override seeds")
     r.add_argument("--force", action="store_true", help="retrain runs that are already done")
+    _wait_option(r)
     r.set_defaults(func=cmd_run)
 
     sw = sub.add_parser(
@@ -257,6 +278,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--device", help="device for the latency measurement (default cpu)")
     rp.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    _wait_option(rp)
     rp.set_defaults(func=cmd_report)
 
     sh = sub.add_parser("show", help="write a PNG grid of images, ground truth and predictions")

@@ -7,8 +7,9 @@ training one is :class:`stitch.session.RunSession`. Only the CLI imports this mo
 
 from __future__ import annotations
 
+import contextlib
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from stitch.devices import pick_device
 from stitch.errors import StitchError, one_line_message
 from stitch.progress import Progress
 from stitch.report import write_report
+from stitch.run_lock import run_dir_lock
 from stitch.runs import experiment_data, open_run_dir, plan_runs, preflight, run_logger
 from stitch.session import RunSession
 from stitch.store import ResultStore, RunRow, write_results_csv
@@ -34,43 +36,61 @@ def run_experiment(
     force: bool = False,
     quiet: bool = False,
     stop_after: int | None = None,
+    wait: bool = False,
 ) -> list[RunRow]:
-    """Train every planned run that is not finished yet; return the rows of this experiment."""
+    """Train every planned run that is not finished yet; return the rows of this experiment.
+
+    The run directory is locked from its opening to the end of the report: another live process
+    working in it is :class:`~stitch.run_lock.RunDirLocked` (with ``wait``, waited for)."""
     dev = pick_device(device)
     exp, data = experiment_data(exp)
     validate_experiment(exp, data.num_classes)  # every model-side mistake (lr_mult keys too) first
     runs = plan_runs(exp, epochs, seeds)
     preflight(data, exp.cfg.train.batch_size)  # unreadable files, bad labels: before anything is written
 
-    run_dir = open_run_dir(exp, out)
-    log = run_logger(run_dir)
-    task = make_task(exp.cfg.task, data, exp.cfg.train.loss)
-    progress = Progress(quiet=quiet, log=log)
-    results: list[RunRow] = []
-    current = {p.run_id for p in runs}
-    with ResultStore(run_dir / "runs.sqlite") as store, progress:
-        session = RunSession(exp, data, task, store, dev, run_dir, progress)
-        try:
-            progress.start_experiment(exp.cfg.name, len(runs), dev)
-            progress.message(f"data: {data.describe()}")
-            if exp.cfg.train.amp and dev.type != "cuda":
-                progress.message(f"note: train.amp is for CUDA; training in float32 on {dev}")
-            for plan in runs:
-                row = store.get(plan.run_id)
-                if row is not None and row.status in ("done", "diverged") and not force:
-                    progress.skip(plan.variant.name, plan.seed, row.status)
-                    results.append(row)
-                    continue
-                results.append(session.train(plan, force=force, stop_after=stop_after))
-        except StitchError as exc:
-            log.error(f"stopped: {one_line_message(exc)}")
-            raise
-        finally:
-            write_results_csv(store, run_dir / "results.csv", current)
-        shown = list(dict.fromkeys([exp.cfg.primary_metric, *exp.cfg.metrics.report]))
-        progress.summary(results, shown, exp.cfg.report.selection)
-        _report(run_dir, dev, progress)
+    with _locked_run_dir(exp, out, wait) as run_dir:
+        log = run_logger(run_dir)
+        task = make_task(exp.cfg.task, data, exp.cfg.train.loss)
+        progress = Progress(quiet=quiet, log=log)
+        results: list[RunRow] = []
+        current = {p.run_id for p in runs}
+        with ResultStore(run_dir / "runs.sqlite") as store, progress:
+            session = RunSession(exp, data, task, store, dev, run_dir, progress)
+            try:
+                progress.start_experiment(exp.cfg.name, len(runs), dev)
+                progress.message(f"data: {data.describe()}")
+                if exp.cfg.train.amp and dev.type != "cuda":
+                    progress.message(f"note: train.amp is for CUDA; training in float32 on {dev}")
+                for plan in runs:
+                    row = store.get(plan.run_id)
+                    if row is not None and row.status in ("done", "diverged") and not force:
+                        progress.skip(plan.variant.name, plan.seed, row.status)
+                        results.append(row)
+                        continue
+                    results.append(session.train(plan, force=force, stop_after=stop_after))
+            except StitchError as exc:
+                log.error(f"stopped: {one_line_message(exc)}")
+                raise
+            finally:
+                write_results_csv(store, run_dir / "results.csv", current)
+            shown = list(dict.fromkeys([exp.cfg.primary_metric, *exp.cfg.metrics.report]))
+            progress.summary(results, shown, exp.cfg.report.selection)
+            _report(run_dir, dev, progress)
     return results
+
+
+@contextlib.contextmanager
+def _locked_run_dir(exp: Experiment, out: str | Path, wait: bool) -> Iterator[Path]:
+    """The run directory (:func:`~stitch.runs.open_run_dir`), locked for the block. When it exists
+    already its lock is taken before ``open_run_dir`` copies the experiment file in, so a refused
+    second ``stitch run`` changes nothing in it."""
+    with contextlib.ExitStack() as stack:
+        existing = Path(out) / exp.cfg.name  # where open_run_dir puts it
+        if existing.is_dir():
+            stack.enter_context(run_dir_lock(existing, "stitch run", wait))
+        run_dir = open_run_dir(exp, out)
+        stack.enter_context(run_dir_lock(run_dir, "stitch run", wait))  # a re-entry if taken above
+        yield run_dir
 
 
 def _report(run_dir: Path, dev: torch.device, progress: Progress) -> None:
