@@ -52,7 +52,7 @@ def show_run(
             f"{best}: cannot be read ({exception_text(exc)}); `stitch run --force` retrains it"
         ) from None
     grid = prediction_grid(model, data, n=n)
-    out = out or run_dir / f"show_{row.variant_slug}_s{row.seed}.png"
+    out = out or run_dir / f"show_{plans[row.run_id].variant.slug[:80]}_s{row.seed}.png"  # as the tb/ folders
     with atomic_path(out) as tmp:
         save_image(grid, tmp)
     return out
