@@ -39,7 +39,20 @@ from stitch.errors import StitchError
 
 LOCK_FILE = ".lock"
 _RECORD_RETRY_S = 1.0  # how long a refused process waits for a record it can quote
-_held: dict[tuple[int, str], int] = {}  # (pid, lock file) -> depth: re-entry in one process
+_held: dict[str, int] = {}  # lock file -> fd, of the locks this process holds
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): close the copies of the parent's lock files. A
+    flock lives while any copy of its descriptor is open, so a worker outliving a SIGKILLed
+    parent for a few seconds would otherwise keep the run directory locked."""
+    for fd in _held.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class RunDirLocked(StitchError):
@@ -142,19 +155,16 @@ def run_dir_lock(run_dir: Path, command: str, wait: bool = False) -> Iterator[No
     exist (the caller creates it); nothing but ``RUN_DIR/.lock`` is ever written. Re-entering it
     in the process that holds it is allowed."""
     lock_file = Path(run_dir) / LOCK_FILE
-    key = (os.getpid(), os.path.realpath(lock_file))
-    if key in _held:
-        _held[key] += 1
-        try:
-            yield
-        finally:
-            _held[key] -= 1
+    key = os.path.realpath(lock_file)
+    if key in _held:  # held by an enclosing block: that one releases it
+        yield
         return
     opened = _open_lock_file(lock_file)
     if opened is None:
         yield
         return
     fd, writable = opened
+    owner = os.getpid()
     try:
         taken, holder = _take_or_name_holder(fd, lock_file)
         if not taken:
@@ -165,13 +175,15 @@ def run_dir_lock(run_dir: Path, command: str, wait: bool = False) -> Iterator[No
             print(f"waiting for {holder_text(holder)} to release {run_dir}", file=sys.stderr, flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
         _write_record(fd, command, writable)
-        _held[key] = 1
+        _held[key] = fd
         try:
             yield
         finally:
-            del _held[key]
-            if writable:
-                os.ftruncate(fd, 0)  # no record of a holder that has gone
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            if os.getpid() == owner:  # not in a forked child, whose copy is closed already
+                del _held[key]
+                if writable:
+                    os.ftruncate(fd, 0)  # no record of a holder that has gone
+                fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        os.close(fd)
+        if os.getpid() == owner:
+            os.close(fd)

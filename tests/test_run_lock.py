@@ -108,6 +108,36 @@ def test_a_lock_left_by_a_sigkilled_process_is_taken_over(tmp_path: Path) -> Non
         assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
 
 
+def test_a_forked_child_of_a_sigkilled_holder_does_not_keep_the_lock(tmp_path: Path) -> None:
+    """DataLoader workers are forked children; one that outlives its killed parent for a few
+    seconds must not keep the run directory locked."""
+    script = textwrap.dedent("""\
+        import multiprocessing, sys, time
+        from pathlib import Path
+        from stitch.run_lock import run_dir_lock
+        with run_dir_lock(Path(sys.argv[1]), "stitch run"):
+            child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+            child.start()
+            print(child.pid, flush=True)
+            time.sleep(60)
+    """)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(RunDirLocked), run_dir_lock(tmp_path, "stitch run"):
+            pass
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        os.kill(child, 0)  # the child still lives
+        with run_dir_lock(tmp_path, "stitch run"):
+            assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
 def test_the_record_of_a_dead_process_is_never_quoted_as_the_holder(tmp_path: Path) -> None:
     """A new holder that has the lock but has not written its record yet, over the record of a
     killed one: the refusal names neither."""
