@@ -114,14 +114,27 @@ class DataBundle:
             crowd = sum(v.get("crowd", 0) for v in obj.values())
             if crowd:
                 parts.append(f"{crowd} crowd regions (not trained on, kept for evaluation)")
-            total: dict[str, int] = {}
-            for counts in i.get("skipped", {}).values():
-                for k, v in counts.items():
-                    total[k] = total.get(k, 0) + v
-            skipped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in total.items() if v)
+            zero = sum(v.get("zero_size_bbox", 0) for v in obj.values())
+            if zero:
+                parts.append(
+                    f"{zero} JSON boxes of zero width or height (training boxes come from the masks)"
+                )
+            skipped = skipped_text(i)
             parts.append(f"skipped: {skipped}" if skipped else "nothing skipped")
             text += "; instance task: " + ", ".join(parts)
+        elif skipped_text(i):  # the semantic coco task's short polygons
+            text += f"; skipped: {skipped_text(i)}"
         return text
+
+
+def skipped_text(info: dict) -> str:
+    """``"3 short polygons, 1 no polygon"``: the annotations ``info["skipped"]`` counts over the
+    splits, or an empty string when none were skipped."""
+    total: dict[str, int] = {}
+    for counts in info.get("skipped", {}).values():
+        for k, v in counts.items():
+            total[k] = total.get(k, 0) + v
+    return ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in total.items() if v)
 
 
 def build_data(

@@ -32,10 +32,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stitch.data.coco_format import check_images_exist, load_coco, read_coco, split_categories
+from stitch.data.coco_format import (
+    check_bbox,
+    check_images_exist,
+    check_segmentation,
+    is_int,
+    is_number,
+    load_coco,
+    read_coco,
+    split_categories,
+    to_rle,
+)
 from stitch.data.common import DataError, Prepared, hold_out, read_image
 from stitch.data.instance import InstancePrepared, from_coco_dicts
-from stitch.errors import exception_text
 
 if TYPE_CHECKING:
     from stitch.config import CocoData
@@ -106,6 +115,36 @@ def check_root(cfg: CocoData) -> Path:
     return root
 
 
+def check_annotations(data: dict, ann_file: Path) -> dict[str, int]:
+    """The semantic task's build-time check of a COCO dict (already through ``check_coco``), without
+    rasterising anything: image sizes are positive integers; each annotation's ``bbox``
+    (:func:`~stitch.data.coco_format.check_bbox`), ``area`` and ``segmentation``
+    (:func:`~stitch.data.coco_format.check_segmentation`: an RLE's size is its image's) fit its
+    image. Returns the skip counts (``short_polygons``, ``no_polygon``), as the instance task's."""
+    images: dict[Any, dict] = {}
+    for im in data["images"]:
+        h, w = im["height"], im["width"]
+        if not (is_int(h) and is_int(w) and h > 0 and w > 0):
+            raise DataError(
+                f"image {im['id']} ({im['file_name']}): height/width must be positive integers, got "
+                f"{h!r}/{w!r}",
+                ann_file,
+            )
+        images[im["id"]] = im
+    counts = {"short_polygons": 0, "no_polygon": 0}
+    for ann in data["annotations"]:
+        im = images[ann["image_id"]]
+        where = f"annotation {ann['id']} (image {im['file_name']})"
+        check_bbox(ann.get("bbox"), im["height"], im["width"], where, ann_file)
+        if "area" in ann and not is_number(ann["area"]):
+            raise DataError(f"{where}: area must be a number, got {str(ann['area'])[:40]}", ann_file)
+        seg = ann["segmentation"]
+        short = check_segmentation(seg, im["height"], im["width"], where, ann_file)
+        counts["short_polygons"] += short
+        counts["no_polygon"] += int(isinstance(seg, list) and short == len(seg))
+    return counts
+
+
 @dataclass
 class CocoSource:
     """Semantic masks of the images of one COCO split."""
@@ -124,6 +163,8 @@ class CocoSource:
         return Path(self.coco.imgs[self.image_ids[i]]["file_name"]).stem
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        from pycocotools import mask as mask_util
+
         info = self.coco.imgs[self.image_ids[i]]
         path = self.images_dir / info["file_name"]
         image = read_image(path, 3)
@@ -141,16 +182,13 @@ class CocoSource:
             (a for a in anns if not a.get("iscrowd", 0)), key=lambda a: -float(a.get("area", 0.0))
         )
         for ann in objects + crowd:
-            try:
-                with warnings.catch_warnings():  # pycocotools' numpy-2 copy= DeprecationWarning
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    m = self.coco.annToMask(ann).astype(bool)
-            except Exception as exc:  # pycocotools raises bare exceptions on bad polygons/RLE
-                reason = exception_text(exc, join_lines=True, limit=200)
-                raise DataError(
-                    f"annotation {ann['id']} has an unreadable segmentation ({reason}); fix or drop it",
-                    self.ann_file,
-                ) from None
+            # checked at build time (check_annotations): to_rle only skips short polygons here
+            rle, _, _ = to_rle(ann["segmentation"], h, w, f"annotation {ann['id']}", self.ann_file)
+            if rle is None:
+                continue
+            with warnings.catch_warnings():  # pycocotools' numpy-2 copy= DeprecationWarning
+                warnings.simplefilter("ignore", DeprecationWarning)
+                m = mask_util.decode(rle).astype(bool)
             mask[m] = self.ignore_index if ann.get("iscrowd", 0) else self.cat_to_label[ann["category_id"]]
         return image, mask
 
@@ -158,10 +196,12 @@ class CocoSource:
 def build(cfg: CocoData, cache_dir: Path | None = None) -> Prepared:
     root = check_root(cfg)
     sources: dict[str, CocoSource] = {}
+    skipped: dict[str, dict[str, int]] = {}
     cats: list[dict] | None = None
     for split, (ann_rel, img_rel) in split_files(cfg).items():
         ann_file, images_dir = root / ann_rel, root / img_rel
         coco = load_coco(ann_file)
+        skipped[split] = check_annotations(coco.dataset, ann_file)
         if not images_dir.is_dir():
             raise DataError(f"image folder not found; check data.{split}_images", images_dir)
         cats = split_categories(coco.dataset, ann_file, cats)
@@ -195,6 +235,7 @@ def build(cfg: CocoData, cache_dir: Path | None = None) -> Prepared:
             "root": str(root),
             "split": split_text(cfg),
             **{s: len(src) for s, src in sources.items()},
+            **({"skipped": skipped} if any(any(c.values()) for c in skipped.values()) else {}),
         },
     )
 

@@ -104,12 +104,15 @@ def check_coco(data: Any, path: Path) -> None:
                 )
         if ann["category_id"] not in cat_ids:
             raise DataError(
-                f"annotation {ann['id']} has category_id {ann['category_id']}, which is not in 'categories'",
+                f"annotation {ann['id']} has category_id {ann['category_id']}, which is not in 'categories'; "
+                "fix its category_id or add the category",
                 path,
             )
         if ann["image_id"] not in image_ids:
             raise DataError(
-                f"annotation {ann['id']} refers to image_id {ann['image_id']}, which is not in 'images'", path
+                f"annotation {ann['id']} refers to image_id {ann['image_id']}, which is not in 'images'; "
+                "fix its image_id or add the image entry",
+                path,
             )
 
 
@@ -212,14 +215,13 @@ def to_rle(seg: Any, h: int, w: int, where: str, ann_file: Any) -> tuple[dict | 
     )
 
 
-def _polygons_to_rle(seg: list, h: int, w: int, where: str, ann_file: Any) -> tuple[dict | None, int, Any]:
-    """:func:`to_rle` of a list of polygons: those with fewer than 3 points are skipped."""
-    from pycocotools import mask as mask_util
-
+def check_polygons(seg: list, where: str, ann_file: Any) -> int:
+    """How many of the polygons of a list ``segmentation`` have fewer than 3 points (they are
+    skipped); anything but flat lists of an even number of finite numbers is a :class:`DataError`."""
     if not all(isinstance(p, list) and _numbers(p) for p in seg):
         raise DataError(
             f"{where}: segmentation is a list but not of polygons "
-            "(flat [x1, y1, x2, y2, ...] lists of numbers); fix or drop it",
+            "(flat [x1, y1, x2, y2, ...] lists of finite numbers); fix or drop it",
             ann_file,
         )
     if any(len(p) % 2 for p in seg):
@@ -227,12 +229,59 @@ def _polygons_to_rle(seg: list, h: int, w: int, where: str, ann_file: Any) -> tu
             f"{where}: a polygon has an odd number of coordinates; polygons are [x1, y1, x2, y2, ...]",
             ann_file,
         )
+    return sum(1 for p in seg if len(p) < 6)
+
+
+def _polygons_to_rle(seg: list, h: int, w: int, where: str, ann_file: Any) -> tuple[dict | None, int, Any]:
+    """:func:`to_rle` of a list of polygons: those with fewer than 3 points are skipped."""
+    from pycocotools import mask as mask_util
+
+    short = check_polygons(seg, where, ann_file)
     polys = [p for p in seg if len(p) >= 6]
-    short = len(seg) - len(polys)
     if not polys:
         return None, short, polys
     rle = mask_util.merge(mask_util.frPyObjects(polys, h, w))
     return rle, short, (polys if short else seg)
+
+
+def check_segmentation(seg: Any, h: int, w: int, where: str, ann_file: Any) -> int:
+    """:func:`to_rle`'s checks without rasterising: the number of short polygons (skipped), or a
+    :class:`DataError` for a malformed segmentation or an RLE that does not fit the h x w image."""
+    if isinstance(seg, list):
+        return check_polygons(seg, where, ann_file)
+    to_rle(seg, h, w, where, ann_file)  # an RLE is checked without decoding it
+    return 0
+
+
+#: how far (pixels) a ``bbox`` may reach past the image's border: COCO's boxes, computed in floating
+#: point from polygons, can end a fraction of a pixel outside it.
+BBOX_SLACK = 1.0
+
+
+def check_bbox(bbox: Any, h: int, w: int, where: str, ann_file: Any) -> None:
+    """A ``bbox`` (where an annotation has one) is ``[x, y, width, height]``: 4 finite numbers, no
+    negative width or height, inside the h x w image (:data:`BBOX_SLACK`); else a one-line
+    :class:`DataError`. A zero width or height is accepted (training boxes come from the masks)."""
+    if bbox is None:
+        return
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
+        raise DataError(
+            f"{where}: bbox must be [x, y, width, height] (4 finite numbers), got {str(bbox)[:60]}", ann_file
+        )
+    x, y, bw, bh = bbox
+    if bw < 0 or bh < 0:
+        raise DataError(
+            f"{where}: bbox {bbox} has a negative width or height; COCO boxes are [x, y, width, height] "
+            "(not [x1, y1, x2, y2]): fix it, or drop the bbox (stitch takes boxes from the masks)",
+            ann_file,
+        )
+    s = BBOX_SLACK
+    if x < -s or y < -s or x + bw > w + s or y + bh > h + s:
+        raise DataError(
+            f"{where}: bbox {bbox} reaches outside its {w}x{h} (WxH) image; fix the bbox or the image's "
+            "width/height, or drop the bbox (stitch takes boxes from the masks)",
+            ann_file,
+        )
 
 
 def _checked_rle(seg: dict, h: int, w: int, where: str, ann_file: Any) -> dict:

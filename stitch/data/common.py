@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -128,52 +129,76 @@ def write_json(path: Path, data: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- reading files
-def read_image(path: Path, channels: int) -> np.ndarray:
-    """An image file as uint8 HxWxC with C = ``channels`` (1 grey, 3 RGB).
+def max_image_pixels() -> int:
+    """The most pixels an image or mask file may have: PIL's ``Image.MAX_IMAGE_PIXELS`` (89,478,485),
+    its guard against decompression bombs. PIL raises above twice that and only warns above it; stitch
+    refuses both."""
+    from PIL import Image
 
-    16-bit and float images are min-max scaled to 0-255 per image; alpha is dropped.
-    """
+    return int(Image.MAX_IMAGE_PIXELS or 0)
+
+
+@contextmanager
+def open_image(path: Path, what: str, missing: str, fix: str) -> Iterator[Any]:
+    """``PIL.Image.open(path)`` whose every failure is one :class:`DataError` naming ``path``: a
+    missing file (``missing`` is the fix), an empty, truncated or corrupt one (``what`` and ``fix``),
+    an image over :func:`max_image_pixels` (resize or tile it), before its pixels are decoded."""
+    import re
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-                a = np.asarray(im, dtype=np.float64)
-                lo, hi = float(a.min()), float(a.max())
-                a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
-                grey = np.round(a).astype(np.uint8)
-                arr = grey[..., None] if channels == 1 else np.repeat(grey[..., None], 3, axis=2)
-            else:
-                arr = np.array(im.convert("L" if channels == 1 else "RGB"))
-                if channels == 1:
-                    arr = arr[..., None]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                yield im
     except FileNotFoundError:
-        raise DataError("image file is missing; restore it or remove it from the split", path) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        reason = exception_text(exc, join_lines=True, limit=200)
+        raise DataError(f"{what} file is missing; {missing}", path) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
         raise DataError(
-            f"cannot read the image ({reason}); re-export it (PNG/JPEG) or remove it",
+            f"{what} has {size}, over the {max_image_pixels():,}-pixel limit against decompression bombs "
+            "(a small file that decodes to gigabytes); resize or tile it below that size",
             path,
         ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        reason = exception_text(exc, join_lines=True, limit=200)
+        if path.is_file() and path.stat().st_size == 0:
+            reason = "the file is empty, 0 bytes"
+        raise DataError(f"cannot read the {what} ({reason}); {fix}", path) from None
+
+
+IMAGE_FIX = "re-export it (PNG/JPEG) or remove it"
+MISSING_IMAGE = "restore it or remove it from the split"
+
+
+def read_image(path: Path, channels: int) -> np.ndarray:
+    """An image file as uint8 HxWxC with C = ``channels`` (1 grey, 3 RGB): a grey file is repeated
+    to RGB, an RGB file converted to grey, as ``channels`` asks.
+
+    16-bit and float images are min-max scaled to 0-255 per image; alpha is dropped.
+    """
+    with open_image(path, "image", MISSING_IMAGE, IMAGE_FIX) as im:
+        im.load()
+        if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            a = np.asarray(im, dtype=np.float64)
+            lo, hi = float(a.min()), float(a.max())
+            a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
+            grey = np.round(a).astype(np.uint8)
+            arr = grey[..., None] if channels == 1 else np.repeat(grey[..., None], 3, axis=2)
+        else:
+            arr = np.array(im.convert("L" if channels == 1 else "RGB"))
+            if channels == 1:
+                arr = arr[..., None]
     return np.ascontiguousarray(arr)
 
 
 def image_channels(path: Path) -> int:
     """1 for a grey image file, 3 otherwise (read from the header only)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-    except FileNotFoundError:
-        raise DataError("image file is missing; restore it or remove it from the split", path) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        reason = exception_text(exc, join_lines=True, limit=200)
-        raise DataError(
-            f"cannot read the image ({reason}); re-export it (PNG/JPEG) or remove it",
-            path,
-        ) from None
+    with open_image(path, "image", MISSING_IMAGE, IMAGE_FIX) as im:
+        mode = im.mode
     return 1 if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F") else 3
 
 
@@ -183,21 +208,11 @@ def read_mask(path: Path) -> np.ndarray:
     Palette PNGs are read as their indices (VOC style). A colour mask whose three channels are
     equal is accepted as grey; any other colour mask is an error.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            arr = np.asarray(im)
-    except FileNotFoundError:
-        raise DataError("mask file is missing; restore it or remove the image from the split", path) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        reason = exception_text(exc, join_lines=True, limit=200)
-        raise DataError(
-            f"cannot read the mask ({reason}); re-export it as a PNG index mask",
-            path,
-        ) from None
+    missing = "restore it or remove the image from the split"
+    with open_image(path, "mask", missing, "re-export it as a PNG index mask") as im:
+        im.load()
+        mode = im.mode
+        arr = np.asarray(im)
     if arr.ndim == 3:
         if mode in ("LA", "PA") or (
             arr.shape[2] >= 3 and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all()
@@ -230,10 +245,16 @@ def check_labels(mask: np.ndarray, num_classes: int, ignore_index: int, path: An
 
 # ----------------------------------------------------------------------------- pairing and splits
 def list_files(folder: Path, exts: Sequence[str]) -> dict[str, Path]:
-    """``stem -> path`` of the files in ``folder`` with one of ``exts``; two files with one stem are
-    an error."""
+    """``stem -> path`` of the files in ``folder`` with one of ``exts``; two files with one stem, or a
+    symbolic link with one of ``exts`` that leads to no file, are an error."""
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
+        if p.is_symlink() and not p.exists() and p.suffix.lower() in exts:
+            raise DataError(
+                "a symbolic link that leads to no file (broken, or a loop); point it at the file or "
+                "remove it",
+                p,
+            )
         if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."):
             if p.stem in out:
                 raise DataError(

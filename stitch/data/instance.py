@@ -15,7 +15,9 @@ training; nothing is left to fail deep inside an epoch.
   polygons (flat lists of an even number of finite numbers) nor an RLE dict (``size`` equal to
   the image's ``[height, width]``; ``counts`` a COCO-compressed string or a list of non-negative
   integers, in both cases adding up to height x width), a ``bbox`` that is not 4 finite numbers,
-  a non-numeric ``area``, an ``iscrowd`` other than 0/1.
+  has a negative width or height or reaches outside its image (by more than a pixel), a non-numeric
+  ``area``, an ``iscrowd`` other than 0/1. A zero-width or zero-height ``bbox`` is accepted: the
+  training boxes come from the masks (a good mask is not dropped for a wrong box).
 - **Skipped and counted** (``info["skipped"][split]``, shown by ``DataBundle.describe()``): a
   polygon with fewer than 3 points (``short_polygons``; the annotation keeps its other polygons);
   an annotation left with no usable polygon (``no_polygon``); a degenerate object (``degenerate``:
@@ -45,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stitch.data.coco_format import (
+    check_bbox,
     check_coco,
     check_images_exist,
     coco_index,
@@ -84,7 +87,7 @@ def parse_split(
     from pycocotools import mask as mask_util
 
     counts = dict.fromkeys(SKIP_KINDS, 0)
-    counts.update(crowd=0, objects=0)
+    counts.update(crowd=0, objects=0, zero_size_bbox=0)
     records: dict[int, ImageRecord] = {}
     for im in data["images"]:
         iid, h, w = im["id"], im["height"], im["width"]
@@ -116,20 +119,17 @@ def parse_split(
         if aid in seen:
             raise DataError(f"annotation id {aid} appears twice; ids must be unique", ann_file)
         seen.add(aid)
-        where = f"annotation {aid}"
+        rec = records[ann["image_id"]]
+        where = f"annotation {aid} (image {rec.file_name})"
         crowd = ann.get("iscrowd", 0)
         if crowd not in (0, 1) or isinstance(crowd, float):
             raise DataError(f"{where}: iscrowd must be 0 or 1, got {crowd!r}", ann_file)
         bbox = ann.get("bbox")
-        if bbox is not None and not (
-            isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)
-        ):
-            raise DataError(
-                f"{where}: bbox must be [x, y, width, height] (4 numbers), got {str(bbox)[:60]}", ann_file
-            )
+        check_bbox(bbox, rec.height, rec.width, where, ann_file)
+        if bbox is not None and (bbox[2] == 0 or bbox[3] == 0):
+            counts["zero_size_bbox"] += 1  # accepted, and said in describe(): boxes come from the masks
         if "area" in ann and not is_number(ann["area"]):
             raise DataError(f"{where}: area must be a number, got {str(ann['area'])[:40]}", ann_file)
-        rec = records[ann["image_id"]]
         rle, short, seg = to_rle(ann["segmentation"], rec.height, rec.width, where, ann_file)
         counts["short_polygons"] += short
         if rle is None:
@@ -328,6 +328,7 @@ def from_coco_dicts(
             "objects": counts["objects"],
             "crowd": counts["crowd"],
             "empty_images": sum(1 for r in records if not r.rles),
+            **({"zero_size_bbox": counts["zero_size_bbox"]} if counts["zero_size_bbox"] else {}),
         }
     assert cats is not None and "val" in gts
     names = ["background"] + [str(c.get("name", c["id"])) for c in cats]
