@@ -99,6 +99,8 @@ def with_overrides(
 def load_experiment(path: str | Path) -> Experiment:
     """Read and schema-check an experiment file (model-side checks come in :mod:`stitch.validate`)."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError("is a folder, not an experiment file (name the .yaml file in it)", str(p))
     if not p.is_file():
         raise ConfigError(
             "no such experiment file (check the path; `ls experiments/` lists the examples)", str(p)

@@ -79,7 +79,7 @@ class DataBase(Strict):
     @field_validator("image_size", mode="before")
     @classmethod
     def _square(cls, v: Any) -> Any:
-        return (v, v) if isinstance(v, int) else v
+        return (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
 
     @field_validator("normalize", mode="before")
     @classmethod

@@ -134,3 +134,13 @@ def coco_dataset(
         }
         (case / root / "annotations").mkdir(parents=True, exist_ok=True)
         (case / root / "annotations" / f"{split}.json").write_text(json.dumps(doc))
+
+
+def run_dir(case: Path, path: str = "rd", db: str | None = None) -> None:
+    """A run directory as far as its ``experiment.yaml`` (the case's), and a ``runs.sqlite`` with
+    the text ``db`` when given (empty: a 0-byte database; anything else: a damaged one)."""
+    target = case / path
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "experiment.yaml").write_bytes((case / "experiment.yaml").read_bytes())
+    if db is not None:
+        (target / "runs.sqlite").write_text(db)
