@@ -127,7 +127,7 @@ def _latex_char(ch: str) -> str:
     decomposed = unicodedata.normalize("NFKD", ch)
     if all(" " <= c <= "~" for c in decomposed):  # a ligature, a full-width letter: plain ASCII
         return latex_escape(decomposed)
-    base, *marks = decomposed
+    base, marks = decomposed[0], decomposed[1:]
     if " " <= base <= "~" and all(m in _ACCENTS for m in marks):
         out = {"i": r"\i{}", "j": r"\j{}"}.get(base) or latex_escape(base)
         for mark in marks:
