@@ -7,9 +7,8 @@ training one is :class:`stitch.session.RunSession`. Only the CLI imports this mo
 
 from __future__ import annotations
 
-import contextlib
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -19,8 +18,8 @@ from stitch.devices import pick_device
 from stitch.errors import StitchError, one_line_message
 from stitch.progress import Progress
 from stitch.report import write_report
-from stitch.run_lock import run_dir_lock
-from stitch.runs import experiment_data, open_run_dir, plan_runs, preflight, run_logger
+from stitch.run_lock import open_locked_run_dir
+from stitch.runs import experiment_data, plan_runs, preflight, run_logger
 from stitch.session import RunSession
 from stitch.store import ResultStore, RunRow, write_results_csv
 from stitch.tasks import make_task
@@ -48,7 +47,7 @@ def run_experiment(
     runs = plan_runs(exp, epochs, seeds)
     preflight(data, exp.cfg.train.batch_size)  # unreadable files, bad labels: before anything is written
 
-    with _locked_run_dir(exp, out, wait) as run_dir:
+    with open_locked_run_dir(exp, out, "stitch run", wait) as run_dir:
         log = run_logger(run_dir)
         task = make_task(exp.cfg.task, data, exp.cfg.train.loss)
         progress = Progress(quiet=quiet, log=log)
@@ -77,20 +76,6 @@ def run_experiment(
             progress.summary(results, shown, exp.cfg.report.selection)
             _report(run_dir, dev, progress)
     return results
-
-
-@contextlib.contextmanager
-def _locked_run_dir(exp: Experiment, out: str | Path, wait: bool) -> Iterator[Path]:
-    """The run directory (:func:`~stitch.runs.open_run_dir`), locked for the block. When it exists
-    already its lock is taken before ``open_run_dir`` copies the experiment file in, so a refused
-    second ``stitch run`` changes nothing in it."""
-    with contextlib.ExitStack() as stack:
-        existing = Path(out) / exp.cfg.name  # where open_run_dir puts it
-        if existing.is_dir():
-            stack.enter_context(run_dir_lock(existing, "stitch run", wait))
-        run_dir = open_run_dir(exp, out)
-        stack.enter_context(run_dir_lock(run_dir, "stitch run", wait))  # a re-entry if taken above
-        yield run_dir
 
 
 def _report(run_dir: Path, dev: torch.device, progress: Progress) -> None:

@@ -35,7 +35,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from stitch.config import Experiment
 from stitch.errors import StitchError
+from stitch.runs import open_run_dir
 
 LOCK_FILE = ".lock"
 _RECORD_RETRY_S = 1.0  # how long a refused process waits for a record it can quote
@@ -187,3 +189,17 @@ def run_dir_lock(run_dir: Path, command: str, wait: bool = False) -> Iterator[No
     finally:
         if os.getpid() == owner:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def open_locked_run_dir(exp: Experiment, out: str | Path, command: str, wait: bool = False) -> Iterator[Path]:
+    """:func:`~stitch.runs.open_run_dir` under the run directory's lock, held for the block. When
+    the directory exists already its lock is taken before ``open_run_dir`` copies the experiment
+    file in, so a refused second command changes nothing in it."""
+    with contextlib.ExitStack() as stack:
+        existing = Path(out) / exp.cfg.name  # where open_run_dir puts it
+        if existing.is_dir():
+            stack.enter_context(run_dir_lock(existing, command, wait))
+        run_dir = open_run_dir(exp, out)
+        stack.enter_context(run_dir_lock(run_dir, command, wait))  # a re-entry if taken above
+        yield run_dir
