@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import errno
+import os
 import re
+import shutil
+import traceback
 import typing
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -108,3 +113,98 @@ def one_line_message(exc: BaseException) -> str:
         if found:
             return text[found[-1].end() :].strip().splitlines()[0]
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class DiskFullError(StitchError):
+    """A write that failed for lack of space: names the disk, its free space and the file."""
+
+
+#: ``errno`` values of a write refused for lack of space (a full disk, an exhausted quota)
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: a write that failed without an errno (torch's zip writer says only "unexpected pos" or
+#: "PytorchStreamWriter failed writing file") counts as a full disk when less than this is free
+LOW_SPACE_BYTES = 1 << 20
+_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, the primary result code of "database or disk is full"
+
+
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception it was raised from or while handling (``__cause__``,
+    ``__context__``), each once."""
+    chain: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is not None and all(e is not seen for seen in chain):
+            chain.append(e)
+            todo += [e.__cause__, e.__context__]
+    return chain
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int | None:
+    """Bytes an ordinary user may still write on the file system holding ``path`` (its nearest
+    existing folder), or None when that cannot be read."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def mount_point(path: str | os.PathLike[str]) -> Path:
+    """The mount point of the file system holding ``path`` (its nearest existing folder)."""
+    folder = Path(os.path.abspath(path))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    while not os.path.ismount(folder) and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def size_text(n: int) -> str:
+    """``n`` bytes in a few characters: ``0 B``, ``512 B``, ``1.5 KiB``, ``12.0 MiB``."""
+    size, unit = float(n), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+
+
+def is_disk_full(exc: BaseException, path: str | os.PathLike[str]) -> bool:
+    """Whether ``exc``, raised while writing ``path``, means there was no space left: an
+    ``OSError`` with ENOSPC or EDQUOT anywhere in its chain, SQLite's "database or disk is full",
+    or a writer error without an errno (torch's zip writer) while under :data:`LOW_SPACE_BYTES`
+    are free."""
+    chain = exception_chain(exc)
+    for e in chain:
+        if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
+            return True
+        code = getattr(e, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF == _SQLITE_FULL:
+            return True
+    if any(isinstance(e, RuntimeError) or (isinstance(e, OSError) and e.errno is None) for e in chain):
+        free = free_bytes(path)
+        return free is not None and free < LOW_SPACE_BYTES
+    return False
+
+
+def disk_full_error(exc: BaseException, path: str | os.PathLike[str]) -> DiskFullError | None:
+    """The one-line :class:`DiskFullError` for ``exc`` raised while writing ``path`` when it
+    means the disk (or the quota) is full (:func:`is_disk_full`), else None. The frames of the
+    failed write are cleared, so a writer that still holds its (removed) file open lets go of it
+    and the space it took is free again for what comes next (marking the run failed)."""
+    if not is_disk_full(exc, path):
+        return None
+    chain = exception_chain(exc)
+    free = free_bytes(path)
+    for e in chain:
+        if e.__traceback__ is not None:
+            traceback.clear_frames(e.__traceback__)  # frames still running are left alone
+    quota = any(isinstance(e, OSError) and e.errno == errno.EDQUOT for e in chain)
+    left = "disk quota exceeded" if quota else f"{size_text(free)} free" if free is not None else "full"
+    return DiskFullError(
+        f"no space left on {mount_point(path)} ({left}) while writing {path}; free space and run the "
+        "same command again (training resumes from the last checkpoint)"
+    )

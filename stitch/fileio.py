@@ -5,8 +5,9 @@ The data goes to a uniquely named temporary file in the destination folder (seve
 such as sweep workers, may share a run directory), with the permissions the destination has (or
 a new file would get), and is then renamed over the destination with :func:`os.replace`, which
 is atomic on POSIX and Windows; :func:`atomic_write` also flushes it to disk first. On any
-failure the temporary file is removed. Written by hand because the standard library has no atomic writer and
-the packages that do (``atomicwrites``) are unmaintained.
+failure the temporary file is removed, and a write that failed for lack of space becomes a
+one-line :class:`~stitch.errors.DiskFullError`. Written by hand because the standard library
+has no atomic writer and the packages that do (``atomicwrites``) are unmaintained.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from stitch.errors import disk_full_error
 
 
 def _file_mode(path: Path) -> int:
@@ -35,16 +38,25 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside ``path`` with the same suffix (so writers that infer a format from
     it still do); renamed to ``path`` when the block ends without an exception, removed if not."""
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{final.suffix}", dir=final.parent)
-    os.close(fd)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{final.suffix}", dir=final.parent)
+        os.close(fd)
+    except OSError as exc:  # no room for even an empty file (no free inode)
+        full = disk_full_error(exc, final)
+        if full is not None:
+            raise full from None
+        raise
     tmp = Path(name)
     try:
         os.chmod(tmp, _file_mode(final))  # mkstemp makes it private (0600); give it what open() would
         yield tmp
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
+        full = disk_full_error(exc, final)  # measured while the partial file still takes its space
         tmp.unlink(missing_ok=True)
+        if full is not None:
+            raise full from None
         raise
 
 

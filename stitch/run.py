@@ -53,7 +53,7 @@ def run_experiment(
         progress = Progress(quiet=quiet, log=log)
         results: list[RunRow] = []
         current = {p.run_id for p in runs}
-        with ResultStore(run_dir / "runs.sqlite") as store, progress:
+        with ResultStore(run_dir / "runs.sqlite", force=force) as store, progress:
             session = RunSession(exp, data, task, store, dev, run_dir, progress)
             try:
                 progress.start_experiment(exp.cfg.name, len(runs), dev)

@@ -9,14 +9,16 @@ before it existed get the column (empty for their runs) when opened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from stitch.errors import StitchError, disk_full_error, exception_text
 from stitch.fileio import atomic_path
 
 STATUSES = ("running", "done", "failed", "diverged", "pruned")  # pruned: a sweep stopped it early
@@ -59,8 +61,6 @@ CREATE TABLE IF NOT EXISTS runs (
 def run_dir_files(run_dir: str | Path) -> tuple[Path, Path]:
     """``(experiment.yaml, runs.sqlite)`` of a run directory written by ``stitch run``; a
     :class:`~stitch.errors.StitchError` naming what is missing otherwise."""
-    from stitch.errors import StitchError
-
     run_dir = Path(run_dir)
     exp_file, db = run_dir / "experiment.yaml", run_dir / "runs.sqlite"
     if not exp_file.is_file():
@@ -68,6 +68,58 @@ def run_dir_files(run_dir: str | Path) -> tuple[Path, Path]:
     if not db.is_file():
         raise StitchError(f"{run_dir}: no runs.sqlite (run `stitch run {exp_file}` first)")
     return exp_file, db
+
+
+def runs_with_checkpoints(run_dir: str | Path) -> list[str]:
+    """The run ids with at least one epoch checkpoint in ``run_dir/ckpt/<run_id>/epoch-*.pt``."""
+    ckpt = Path(run_dir) / "ckpt"
+    if not ckpt.is_dir():
+        return []
+    return sorted(d.name for d in ckpt.iterdir() if d.is_dir() and any(d.glob("epoch-*.pt")))
+
+
+def check_not_lost(db: Path) -> None:
+    """A one-line :class:`~stitch.errors.StitchError` when the database ``db`` is missing or
+    empty (0 bytes) while its run directory holds runs' checkpoints: their rows are lost, and
+    opening it as a new database would train every run again without a word. A missing or empty
+    database without checkpoints is simply a new one."""
+    if db.is_file() and db.stat().st_size > 0:
+        return
+    trained = runs_with_checkpoints(db.parent)
+    if trained:
+        state = "empty (0 bytes)" if db.is_file() else "missing"
+        raise StitchError(
+            f"{db}: the results database is {state} but {db.parent / 'ckpt'} holds the checkpoints of "
+            f"{len(trained)} run(s); restore {db.name} from a copy, or train from scratch "
+            "(`stitch run --force`, or move ckpt/ away)"
+        )
+
+
+def damaged_message(db: Path, detail: str) -> str:
+    """The one line for a damaged results database: the file, what SQLite found, the fix."""
+    detail = " ".join(detail.split())
+    detail = detail if len(detail) <= 120 else detail[:117] + "..."
+    return (
+        f"{db}: the results database is damaged ({detail}); restore it from a copy, or move it "
+        "away and train from scratch (`stitch run --force`, or move ckpt/ away)"
+    )
+
+
+#: SQLite's primary result codes for a file that is not (or no longer) a valid database
+DAMAGED_CODES = (11, 26)  # SQLITE_CORRUPT ("malformed"), SQLITE_NOTADB ("not a database")
+
+
+def database_error(db: Path, exc: Exception) -> StitchError:
+    """The one-line error for a failed query on ``db``: a full disk, a damaged file (SQLite's
+    "malformed" or "not a database", a JSON column that does not decode), or SQLite's own
+    message (a lock held beyond the timeout, a read-only file)."""
+    full = disk_full_error(exc, db)
+    if full is not None:
+        return full
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(exc, ValueError) or (isinstance(code, int) and code & 0xFF in DAMAGED_CODES):
+        return StitchError(damaged_message(db, str(exc)))
+    return StitchError(f"{db}: {exception_text(exc, limit=200)} (the results database)")
 
 
 @dataclass
@@ -157,22 +209,39 @@ ADDED_COLUMNS = {
 class ResultStore:
     """Read and write run rows in ``runs.sqlite``."""
 
-    def __init__(self, path: str | Path) -> None:
-        from stitch.errors import StitchError
-
+    def __init__(self, path: str | Path, *, force: bool = False) -> None:
+        """Open (or create) the database at ``path``, checked first (:func:`check_not_lost`, unless
+        ``force``: ``stitch run --force`` trains every run again) and its pages verified with
+        ``PRAGMA quick_check``; a damaged or unusable one is a one-line error naming the file."""
         self.path = Path(path)
+        if not force:
+            check_not_lost(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with self.guard():
             self._conn = sqlite3.connect(self.path, timeout=30)
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(SCHEMA)
-            self._conn.commit()
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise StitchError(
-                f"{self.path}: not a stitch results database ({exc}); move it away or use another --out"
-            ) from None
+        try:
+            with self.guard():
+                self._conn.row_factory = sqlite3.Row
+                problems = [r[0] for r in self._conn.execute("PRAGMA quick_check")]
+                if problems != ["ok"]:
+                    raise StitchError(damaged_message(self.path, " ".join(" ".join(problems).split())))
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.executescript(SCHEMA)
+                self._conn.commit()
+                self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Turns a SQLite error inside the block into a one-line error naming the database:
+        :class:`~stitch.errors.DiskFullError` for a full disk, "damaged" for a malformed file,
+        the SQLite message otherwise (a database locked for longer than the timeout)."""
+        try:
+            yield
+        except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
+            raise database_error(self.path, exc) from None
 
     def _migrate(self) -> None:
         """Databases written before the ``pruned`` status existed: the same table with the new
@@ -206,14 +275,16 @@ class ResultStore:
         self.close()
 
     def get(self, run_id: str) -> RunRow | None:
-        row = self._conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return _decode(row) if row else None
+        with self.guard():
+            row = self._conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            return _decode(row) if row else None
 
     def rows(self, status: str | None = None) -> list[RunRow]:
         sql, args = "SELECT * FROM runs", cast(tuple[str, ...], ())
         if status:
             sql, args = sql + " WHERE status = ?", (status,)
-        return [_decode(r) for r in self._conn.execute(sql + " ORDER BY started_at, run_id", args)]
+        with self.guard():
+            return [_decode(r) for r in self._conn.execute(sql + " ORDER BY started_at, run_id", args)]
 
     def start(self, row: RunRow) -> None:
         """Insert a new run or start it over (``--force``): every column is (re)written."""
@@ -223,7 +294,7 @@ class ResultStore:
         cols = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         updates = ", ".join(f"{c} = excluded.{c}" for c in values if c != "run_id")
-        with self._conn:
+        with self.guard(), self._conn:
             self._conn.execute(
                 f"INSERT INTO runs ({cols}) VALUES ({marks}) ON CONFLICT(run_id) DO UPDATE SET {updates}",
                 tuple(values.values()),
@@ -236,7 +307,7 @@ class ResultStore:
         fields["updated_at"] = time.time()
         enc = {k: (json.dumps(v, default=_jsonable) if k in _JSON else v) for k, v in fields.items()}
         sets = ", ".join(f"{k} = ?" for k in enc)
-        with self._conn:
+        with self.guard(), self._conn:
             cur = self._conn.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", (*enc.values(), run_id))
         if cur.rowcount != 1:
             raise KeyError(f"no run {run_id!r} in {self.path}")
