@@ -49,6 +49,11 @@ def parse_experiment(text: str, file: str = "<string>") -> Experiment:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if (
+            isinstance(exc, yaml.constructor.ConstructorError)
+            and "could not determine a constructor" in problem
+        ):
+            problem += " (YAML tags such as !!python/... are not allowed: write plain values)"
         raise ConfigError(f"not valid YAML: {problem}", file, mark.line + 1 if mark else None) from None
     if not isinstance(data, dict):
         raise ConfigError("the experiment file must be a YAML mapping (name:, task:, baseline: …)", file, 1)
