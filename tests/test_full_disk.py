@@ -171,6 +171,42 @@ def test_an_injected_enospc_fails_the_run_in_one_line_and_the_rerun_resumes_exac
     assert results(out / NAME) == results(ref_dir)
 
 
+def test_when_sqlite_itself_cannot_write_the_line_stays_one_and_the_row_resumes(
+    reference: tuple[Path, Path], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database is what fills up (after epoch 1 was stored): the run cannot be marked failed
+    either, so the line names runs.sqlite, the row keeps epoch 1 as ``running``, and the next
+    call resumes it like any interrupted run."""
+    exp, ref_dir = reference
+    out = tmp_path / "runs"
+    real_update, stored = ResultStore.update, []
+
+    def update(self: ResultStore, run_id: str, **fields: Any) -> None:
+        if stored:  # epoch 1 is in; every later write finds the disk full
+            with self.guard():
+                error = sqlite3.OperationalError("database or disk is full")
+                error.sqlite_errorcode = 13  # SQLITE_FULL, as SQLite sets it
+                raise error
+        if "epochs_done" in fields:
+            stored.append(fields["epochs_done"])
+        real_update(self, run_id, **fields)
+
+    monkeypatch.setattr(ResultStore, "update", update)
+    capsys.readouterr()
+    assert main(["run", str(exp), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    db = out / NAME / "runs.sqlite"
+    assert len(err) == 1 and err[0].startswith("error: no space left on ")
+    assert err[0].split(";")[0].endswith(f"while writing {db}")
+    assert leftovers(out) == []
+    monkeypatch.undo()
+    with ResultStore(db) as store:
+        (row,) = store.rows()
+    assert (row.status, row.epochs_done) == ("running", 1)
+    assert main(["run", str(exp), "--out", str(out), "--quiet"]) == 0
+    assert results(out / NAME) == results(ref_dir)
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs mounted at ``tmp_path/disk`` (skipped where mounting is not permitted)."""
