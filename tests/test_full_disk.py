@@ -179,7 +179,8 @@ def test_when_sqlite_itself_cannot_write_the_line_stays_one_and_the_row_resumes(
     call resumes it like any interrupted run."""
     exp, ref_dir = reference
     out = tmp_path / "runs"
-    real_update, stored = ResultStore.update, []
+    real_update = ResultStore.update
+    stored: list[int] = []
 
     def update(self: ResultStore, run_id: str, **fields: Any) -> None:
         if stored:  # epoch 1 is in; every later write finds the disk full
