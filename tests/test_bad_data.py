@@ -190,6 +190,10 @@ BAD_ANNOTATIONS = {
     "bbox_left_of_image": ({"bbox": [-3, 2, 8, 6]}, "reaches outside its 32x24 (WxH) image"),
     "bbox_below_image": ({"bbox": [2, 20, 8, 6]}, "reaches outside its 32x24 (WxH) image"),
     "polygon_nan": ({"segmentation": [[2, 2, float("nan"), 2, 10, 8]]}, "finite numbers"),
+    "polygon_far_outside": (
+        {"segmentation": [[2, 2, 1e8, 2, 10, 8]]},
+        "polygon point (1e+08, 2) lies far outside its 32x24 (WxH) image",
+    ),
     "polygon_odd": ({"segmentation": [[2, 2, 10, 2, 10]]}, "odd number of coordinates"),
     "area_string": ({"area": "big"}, "area must be a number"),
 }
@@ -234,6 +238,15 @@ def test_unknown_ids_and_bad_image_sizes_are_one_line(
 def test_a_box_a_fraction_of_a_pixel_outside_is_accepted(tmp_path: Path) -> None:
     """COCO's float boxes can end a little past the border: up to one pixel is not an error."""
     b = coco(tmp_path, "instance", val_annotation={"bbox": [-0.5, 2, 32.9, 6]})
+    assert len(b.val) == 2
+
+
+@pytest.mark.parametrize("task", ["segmentation", "instance"])
+def test_a_polygon_a_little_outside_is_clipped_as_before(tmp_path: Path, task: str) -> None:
+    """Annotation tools leave points a few pixels outside the image: not an error (only points
+    farther out than the image's own size are, which would make the rasteriser walk millions of
+    pixels)."""
+    b = coco(tmp_path, task, val_annotation={"segmentation": [[-3, 2, 40, 2, 40, 30, -3, 30]]})
     assert len(b.val) == 2
 
 

@@ -215,9 +215,12 @@ def to_rle(seg: Any, h: int, w: int, where: str, ann_file: Any) -> tuple[dict | 
     )
 
 
-def check_polygons(seg: list, where: str, ann_file: Any) -> int:
+def check_polygons(seg: list, h: int, w: int, where: str, ann_file: Any) -> int:
     """How many of the polygons of a list ``segmentation`` have fewer than 3 points (they are
-    skipped); anything but flat lists of an even number of finite numbers is a :class:`DataError`."""
+    skipped); anything but flat lists of an even number of finite numbers is a :class:`DataError`,
+    and so is a point farther outside the h x w image than the image's own width or height
+    (pycocotools' rasteriser walks every pixel of the outline: a coordinate of 1e8 takes a minute
+    and gigabytes; a point a little outside, as annotation tools leave, is clipped as before)."""
     if not all(isinstance(p, list) and _numbers(p) for p in seg):
         raise DataError(
             f"{where}: segmentation is a list but not of polygons "
@@ -229,6 +232,18 @@ def check_polygons(seg: list, where: str, ann_file: Any) -> int:
             f"{where}: a polygon has an odd number of coordinates; polygons are [x1, y1, x2, y2, ...]",
             ann_file,
         )
+    for poly in seg:
+        if not poly:
+            continue
+        a = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        far = (a[:, 0] < -w) | (a[:, 0] > 2 * w) | (a[:, 1] < -h) | (a[:, 1] > 2 * h)
+        if far.any():
+            x, y = (float(v) for v in a[int(np.argmax(far))])
+            raise DataError(
+                f"{where}: polygon point ({x:g}, {y:g}) lies far outside its {w}x{h} (WxH) image; fix the "
+                "polygon or the image's width/height",
+                ann_file,
+            )
     return sum(1 for p in seg if len(p) < 6)
 
 
@@ -236,7 +251,7 @@ def _polygons_to_rle(seg: list, h: int, w: int, where: str, ann_file: Any) -> tu
     """:func:`to_rle` of a list of polygons: those with fewer than 3 points are skipped."""
     from pycocotools import mask as mask_util
 
-    short = check_polygons(seg, where, ann_file)
+    short = check_polygons(seg, h, w, where, ann_file)
     polys = [p for p in seg if len(p) >= 6]
     if not polys:
         return None, short, polys
@@ -248,7 +263,7 @@ def check_segmentation(seg: Any, h: int, w: int, where: str, ann_file: Any) -> i
     """:func:`to_rle`'s checks without rasterising: the number of short polygons (skipped), or a
     :class:`DataError` for a malformed segmentation or an RLE that does not fit the h x w image."""
     if isinstance(seg, list):
-        return check_polygons(seg, where, ann_file)
+        return check_polygons(seg, h, w, where, ann_file)
     to_rle(seg, h, w, where, ann_file)  # an RLE is checked without decoding it
     return 0
 
