@@ -125,6 +125,9 @@ NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: "PytorchStreamWriter failed writing file") counts as a full disk when less than this is free
 LOW_SPACE_BYTES = 1 << 20
 _SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, the primary result code of "database or disk is full"
+#: SQLite's "disk I/O error" and "unable to open database file" (SQLITE_IOERR, SQLITE_CANTOPEN): what
+#: it says when it cannot create or grow its ``-wal`` and ``-shm`` files; a full disk when space is low
+_SQLITE_IO = (10, 14)
 
 
 def exception_chain(exc: BaseException) -> list[BaseException]:
@@ -175,16 +178,19 @@ def size_text(n: int) -> str:
 def is_disk_full(exc: BaseException, path: str | os.PathLike[str]) -> bool:
     """Whether ``exc``, raised while writing ``path``, means there was no space left: an
     ``OSError`` with ENOSPC or EDQUOT anywhere in its chain, SQLite's "database or disk is full",
-    or a writer error without an errno (torch's zip writer) while under :data:`LOW_SPACE_BYTES`
-    are free."""
+    or an error that does not say why (torch's zip writer, SQLite's "disk I/O error") while under
+    :data:`LOW_SPACE_BYTES` are free."""
     chain = exception_chain(exc)
+    vague = False  # an error that does not say why a write failed
     for e in chain:
         if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
             return True
         code = getattr(e, "sqlite_errorcode", None)
         if isinstance(code, int) and code & 0xFF == _SQLITE_FULL:
             return True
-    if any(isinstance(e, RuntimeError) or (isinstance(e, OSError) and e.errno is None) for e in chain):
+        sqlite_io = isinstance(code, int) and code & 0xFF in _SQLITE_IO
+        vague |= isinstance(e, RuntimeError) or (isinstance(e, OSError) and e.errno is None) or sqlite_io
+    if vague:
         free = free_bytes(path)
         return free is not None and free < LOW_SPACE_BYTES
     return False

@@ -245,3 +245,32 @@ def test_a_real_full_tmpfs_fails_in_one_line_and_the_rerun_with_space_resumes_ex
     assert main(["run", str(exp), "--out", str(small_tmpfs), "--quiet"]) == 0
     assert leftovers(small_tmpfs) == []
     assert results(small_tmpfs / NAME) == results(ref_dir)
+
+
+def fill(disk: Path) -> Path:
+    """Fill the file system of ``disk`` to the last byte with one file; return it."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f, pytest.raises(OSError) as err:
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    assert err.value.errno == errno.ENOSPC
+    return filler
+
+
+def test_opening_the_database_on_a_full_tmpfs_is_one_line(small_tmpfs: Path) -> None:
+    """SQLite says "disk I/O error" when it cannot grow its -shm file: a full disk all the same."""
+    resize(small_tmpfs, 1 << 20)
+    db = small_tmpfs / "x" / "runs.sqlite"
+    with ResultStore(db) as store:
+        store.start(RunRow("r1", "e", "Baseline", "baseline", [], 0, "running", {}, "miou"))
+    filler = fill(small_tmpfs)
+    with pytest.raises(
+        DiskFullError, match=rf"^no space left on {small_tmpfs} \(0 B free\) while writing {db};"
+    ):
+        ResultStore(db)
+    with pytest.raises(DiskFullError, match=r"^no space left on .* while writing .*new"):
+        ResultStore(small_tmpfs / "new" / "runs.sqlite")
+    filler.unlink()
+    with ResultStore(db) as store:
+        assert store.get("r1") is not None
