@@ -5,7 +5,9 @@ It knows nothing of which task it trains: a task gives ``loss(model, batch)`` an
 epoch starts by re-seeding Python, NumPy, torch and the sampler from ``(seed, epoch)``, and a
 checkpoint (written atomically every epoch) holds the model, optimiser, schedule and scaler
 state, so epoch ``e`` after a resume sees exactly the batches, augmentations and dropout masks it
-would have seen without the interruption.
+would have seen without the interruption. Ctrl-C stops at an optimiser-step boundary and leaves a
+mid-epoch checkpoint that the next call continues from exactly (:func:`train`); checkpoints that do
+not fit the model are skipped for older ones (:mod:`stitch.checkpoints`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 import time
 from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass, field
@@ -24,17 +27,33 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from stitch.checkpoints import (
+    INTERRUPTED,
+    TrainingObjects,
+    restore_interrupted,
+    restore_latest,
+    save_atomic,
+    save_checkpoint,
+)
 from stitch.config import TrainCfg
 from stitch.devices import to_device
-from stitch.fileio import atomic_path
+from stitch.interrupt import stop_on_sigint
 from stitch.memory import larger, peak_memory_mb, reset_peak_memory
 from stitch.registry import OPTIMIZERS
-from stitch.safe_load import UnsafeFileError, load_plain
 from stitch.tasks.base import Task
 
 
 class Diverged(RuntimeError):
     """The training loss stopped being finite."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`train` at an optimiser-step boundary: ``step`` micro-steps of
+    ``epoch`` were done and saved to ``path``; calling :func:`train` again continues there."""
+
+    def __init__(self, epoch: int, step: int, path: Path) -> None:
+        super().__init__(f"interrupted at epoch {epoch}, step {step}; checkpoint saved to {path}")
+        self.epoch, self.step, self.path = epoch, step, path
 
 
 class StopTraining(Exception):
@@ -64,6 +83,31 @@ def set_deterministic(on: bool) -> None:
     torch.backends.cudnn.benchmark = not on
 
 
+def rng_state() -> dict[str, Any]:
+    """The states of Python's, NumPy's and torch's generators (and CUDA's, when initialised) as
+    plain data (tensors, numbers, lists), for a checkpoint."""
+    version, internal, gauss = random.getstate()
+    numpy_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+    kind, keys, pos, has_gauss, cached = numpy_state
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+    }
+
+
+def set_rng_state(rng: dict[str, Any]) -> None:
+    """Put back what :func:`rng_state` returned."""
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(rng["torch"].cpu())
+    if rng["cuda"]:
+        torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]])
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch of one run (distinct across seeds and epochs)."""
     return (seed * 100_003 + epoch * 7919 + 17) % 2**31
@@ -84,6 +128,9 @@ def loss_key(part: str) -> str:
 
 
 def _seed_worker(_worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: the main process decides (stitch.interrupt); a
+    # worker that died of it would fail the step the loop is finishing
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     s = torch.initial_seed() % 2**32
     random.seed(s)
     np.random.seed(s)
@@ -133,13 +180,6 @@ def base_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(scaled["lr"] / scaled["lr_mult"]) if scaled["lr_mult"] else float(scaled["lr"])
 
 
-# ----------------------------------------------------------------------------- checkpoints
-def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` through :func:`~stitch.fileio.atomic_path`: never half-written."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def train_batches(n_images: int, batch_size: int) -> tuple[int, bool, int]:
     """``(batch size, drop_last, batches per epoch)`` of the training loader.
 
@@ -148,21 +188,6 @@ def train_batches(n_images: int, batch_size: int) -> tuple[int, bool, int]:
     bs = max(1, min(batch_size, n_images))
     drop_last = n_images % bs == 1 and n_images > 1
     return bs, drop_last, (n_images // bs if drop_last else math.ceil(n_images / bs))
-
-
-def load_latest_checkpoint(ckpt_dir: Path, device: torch.device) -> dict[str, Any] | None:
-    """The newest readable epoch checkpoint (an unreadable one, e.g. cut by a full disk, is
-    skipped for the one before it). Read as plain data only (:mod:`stitch.safe_load`): a file
-    holding pickled objects is refused with one line, never run and never silently skipped."""
-    fix = "delete it to resume from the epoch before, or run again with --force"
-    for path in sorted(ckpt_dir.glob("epoch-*.pt"), reverse=True):
-        try:
-            return cast(dict[str, Any], load_plain(path, device, fix))
-        except UnsafeFileError:
-            raise
-        except Exception:  # a damaged file: fall back to the previous epoch
-            continue
-    return None
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -223,6 +248,14 @@ def train(
     what the optimiser gets (:func:`stitch.param_groups.param_groups`: groups with their own
     ``lr``, ``weight_decay`` and ``lr_mult``); by default every trainable parameter alike. The
     schedule scales every group's rate by the same factor; the history's ``lr`` is the base rate.
+
+    Ctrl-C (:mod:`stitch.interrupt`) stops at the next optimiser-step boundary, writes
+    ``ckpt_dir/interrupted.pt`` (the states, the loop state, the epoch's micro-steps done and
+    running sums, the random generators, and the batch size and accumulation it was made with) and
+    raises :class:`TrainingInterrupted`. The next call with the same batch size and accumulation
+    continues exactly there: it re-seeds the epoch, draws (without training on them) the batches
+    already trained on, so the sampler and data workers are where they were, then puts back the
+    saved generators and sums. Checkpoints that do not fit are skipped (:mod:`stitch.checkpoints`).
     """
     set_deterministic(cfg.deterministic)
     model.to(device)
@@ -249,96 +282,120 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, cfg))
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    objects = TrainingObjects(model, optimizer, scheduler, scaler)
     state = LoopState()
     reset_peak_memory(device)
 
-    ck = load_latest_checkpoint(ckpt_dir, device)
+    ck = restore_latest(ckpt_dir, device, objects)
     if ck is not None:
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
         state = LoopState(**ck["state"])
+    made_with = {"batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum}
+    mid = None
+    if state.epoch < cfg.epochs and (stop_after is None or state.epoch < stop_after):
+        mid = restore_interrupted(ckpt_dir, device, objects, state.epoch + 1, made_with)
+    if mid is not None:
+        state = LoopState(**mid["state"])
 
-    while state.epoch < cfg.epochs:
-        if stop_after is not None and state.epoch >= stop_after:
-            break
-        epoch = state.epoch + 1
-        es = epoch_seed(seed, epoch)
-        seed_everything(es)
-        sampler_gen.manual_seed(es)
-        model.train()
-        start = time.perf_counter()
-        loss_sum, images = 0.0, 0
-        part_sums: dict[str, float] = {}
-        optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(loader):
-            batch = to_device(batch, device)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss, parts = task.loss(model, batch)
-            if not torch.isfinite(loss):
-                raise Diverged(f"training loss is {loss.item()} at epoch {epoch}, step {i + 1}")
-            # the mean over the micro-batches of one optimiser step (the last group may be short)
-            group = min(cfg.grad_accum, micro_per_epoch - (i // cfg.grad_accum) * cfg.grad_accum)
-            scaler.scale(loss / group).backward()
-            if (i + 1) % cfg.grad_accum == 0 or i + 1 == micro_per_epoch:
-                if cfg.clip_grad_norm:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            n = batch_images(batch)
-            loss_sum += float(loss.detach()) * n
-            images += n
-            if len(parts) > 1:
-                for part, value in parts.items():
-                    part_sums[part] = part_sums.get(part, 0.0) + value * n
+    with stop_on_sigint() as stop:
+        while state.epoch < cfg.epochs:
+            if stop_after is not None and state.epoch >= stop_after:
+                break
+            epoch = state.epoch + 1
+            es = epoch_seed(seed, epoch)
+            seed_everything(es)
+            sampler_gen.manual_seed(es)
+            model.train()
+            batches = iter(loader)
+            done, loss_sum, images, seconds_before = 0, 0.0, 0, 0.0
+            part_sums: dict[str, float] = {}
+            if mid is not None:  # Ctrl-C stopped this epoch after `done` micro-steps
+                done, loss_sum, images = mid["steps"], mid["loss_sum"], mid["images"]
+                part_sums, seconds_before = dict(mid["part_sums"]), mid["seconds"]
+                for _ in range(done):  # the batches trained on: the sampler and workers move on alike
+                    next(batches)
+                set_rng_state(mid["rng"])
+                mid = None
+            start = time.perf_counter() - seconds_before
+            optimizer.zero_grad(set_to_none=True)
+            for i, batch in enumerate(batches, start=done):
+                batch = to_device(batch, device)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    loss, parts = task.loss(model, batch)
+                if not torch.isfinite(loss):
+                    raise Diverged(f"training loss is {loss.item()} at epoch {epoch}, step {i + 1}")
+                # the mean over the micro-batches of one optimiser step (the last group may be short)
+                group = min(cfg.grad_accum, micro_per_epoch - (i // cfg.grad_accum) * cfg.grad_accum)
+                scaler.scale(loss / group).backward()
+                boundary = (i + 1) % cfg.grad_accum == 0 or i + 1 == micro_per_epoch
+                if boundary:
+                    if cfg.clip_grad_norm:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                n = batch_images(batch)
+                loss_sum += float(loss.detach()) * n
+                images += n
+                if len(parts) > 1:
+                    for part, value in parts.items():
+                        part_sums[part] = part_sums.get(part, 0.0) + value * n
+                    for cb in callbacks:
+                        cb.on_losses(epoch, i + 1, parts)
+                step_loss = float(loss.detach())
                 for cb in callbacks:
-                    cb.on_losses(epoch, i + 1, parts)
-            step_loss = float(loss.detach())
+                    cb.on_step(epoch, i + 1, step_loss, n)
+                if stop.requested and boundary:
+                    path = ckpt_dir / INTERRUPTED
+                    sums = {"loss_sum": loss_sum, "images": images, "part_sums": part_sums}
+                    seconds = time.perf_counter() - start
+                    save_checkpoint(
+                        {
+                            **objects.state_dicts(),
+                            "state": state.__dict__,
+                            **{"epoch": epoch, "steps": i + 1, **sums, "seconds": seconds},
+                            **{"rng": rng_state(), "made_with": made_with},
+                        },
+                        path,
+                    )
+                    raise TrainingInterrupted(epoch, i + 1, path)
+            train_seconds = time.perf_counter() - start
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "train_loss": loss_sum / max(images, 1),
+                **{loss_key(part): total / max(images, 1) for part, total in part_sums.items()},
+                "lr": base_lr(optimizer),
+                "train_images_per_s": images / max(train_seconds, 1e-9),
+            }
+            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                metrics = task.evaluate(model, val_loader, device)
+                record.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+                state.last_metrics = metrics
+                value = metrics[primary]
+                if not math.isnan(value) and value > state.best_value:
+                    state.best_value, state.best_epoch, state.best_metrics = value, epoch, metrics
+                    save_atomic(
+                        {"model": model.state_dict(), "epoch": epoch, "metrics": metrics},
+                        ckpt_dir / "best.pt",
+                    )
+                for cb in callbacks:
+                    cb.on_eval(epoch, model)
+            state.epoch = epoch
+            state.train_images += images
+            state.train_seconds += train_seconds
+            state.wall_time += time.perf_counter() - start
+            state.peak_memory_mb = larger(state.peak_memory_mb, peak_memory_mb(device))
+            record["seconds"] = time.perf_counter() - start
+            state.history.append(record)
+            save_checkpoint(
+                {**objects.state_dicts(), "state": state.__dict__}, ckpt_dir / f"epoch-{epoch:04d}.pt"
+            )
+            for old in [*sorted(ckpt_dir.glob("epoch-*.pt"))[: -cfg.keep_last], ckpt_dir / INTERRUPTED]:
+                old.unlink(missing_ok=True)  # and a mid-epoch checkpoint, now older than this one
             for cb in callbacks:
-                cb.on_step(epoch, i + 1, step_loss, n)
-        train_seconds = time.perf_counter() - start
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": loss_sum / max(images, 1),
-            **{loss_key(part): total / max(images, 1) for part, total in part_sums.items()},
-            "lr": base_lr(optimizer),
-            "train_images_per_s": images / max(train_seconds, 1e-9),
-        }
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            metrics = task.evaluate(model, val_loader, device)
-            record.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-            state.last_metrics = metrics
-            value = metrics[primary]
-            if not math.isnan(value) and value > state.best_value:
-                state.best_value, state.best_epoch, state.best_metrics = value, epoch, metrics
-                save_atomic(
-                    {"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, ckpt_dir / "best.pt"
-                )
-            for cb in callbacks:
-                cb.on_eval(epoch, model)
-        state.epoch = epoch
-        state.train_images += images
-        state.train_seconds += train_seconds
-        state.wall_time += time.perf_counter() - start
-        state.peak_memory_mb = larger(state.peak_memory_mb, peak_memory_mb(device))
-        record["seconds"] = time.perf_counter() - start
-        state.history.append(record)
-        save_atomic(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "state": state.__dict__,
-            },
-            ckpt_dir / f"epoch-{epoch:04d}.pt",
-        )
-        for old in sorted(ckpt_dir.glob("epoch-*.pt"))[: -cfg.keep_last]:
-            old.unlink()
-        for cb in callbacks:
-            cb.on_epoch(state, record)
+                cb.on_epoch(state, record)
+        if stop.requested:  # Ctrl-C after the last step (evaluation, checkpoint): all is saved
+            last = ckpt_dir / f"epoch-{state.epoch:04d}.pt"
+            raise TrainingInterrupted(state.epoch, micro_per_epoch, last)
     return state
