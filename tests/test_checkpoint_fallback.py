@@ -119,3 +119,17 @@ def test_a_pickle_payload_is_refused_never_skipped(straight, tmp_path: Path) -> 
     with pytest.raises(UnsafeFileError, match="epoch-0002.pt"):
         setup.train(setup.model(), ckpt)
     assert not marker.exists()
+
+
+def test_a_checkpoint_from_before_checksums_is_resumed_from(straight, tmp_path: Path, caplog) -> None:
+    setup, uninterrupted = straight
+    ckpt = tmp_path / "b"
+    setup.train(setup.model(), ckpt, stop_after=2)
+    ck = load_plain(ckpt / "epoch-0002.pt")
+    del ck["checksum"]
+    torch.save(ck, ckpt / "epoch-0002.pt")
+    model = setup.model()
+    with caplog.at_level(logging.WARNING, logger="stitch.engine"):
+        state = setup.train(model, ckpt)
+    assert not [r for r in caplog.records if r.name == "stitch.engine"]
+    same_run(uninterrupted, (state, model))
