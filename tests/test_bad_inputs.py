@@ -120,8 +120,10 @@ def test_bad_input(name: str, tmp_path: Path, capsys, monkeypatch) -> None:
         assert snapshot(case / "out") == before, f"{name}: the command wrote into out/"
 
 
-def test_the_corpus_is_there() -> None:
-    assert len(CASES) >= 5 and all((CORPUS / c / "case.yaml").is_file() for c in CASES)
+def test_the_corpus_is_there_and_every_folder_is_a_case() -> None:
+    folders = [p for p in CORPUS.iterdir() if p.is_dir() and p.name != "__pycache__"]
+    assert [p.name for p in folders if not (p / "case.yaml").is_file()] == []
+    assert len(CASES) >= 100
 
 
 def test_one_case_through_the_real_command(tmp_path: Path) -> None:
