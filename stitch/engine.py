@@ -37,7 +37,7 @@ from stitch.checkpoints import (
 )
 from stitch.config import TrainCfg
 from stitch.devices import to_device
-from stitch.interrupt import stop_on_sigint
+from stitch.interrupt import TrainingInterrupted, stop_on_sigint
 from stitch.memory import larger, peak_memory_mb, reset_peak_memory
 from stitch.registry import OPTIMIZERS
 from stitch.tasks.base import Task
@@ -45,15 +45,6 @@ from stitch.tasks.base import Task
 
 class Diverged(RuntimeError):
     """The training loss stopped being finite."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped :func:`train` at an optimiser-step boundary: ``step`` micro-steps of
-    ``epoch`` were done and saved to ``path``; calling :func:`train` again continues there."""
-
-    def __init__(self, epoch: int, step: int, path: Path) -> None:
-        super().__init__(f"interrupted at epoch {epoch}, step {step}; checkpoint saved to {path}")
-        self.epoch, self.step, self.path = epoch, step, path
 
 
 class StopTraining(Exception):

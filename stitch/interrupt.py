@@ -4,7 +4,8 @@
 the first SIGINT only sets :attr:`StopRequest.requested` (the loop checks it once per step and
 stops at the next optimiser-step boundary); a second one goes to the handler that was there
 before (Python's raises ``KeyboardInterrupt`` at once). The previous handler is back when the
-block ends, however it ends. :func:`resume_command` is the command line that resumes.
+block ends, however it ends. :func:`interrupted_message` says where a run stopped and the
+command line that resumes it (:func:`resume_command`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,22 @@ import contextlib
 import os
 import shlex
 import signal
+import sys
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from types import FrameType
 
 NOTE = b"\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again stops at once)\n"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`stitch.engine.train` at an optimiser-step boundary: ``step``
+    micro-steps of ``epoch`` were done and saved to ``path``; calling it again continues there."""
+
+    def __init__(self, epoch: int, step: int, path: Path) -> None:
+        super().__init__(f"interrupted at epoch {epoch}, step {step}; checkpoint saved to {path}")
+        self.epoch, self.step, self.path = epoch, step, path
 
 
 class StopRequest:
@@ -58,6 +70,18 @@ def stop_on_sigint() -> Iterator[StopRequest]:
         yield request
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def interrupted_message(exc: KeyboardInterrupt, argv: Sequence[str] | None = None) -> str:
+    """``interrupted at epoch E, step S; checkpoint saved; resume with: stitch …`` for a
+    :class:`TrainingInterrupted` (without the epoch and checkpoint for another Ctrl-C); ``argv``:
+    the command's arguments, by default this process's."""
+    where = (
+        f" at epoch {exc.epoch}, step {exc.step}; checkpoint saved"
+        if isinstance(exc, TrainingInterrupted)
+        else ""
+    )
+    return f"interrupted{where}; resume with: {resume_command(sys.argv[1:] if argv is None else argv)}"
 
 
 def resume_command(argv: Sequence[str]) -> str:

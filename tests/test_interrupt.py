@@ -21,7 +21,7 @@ from stitch.build import stitch_variant
 from stitch.checkpoints import INTERRUPTED
 from stitch.config import parse_experiment
 from stitch.engine import Callback, LoopState, TrainingInterrupted, train
-from stitch.interrupt import resume_command, stop_on_sigint
+from stitch.interrupt import interrupted_message, resume_command, stop_on_sigint
 from stitch.runs import experiment_data
 from stitch.safe_load import load_plain
 from stitch.store import ResultStore
@@ -194,9 +194,17 @@ def test_the_flag_is_set_only_in_the_main_thread_and_handlers_are_restored() -> 
         signal.signal(signal.SIGINT, before)
 
 
-def test_the_resume_command_leaves_out_force() -> None:
+def test_the_message_names_the_step_and_the_command_that_resumes_without_force() -> None:
     argv = ["run", "experiments/my exp.yaml", "--out", "runs", "--force"]
     assert resume_command(argv) == "stitch run 'experiments/my exp.yaml' --out runs"
+    exc = TrainingInterrupted(3, 5, Path("runs/x/ckpt/abc/interrupted.pt"))
+    assert interrupted_message(exc, argv) == (
+        "interrupted at epoch 3, step 5; checkpoint saved; resume with: "
+        "stitch run 'experiments/my exp.yaml' --out runs"
+    )
+    assert interrupted_message(KeyboardInterrupt(), ["sweep", "s.yaml"]) == (
+        "interrupted; resume with: stitch sweep s.yaml"
+    )
 
 
 def test_ctrl_c_on_stitch_run_resumes_to_the_same_result(tmp_path: Path) -> None:
