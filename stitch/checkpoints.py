@@ -138,8 +138,11 @@ def unfit_reason(ck: Any, model: nn.Module) -> str | None:
         return "its contents changed after it was written (checksum mismatch)"
     if not isinstance(ck["model"], dict):
         return "its model state is not a dict of tensors"
-    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    theirs = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in ck["model"].items()}
+
+    def shapes(state: dict[str, Any]) -> dict[str, tuple[int, ...] | None]:  # None: an extra state
+        return {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state.items()}
+
+    own, theirs = shapes(model.state_dict()), shapes(ck["model"])
     if own != theirs:
         missing = sorted(own.keys() - theirs.keys())
         extra = sorted(theirs.keys() - own.keys())
