@@ -11,6 +11,7 @@ adds its pruning callback).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import traceback
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 from stitch.build import BuiltModel, stitch_variant
 from stitch.config import Experiment
 from stitch.engine import Callback, Diverged, LoopState, StopTraining, train, train_batches
-from stitch.errors import StitchError, one_line_message
+from stitch.errors import StitchError, disk_full_error, one_line_message
 from stitch.held_out import evaluate_test
 from stitch.model_notes import model_notes
 from stitch.oom_retry import (
@@ -135,6 +136,18 @@ class ProgressCallback(Callback):
 class OutOfMemory(Exception):
     """A run ran out of CUDA memory and is not retried (two halvings done, or a micro-batch that
     cannot be halved); the message says so and gives the advice."""
+
+
+def close_writer(writer: SummaryWriter, tb_dir: Path) -> None:
+    """Close a run's TensorBoard writer; its last events failing on a full disk are the one-line
+    :class:`~stitch.errors.DiskFullError`, not a traceback."""
+    try:
+        writer.close()
+    except OSError as exc:
+        full = disk_full_error(exc, tb_dir)
+        if full is None:
+            raise
+        raise full from None
 
 
 @dataclass
@@ -296,10 +309,18 @@ class RunSession:
         except KeyboardInterrupt:
             progress.message(f"{name}: interrupted; run the same command again to resume")
             raise
-        except StitchError as exc:  # bad data found while training (a file the preflight did not read)
-            store.update(plan.run_id, status="failed", error=one_line_message(exc))
+        except (
+            StitchError
+        ) as exc:  # bad data found while training (a file the preflight did not read), a full disk
+            with contextlib.suppress(StitchError):  # the database may be on the full disk too
+                store.update(plan.run_id, status="failed", error=one_line_message(exc))
             raise
         except Exception as exc:  # a crash of one run must not lose the others
+            full = disk_full_error(exc, tb_dir)  # TensorBoard's event writer on a full disk
+            if full is not None:
+                with contextlib.suppress(StitchError):
+                    store.update(plan.run_id, status="failed", error=str(full))
+                raise full from None
             store.update(plan.run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
             progress.message(f"{name}: failed: {type(exc).__name__}: {exc} (traceback in log.txt)")
             progress.log.error(traceback.format_exc())
@@ -308,7 +329,7 @@ class RunSession:
             if state.epoch >= epochs:
                 store.update(plan.run_id, status="done")
         finally:
-            writer.close()
+            close_writer(writer, tb_dir)
         row = store.get(plan.run_id)
         assert row is not None  # started above or found before
         return row

@@ -171,6 +171,27 @@ def test_an_injected_enospc_fails_the_run_in_one_line_and_the_rerun_resumes_exac
     assert results(out / NAME) == results(ref_dir)
 
 
+def test_tensorboard_on_a_full_disk_is_the_same_line_and_the_rerun_resumes_exactly(
+    reference: tuple[Path, Path], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TensorBoard's event writer raises a bare ``OSError(ENOSPC)`` on a flush: the same one line
+    and exit 2 (not a failed run and exit 1), and the next call resumes exactly."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    exp, ref_dir = reference
+    out = tmp_path / "runs"
+
+    def flush(self: SummaryWriter) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(SummaryWriter, "flush", flush)
+    row = run_fails_for_space(capsys, exp, out)
+    assert row.epochs_done == 1
+    monkeypatch.undo()
+    assert main(["run", str(exp), "--out", str(out), "--quiet"]) == 0
+    assert results(out / NAME) == results(ref_dir)
+
+
 def test_when_sqlite_itself_cannot_write_the_line_stays_one_and_the_row_resumes(
     reference: tuple[Path, Path], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
