@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from stitch.config import Experiment, with_overrides
 from stitch.config.loading import SOURCE_FOLDER_FILE
-from stitch.errors import StitchError
+from stitch.errors import NO_SPACE_ERRNOS, StitchError
 from stitch.fileio import atomic_path, write_text
 from stitch.hashing import digest
 from stitch.plan import Variant, plan_variants, variant_insertions
@@ -227,13 +228,25 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+class RunLogHandler(logging.FileHandler):
+    """``log.txt``'s handler: a line that cannot be written because the disk is full is dropped
+    quietly (the console already shows the one-line error; logging's default would print a
+    traceback on stderr for every line)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+            return
+        super().handleError(record)
+
+
 def run_logger(run_dir: Path) -> logging.Logger:
     """The plain log of a run directory (``log.txt``, timestamped lines)."""
     log = logging.getLogger(f"stitch.run.{run_dir}")
     log.setLevel(logging.INFO)
     log.propagate = False
     if not log.handlers:
-        handler = logging.FileHandler(run_dir / "log.txt")
+        handler = RunLogHandler(run_dir / "log.txt")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
     return log

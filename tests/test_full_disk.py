@@ -295,3 +295,35 @@ def test_opening_the_database_on_a_full_tmpfs_is_one_line(small_tmpfs: Path) -> 
     filler.unlink()
     with ResultStore(db) as store:
         assert store.get("r1") is not None
+
+
+def test_a_log_line_that_cannot_be_written_is_dropped_quietly(tmp_path: Path, capsys, monkeypatch) -> None:
+    """log.txt on a full disk: the line is lost, but logging prints no traceback on stderr (the
+    console shows the one-line error instead); other logging errors still show."""
+    import logging
+
+    from stitch.runs import run_logger
+
+    log = run_logger(tmp_path)
+    handler = log.handlers[0]
+
+    def emit_failing(code: int) -> Any:
+        def emit(record: logging.LogRecord) -> None:
+            try:
+                raise OSError(code, os.strerror(code))
+            except OSError:
+                handler.handleError(record)
+
+        return emit
+
+    try:
+        monkeypatch.setattr(handler, "emit", emit_failing(errno.ENOSPC))
+        capsys.readouterr()
+        log.info("a line")
+        assert capsys.readouterr().err == ""
+        monkeypatch.setattr(handler, "emit", emit_failing(errno.EIO))
+        log.info("another line")
+        assert "Logging error" in capsys.readouterr().err
+    finally:
+        handler.close()
+        log.removeHandler(handler)
