@@ -13,11 +13,14 @@ results database.
   (a metric and ``params``, ``flops`` or ``latency_ms``) give a Pareto front (NSGA-II)
   (:mod:`stitch.sweep.objectives`, :mod:`stitch.sweep.samplers`).
 - Storage: ``sqlite:///RUN_DIR/sweep.sqlite`` unless ``--storage URL`` (any SQLAlchemy URL, e.g.
-  PostgreSQL shared by several workers). Re-running continues the study until ``trials`` trials
-  have finished (complete or pruned). A trial whose worker died (no heartbeat) or that was
-  interrupted is retried once with the same parameters; its run resumes from its checkpoint, and
-  a configuration trained before is never trained again (runs are keyed by their config's hash)
-  (:mod:`stitch.sweep.study`, :mod:`stitch.sweep.runner`).
+  PostgreSQL shared by several workers). Re-running continues the study until ``trials``
+  distinct configurations have been decided (complete or pruned; a trial that reuses a result
+  counts for nothing), with the sampler seeded from the study's trial count so that it continues
+  rather than replays; a finite space is run to its end and no further. A trial whose worker died
+  (no heartbeat) or that was interrupted is retried with the same parameters (an interrupted
+  retry again, a failed one once); its run resumes from its checkpoint, and a configuration
+  trained before is never trained again (runs are keyed by their config's hash)
+  (:mod:`stitch.sweep.study`, :mod:`stitch.sweep.distinct`, :mod:`stitch.sweep.runner`).
 - Outputs in ``RUN_DIR/sweep/``: ``trials.csv``/``trials.md``, ``best.yaml`` (a runnable
   experiment of the best trial) and plots from ``optuna.visualization.matplotlib``
   (:mod:`stitch.sweep.outputs`).

@@ -29,8 +29,10 @@ def _trial_record(t: FrozenTrial, objectives: Sequence[Objective]) -> dict[str, 
     rec["insertions"] = t.user_attrs.get("insertions", "")
     rec |= dict(t.params.items())
     retry_of = t.user_attrs.get("retry_of")
-    rec["note"] = t.user_attrs.get("invalid") or (
-        f"retry of trial {retry_of}" if retry_of is not None else ""
+    rec["note"] = (
+        t.user_attrs.get("invalid")
+        or t.user_attrs.get("error")
+        or (f"retry of trial {retry_of}" if retry_of is not None else "")
     )
     rec["run_id"] = (t.user_attrs.get("run_id") or "")[:12]
     rec["seconds"] = round(t.duration.total_seconds(), 1) if t.duration else None

@@ -8,7 +8,18 @@ from __future__ import annotations
 import optuna
 
 from stitch.config import SweepCfg
+from stitch.hashing import digest
 from stitch.sweep.space import grid_space
+
+
+def sampler_seed(base: int, trials_before: int, worker: int | None = None) -> int:
+    """The sampler's seed: ``base`` (``sweep.seed``) for a study without trials, so that a sweep
+    run in one go is reproducible; for a study that already holds ``trials_before`` trials, a seed
+    drawn from both, so that a resumed sweep continues the search rather than replaying the
+    proposals of its first start; on a shared storage the worker's process id is added (workers
+    would otherwise all propose the same parameters)."""
+    seed = base if trials_before == 0 else int(digest([base, trials_before], length=8), 16)
+    return (seed + 7919 * worker) % 2**31 if worker is not None else seed
 
 
 def tpe_sampler(sweep: SweepCfg, seed: int, multi_objective: bool) -> optuna.samplers.BaseSampler:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from stitch.config import Experiment, RangeCfg, SweepCfg, parse_experiment, sweep_of
+from stitch.config import Experiment, RangeCfg, SlotCfg, SweepCfg, parse_experiment, sweep_of
 from stitch.errors import StitchError
 
 if TYPE_CHECKING:
@@ -102,6 +102,78 @@ def grid_space(sweep: SweepCfg) -> dict[str, list[Any]]:
 def grid_size(sweep: SweepCfg) -> int:
     """How many points the grid has (an exhaustive sweep never runs more trials)."""
     return math.prod(len(v) for v in grid_space(sweep).values())
+
+
+#: the most configurations :func:`configurations` lists (a larger space is treated as unbounded)
+MAX_LISTED_CONFIGURATIONS = 100_000
+
+
+def _choices(space: Any) -> list[Any] | None:
+    """The values :func:`suggest_value` can return for ``space``; None for a float range without a step."""
+    if isinstance(space, RangeCfg):
+        low, high, step = space.low, space.high, space.step
+        whole = isinstance(low, int) and isinstance(high, int) and (step is None or isinstance(step, int))
+        if step is None and not whole:
+            return None
+        if (high - low) / (step or 1) >= MAX_LISTED_CONFIGURATIONS:  # treated as unbounded
+            return None
+        return list(range(int(low), int(high) + 1, int(step or 1))) if whole else _grid_values("", space)
+    return list(space)
+
+
+def _product(parts: list[list[dict[str, Any]] | None], limit: int) -> list[dict[str, Any]] | None:
+    """Every merge of one partial parameter set from each of ``parts``; None when a part is
+    unbounded (None) or there are more than ``limit``."""
+    if any(p is None for p in parts) or math.prod(len(p or []) for p in parts) > limit:
+        return None
+    out: list[dict[str, Any]] = [{}]
+    for part in parts:
+        out = [a | b for a in out for b in part or []]
+    return out
+
+
+def _options(name: str, space: Any, limit: int) -> list[dict[str, Any]] | None:
+    """One parameter's possible Optuna params (``[{}]`` when it is not a parameter)."""
+    values = _choices(space)
+    if values is None or len(values) > limit:
+        return None
+    if len(values) == 1 and not isinstance(space, RangeCfg):
+        return [{}]  # a list of one value is that value, not a parameter
+    return [{name: v} for v in values]
+
+
+def _slot_configurations(slot: SlotCfg, limit: int) -> list[dict[str, Any]] | None:
+    """Every choice of one slot as Optuna params (a slot left empty: no module, mode or arguments)."""
+    out: list[dict[str, Any]] = []
+    at_options = _options(f"{slot.name}.at", list(slot.at) + (["none"] if slot.optional else []), limit)
+    for at_param in at_options or []:
+        if at_param.get(f"{slot.name}.at", slot.at[0] if slot.at else "none") == "none":
+            out.append(at_param)
+            continue
+        for module_param in _options(f"{slot.name}.module", slot.modules, limit) or []:
+            module = module_param.get(f"{slot.name}.module", slot.modules[0])
+            parts: list[list[dict[str, Any]] | None] = [
+                [at_param | module_param],
+                _options(f"{slot.name}.mode", slot.modes, limit) if slot.modes else [{}],
+                *(
+                    _options(f"{slot.name}.{module}.{k}", v, limit)
+                    for k, v in slot.args.get(module, {}).items()
+                ),
+            ]
+            merged = _product(parts, limit - len(out))
+            if merged is None:
+                return None
+            out += merged
+    return out
+
+
+def configurations(sweep: SweepCfg, limit: int = MAX_LISTED_CONFIGURATIONS) -> list[dict[str, Any]] | None:
+    """Every configuration of the define-by-run space, as the Optuna params :func:`suggest` asks
+    for; None when the space is unbounded (a float range without a step) or holds more than
+    ``limit`` configurations."""
+    parts: list[list[dict[str, Any]] | None] = [_slot_configurations(slot, limit) for slot in sweep.slots]
+    parts += [_options(f"train.{path}", v, limit) for path, v in sweep.train.items()]
+    return _product(parts, limit)
 
 
 def set_dotted(tree: dict[str, Any], path: str, value: Any) -> None:

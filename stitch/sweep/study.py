@@ -1,6 +1,7 @@
 """The Optuna study of a sweep, shared by every worker that names the same storage: opening it
-(racing workers included), heartbeats and the retry of failed or dead trials, counting trials by
-state, and the claim that lets one trial only train a configuration.
+(racing workers included), heartbeats, failing dead trials (stale heartbeat, or none at all) and
+retrying them (interrupted ones until their configuration is decided, failed ones once), counting
+trials by state, and the claim that lets one trial only train a configuration.
 
 Storage is ``sqlite:///RUN_DIR/sweep.sqlite`` unless ``--storage URL`` (any SQLAlchemy URL, e.g.
 PostgreSQL shared by several workers, each with its own run directory).
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -24,6 +26,8 @@ HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 120
 #: how long a trial waits for a lower-numbered trial of the same configuration to decide
 CLAIM_WAIT_SECONDS = 60
+#: the most trials of one configuration whose trials keep being interrupted (killed, Ctrl-C)
+MAX_ATTEMPTS = 10
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -68,13 +72,45 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
+def attempts(trials: list[FrozenTrial], trial: FrozenTrial) -> int:
+    """How many trials have tried ``trial``'s configuration in its chain of retries, ``trial`` included."""
+    by_number = {t.number: t for t in trials}
+    n, t = 1, trial
+    while t.user_attrs.get("retry_of") in by_number and n < len(trials):
+        t = by_number[t.user_attrs["retry_of"]]
+        n += 1
+    return n
+
+
+def trials_in(storage: optuna.storages.BaseStorage, study_name: str) -> int:
+    """How many trials the study ``study_name`` holds in ``storage`` (0 when it does not exist yet)."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return 0
+    return len(storage.get_all_trials(study_id, deepcopy=False))
+
+
+def proposed_params(t: FrozenTrial) -> dict[str, Any]:
+    """The parameters trial ``t`` evaluates: its own, or for an enqueued trial that has not asked
+    for them yet (waiting, or killed before it did) those it was enqueued with."""
+    return dict(t.params) or dict(t.system_attrs.get("fixed_params") or {})
+
+
 def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Run a failed or dead (stale heartbeat) trial once more, with the same parameters."""
-    if trial.user_attrs.get("retry_of") is not None:
-        return  # a retry that failed again is not retried a second time
-    if any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False)):
+    """Run a failed or dead (stale heartbeat) trial once more, with the same parameters. A trial
+    that was interrupted (killed, Ctrl-C, its worker silent) is retried again and again, up to
+    :data:`MAX_ATTEMPTS` trials of its configuration (its run resumes from its checkpoint each
+    time); one that failed with an error (its ``error`` user attribute) is retried once."""
+    trials = study.get_trials(deepcopy=False)
+    params = proposed_params(trial)
+    if not params or any(t.user_attrs.get("retry_of") == trial.number for t in trials):
+        return  # nothing was chosen yet, or it was retried already
+    if trial.user_attrs.get("error") is not None and trial.user_attrs.get("retry_of") is not None:
+        return  # a retry that failed with an error again is not retried a second time
+    if attempts(trials, trial) >= MAX_ATTEMPTS:
         return
-    study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+    study.enqueue_trial(params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
 
 
 def retry_failed_trials(study: optuna.Study) -> None:
@@ -91,14 +127,34 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+def fail_dead_trials(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, every_running: bool = False
+) -> None:
+    """Mark failed, and retry, the running trials that never sent a heartbeat and never reached
+    the objective (no ``insertions`` attribute) although they started longer than the grace
+    period ago: their worker died while the sampler proposed them, and Optuna's stale check,
+    which needs a heartbeat, would leave them running for ever. With ``every_running`` (the
+    caller knows no other process can be running a trial of this study: it holds the lock of the
+    run directory the study's file is in), every running trial, at once."""
+    _, grace = heartbeat_settings()
+    now = datetime.now()
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = t.datetime_start
+        unstarted = "insertions" not in t.user_attrs and started is not None
+        if not every_running and not (unstarted and started and (now - started).total_seconds() > grace):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        try:
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished meanwhile
+        retry_trial(study, t)
+
+
 def count(study: optuna.Study, *states: TrialState) -> int:
     """How many of the study's trials are in one of ``states``."""
     return sum(t.state in states for t in study.get_trials(deepcopy=False))
-
-
-def finished(study: optuna.Study) -> int:
-    """Trials complete or pruned (what a sweep's target counts)."""
-    return count(study, TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def claim_configuration(study: optuna.Study, trial: Trial, run_id: str) -> tuple[str, Any]:
@@ -110,7 +166,8 @@ def claim_configuration(study: optuna.Study, trial: Trial, run_id: str) -> tuple
     trained", t)`` when ``t`` pruned it or claimed it, else ``("train", None)`` after claiming it.
     Among running, undecided trials of one configuration the lowest number claims it; the others
     wait for its decision (at most :data:`CLAIM_WAIT_SECONDS`, after which a silent one counts as
-    dead). Trials pruned as duplicates, and failed ones, are not decisions about the configuration."""
+    dead; one whose heartbeat stopped is failed at once). Trials pruned as duplicates, and failed
+    ones, are not decisions about the configuration."""
     deadline = time.monotonic() + CLAIM_WAIT_SECONDS
     while True:
         others = [
@@ -134,3 +191,4 @@ def claim_configuration(study: optuna.Study, trial: Trial, run_id: str) -> tuple
             trial.set_user_attr("claim", "train")
             return "train", None
         time.sleep(0.2)  # a lower-numbered trial of this configuration decides first
+        fail_stale_trials(study)  # unless its worker is dead

@@ -52,6 +52,16 @@ class TrialObjective:
         return sweep_of(self.exp).epochs or self.exp.cfg.train.epochs
 
     def __call__(self, trial: Trial) -> float | tuple[float, ...]:
+        try:
+            return self._evaluate(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:  # failed with an error, not interrupted: retried once only
+            trial.set_user_attr("error", one_line_message(exc)[:1000])
+            raise
+
+    def _evaluate(self, trial: Trial) -> float | tuple[float, ...]:
+        """Build, claim and train (or reuse) the trial's configuration; its objective values."""
         retry_of = trial.user_attrs.get("retry_of")
         if retry_of is not None and any(
             t.user_attrs.get("retry_of") == retry_of and t.number < trial.number
