@@ -168,7 +168,24 @@ def resolve_object(ref: str, base_dir: Path, what: str) -> Any:
                 + (f" (it defines {', '.join(names[:8])})" if names else "")
             )
         obj = getattr(obj, part)
+    if not target.endswith(".py") and not _builds_modules(obj) and _standard_library(target):
+        raise PluginError(
+            f"{what} {ref!r} names a function of Python's standard library, which builds no network;"
+            " name an nn.Module class or a function of your own that returns one"
+        )
     return obj
+
+
+def _standard_library(module_name: str) -> bool:
+    """Whether ``module_name`` belongs to Python's standard library (``os``, ``subprocess``, ...)."""
+    return module_name.split(".")[0] in (*sys.stdlib_module_names, "builtins")
+
+
+def _builds_modules(obj: Any) -> bool:
+    """Whether ``obj`` is an ``nn.Module`` class."""
+    from torch import nn
+
+    return isinstance(obj, type) and issubclass(obj, nn.Module)
 
 
 def _insertions(items: list[NestedInsertionCfg]) -> Iterator[NestedInsertionCfg]:
