@@ -112,6 +112,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         study_name=args.study,
         device=args.device,
         quiet=args.quiet,
+        wait=args.wait,
     )
     print(f"sweep: {result.run_dir / 'sweep'} ({', '.join(p.name for p in result.written)})")
     return 0
@@ -264,6 +265,7 @@ def make_parser() -> argparse.ArgumentParser:
         "share one across workers",
     )
     sw.add_argument("--study", help="study name (default: the experiment's name)")
+    _wait_option(sw)
     sw.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser(

@@ -226,3 +226,21 @@ def test_report_refuses_a_locked_run_directory_and_run_writes_its_own_report(tmp
     captured = capsys.readouterr()
     assert captured.err.startswith(f"waiting for pid {holder.pid} ") and captured.err.count("\n") == 1
     assert (tmp_path / "rep" / "provenance.json").is_file()
+
+
+def test_stitch_sweep_on_a_locked_directory_exits_2_with_one_line(tmp_path: Path, capsys) -> None:
+    """Sweep workers each use their own --out (docs/sweeps.md), so a sweep locks like a run."""
+    exp = tmp_path / "tiny_lock.yaml"
+    sweep = "sweep:\n  trials: 1\n  sampler: random\n  slots:\n    - {name: A, at: [enc1], modules: [SE]}\n"
+    exp.write_text(tiny_shapes_unet("tiny_lock", tmp_path / "data", epochs=1) + sweep)
+    run_dir = tmp_path / "runs" / "tiny_lock"
+    run_dir.mkdir(parents=True)
+    holder = hold(run_dir)
+    try:
+        assert main(["sweep", str(exp), "--out", str(tmp_path / "runs"), "--quiet"]) == 2
+    finally:
+        release(holder)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {run_dir} is in use by pid {holder.pid} ")
+    written = {p.name for p in run_dir.iterdir()}
+    assert not written & {"sweep.sqlite", "runs.sqlite", "log.txt", "ckpt", "tb"}  # no trial, no study
