@@ -244,3 +244,19 @@ def test_stitch_sweep_on_a_locked_directory_exits_2_with_one_line(tmp_path: Path
     assert len(err) == 1 and err[0].startswith(f"error: {run_dir} is in use by pid {holder.pid} ")
     written = {p.name for p in run_dir.iterdir()}
     assert not written & {"sweep.sqlite", "runs.sqlite", "log.txt", "ckpt", "tb"}  # no trial, no study
+
+
+def test_report_of_several_directories_refuses_when_any_is_locked(tmp_path: Path, capsys) -> None:
+    exp = tiny(tmp_path)
+    first, second = tmp_path / "a" / "tiny_lock", tmp_path / "b" / "tiny_lock"
+    for d in (first, second):
+        d.mkdir(parents=True)
+        (d / "experiment.yaml").write_text(exp.read_text())
+    holder = hold(second)
+    try:
+        assert main(["report", str(first), str(second), "--no-latency"]) == 2
+    finally:
+        release(holder)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {second} is in use by pid {holder.pid} ")
+    assert (first / LOCK_FILE).read_text() == ""  # the first one's lock was released again
