@@ -326,3 +326,33 @@ def test_the_listed_configurations_are_exactly_what_a_trial_asks_for() -> None:
         }
     )
     assert configurations(unbounded) is None
+
+
+def test_a_second_sweep_on_a_run_directory_in_use_is_refused_with_one_line(tmp_path: Path, capsys) -> None:
+    path = sweep_file(tmp_path)
+    run_dir = tmp_path / "runs" / "resume"
+    run_dir.mkdir(parents=True)
+    (run_dir / "experiment.yaml").write_text("theirs\n")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from stitch.run_lock import run_dir_lock\n"
+            "with run_dir_lock(Path(sys.argv[1]), 'stitch sweep'):\n"
+            "    print('held', flush=True); time.sleep(60)",
+            str(run_dir),
+        ],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"pid {holder.pid}" in err and "--wait" in err, err
+    assert (run_dir / "experiment.yaml").read_text() == "theirs\n"  # nothing rewritten
+    assert not (run_dir / "sweep.sqlite").exists()

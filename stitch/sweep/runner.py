@@ -4,6 +4,7 @@ outputs and its runs table."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -80,8 +81,12 @@ def run_sweep(
     dev = pick_device(device)
     exp, data = experiment_data(exp)
     preflight(data, exp.cfg.train.batch_size)
-    run_dir = open_run_dir(exp, out)
-    with run_dir_lock(run_dir, "stitch sweep", wait):
+    with contextlib.ExitStack() as held:
+        existing = Path(out) / exp.cfg.name
+        if existing.is_dir():  # before open_run_dir rewrites its experiment.yaml
+            held.enter_context(run_dir_lock(existing, "stitch sweep", wait))
+        run_dir = open_run_dir(exp, out)
+        held.enter_context(run_dir_lock(run_dir, "stitch sweep", wait))  # a re-entry if taken above
         url = storage or f"sqlite:///{(run_dir / 'sweep.sqlite').resolve()}"
         study, rdb = _open_study(exp, objectives, url, study_name, shared=storage is not None)
         progress = Progress(quiet=quiet, log=run_logger(run_dir))
