@@ -239,6 +239,27 @@ def test_a_space_smaller_than_the_trials_asked_for_ends_with_a_message(tmp_path:
     assert len(final_state(tmp_path / "runs" / "resume")[0]) == len(trials)
 
 
+def test_configurations_that_turn_out_to_be_the_same_end_the_sweep_with_a_message(
+    tmp_path: Path, capsys
+) -> None:
+    """Two listed choices that make one configuration: the sampler can only repeat it, the
+    unproposed one adds nothing, and the sweep stops saying how many the space holds."""
+    sweep = """\
+        sweep:
+          trials: 5
+          sampler: random
+          slots:
+            - {name: A, at: [enc1], modules: [SE], optional: false, args: {SE: {rd_ratio: [0.25, 0.25]}}}
+        """
+    path = sweep_file(tmp_path, sweep, epochs=1)
+    assert main(["sweep", str(path), "--out", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "stopped: the search space holds only 1 distinct configurations and all were evaluated" in out, out
+    trials, rows = final_state(tmp_path / "runs" / "resume")
+    assert len(decided(trials)) == 1 and len(rows) == 1
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL)]
+
+
 def _study_with(*trials: optuna.trial.FrozenTrial) -> optuna.Study:
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     for t in trials:
