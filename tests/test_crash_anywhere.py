@@ -1,0 +1,259 @@
+"""Crash anywhere, lose nothing: ``stitch run`` killed with SIGKILL at random moments (during
+checkpoint writes, report writes and at random delays) and run again until it finishes ends with
+exactly the database, checkpoints and report of a run that was never interrupted.
+
+The kill points are printed (to the terminal even without ``-s``) and recorded as the test
+suite's ``crash_anywhere_kill_points`` property (JUnit XML, ``--junitxml``), with the seed that
+chose them; ``STITCH_CRASH_SEED=<n>`` draws another set. At least two kills cut a checkpoint
+write and two a report write (their temporary file was still there after the kill). What is
+compared:
+
+- the database: the same run ids, each once, all ``done``; every stored field equal except the
+  measurements of the machine (``wall_time``, ``train_images_per_s``, ``peak_memory_mb``, the
+  timestamps); every history entry equal except ``seconds`` and ``train_images_per_s``;
+- the weights: every tensor of each run's ``best.pt`` and last epoch checkpoint;
+- ``results.csv`` and the report's tables (csv, md, tex) with the measurement columns (latency,
+  peak memory, training time, wall time, images/s) blanked; ``provenance.json`` likewise (and
+  the run directory's path replaced); the plots (png, pdf) byte for byte, with
+  ``SOURCE_DATE_EPOCH`` fixing the PDF's creation date in both runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from kill_points import TMP_FILE, KillPoint, Trigger, run_once
+
+from stitch.store import ResultStore, RunRow
+
+ROOT = Path(__file__).resolve().parents[1]
+MIN_KILLS = 10
+#: kills that must cut a checkpoint write, and a write of the report (results.csv, costs.json, tables,
+#: plots, provenance.json)
+MIN_WRITE_KILLS = 2
+MAX_ATTEMPTS = 40
+#: kills while the runs train; the rest land on the report
+MAX_TRAINING_KILLS = 7
+
+#: stored values that measure the machine, not the training
+ROW_MEASUREMENTS = {"wall_time", "train_images_per_s", "peak_memory_mb", "started_at", "updated_at"}
+HISTORY_MEASUREMENTS = {"seconds", "train_images_per_s", "wall_time"}
+#: table columns (header prefixes, csv and rendered) that measure the machine
+COLUMN_MEASUREMENTS = (
+    "latency",
+    "peak_memory",
+    "time_per_run",
+    "wall_time",
+    "train_images_per_s",
+    "Latency",
+    "Peak memory",
+    "Time/run",
+)
+
+
+def experiment(tmp_path: Path) -> Path:
+    """Baseline, +SE and +CBAM x seeds 0 and 1 on 16 generated 32x32 images, 3 epochs."""
+    path = tmp_path / "crash.yaml"
+    path.write_text(f"""\
+name: crash
+task: segmentation
+baseline:
+  model: unet
+  args: {{base_width: 4}}
+data:
+  dataset: shapes
+  root: {tmp_path / "data"}
+  num_images: 16
+  image_size: [32, 32]
+  num_classes: 3
+train:
+  epochs: 3
+  batch_size: 2
+  deterministic: true
+  keep_last: 2
+  optimizer: {{lr: 0.02}}
+insertions:
+  - {{name: SE, module: SE, at: "enc*"}}
+  - {{name: CBAM, module: CBAM, at: "enc*"}}
+ablation: {{design: subsets, subsets: [[], [SE], [CBAM]]}}
+seeds: [0, 1]
+""")
+    return path
+
+
+def stored_rows(run_dir: Path) -> list[RunRow]:
+    with ResultStore(run_dir / "runs.sqlite") as store:
+        return store.rows()
+
+
+def all_done(run_dir: Path, expected: int) -> bool:
+    if not (run_dir / "runs.sqlite").exists():
+        return False
+    rows = stored_rows(run_dir)
+    return len(rows) == expected and all(r.status == "done" for r in rows)
+
+
+def comparable_row(row: RunRow) -> dict[str, Any]:
+    d = {k: v for k, v in vars(row).items() if k not in ROW_MEASUREMENTS}
+    d["history"] = [{k: v for k, v in h.items() if k not in HISTORY_MEASUREMENTS} for h in row.history]
+    return d
+
+
+def measured(header: str) -> bool:
+    return header.strip().startswith(COLUMN_MEASUREMENTS)
+
+
+def blank_csv(text: str) -> list[dict[str, str]]:
+    return [{k: v for k, v in r.items() if not measured(k)} for r in csv.DictReader(io.StringIO(text))]
+
+
+def blank_rendered(text: str, sep: str) -> list[str]:
+    """Lines of a Markdown (``|``) or LaTeX (``&``) table with the measurement columns emptied."""
+    lines = text.splitlines()
+    header = next(
+        (i for i, line in enumerate(lines) if sep in line and any(measured(c) for c in line.split(sep))), None
+    )
+    if header is None:
+        return lines
+    width = lines[header].count(sep)
+    drop = [i for i, c in enumerate(lines[header].split(sep)) if measured(c)]
+    out = lines[:header]
+    for line in lines[header:]:
+        cells = line.split(sep)
+        if line.count(sep) == width:
+            cells = ["" if i in drop else c for i, c in enumerate(cells)]
+        out.append(sep.join(cells))
+    return out
+
+
+def blank_provenance(text: str, run_dir: Path) -> Any:
+    prov = json.loads(text.replace(str(run_dir), "<run_dir>"))
+    for table in prov["tables"].values():
+        for cells in table["cells"].values():
+            for header in [h for h in cells if measured(h)]:
+                del cells[header]
+    return prov
+
+
+def comparable_file(path: Path, run_dir: Path) -> Any:
+    if path.suffix == ".csv":
+        return blank_csv(path.read_text())
+    if path.suffix == ".md":
+        return blank_rendered(path.read_text(), "|")
+    if path.suffix == ".tex":
+        return blank_rendered(path.read_text(), "&")
+    if path.suffix == ".json":
+        return blank_provenance(path.read_text(), run_dir)
+    return path.read_bytes()  # plots: byte for byte
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def visible_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def next_trigger(rng: random.Random, training: bool, kills: list[KillPoint]) -> Trigger | None:
+    """The next kill: checkpoint writes and random moments while training (at most
+    ``MAX_TRAINING_KILLS``, then the training is let through to the report), report writes and
+    random moments afterwards, each phase on writes until ``MIN_WRITE_KILLS`` cut one; None (run
+    to the end) once ``MIN_KILLS`` landed. Each kill lets the run get a little further, so that
+    few process starts (the slow part on a busy machine) cover the whole run."""
+    training_kills = sum(k.training for k in kills)
+    if training and training_kills < MAX_TRAINING_KILLS:
+        writes = sum(k.cut and k.trigger.where == "ckpt" for k in kills)
+        if writes < MIN_WRITE_KILLS or rng.random() < 0.5:
+            return Trigger(where="ckpt", n=rng.randint(3, 6))  # >= 3: an epoch checkpoint completes first
+        return Trigger(delay=rng.uniform(0.2, 2.0))
+    writes = sum(k.cut and k.trigger.where == "report" for k in kills)
+    if len(kills) >= MIN_KILLS and writes >= MIN_WRITE_KILLS:
+        return None
+    if writes < MIN_WRITE_KILLS or rng.random() < 0.5:
+        return Trigger(where="report", n=rng.randint(1, 9))
+    return Trigger(delay=rng.uniform(0.3, 3.0))
+
+
+@pytest.mark.slow
+def test_sigkill_anywhere_ends_as_an_uninterrupted_run(
+    tmp_path: Path, capsys, record_testsuite_property
+) -> None:
+    seed = int(os.environ.get("STITCH_CRASH_SEED", "13"))
+    rng = random.Random(seed)
+    exp = experiment(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", SOURCE_DATE_EPOCH="1700000000")
+
+    def command(out: str) -> list[str]:
+        return [sys.executable, "-m", "stitch", "run", str(exp), "--out", str(tmp_path / out)]
+
+    def say(line: str) -> None:
+        with capsys.disabled():  # in the CI log without -s
+            print(line, flush=True)
+
+    straight = tmp_path / "straight" / "crash"
+    code, _ = run_once(command("straight"), env, ROOT, straight, None, tmp_path / "straight.out")
+    assert code == 0, (tmp_path / "straight.out").read_text()
+    expected = stored_rows(straight)
+    assert len(expected) == 6 and all(r.status == "done" for r in expected)
+
+    killed = tmp_path / "killed" / "crash"
+    say(f"\ncrash-anywhere kill points (STITCH_CRASH_SEED={seed}):")
+    kills: list[KillPoint] = []
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        training = not all_done(killed, len(expected))
+        trigger = next_trigger(rng, training, kills)
+        output = tmp_path / f"attempt-{attempt:02d}.out"
+        code, kill = run_once(command("killed"), env, ROOT, killed, trigger, output, training)
+        if kill is None:
+            assert code == 0, f"attempt {attempt} failed by itself:\n{output.read_text()}"
+            if trigger is None:
+                break
+            continue
+        assert code == -9, output.read_text()
+        kills.append(kill)
+        say(kill.line(len(kills)))
+    else:
+        pytest.fail(f"not finished after {MAX_ATTEMPTS} attempts")
+    lines = [kill.line(i) for i, kill in enumerate(kills, 1)]
+    record_testsuite_property("crash_anywhere_seed", seed)  # in the JUnit XML (--junitxml)
+    record_testsuite_property("crash_anywhere_kill_points", "\n".join(lines))
+    left = sorted(str(p.relative_to(killed)) for p in killed.rglob("*") if TMP_FILE.match(p.name))
+    say(f"{len(kills)} kills in {attempt} attempts; temporary files left by the kills: {len(left)}")
+
+    # the database: every run once, done, with the uninterrupted run's metrics and histories
+    rows = stored_rows(killed)
+    assert sorted(r.run_id for r in rows) == sorted(r.run_id for r in expected)
+    by_id = {r.run_id: r for r in rows}
+    for want in expected:
+        assert comparable_row(by_id[want.run_id]) == comparable_row(want), f"{want.variant} seed {want.seed}"
+
+    # the weights, tensor for tensor
+    for want in expected:
+        a, b = straight / "ckpt" / want.run_id, killed / "ckpt" / want.run_id
+        assert visible_files(a) == visible_files(b)
+        for name in visible_files(a):
+            ta, tb = tensors(a / name), tensors(b / name)
+            assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), name
+
+    # the results table and the report
+    assert comparable_file(killed / "results.csv", killed) == comparable_file(
+        straight / "results.csv", straight
+    )
+    assert visible_files(killed / "report") == visible_files(straight / "report")
+    for name in visible_files(straight / "report"):
+        mine = comparable_file(killed / "report" / name, killed)
+        assert mine == comparable_file(straight / "report" / name, straight), name
+
+    assert len(kills) >= MIN_KILLS
+    for where in ("ckpt", "report"):
+        assert sum(k.cut and k.trigger.where == where for k in kills) >= MIN_WRITE_KILLS, where
