@@ -242,8 +242,7 @@ def test_stitch_sweep_on_a_locked_directory_exits_2_with_one_line(tmp_path: Path
         release(holder)
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {run_dir} is in use by pid {holder.pid} ")
-    written = {p.name for p in run_dir.iterdir()}
-    assert not written & {"sweep.sqlite", "runs.sqlite", "log.txt", "ckpt", "tb"}  # no trial, no study
+    assert [p.name for p in run_dir.iterdir()] == [LOCK_FILE]  # nothing written, not even experiment.yaml
 
 
 def test_report_of_several_directories_refuses_when_any_is_locked(tmp_path: Path, capsys) -> None:
