@@ -257,3 +257,47 @@ def test_sigkill_anywhere_ends_as_an_uninterrupted_run(
     assert len(kills) >= MIN_KILLS
     for where in ("ckpt", "report"):
         assert sum(k.cut and k.trigger.where == where for k in kills) >= MIN_WRITE_KILLS, where
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="stitch/engine.py writes best.pt before epoch-N.pt and never repairs it on resume: a kill "
+    "between the two leaves best.pt of an epoch that is trained again; when the new epoch N is not "
+    "better (training that is not bit-deterministic), the test evaluation fails on every re-run",
+)
+def test_best_pt_of_an_epoch_killed_before_its_checkpoint_is_not_kept(tmp_path: Path) -> None:
+    """The state a SIGKILL leaves between writing ``best.pt`` (epoch 2) and ``epoch-0002.pt``,
+    when epoch 2 trained again is no better than epoch 1 (here: no learning at all, and a
+    ``best.pt`` planted for epoch 2): the run must end as if never killed (epoch 1 chosen,
+    its weights tested), not fail on every re-run."""
+    from stitch.config import load_experiment
+    from stitch.run import run_experiment
+
+    text = experiment(tmp_path).read_text()
+    for old, new in [
+        ("seeds: [0, 1]", "seeds: [0]"),
+        ("subsets: [[], [SE], [CBAM]]", "subsets: [[]]"),
+        ("epochs: 3", "epochs: 2"),
+        ("lr: 0.02", "lr: 1.0e-9"),  # epoch 2 cannot beat epoch 1
+    ]:
+        text = text.replace(old, new)
+    (tmp_path / "crash.yaml").write_text(text)
+    exp = load_experiment(tmp_path / "crash.yaml")
+    (straight,) = run_experiment(exp, out=tmp_path / "straight", quiet=True)
+    assert straight.best_epoch == 1 and straight.epochs_done == 2
+
+    (row,) = run_experiment(exp, out=tmp_path / "killed", quiet=True, stop_after=1)
+    best_file = tmp_path / "killed" / "crash" / "ckpt" / row.run_id / "best.pt"
+    planted = torch.load(best_file, weights_only=True)
+    planted["epoch"] = 2  # as the killed process's epoch 2 wrote it, before its epoch-0002.pt
+    planted["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in planted["model"].items()}
+    torch.save(planted, best_file)
+    try:
+        (row,) = run_experiment(exp, out=tmp_path / "killed", quiet=True)
+    except Exception as exc:  # HeldOutError today
+        pytest.fail(f"the resumed run failed: {exc}")
+    assert row.status == "done" and row.best_epoch == 1
+    assert row.test_best_metrics == straight.test_best_metrics
+    mine = tensors(best_file)
+    want = tensors(tmp_path / "straight" / "crash" / "ckpt" / row.run_id / "best.pt")
+    assert mine.keys() == want.keys() and all(torch.equal(mine[k], want[k]) for k in want)
