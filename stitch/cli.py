@@ -124,9 +124,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     dirs = [Path(d) for d in args.run_dirs]
     with contextlib.ExitStack() as held:
         # not while another process trains in one (refused, or waited for with --wait); taken in
-        # one order, so two reports of the same directories waiting for each other cannot deadlock
+        # one order, so two reports of the same directories waiting for each other cannot deadlock.
+        # Every run and sweep leaves .lock behind: where there is none, none ever worked there
         for d in sorted(dirs, key=lambda d: str(d.resolve())):
-            if (d / "experiment.yaml").is_file() or (d / LOCK_FILE).is_file():
+            if (d / LOCK_FILE).is_file():
                 held.enter_context(run_dir_lock(d, "stitch report", args.wait))
         return _report_dirs(args, dirs)
 

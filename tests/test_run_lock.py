@@ -251,6 +251,7 @@ def test_report_of_several_directories_refuses_when_any_is_locked(tmp_path: Path
     for d in (first, second):
         d.mkdir(parents=True)
         (d / "experiment.yaml").write_text(exp.read_text())
+        (d / LOCK_FILE).touch()  # as a run leaves it
     holder = hold(second)
     try:
         assert main(["report", str(first), str(second), "--no-latency"]) == 2
@@ -259,3 +260,13 @@ def test_report_of_several_directories_refuses_when_any_is_locked(tmp_path: Path
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {second} is in use by pid {holder.pid} ")
     assert (first / LOCK_FILE).read_text() == ""  # the first one's lock was released again
+
+
+def test_a_failing_report_of_a_directory_without_a_lock_file_creates_none(tmp_path: Path, capsys) -> None:
+    """A directory no run ever locked (a hand-made or older one): nothing to share, nothing written."""
+    run_dir = tmp_path / "tiny_lock"
+    run_dir.mkdir()
+    (run_dir / "experiment.yaml").write_text(tiny(tmp_path).read_text())
+    assert main(["report", str(run_dir), "--no-latency"]) == 2
+    assert "no runs.sqlite" in capsys.readouterr().err
+    assert [p.name for p in run_dir.iterdir()] == ["experiment.yaml"]
