@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -187,6 +188,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, got {text}")
+    return value
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -259,9 +270,11 @@ def make_parser() -> argparse.ArgumentParser:
     )
     _training_options(sw)
     sw.add_argument(
-        "--n-trials", type=_positive_int, help="finished trials to reach in the study (default: sweep.trials)"
+        "--n-trials",
+        type=_positive_int,
+        help="distinct configurations to decide in the study (default: sweep.trials)",
     )
-    sw.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    sw.add_argument("--timeout", type=_seconds, help="stop starting new trials after this many seconds")
     sw.add_argument(
         "--storage",
         help="SQLAlchemy URL of the study (default: sqlite:///RUN_DIR/sweep.sqlite); "

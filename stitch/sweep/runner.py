@@ -4,7 +4,6 @@ outputs and its runs table."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -20,8 +19,8 @@ from stitch.errors import StitchError, one_line_message
 from stitch.progress import Progress
 from stitch.registry import PRUNERS, SAMPLERS
 from stitch.report import write_runs_table
-from stitch.run_lock import run_dir_lock
-from stitch.runs import experiment_data, open_run_dir, preflight, run_logger
+from stitch.run_lock import open_locked_run_dir
+from stitch.runs import experiment_data, preflight, run_logger
 from stitch.sweep.check import check_sweep
 from stitch.sweep.distinct import distinct_finished, next_unevaluated
 from stitch.sweep.objectives import Objective, objectives_of, prunable
@@ -81,14 +80,10 @@ def run_sweep(
     dev = pick_device(device)
     exp, data = experiment_data(exp)
     preflight(data, exp.cfg.train.batch_size)
-    with contextlib.ExitStack() as held:
-        existing = Path(out) / exp.cfg.name
-        if existing.is_dir():  # before open_run_dir rewrites its experiment.yaml
-            held.enter_context(run_dir_lock(existing, "stitch sweep", wait))
-        run_dir = open_run_dir(exp, out)
-        held.enter_context(run_dir_lock(run_dir, "stitch sweep", wait))  # a re-entry if taken above
+    shared = open_storage(storage) if storage is not None else None  # a bad URL: before anything is written
+    with open_locked_run_dir(exp, out, "stitch sweep", wait) as run_dir:
         url = storage or f"sqlite:///{(run_dir / 'sweep.sqlite').resolve()}"
-        study, rdb = _open_study(exp, objectives, url, study_name, shared=storage is not None)
+        study, rdb = _open_study(exp, objectives, url, study_name, shared)
         progress = Progress(quiet=quiet, log=run_logger(run_dir))
         if target < (n_trials or sweep.trials):
             progress.message(
@@ -113,19 +108,24 @@ def run_sweep(
 
 
 def _open_study(
-    exp: Experiment, objectives: list[Objective], url: str, study_name: str | None, shared: bool
+    exp: Experiment,
+    objectives: list[Objective],
+    url: str,
+    study_name: str | None,
+    shared: optuna.storages.BaseStorage | None,
 ) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
-    """The study (created, or loaded to continue it) and its storage. A resumed study continues
-    the search: its sampler's seed depends on how many trials it holds (and on a shared storage
-    on the worker's process id)."""
+    """The study (created, or loaded to continue it) and its storage (``shared``: the ``--storage``
+    already opened, else the run directory's ``url``). A resumed study continues the search: its
+    sampler's seed depends on how many trials it holds (and on a shared storage on the worker's
+    process id)."""
     sweep = sweep_of(exp)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     pruner = PRUNERS.lookup(sweep.pruner if prunable(objectives) else "none")(
         sweep.epochs or exp.cfg.train.epochs
     )
-    storage = open_storage(url)
+    storage = shared if shared is not None else open_storage(url)
     name = study_name or exp.cfg.name
-    seed = sampler_seed(sweep.seed, trials_in(storage, name), os.getpid() if shared else None)
+    seed = sampler_seed(sweep.seed, trials_in(storage, name), os.getpid() if shared is not None else None)
     study = optuna.create_study(
         storage=storage,
         study_name=name,
