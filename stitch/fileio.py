@@ -4,7 +4,8 @@
 The data goes to a uniquely named temporary file in the destination folder (several processes,
 such as sweep workers, may share a run directory), with the permissions the destination has (or
 a new file would get), and is then renamed over the destination with :func:`os.replace`, which
-is atomic on POSIX and Windows; :func:`atomic_write` also flushes it to disk first. On any
+is atomic on POSIX and Windows; the file and then its folder are flushed to disk (``fsync``), so
+not even a power cut leaves an empty file under the real name. On any
 failure the temporary file is removed, and a write that failed for lack of space becomes a
 one-line :class:`~stitch.errors.DiskFullError`. Written by hand because the standard library
 has no atomic writer and the packages that do (``atomicwrites``) are unmaintained.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +33,37 @@ def _file_mode(path: Path) -> int:
         umask = os.umask(0)
         os.umask(umask)
         return 0o666 & ~umask
+
+
+def _sync(path: Path) -> None:
+    """``fsync`` a file or a folder (a folder cannot be synced on some systems: skipped there)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not path.is_dir():
+            raise
+    finally:
+        os.close(fd)
+
+
+#: the name of :func:`atomic_path`'s temporary files: ``.<name>.<8 random characters>.tmp<suffix>``
+TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\.[^.]*)?")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files a killed writer left under ``folder`` (its whole tree); returns
+    them. Only for a folder no other process writes in (a run directory under its lock)."""
+    removed = []
+    for path in sorted(Path(folder).rglob(".*.tmp*")):
+        match = TEMPORARY_NAME.fullmatch(path.name)
+        if match and path.is_file() and match["name"].endswith(match["suffix"] or ""):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -51,7 +84,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         os.chmod(tmp, _file_mode(final))  # mkstemp makes it private (0600); give it what open() would
         yield tmp
+        _sync(tmp)  # on disk before the rename: a power cut never leaves an empty file under the name
         os.replace(tmp, final)
+        _sync(final.parent)  # and the rename itself
     except BaseException as exc:
         full = disk_full_error(exc, final)  # measured while the partial file still takes its space
         tmp.unlink(missing_ok=True)

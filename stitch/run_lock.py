@@ -37,6 +37,7 @@ from typing import Any
 
 from stitch.config import Experiment
 from stitch.errors import StitchError
+from stitch.fileio import remove_stale_temporaries
 from stitch.runs import open_run_dir
 
 LOCK_FILE = ".lock"
@@ -195,11 +196,13 @@ def run_dir_lock(run_dir: Path, command: str, wait: bool = False) -> Iterator[No
 def open_locked_run_dir(exp: Experiment, out: str | Path, command: str, wait: bool = False) -> Iterator[Path]:
     """:func:`~stitch.runs.open_run_dir` under the run directory's lock, held for the block. When
     the directory exists already its lock is taken before ``open_run_dir`` copies the experiment
-    file in, so a refused second command changes nothing in it."""
+    file in, so a refused second command changes nothing in it. Once it holds the lock, the
+    temporary files a killed writer left in the directory are deleted."""
     with contextlib.ExitStack() as stack:
         existing = Path(out) / exp.cfg.name  # where open_run_dir puts it
         if existing.is_dir():
             stack.enter_context(run_dir_lock(existing, command, wait))
         run_dir = open_run_dir(exp, out)
         stack.enter_context(run_dir_lock(run_dir, command, wait))  # a re-entry if taken above
+        remove_stale_temporaries(run_dir)  # left by a killed writer; no other process writes here now
         yield run_dir

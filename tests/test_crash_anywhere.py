@@ -228,7 +228,8 @@ def test_sigkill_anywhere_ends_as_an_uninterrupted_run(
     record_testsuite_property("crash_anywhere_seed", seed)  # in the JUnit XML (--junitxml)
     record_testsuite_property("crash_anywhere_kill_points", "\n".join(lines))
     left = sorted(str(p.relative_to(killed)) for p in killed.rglob("*") if TMP_FILE.match(p.name))
-    say(f"{len(kills)} kills in {attempt} attempts; temporary files left by the kills: {len(left)}")
+    say(f"{len(kills)} kills in {attempt} attempts; temporary files left at the end: {len(left)}")
+    assert left == [], "the run after a kill removes the temporary files the killed writer left"
 
     # the database: every run once, done, with the uninterrupted run's metrics and histories
     rows = stored_rows(killed)

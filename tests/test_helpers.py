@@ -148,3 +148,21 @@ def test_exception_text_quotes_a_library_error_on_one_line():
     assert exception_text(exc, join_lines=True) == "first line second line"
     assert exception_text(ValueError("x" * 300), join_lines=True, limit=200) == "x" * 197 + "..."
     assert exception_text(KeyError()) == "KeyError" == exception_text(KeyError(), join_lines=True)
+
+
+def test_stale_temporaries_of_killed_writers_are_removed_and_nothing_else(tmp_path):
+    from stitch.fileio import atomic_path, remove_stale_temporaries
+
+    keep = [tmp_path / ".lock", tmp_path / "ckpt" / "r1" / "epoch-0001.pt", tmp_path / ".hidden.tmp"]
+    for path in keep:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("keep")
+    stale = []
+    for target in (tmp_path / "ckpt" / "r1" / "epoch-0002.pt", tmp_path / "report" / "ablation.tex"):
+        with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
+            stale.append(tmp)
+            raise KeyboardInterrupt  # stands for SIGKILL: leave the file as a killed writer would
+    for tmp in stale:  # atomic_path removed them on the way out; put back what a SIGKILL leaves
+        tmp.write_bytes(b"PK half")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
