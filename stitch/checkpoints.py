@@ -220,3 +220,32 @@ def restore_interrupted(
             return cast(dict[str, Any], ck)
     log.warning(f"{path}: not resumed from: {reason}; epoch {epoch} starts over")
     return None
+
+
+def best_epoch_on_disk(path: Path, device: torch.device) -> int | None:
+    """The epoch ``best.pt`` holds, or None when it is missing or damaged (a pickle payload still
+    raises :class:`~stitch.safe_load.UnsafeFileError`)."""
+    if not path.is_file():
+        return None
+    try:
+        saved = load_plain(path, device, "delete it, or run again with --force")
+    except UnsafeFileError:
+        raise
+    except Exception:  # cut or damaged: as good as missing
+        return None
+    epoch = saved.get("epoch") if isinstance(saved, dict) else None
+    return epoch if isinstance(epoch, int) else None
+
+
+def repair_best(
+    path: Path, best_epoch: int | None, epoch: int, model: nn.Module, metrics: Any, device: torch.device
+) -> None:
+    """After a resume at ``epoch``: make ``best.pt`` hold ``best_epoch`` when the restored model is
+    that epoch's (a kill between an epoch's checkpoint and its ``best.pt``, or ``best.pt`` of a
+    later epoch that is trained again); a ``best.pt`` ahead of the restored epoch is removed
+    otherwise, so it is never reported under an epoch that validation did not choose."""
+    on_disk = best_epoch_on_disk(path, device)
+    if best_epoch is not None and best_epoch == epoch and on_disk != best_epoch:
+        save_atomic({"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, path)
+    elif on_disk is not None and on_disk > epoch:
+        path.unlink(missing_ok=True)

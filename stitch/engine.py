@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from stitch.checkpoints import (
     INTERRUPTED,
     TrainingObjects,
+    repair_best,
     restore_interrupted,
     restore_latest,
     save_atomic,
@@ -280,6 +281,7 @@ def train(
     ck = restore_latest(ckpt_dir, device, objects)
     if ck is not None:
         state = LoopState(**ck["state"])
+        repair_best(ckpt_dir / "best.pt", state.best_epoch, state.epoch, model, state.best_metrics, device)
     made_with = {"batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum}
     mid = None
     if state.epoch < cfg.epochs and (stop_after is None or state.epoch < stop_after):
@@ -364,12 +366,9 @@ def train(
                 record.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
                 state.last_metrics = metrics
                 value = metrics[primary]
-                if not math.isnan(value) and value > state.best_value:
+                improved = not math.isnan(value) and value > state.best_value
+                if improved:
                     state.best_value, state.best_epoch, state.best_metrics = value, epoch, metrics
-                    save_atomic(
-                        {"model": model.state_dict(), "epoch": epoch, "metrics": metrics},
-                        ckpt_dir / "best.pt",
-                    )
                 for cb in callbacks:
                     cb.on_eval(epoch, model)
             state.epoch = epoch
@@ -382,6 +381,11 @@ def train(
             save_checkpoint(
                 {**objects.state_dicts(), "state": state.__dict__}, ckpt_dir / f"epoch-{epoch:04d}.pt"
             )
+            if state.best_epoch == epoch:  # after the epoch's checkpoint: best.pt is never ahead of it
+                save_atomic(
+                    {"model": model.state_dict(), "epoch": epoch, "metrics": state.best_metrics},
+                    ckpt_dir / "best.pt",
+                )
             for old in [*sorted(ckpt_dir.glob("epoch-*.pt"))[: -cfg.keep_last], ckpt_dir / INTERRUPTED]:
                 old.unlink(missing_ok=True)  # and a mid-epoch checkpoint, now older than this one
             for cb in callbacks:

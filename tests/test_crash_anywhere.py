@@ -260,12 +260,6 @@ def test_sigkill_anywhere_ends_as_an_uninterrupted_run(
         assert sum(k.cut and k.trigger.where == where for k in kills) >= MIN_WRITE_KILLS, where
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stitch/engine.py writes best.pt before epoch-N.pt and never repairs it on resume: a kill "
-    "between the two leaves best.pt of an epoch that is trained again; when the new epoch N is not "
-    "better (training that is not bit-deterministic), the test evaluation fails on every re-run",
-)
 def test_best_pt_of_an_epoch_killed_before_its_checkpoint_is_not_kept(tmp_path: Path) -> None:
     """The state a SIGKILL leaves between writing ``best.pt`` (epoch 2) and ``epoch-0002.pt``,
     when epoch 2 trained again is no better than epoch 1 (here: no learning at all, and a
@@ -302,3 +296,25 @@ def test_best_pt_of_an_epoch_killed_before_its_checkpoint_is_not_kept(tmp_path: 
     mine = tensors(best_file)
     want = tensors(tmp_path / "straight" / "crash" / "ckpt" / row.run_id / "best.pt")
     assert mine.keys() == want.keys() and all(torch.equal(mine[k], want[k]) for k in want)
+
+
+def test_best_pt_is_repaired_on_resume_or_removed_when_ahead(tmp_path: Path) -> None:
+    """``repair_best`` after a resume at epoch 2: a ``best.pt`` of an older epoch while validation
+    chose epoch 2 (killed between the epoch checkpoint and ``best.pt``) is rewritten from the
+    restored model; one ahead of the restored epoch while validation chose an older one is removed."""
+    from torch import nn
+
+    from stitch.checkpoints import repair_best, save_atomic
+
+    model, cpu = nn.Linear(2, 2), torch.device("cpu")
+    best = tmp_path / "best.pt"
+    save_atomic({"model": {k: v * 0 for k, v in model.state_dict().items()}, "epoch": 1, "metrics": {}}, best)
+    repair_best(best, 2, 2, model, {"miou": 0.5}, cpu)
+    saved = torch.load(best, weights_only=True)
+    assert saved["epoch"] == 2 and saved["metrics"] == {"miou": 0.5}
+    assert all(torch.equal(saved["model"][k], v) for k, v in model.state_dict().items())
+    save_atomic({"model": model.state_dict(), "epoch": 3, "metrics": {}}, best)
+    repair_best(best, 1, 2, model, {}, cpu)
+    assert not best.exists()
+    repair_best(best, 2, 2, model, {}, cpu)  # missing while validation chose the restored epoch
+    assert torch.load(best, weights_only=True)["epoch"] == 2
