@@ -249,3 +249,14 @@ def repair_best(
         save_atomic({"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, path)
     elif on_disk is not None and on_disk > epoch:
         path.unlink(missing_ok=True)
+
+
+def prune_checkpoints(ckpt_dir: Path, epoch: int, keep_last: int) -> None:
+    """Delete the epoch checkpoints older than the ``keep_last`` up to ``epoch`` (the one just
+    written or restored). Counted from ``epoch``, not from the newest file: after a fallback the
+    newer (unfit) ones are left to be overwritten, and the good ones kept. Also run after a
+    resume, so a kill between writing a checkpoint and pruning leaves nothing behind."""
+    for path in ckpt_dir.glob("epoch-*.pt"):
+        number = path.stem.removeprefix("epoch-")
+        if number.isdigit() and int(number) <= epoch - keep_last:
+            path.unlink(missing_ok=True)

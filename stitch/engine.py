@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from stitch.checkpoints import (
     INTERRUPTED,
     TrainingObjects,
+    prune_checkpoints,
     repair_best,
     restore_interrupted,
     restore_latest,
@@ -282,6 +283,7 @@ def train(
     if ck is not None:
         state = LoopState(**ck["state"])
         repair_best(ckpt_dir / "best.pt", state.best_epoch, state.epoch, model, state.best_metrics, device)
+        prune_checkpoints(ckpt_dir, state.epoch, cfg.keep_last)  # a kill before the pruning of its epoch
     made_with = {"batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum}
     mid = None
     if state.epoch < cfg.epochs and (stop_after is None or state.epoch < stop_after):
@@ -386,8 +388,10 @@ def train(
                     {"model": model.state_dict(), "epoch": epoch, "metrics": state.best_metrics},
                     ckpt_dir / "best.pt",
                 )
-            for old in [*sorted(ckpt_dir.glob("epoch-*.pt"))[: -cfg.keep_last], ckpt_dir / INTERRUPTED]:
-                old.unlink(missing_ok=True)  # and a mid-epoch checkpoint, now older than this one
+            prune_checkpoints(ckpt_dir, epoch, cfg.keep_last)
+            (ckpt_dir / INTERRUPTED).unlink(
+                missing_ok=True
+            )  # a mid-epoch checkpoint, now older than this one
             for cb in callbacks:
                 cb.on_epoch(state, record)
         if stop.requested:  # Ctrl-C after the last step (evaluation, checkpoint): all is saved

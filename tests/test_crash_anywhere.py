@@ -318,3 +318,17 @@ def test_best_pt_is_repaired_on_resume_or_removed_when_ahead(tmp_path: Path) -> 
     assert not best.exists()
     repair_best(best, 2, 2, model, {}, cpu)  # missing while validation chose the restored epoch
     assert torch.load(best, weights_only=True)["epoch"] == 2
+
+
+def test_checkpoints_are_pruned_from_the_restored_epoch(tmp_path: Path) -> None:
+    """A kill after ``epoch-0003.pt`` but before the pruning leaves ``epoch-0001.pt``: the resume
+    prunes it (keep_last 2). Counted from the restored epoch, so after a fallback from an unfit
+    ``epoch-0003.pt`` to ``epoch-0002.pt`` the good ``epoch-0001.pt`` is kept."""
+    from stitch.checkpoints import prune_checkpoints
+
+    for n in (1, 2, 3):
+        (tmp_path / f"epoch-{n:04d}.pt").write_bytes(b"x")
+    prune_checkpoints(tmp_path, 2, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001.pt", "epoch-0002.pt", "epoch-0003.pt"]
+    prune_checkpoints(tmp_path, 3, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0002.pt", "epoch-0003.pt"]
