@@ -28,6 +28,7 @@ from stitch.config import Experiment
 from stitch.engine import Callback, Diverged, LoopState, StopTraining, train, train_batches
 from stitch.errors import StitchError, disk_full_error, one_line_message
 from stitch.held_out import evaluate_test
+from stitch.interrupt import interrupted_message
 from stitch.model_notes import model_notes
 from stitch.oom_retry import (
     MAX_HALVINGS,
@@ -306,8 +307,8 @@ class RunSession:
         except OutOfMemory as exc:
             store.update(plan.run_id, status="failed", error=str(exc))
             progress.message(f"{name}: failed: {exc}")
-        except KeyboardInterrupt:
-            progress.message(f"{name}: interrupted; run the same command again to resume")
+        except KeyboardInterrupt as exc:  # where Ctrl-C stopped it, and the command that resumes
+            progress.message(f"{name}: {interrupted_message(exc)}")
             raise
         except (
             StitchError

@@ -5,6 +5,7 @@ that was never interrupted (history, metrics, weights), with gradient accumulati
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -225,7 +226,11 @@ def test_ctrl_c_on_stitch_run_resumes_to_the_same_result(tmp_path: Path) -> None
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, "the run finished before it could be interrupted"
     (ckpt,) = ckpt_root.glob(f"*/{INTERRUPTED}")
-    assert "interrupted" in out
+    resume = shlex.join(["stitch", "run", str(path), "--quiet", "--out", str(tmp_path / "stopped")])
+    assert (
+        "Baseline seed 0: interrupted at epoch " in out
+        and f"; checkpoint saved; resume with: {resume}\n" in out
+    )
     for out_dir in ("stopped", "straight"):
         subprocess.run(
             cmd + ["--out", str(tmp_path / out_dir)], cwd=ROOT, env=env, check=True, capture_output=True
