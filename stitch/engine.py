@@ -389,9 +389,8 @@ def train(
                     ckpt_dir / "best.pt",
                 )
             prune_checkpoints(ckpt_dir, epoch, cfg.keep_last)
-            (ckpt_dir / INTERRUPTED).unlink(
-                missing_ok=True
-            )  # a mid-epoch checkpoint, now older than this one
+            # a mid-epoch checkpoint is now older than this one
+            (ckpt_dir / INTERRUPTED).unlink(missing_ok=True)
             for cb in callbacks:
                 cb.on_epoch(state, record)
         if stop.requested:  # Ctrl-C after the last step (evaluation, checkpoint): all is saved
