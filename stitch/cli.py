@@ -331,8 +331,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {one_line_message(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        from stitch.interrupt import interrupted_message
+
+        resumable = args.func in (cmd_run, cmd_sweep)
+        given = sys.argv[1:] if argv is None else list(argv)
+        print(interrupted_message(exc, given) if resumable else "interrupted", file=sys.stderr)
         return 130
 
 

@@ -12,6 +12,7 @@ adds its pruning callback).
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import traceback
 from collections.abc import Sequence
@@ -139,6 +140,18 @@ class OutOfMemory(Exception):
     cannot be halved); the message says so and gives the advice."""
 
 
+class ProgressLogHandler(logging.Handler):
+    """Log records (the engine's warnings about checkpoints it did not resume from) shown on the
+    progress display and written to ``log.txt`` like every other message of a run."""
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__(logging.INFO)
+        self.progress = progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.progress.message(record.getMessage())
+
+
 def close_writer(writer: SummaryWriter, tb_dir: Path) -> None:
     """Close a run's TensorBoard writer; its last events failing on a full disk are the one-line
     :class:`~stitch.errors.DiskFullError`, not a traceback."""
@@ -264,6 +277,9 @@ class RunSession:
             progress.message(
                 f"{name}: micro-batch {batch_size} x {grad_accum} accumulation (out-of-memory retry)"
             )
+        engine_log = logging.getLogger("stitch.engine")  # checkpoints skipped on resume, and why
+        to_progress = ProgressLogHandler(progress)
+        engine_log.addHandler(to_progress)
         try:
             while True:
                 error = None
@@ -330,6 +346,7 @@ class RunSession:
             if state.epoch >= epochs:
                 store.update(plan.run_id, status="done")
         finally:
+            engine_log.removeHandler(to_progress)
             close_writer(writer, tb_dir)
         row = store.get(plan.run_id)
         assert row is not None  # started above or found before

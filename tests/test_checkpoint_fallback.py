@@ -133,3 +133,22 @@ def test_a_checkpoint_from_before_checksums_is_resumed_from(straight, tmp_path: 
         state = setup.train(model, ckpt)
     assert not [r for r in caplog.records if r.name == "stitch.engine"]
     same_run(uninterrupted, (state, model))
+
+
+def test_stitch_run_writes_the_fallback_to_its_log(tmp_path: Path) -> None:
+    """Through ``stitch run``: a checkpoint skipped on resume is said on the console and in
+    log.txt (not only on stderr), and the run still ends ``done``."""
+    from yaml_snippets import tiny_shapes_unet
+
+    from stitch.config import load_experiment
+    from stitch.run import run_experiment
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(tiny_shapes_unet("fallback", tmp_path / "data", 3) + "seeds: [0]\n")
+    exp = load_experiment(path)
+    (row,) = run_experiment(exp, out=tmp_path / "runs", quiet=True, stop_after=2)
+    damaged = tmp_path / "runs" / "fallback" / "ckpt" / row.run_id / "epoch-0002.pt"
+    nan_weight(None, damaged, tmp_path)  # type: ignore[arg-type]
+    (row,) = run_experiment(exp, out=tmp_path / "runs", quiet=True)
+    log = (tmp_path / "runs" / "fallback" / "log.txt").read_text()
+    assert row.status == "done" and f"{damaged}: not resumed from: " in log

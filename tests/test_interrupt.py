@@ -216,14 +216,19 @@ def test_ctrl_c_on_stitch_run_resumes_to_the_same_result(tmp_path: Path) -> None
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "stitch", "run", str(path), "--quiet"]
     proc = subprocess.Popen(
-        cmd + ["--out", str(tmp_path / "stopped")], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+        cmd + ["--out", str(tmp_path / "stopped")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     ckpt_root = tmp_path / "stopped" / "tiny_run" / "ckpt"
     deadline = time.time() + 120
     while time.time() < deadline and not list(ckpt_root.glob("*/epoch-0002.pt")):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, "the run finished before it could be interrupted"
     (ckpt,) = ckpt_root.glob(f"*/{INTERRUPTED}")
     resume = shlex.join(["stitch", "run", str(path), "--quiet", "--out", str(tmp_path / "stopped")])
@@ -231,6 +236,8 @@ def test_ctrl_c_on_stitch_run_resumes_to_the_same_result(tmp_path: Path) -> None
         "Baseline seed 0: interrupted at epoch " in out
         and f"; checkpoint saved; resume with: {resume}\n" in out
     )
+    last = err.strip().splitlines()[-1]  # the CLI's own last line says the same
+    assert last.startswith("interrupted at epoch ") and last.endswith(f"; resume with: {resume}")
     for out_dir in ("stopped", "straight"):
         subprocess.run(
             cmd + ["--out", str(tmp_path / out_dir)], cwd=ROOT, env=env, check=True, capture_output=True
