@@ -258,10 +258,14 @@ def cached_costs(
     if cache.is_file():
         try:
             loaded = json.loads(cache.read_text())
-            if loaded.get("version") == COSTS_VERSION:
+            if (
+                isinstance(loaded, dict)
+                and loaded.get("version") == COSTS_VERSION
+                and isinstance(loaded.get("entries"), dict)
+            ):
                 store = loaded
         except (OSError, ValueError):
-            pass  # a damaged cache is recomputed
+            pass  # a damaged cache (or one of another shape) is recomputed
     out: dict[str, Costs] = {}
     errors: dict[str, str] = {}
     changed = False

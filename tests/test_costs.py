@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -171,3 +172,15 @@ def test_an_old_cache_without_all_ops_flops_is_filled(tiny_unet, tmp_path: Path)
     assert not errors and all(c.params == -1 for c in again.values())
     assert {n: c.flops_all for n, c in again.items()} == {n: c.flops_all for n, c in first.items()}
     assert all("flops_all" in e for e in json.loads(cache.read_text())["entries"].values())
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"version": 999}', '{"entries": 5}', ""])
+def test_a_damaged_costs_cache_is_recomputed(tiny_unet, tmp_path: Path, text: str) -> None:
+    """costs.json cut by a kill, replaced by hand or of another shape is recomputed, not a crash."""
+    exp = tiny_unet(INSERTIONS)
+    variants = plan_variants(exp.cfg)[:1]
+    cache = tmp_path / "costs.json"
+    cache.write_text(text)
+    costs, errors = cached_costs(exp, variants, cache, latency=False)
+    assert not errors and set(costs) == {variants[0].name}
+    assert set(json.loads(cache.read_text())["entries"])
