@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 STITCH := $(PYTHON) -m stitch
 
-.PHONY: setup setup-test setup-tex setup-postgres setup-lint demo test test-fast lint report-example
+.PHONY: setup setup-test setup-tex setup-postgres setup-lint demo test test-fast lint report-example bench
 
 # torch/torchvision first and pinned exactly, so no resolver ever pulls another torch.
 # stardist and nilearn are installed only as data sources (the DSB2018 nuclei sample and the
@@ -58,3 +58,9 @@ test-fast: setup-test
 report-example: setup
 	$(STITCH) run experiments/unet_ablation.yaml --quiet
 	$(STITCH) report runs/unet_ablation --out reports/unet_ablation --standalone
+
+# The benchmarks of bench/ on the CPU (minutes; not part of `make test`): harness overhead against a
+# hand-written loop, and the data-wait share. Figures and commands: bench/RESULTS.md.
+bench: setup
+	$(PYTHON) bench/harness_overhead.py
+	$(PYTHON) bench/data_wait.py
