@@ -1,8 +1,8 @@
 """Data wait: the share of training-step time spent blocked on the data loader.
 
-The loader is built with the engine's settings (:func:`stitch.engine.train` : batch size and
-``drop_last`` from :func:`stitch.engine.train_batches`, shuffle, ``pin_memory`` on CUDA, the data's
-collate function, a fresh iterator, so fresh workers, every epoch) over the experiment's training
+The loader is the engine's own (:func:`stitch.engine.make_loaders`: batch size, ``drop_last``,
+shuffle, seeded workers, ``pin_memory`` on CUDA, the data's collate function; a fresh iterator,
+so fresh workers, every epoch) over the experiment's training
 ``Dataset``; each step is the engine's step (batch to the device, ``task.loss`` with its
 per-part floats, the finite-loss check, backward, optimiser and schedule steps, ``float(loss)``),
 with the same per-epoch seeding. For each ``num_workers`` in ``--workers`` it trains a fresh model
@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_setup import Bench, common_args, environment, load_bench, now
 
 from stitch.config import TrainCfg
 from stitch.devices import pick_device, to_device
-from stitch.engine import epoch_seed, lr_factor, make_optimizer, seed_everything, train_batches
+from stitch.engine import epoch_seed, lr_factor, make_loaders, make_optimizer, seed_everything
 
 
 def measure(
@@ -42,18 +41,8 @@ def measure(
     device = args.dev
     built, params = bench.model(variant, args.seed)
     model = built.model.to(device)
-    bs, drop_last, _ = train_batches(len(bench.data.train), cfg.batch_size)
-    gen = torch.Generator()
-    loader = DataLoader(
-        bench.data.train,
-        batch_size=bs,
-        shuffle=True,
-        drop_last=drop_last,
-        num_workers=workers,
-        generator=gen,
-        pin_memory=device.type == "cuda",
-        collate_fn=getattr(bench.data, "collate_fn", None),
-    )
+    collate = getattr(bench.data, "collate_fn", None)
+    loader, _, gen = make_loaders(bench.data.train, bench.data.val, cfg.batch_size, workers, device, collate)
     steps = len(loader)
     optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))

@@ -1,8 +1,8 @@
 """Harness overhead: stitch's training loop against a minimal hand-written PyTorch loop.
 
 Both sides train the same freshly built model (``stitch_variant``, same seed, so the same
-weights), from the same ``Dataset`` objects with the engine's ``DataLoader`` settings (batch size
-and ``drop_last`` from :func:`stitch.engine.train_batches`, shuffle, ``num_workers``,
+weights), from the same ``Dataset`` objects through the engine's own loaders
+(:func:`stitch.engine.make_loaders`: batch size, ``drop_last``, shuffle, seeded workers,
 ``pin_memory`` on CUDA, the data's collate function), the same optimiser and parameter groups
 (:func:`stitch.engine.make_optimizer` over :func:`stitch.param_groups.optimizer_params`), the same
 learning-rate schedule (a ``LambdaLR`` over :func:`stitch.engine.lr_factor`) and the same
@@ -48,7 +48,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_setup import Bench, common_args, environment, load_bench, now
@@ -61,6 +60,7 @@ from stitch.engine import (
     batch_images,
     epoch_seed,
     lr_factor,
+    make_loaders,
     make_optimizer,
     seed_everything,
     train,
@@ -111,21 +111,9 @@ def hand_loop(
     device, data, task = args.dev, bench.data, bench.task
     t0 = start = now(device)
     model.to(device)
-    bs, drop_last, _ = train_batches(len(data.train), cfg.batch_size)
-    gen = torch.Generator()
     collate = getattr(data, "collate_fn", None)
-    loader = DataLoader(
-        data.train,
-        batch_size=bs,
-        shuffle=True,
-        drop_last=drop_last,
-        num_workers=args.num_workers,
-        generator=gen,
-        pin_memory=device.type == "cuda",
-        collate_fn=collate,
-    )
-    val_loader = DataLoader(
-        data.val, batch_size=bs, shuffle=False, num_workers=args.num_workers, collate_fn=collate
+    loader, val_loader, gen = make_loaders(
+        data.train, data.val, cfg.batch_size, args.num_workers, device, collate
     )
     steps = len(loader)
     optimizer = make_optimizer(params, cfg)

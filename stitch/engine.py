@@ -129,6 +129,37 @@ def _seed_worker(_worker_id: int) -> None:
     np.random.seed(s)
 
 
+def make_loaders(
+    train_set: Dataset[Any],
+    val_set: Dataset[Any],
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> tuple[DataLoader[Any], DataLoader[Any], torch.Generator]:
+    """The training and validation loaders of a run, and the generator of the training sampler
+    (re-seeded every epoch from :func:`epoch_seed`): the batch size and ``drop_last`` of
+    :func:`train_batches`, seeded workers that leave Ctrl-C to the main process. The benchmarks
+    in ``bench/`` build their loaders here too, so they time exactly what a run uses."""
+    bs, drop_last, _ = train_batches(len(cast(Sized, train_set)), batch_size)
+    generator = torch.Generator()
+    loader = DataLoader(
+        train_set,
+        batch_size=bs,
+        shuffle=True,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        generator=generator,
+        worker_init_fn=_seed_worker,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate_fn,
+    )
+    val_loader = DataLoader(
+        val_set, batch_size=bs, shuffle=False, num_workers=num_workers, collate_fn=collate_fn
+    )
+    return loader, val_loader, generator
+
+
 # ----------------------------------------------------------------------------- optimiser, schedule
 def make_optimizer(params: Any, cfg: TrainCfg) -> torch.optim.Optimizer:
     """The optimiser ``cfg.optimizer.name`` names (:data:`stitch.registry.OPTIMIZERS`)."""
@@ -252,21 +283,8 @@ def train(
     """
     set_deterministic(cfg.deterministic)
     model.to(device)
-    batch_size, drop_last, _ = train_batches(len(cast(Sized, train_set)), cfg.batch_size)
-    sampler_gen = torch.Generator()
-    loader = DataLoader(
-        train_set,
-        batch_size=batch_size,
-        shuffle=True,
-        drop_last=drop_last,
-        num_workers=num_workers,
-        generator=sampler_gen,
-        worker_init_fn=_seed_worker,
-        pin_memory=device.type == "cuda",
-        collate_fn=collate_fn,
-    )
-    val_loader = DataLoader(
-        val_set, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_fn
+    loader, val_loader, sampler_gen = make_loaders(
+        train_set, val_set, cfg.batch_size, num_workers, device, collate_fn
     )
     micro_per_epoch = len(loader)
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
