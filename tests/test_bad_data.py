@@ -5,7 +5,6 @@ file checks the pieces and what the corpus cannot (a file first read while train
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sqlite3
 import warnings
@@ -16,25 +15,16 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydantic import TypeAdapter
+from test_bad_inputs import generators  # the corpus' data generators
 
 from stitch.cli import main
 from stitch.config import DataCfg
 from stitch.data import DataError, build_data
 from stitch.data.common import image_channels, max_image_pixels, read_image, read_mask
 
-CORPUS = Path(__file__).resolve().parent / "bad_inputs"
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
 )
-
-
-def generators() -> Any:
-    """``tests/bad_inputs/generators.py`` (the corpus' data generators), loaded from its file."""
-    spec = importlib.util.spec_from_file_location("bad_input_generators", CORPUS / "generators.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:
