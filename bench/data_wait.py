@@ -1,6 +1,6 @@
 """Data wait: the share of training-step time spent blocked on the data loader.
 
-The loader is the engine's own (:func:`stitch.engine.make_loaders`: batch size, ``drop_last``,
+The loader is the engine's own (:func:`stitch.loaders.make_loaders`: batch size, ``drop_last``,
 shuffle, seeded workers, ``pin_memory`` on CUDA, the data's collate function; a fresh iterator,
 so fresh workers, every epoch) over the experiment's training
 ``Dataset``; each step is the engine's step (batch to the device, ``task.loss`` with its
@@ -31,7 +31,9 @@ from bench_setup import Bench, common_args, environment, load_bench, now
 
 from stitch.config import TrainCfg
 from stitch.devices import pick_device, to_device
-from stitch.engine import epoch_seed, lr_factor, make_loaders, make_optimizer, seed_everything
+from stitch.engine import lr_factor, make_optimizer
+from stitch.loaders import make_loaders
+from stitch.seeding import epoch_seed, seed_everything
 
 
 def measure(

@@ -2,7 +2,7 @@
 
 Both sides train the same freshly built model (``stitch_variant``, same seed, so the same
 weights), from the same ``Dataset`` objects through the engine's own loaders
-(:func:`stitch.engine.make_loaders`: batch size, ``drop_last``, shuffle, seeded workers,
+(:func:`stitch.loaders.make_loaders`: batch size, ``drop_last``, shuffle, seeded workers,
 ``pin_memory`` on CUDA, the data's collate function), the same optimiser and parameter groups
 (:func:`stitch.engine.make_optimizer` over :func:`stitch.param_groups.optimizer_params`), the same
 learning-rate schedule (a ``LambdaLR`` over :func:`stitch.engine.lr_factor`) and the same
@@ -54,19 +54,10 @@ from bench_setup import Bench, common_args, environment, load_bench, now
 
 from stitch.config import TrainCfg
 from stitch.devices import pick_device, to_device
-from stitch.engine import (
-    Callback,
-    LoopState,
-    batch_images,
-    epoch_seed,
-    lr_factor,
-    make_loaders,
-    make_optimizer,
-    seed_everything,
-    train,
-    train_batches,
-)
+from stitch.engine import Callback, LoopState, batch_images, lr_factor, make_optimizer, train
+from stitch.loaders import make_loaders, train_batches
 from stitch.progress import Progress
+from stitch.seeding import epoch_seed, seed_everything
 from stitch.session import RunSession
 from stitch.store import ResultStore
 from stitch.tasks.segmentation import segmentation_logits, soft_dice_loss

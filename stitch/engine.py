@@ -13,19 +13,15 @@ not fit the model are skipped for older ones (:mod:`stitch.checkpoints`).
 from __future__ import annotations
 
 import math
-import os
-import random
-import signal
 import time
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from stitch.checkpoints import (
     INTERRUPTED,
@@ -40,8 +36,10 @@ from stitch.checkpoints import (
 from stitch.config import TrainCfg
 from stitch.devices import to_device
 from stitch.interrupt import TrainingInterrupted, stop_on_sigint
+from stitch.loaders import make_loaders
 from stitch.memory import larger, peak_memory_mb, reset_peak_memory
 from stitch.registry import OPTIMIZERS
+from stitch.seeding import epoch_seed, rng_state, seed_everything, set_deterministic, set_rng_state
 from stitch.tasks.base import Task
 
 
@@ -58,54 +56,6 @@ class StopTraining(Exception):
         self.reason, self.status = reason, status
 
 
-# ----------------------------------------------------------------------------- seeds
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def set_deterministic(on: bool) -> None:
-    """Deterministic algorithms (and cuDNN settings) so a run repeats bit for bit."""
-    if on:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # warn_only: a few CUDA kernels (e.g. nll_loss2d forward) have no deterministic version; they
-    # warn instead of failing the run. On CPU every op used here is deterministic.
-    torch.use_deterministic_algorithms(on, warn_only=True)
-    torch.backends.cudnn.deterministic = on
-    torch.backends.cudnn.benchmark = not on
-
-
-def rng_state() -> dict[str, Any]:
-    """The states of Python's, NumPy's and torch's generators (and CUDA's, when initialised) as
-    plain data (tensors, numbers, lists), for a checkpoint."""
-    version, internal, gauss = random.getstate()
-    numpy_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
-    kind, keys, pos, has_gauss, cached = numpy_state
-    return {
-        "python": [version, list(internal), gauss],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-    }
-
-
-def set_rng_state(rng: dict[str, Any]) -> None:
-    """Put back what :func:`rng_state` returned."""
-    version, internal, gauss = rng["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = rng["numpy"]
-    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(rng["torch"].cpu())
-    if rng["cuda"]:
-        torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]])
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch of one run (distinct across seeds and epochs)."""
-    return (seed * 100_003 + epoch * 7919 + 17) % 2**31
-
-
 def batch_images(batch: dict[str, Any]) -> int:
     """How many images a batch holds: a stacked ``image`` tensor (segmentation) or an
     ``images`` list (detection models take lists of differently sized images)."""
@@ -118,46 +68,6 @@ def loss_key(part: str) -> str:
     """History key of one loss component: ``ce`` -> ``train_loss_ce``, ``loss_mask`` ->
     ``train_loss_mask``."""
     return "train_" + (part if part.startswith("loss") else f"loss_{part}")
-
-
-def _seed_worker(_worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group: the main process decides (stitch.interrupt); a
-    # worker that died of it would fail the step the loop is finishing
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    s = torch.initial_seed() % 2**32
-    random.seed(s)
-    np.random.seed(s)
-
-
-def make_loaders(
-    train_set: Dataset[Any],
-    val_set: Dataset[Any],
-    batch_size: int,
-    num_workers: int,
-    device: torch.device,
-    collate_fn: Callable[[list[Any]], Any] | None = None,
-) -> tuple[DataLoader[Any], DataLoader[Any], torch.Generator]:
-    """The training and validation loaders of a run, and the generator of the training sampler
-    (re-seeded every epoch from :func:`epoch_seed`): the batch size and ``drop_last`` of
-    :func:`train_batches`, seeded workers that leave Ctrl-C to the main process. The benchmarks
-    in ``bench/`` build their loaders here too, so they time exactly what a run uses."""
-    bs, drop_last, _ = train_batches(len(cast(Sized, train_set)), batch_size)
-    generator = torch.Generator()
-    loader = DataLoader(
-        train_set,
-        batch_size=bs,
-        shuffle=True,
-        drop_last=drop_last,
-        num_workers=num_workers,
-        generator=generator,
-        worker_init_fn=_seed_worker,
-        pin_memory=device.type == "cuda",
-        collate_fn=collate_fn,
-    )
-    val_loader = DataLoader(
-        val_set, batch_size=bs, shuffle=False, num_workers=num_workers, collate_fn=collate_fn
-    )
-    return loader, val_loader, generator
 
 
 # ----------------------------------------------------------------------------- optimiser, schedule
@@ -202,16 +112,6 @@ def base_lr(optimizer: torch.optim.Optimizer) -> float:
             return float(group["lr"])
     scaled = next((g for g in groups if g["lr_mult"]), groups[0])
     return float(scaled["lr"] / scaled["lr_mult"]) if scaled["lr_mult"] else float(scaled["lr"])
-
-
-def train_batches(n_images: int, batch_size: int) -> tuple[int, bool, int]:
-    """``(batch size, drop_last, batches per epoch)`` of the training loader.
-
-    The last incomplete batch is dropped only when it would hold a single image (BatchNorm
-    cannot train on one)."""
-    bs = max(1, min(batch_size, n_images))
-    drop_last = n_images % bs == 1 and n_images > 1
-    return bs, drop_last, (n_images // bs if drop_last else math.ceil(n_images / bs))
 
 
 # ----------------------------------------------------------------------------- the loop

@@ -26,10 +26,11 @@ from torch.utils.tensorboard import SummaryWriter
 
 from stitch.build import BuiltModel, stitch_variant
 from stitch.config import Experiment
-from stitch.engine import Callback, Diverged, LoopState, StopTraining, train, train_batches
+from stitch.engine import Callback, Diverged, LoopState, StopTraining, train
 from stitch.errors import StitchError, disk_full_error, one_line_message
 from stitch.held_out import evaluate_test
 from stitch.interrupt import interrupted_message
+from stitch.loaders import train_batches
 from stitch.model_notes import model_notes
 from stitch.oom_retry import (
     MAX_HALVINGS,

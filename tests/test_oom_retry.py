@@ -14,7 +14,7 @@ import torch
 from yaml_snippets import tiny_shapes_unet
 
 from stitch.config import Experiment, load_experiment
-from stitch.engine import train_batches
+from stitch.loaders import train_batches
 from stitch.oom_retry import give_up_message, halved, is_out_of_memory
 from stitch.run import run_experiment
 from stitch.runs import experiment_data
