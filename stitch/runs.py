@@ -113,6 +113,7 @@ def resolved_config(exp: Experiment, variant: Variant, seed: int, epochs: int) -
         optimizer.pop("decay_norm_bias", None)
     train_cfg["optimizer"] = optimizer
     data = dict(cfg["data"])
+    data.pop("cache", None)  # the decoded-data cache never changes a result (stitch.data.cache)
     if (
         cfg["task"] != "instance"
     ):  # read by the instance task only (added later: must not change older run ids)

@@ -57,6 +57,11 @@ class DataBase(Strict):
       [0, 1] scale, one value per image channel.
     - ``ignore_index``: the mask value the loss and metrics skip (padding, VOC borders, COCO crowd
       regions); must not be a class index.
+    - ``cache``: ``none`` (read and decode every sample each time it is used), ``memory`` (every
+      split decoded once, kept in memory as uint8) or ``device`` (segmentation: the decoded
+      training split on the run's device, augmented there in batches; validation and test in
+      memory; needs ``num_workers: 0``, whose results it gives). Never changes results or run ids
+      (see :mod:`stitch.data.cache`).
 
     Instance task (``task: instance``; datasets ``coco``, ``voc``, ``nuclei``, ``shapes``): the
     images are not resized to ``image_size`` (the Mask R-CNN's own ``min_size``/``max_size`` are
@@ -75,6 +80,16 @@ class DataBase(Strict):
     normalize: Literal["imagenet", "none"] | tuple[list[float], list[float]] = "imagenet"
     ignore_index: int = 255
     num_workers: Annotated[int, Field(ge=0)] = 0
+    cache: Literal["none", "memory", "device"] = "none"
+
+    @model_validator(mode="after")
+    def _device_cache_without_workers(self) -> DataBase:
+        if self.cache == "device" and self.num_workers:
+            raise ValueError(
+                "cache: device augments in the main process, which draws what num_workers: 0 draws; "
+                "set num_workers: 0, or use cache: memory with workers"
+            )
+        return self
 
     @field_validator("image_size", mode="before")
     @classmethod

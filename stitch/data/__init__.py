@@ -84,6 +84,9 @@ class DataBundle:
     label_to_category: dict[int, int] = field(default_factory=dict)
     test: Any = None  # the held-out test split (items as in val), or None
     coco_gt_test: Any = None  # instance task: pycocotools COCO of the test split
+    #: ``data.cache: device``: applied by the engine to every training batch once it is on the device
+    #: (:meth:`stitch.data.device_augment.DeviceTrainSet.augment_batch`); ``None`` otherwise
+    train_batch_transform: Callable[[dict], dict] | None = None
 
     def split_view(self, split: str) -> DataBundle:
         """This bundle with ``split`` (``val`` or ``test``) in the ``val`` place (and its ``coco_gt``),
@@ -147,8 +150,23 @@ def build_data(
     not given: ``cfg.root`` if set, else ``$STITCH_DATA``, else ``~/.cache/stitch``. The
     ``folder``/``voc``/``coco`` datasets are read in place from ``cfg.root``. ``task`` is the
     experiment's: ``segmentation`` (class masks) or ``instance`` (objects for Mask R-CNN; only the
-    :data:`INSTANCE_DATASETS`).
+    :data:`INSTANCE_DATASETS`). ``cfg.cache`` (``memory``, ``device``) decodes the samples once
+    (:mod:`stitch.data.cache`, :mod:`stitch.data.device_augment`).
     """
+    data = _build_uncached(cfg, cache_dir, task)
+    cache = getattr(cfg, "cache", "none")
+    if cache == "memory":
+        from stitch.data.cache import memory_cached
+
+        return memory_cached(data)
+    if cache == "device":
+        from stitch.data.device_augment import device_cached
+
+        return device_cached(data)
+    return data
+
+
+def _build_uncached(cfg: DataCfg, cache_dir: str | os.PathLike | None, task: str) -> DataBundle:
     from stitch.data.transforms import build_transforms, normalization
 
     if task not in TASKS:
