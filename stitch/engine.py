@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from stitch.channels_last import batch_channels_last, model_channels_last
 from stitch.checkpoints import (
     INTERRUPTED,
     TrainingObjects,
@@ -34,10 +35,12 @@ from stitch.checkpoints import (
     save_checkpoint,
 )
 from stitch.config import TrainCfg
+from stitch.device_sums import EpochSums, StepValues, sync_interval
 from stitch.devices import to_device
 from stitch.interrupt import TrainingInterrupted, stop_on_sigint
 from stitch.loaders import make_loaders
 from stitch.memory import larger, peak_memory_mb, reset_peak_memory
+from stitch.precision import ScheduledStep, training_precision
 from stitch.registry import OPTIMIZERS
 from stitch.seeding import epoch_seed, rng_state, seed_everything, set_deterministic, set_rng_state
 from stitch.tasks.base import Task
@@ -133,19 +136,43 @@ class LoopState:
 
 class Callback:
     """A hook into the loop (in the style of mmengine's hooks): subclass it and override what you
-    need; every method does nothing by default. The loop calls the callbacks in the order given."""
+    need; every method does nothing by default. The loop calls the callbacks in the order given.
+
+    The per-step hooks get every micro-step's values in step order, but only when the host reads
+    them (``train.sync_every``, :mod:`stitch.device_sums`): after every micro-step on the CPU,
+    in batches of up to 50 steps on CUDA (after the optimiser step of the step that reads them),
+    so that no step waits for the GPU."""
 
     def on_step(self, epoch: int, step: int, loss: float, images: int) -> None:
-        """After every optimiser micro-step: its loss and the images in its batch."""
+        """Each optimiser micro-step: its loss and the images in its batch."""
 
     def on_losses(self, epoch: int, step: int, parts: dict[str, float]) -> None:
-        """After every micro-step whose loss has two or more named parts: the parts."""
+        """Each micro-step whose loss has two or more named parts: the parts."""
 
     def on_eval(self, epoch: int, model: nn.Module) -> None:
         """After an epoch's evaluation (before the epoch's checkpoint)."""
 
     def on_epoch(self, state: LoopState, record: dict[str, Any]) -> None:
         """After every epoch, once its checkpoint is written; may raise :class:`StopTraining`."""
+
+
+def deliver(callbacks: Sequence[Callback], epoch: int, read: Sequence[StepValues]) -> None:
+    """Hand the micro-steps read from the device to the callbacks' per-step hooks."""
+    for values in read:
+        if values.parts:
+            for cb in callbacks:
+                cb.on_losses(epoch, values.step, values.parts)
+        for cb in callbacks:
+            cb.on_step(epoch, values.step, values.loss, values.images)
+
+
+def check_finite(callbacks: Sequence[Callback], epoch: int, read: Sequence[StepValues]) -> None:
+    """Raise :class:`Diverged` at the first micro-step of ``read`` whose loss is not finite, after
+    handing the steps before it to the callbacks."""
+    bad = next((i for i, values in enumerate(read) if not math.isfinite(values.loss)), None)
+    if bad is not None:
+        deliver(callbacks, epoch, read[:bad])
+        raise Diverged(f"training loss is {read[bad].loss} at epoch {epoch}, step {read[bad].step}")
 
 
 def train(
@@ -163,6 +190,7 @@ def train(
     stop_after: int | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     param_groups: Sequence[Any] | None = None,
+    batch_transform: Callable[[Any], Any] | None = None,
 ) -> LoopState:
     """Train ``model`` for ``cfg.epochs`` epochs, resuming from ``ckpt_dir`` when it holds a run.
 
@@ -172,6 +200,16 @@ def train(
     what the optimiser gets (:func:`stitch.param_groups.param_groups`: groups with their own
     ``lr``, ``weight_decay`` and ``lr_mult``); by default every trainable parameter alike. The
     schedule scales every group's rate by the same factor; the history's ``lr`` is the base rate.
+    ``batch_transform`` is applied to every training batch right after it is moved to ``device``
+    (not to validation batches): the data's device-side augmentation; it should draw from torch's
+    generators, which the epoch's seeding and a mid-epoch checkpoint cover.
+
+    Speed settings of ``cfg`` (:doc:`docs/running.md`): ``precision`` (autocast, and grad scaling
+    for fp16, :mod:`stitch.precision`), ``channels_last``, ``compile``
+    (:func:`stitch.compile_model.compile_for_training`) and ``sync_every``: the epoch's loss sums
+    stay on the device and the host reads them every ``sync_every`` micro-steps and at the epoch's
+    end (:mod:`stitch.device_sums`); a non-finite loss raises :class:`Diverged` naming its epoch
+    and micro-step at the first read after it, so within ``sync_every`` steps.
 
     Ctrl-C (:mod:`stitch.interrupt`) stops at the next optimiser-step boundary, writes
     ``ckpt_dir/interrupted.pt`` (the states, the loop state, the epoch's micro-steps done and
@@ -181,8 +219,14 @@ def train(
     already trained on, so the sampler and data workers are where they were, then puts back the
     saved generators and sums. Checkpoints that do not fit are skipped (:mod:`stitch.checkpoints`).
     """
-    set_deterministic(cfg.deterministic)
+    set_deterministic(cfg.deterministic)  # and cuDNN benchmark when not deterministic
     model.to(device)
+    if cfg.channels_last:
+        model_channels_last(model)
+    if cfg.compile:
+        from stitch.compile_model import compile_for_training
+
+        model = compile_for_training(model)
     loader, val_loader, sampler_gen = make_loaders(
         train_set, val_set, cfg.batch_size, num_workers, device, collate_fn
     )
@@ -191,9 +235,11 @@ def train(
     params = param_groups if param_groups is not None else [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(list(params), cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, cfg))
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    precision = training_precision(cfg, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.scale)
     objects = TrainingObjects(model, optimizer, scheduler, scaler)
+    optimizer_step = ScheduledStep(optimizer, scheduler, scaler)
+    sync_every = sync_interval(cfg.sync_every, device)
     state = LoopState()
     reset_peak_memory(device)
 
@@ -219,11 +265,10 @@ def train(
             sampler_gen.manual_seed(es)
             model.train()
             batches = iter(loader)
-            done, loss_sum, images, seconds_before = 0, 0.0, 0, 0.0
-            part_sums: dict[str, float] = {}
+            done, seconds_before, sums = 0, 0.0, EpochSums(device)
             if mid is not None:  # Ctrl-C stopped this epoch after `done` micro-steps
-                done, loss_sum, images = mid["steps"], mid["loss_sum"], mid["images"]
-                part_sums, seconds_before = dict(mid["part_sums"]), mid["seconds"]
+                done, seconds_before = mid["steps"], mid["seconds"]
+                sums = EpochSums(device, mid["loss_sum"], mid["images"], mid["part_sums"])
                 for _ in range(done):  # the batches trained on: the sampler and workers move on alike
                     next(batches)
                 set_rng_state(mid["rng"])
@@ -232,47 +277,44 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             for i, batch in enumerate(batches, start=done):
                 batch = to_device(batch, device)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                if batch_transform is not None:
+                    batch = batch_transform(batch)
+                if cfg.channels_last:
+                    batch = batch_channels_last(batch)
+                with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.autocast):
                     loss, parts = task.loss(model, batch)
-                if not torch.isfinite(loss):
-                    raise Diverged(f"training loss is {loss.item()} at epoch {epoch}, step {i + 1}")
+                sums.add(i + 1, batch_images(batch), loss, parts)
+                read: list[StepValues] = []
+                if (i + 1) % sync_every == 0 or i + 1 == micro_per_epoch:  # the host reads: a sync
+                    read = sums.flush()
+                    check_finite(callbacks, epoch, read)  # before a non-finite loss reaches a step
                 # the mean over the micro-batches of one optimiser step (the last group may be short)
                 group = min(cfg.grad_accum, micro_per_epoch - (i // cfg.grad_accum) * cfg.grad_accum)
                 scaler.scale(loss / group).backward()
                 boundary = (i + 1) % cfg.grad_accum == 0 or i + 1 == micro_per_epoch
                 if boundary:
-                    if cfg.clip_grad_norm:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                n = batch_images(batch)
-                loss_sum += float(loss.detach()) * n
-                images += n
-                if len(parts) > 1:
-                    for part, value in parts.items():
-                        part_sums[part] = part_sums.get(part, 0.0) + value * n
-                    for cb in callbacks:
-                        cb.on_losses(epoch, i + 1, parts)
-                step_loss = float(loss.detach())
-                for cb in callbacks:
-                    cb.on_step(epoch, i + 1, step_loss, n)
+                    optimizer_step(model.parameters(), cfg.clip_grad_norm)
+                deliver(callbacks, epoch, read)
                 if stop.requested and boundary:
+                    read = sums.flush()
+                    check_finite(callbacks, epoch, read)
+                    deliver(callbacks, epoch, read)
                     path = ckpt_dir / INTERRUPTED
-                    sums = {"loss_sum": loss_sum, "images": images, "part_sums": part_sums}
+                    loss_sum, part_sums = sums.host()
+                    totals = {"loss_sum": loss_sum, "images": sums.images, "part_sums": part_sums}
                     seconds = time.perf_counter() - start
                     save_checkpoint(
                         {
                             **objects.state_dicts(),
                             "state": state.__dict__,
-                            **{"epoch": epoch, "steps": i + 1, **sums, "seconds": seconds},
+                            **{"epoch": epoch, "steps": i + 1, **totals, "seconds": seconds},
                             **{"rng": rng_state(), "made_with": made_with},
                         },
                         path,
                     )
                     raise TrainingInterrupted(epoch, i + 1, path)
+            loss_sum, part_sums = sums.host()  # the epoch's last read
+            images = sums.images
             train_seconds = time.perf_counter() - start
             record: dict[str, Any] = {
                 "epoch": epoch,

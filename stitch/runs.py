@@ -100,6 +100,16 @@ def resolved_config(exp: Experiment, variant: Variant, seed: int, epochs: int) -
     cfg = exp.cfg.model_dump(mode="json")
     train_cfg = dict(cfg["train"], epochs=epochs)
     train_cfg.pop("keep_last")
+    train_cfg.pop("sync_every", None)  # when the host reads the losses: never the result
+    # speed settings (added later): recorded only when on, so older run ids stay; precision fp16
+    # is amp: true (the same training, the same id)
+    if train_cfg.get("precision") == "fp16":
+        train_cfg["amp"] = True
+    if train_cfg.get("precision") in ("fp16", "fp32"):
+        train_cfg.pop("precision")
+    for key in ("channels_last", "compile"):
+        if not train_cfg.get(key, True):
+            train_cfg.pop(key)
     if (
         train_cfg["scheduler"].get("milestones") is None
     ):  # added later: unset, it must not change older run ids

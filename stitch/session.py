@@ -300,6 +300,7 @@ class RunSession:
                         stop_after=stop_after,
                         collate_fn=getattr(self.data, "collate_fn", None),
                         param_groups=params,
+                        batch_transform=getattr(self.data, "train_batch_transform", None),
                     )
                 except Exception as exc:
                     if not is_out_of_memory(exc):
@@ -365,7 +366,8 @@ class RunSession:
         smaller = halved(batch_size, grad_accum) if len(retries) < MAX_HALVINGS else None
         if smaller is None:
             self.progress.log.error(f"{plan.variant.name} seed {plan.seed}: {error}")
-            raise OutOfMemory(give_up_message(batch_size, grad_accum, retries, train_cfg.amp))
+            reduced = train_cfg.amp or train_cfg.precision != "fp32"  # already below float32
+            raise OutOfMemory(give_up_message(batch_size, grad_accum, retries, reduced))
         row = self.store.get(plan.run_id)
         epoch = row.epochs_done if row is not None else 0
         retries.append({"epoch": epoch, "batch_size": smaller[0], "grad_accum": smaller[1], "error": error})

@@ -62,9 +62,22 @@ class TrainCfg(Strict):
     grad_accum: Annotated[StrictInt, Field(gt=0)] = 1
     clip_grad_norm: Annotated[float, Field(gt=0)] | None = None
     amp: StrictBool = False
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    channels_last: StrictBool = False
+    compile: StrictBool = False
+    sync_every: Annotated[StrictInt, Field(gt=0)] | None = None
     deterministic: StrictBool = False
     eval_every: Annotated[StrictInt, Field(gt=0)] = 1
     keep_last: Annotated[StrictInt, Field(gt=0)] = 2
+
+    @model_validator(mode="after")
+    def _amp_is_fp16(self) -> TrainCfg:
+        if self.amp and "precision" in self.model_fields_set and self.precision != "fp16":
+            raise ValueError(
+                f"amp: true means precision fp16, not {self.precision!r}; "
+                "drop amp and keep precision (or set precision: fp16)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _min_lr_below_lr(self) -> TrainCfg:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import torch
@@ -15,8 +16,10 @@ PER_IMAGE_KEY = "per_image_confusion"
 class Task(Protocol):
     """How a batch becomes a loss and how a model is evaluated (the loop never asks which task)."""
 
-    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """The training loss of one batch and its named parts (for logging)."""
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Mapping[str, torch.Tensor | float]]:
+        """The training loss of one batch and its named parts (for logging): detached 0-d tensors
+        (or floats), which the loop sums on the device and reads on the host only at its sync
+        points (``train.sync_every``), so a part should not be turned into a float here."""
         ...
 
     def evaluate(

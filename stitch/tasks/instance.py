@@ -192,11 +192,12 @@ class InstanceTask:
     backend: str | None = None
     last_results: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
 
-    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Sum of the model's training losses (the model is in train mode) and each part."""
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Sum of the model's training losses (the model is in train mode) and each part (detached
+        tensors: the loop reads them on the host only at its sync points)."""
         losses = model(batch["images"], batch["targets"])
         total = sum(losses.values(), torch.zeros((), device=next(iter(losses.values())).device))
-        return total, {k: float(v.detach()) for k, v in losses.items()}
+        return total, {k: v.detach() for k, v in losses.items()}
 
     @torch.no_grad()
     def evaluate(

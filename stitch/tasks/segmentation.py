@@ -69,8 +69,11 @@ class SegmentationTask:
     loss_name: str = "ce"
     ignore_index: int = 255
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The training loss of one batch and its parts (for logging)."""
+    def loss(
+        self, model: nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss of one batch and its parts (detached tensors, for logging: the
+        loop reads them on the host only at its sync points)."""
         logits = segmentation_logits(model(batch["image"]))
         target = batch["mask"]
         parts: dict[str, torch.Tensor] = {}
@@ -79,7 +82,7 @@ class SegmentationTask:
         if "dice" in self.loss_name.split("+"):
             parts["dice"] = soft_dice_loss(logits, target, self.ignore_index)
         total = cast(torch.Tensor, sum(parts.values()))
-        return total, {k: float(v.detach()) for k, v in parts.items()}
+        return total, {k: v.detach() for k, v in parts.items()}
 
     @torch.no_grad()
     def evaluate(
