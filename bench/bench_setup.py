@@ -65,12 +65,26 @@ class Bench:
         return built, optimizer_params(self.exp, built, seed)
 
 
+def shapes_raw(raw: dict[str, Any], n_images: int, size: int) -> dict[str, Any]:
+    """The experiment mapping ``raw`` (as read from YAML) with generated shapes data (two classes,
+    ``n_images`` of ``size`` pixels) instead of its data block; ``raw`` is not changed."""
+    out = {**raw, "baseline": {**raw["baseline"], "args": dict(raw["baseline"].get("args", {}))}}
+    out["data"] = {"dataset": "shapes", "num_images": n_images, "image_size": [size, size], "num_classes": 2}
+    for key in ("in_channels", "num_classes"):  # filled from the data
+        out["baseline"]["args"].pop(key, None)
+    return out
+
+
+def write_experiment(raw: dict[str, Any], path: Path) -> Path:
+    """``raw`` written as an experiment file at ``path`` (for the benchmarks that run the CLI)."""
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
 def shapes_experiment(exp: Experiment, n_images: int, size: int) -> Experiment:
     """``exp`` with generated shapes data (two classes, ``n_images`` of ``size`` pixels)."""
     raw = yaml.safe_load(Path(exp.path).read_text(encoding="utf-8")) if exp.path else {}
-    raw["data"] = {"dataset": "shapes", "num_images": n_images, "image_size": [size, size], "num_classes": 2}
-    for key in ("in_channels", "num_classes"):  # filled from the data
-        raw["baseline"].get("args", {}).pop(key, None)
+    raw = shapes_raw(raw, n_images, size)
     out = parse_experiment(yaml.safe_dump(raw, sort_keys=False), f"{exp.path} (shapes data)")
     out.path, out.base_dir = exp.path, exp.base_dir
     return out
