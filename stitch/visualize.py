@@ -3,6 +3,7 @@ drawing, from a model and a data bundle to an image tensor; nothing is read or w
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -14,19 +15,23 @@ from stitch.tasks.segmentation import segmentation_logits
 
 
 def palette(num_classes: int) -> torch.Tensor:
-    """Distinct RGB colours in [0, 1] (Pascal VOC's bit-interleaved scheme); class 0 is black."""
-    out = torch.zeros(max(num_classes, 256), 3)
-    for c in range(out.shape[0]):
-        r = g = b = 0
-        cid = c
-        for shift in range(7, -1, -1):
-            r |= ((cid >> 0) & 1) << shift
-            g |= ((cid >> 1) & 1) << shift
-            b |= ((cid >> 2) & 1) << shift
-            cid >>= 3
-        out[c] = torch.tensor([r, g, b]) / 255.0
+    """Distinct RGB colours in [0, 1] (Pascal VOC's bit-interleaved scheme); class 0 is black.
+    A fresh copy of a table built once per class count (TensorBoard draws a grid every epoch)."""
+    return _palette(num_classes).clone()
+
+
+@functools.lru_cache(maxsize=16)
+def _palette(num_classes: int) -> torch.Tensor:
+    ids = torch.arange(max(num_classes, 256))
+    rgb = torch.zeros(ids.shape[0], 3, dtype=torch.long)
+    cid = ids.clone()
+    for shift in range(7, -1, -1):  # bit k of each channel goes to bit ``shift`` of the colour
+        for channel in range(3):
+            rgb[:, channel] |= ((cid >> channel) & 1) << shift
+        cid >>= 3
+    out = rgb.float() / 255.0
     if num_classes == 2:
-        out[1] = torch.tensor([1.0, 1.0, 1.0])  # binary masks: white foreground
+        out[1] = 1.0  # binary masks: white foreground
     return out
 
 
@@ -56,17 +61,17 @@ def prediction_grid(
     """Rows of (input, target, prediction) for the first ``n`` validation images."""
     if getattr(data, "coco_gt", None) is not None:
         return instance_grid(model, data, n, device)
-    with eval_mode(model):
-        tiles = []
-        for i in range(min(n, len(data.val))):
-            item = data.val[i]
-            logits = segmentation_logits(model(item["image"].unsqueeze(0).to(device)))
-            pred = logits.argmax(1)[0]
-            tiles += [
-                unnormalize(item["image"], data.mean, data.std),
-                colorize(item["mask"], data.num_classes, data.ignore_index),
-                colorize(pred, data.num_classes, data.ignore_index),
-            ]
+    items = [data.val[i] for i in range(min(n, len(data.val)))]
+    with eval_mode(model):  # one forward pass for the grid (validation images share one size)
+        batch = torch.stack([item["image"] for item in items]).to(device)
+        preds = segmentation_logits(model(batch)).argmax(1).cpu()
+    tiles = []
+    for item, pred in zip(items, preds):
+        tiles += [
+            unnormalize(item["image"], data.mean, data.std),
+            colorize(item["mask"], data.num_classes, data.ignore_index),
+            colorize(pred, data.num_classes, data.ignore_index),
+        ]
     return make_grid(tiles, nrow=3, padding=2, pad_value=1.0)
 
 
