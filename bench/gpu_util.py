@@ -15,7 +15,8 @@ and its used memory, read with, in this order of preference:
 
 Reported: the wall time of the subprocess (``time.perf_counter``, start-up and data preparation
 included, as a user waits for them), the number of samples and the achieved interval, mean,
-median and peak utilisation, the share of samples with any kernel running, and peak used memory.
+median and peak utilisation, the share of samples with any kernel running, and peak used memory
+(the whole device's, as NVML reports it: every process on it, this one's small CUDA context too).
 The data cache is not cleared: a first run on a machine also prepares the nuclei sample.
 
 Without CUDA (``torch.cuda.is_available()`` false) it prints one line on stderr and a JSON record
