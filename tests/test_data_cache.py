@@ -150,9 +150,11 @@ def test_cache_gives_the_same_training_history(tmp_path: Path) -> None:
 
 
 def fresh_worker_loaders(
-    train_set: Any, val_set: Any, batch_size: int, workers: int, device: Any, collate=None
+    train_set: Any, val_set: Any, batch_size: int, workers: int, device: Any, collate=None, shard=None
 ):
-    """The loaders of before persistent workers: a fresh iterator, so fresh workers, every epoch."""
+    """The loaders of before persistent workers: a fresh iterator, so fresh workers, every epoch
+    (one process: ``shard`` is ``None``)."""
+    assert shard is None
     bs, drop_last, _ = train_batches(len(train_set), batch_size)
     gen = torch.Generator()
     loader = DataLoader(
