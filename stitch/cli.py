@@ -83,6 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from stitch.plugins import load_experiment_with_plugins
     from stitch.run import run_experiment
 
+    jobs, devices = _jobs_and_devices(args)
     exp = load_experiment_with_plugins(args.experiment)
     rows = run_experiment(
         exp,
@@ -93,10 +94,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         force=args.force,
         quiet=args.quiet,
         wait=args.wait,
+        jobs=jobs,
+        devices=devices,
+        storage=args.storage,
     )
     failed = [r for r in rows if r.status == "failed"]
     print(f"results: {Path(args.out) / exp.cfg.name} (runs.sqlite, results.csv, log.txt, tb/)")
     return 1 if failed else 0
+
+
+def _jobs_and_devices(args: argparse.Namespace) -> tuple[int, list[str] | None]:
+    """``--jobs`` (default 1, or one per ``--devices`` entry) and ``--devices`` as device names
+    (``0,1`` -> ``cuda:0``, ``cuda:1``); a mistake is one line."""
+    devices = None
+    if args.devices is not None:
+        if args.device:
+            raise StitchError(
+                "--device and --devices: give one of them (--devices spreads workers over several)"
+            )
+        names = [d.strip() for d in args.devices.split(",")]
+        if not all(names):
+            raise StitchError(
+                f"--devices {args.devices!r}: a comma-separated list such as cuda:0,cuda:1 or 0,1"
+            )
+        devices = [f"cuda:{d}" if d.isdigit() else d for d in names]
+    if args.jobs is None:
+        return (len(devices) if devices else 1), devices
+    try:
+        jobs = int(args.jobs)
+    except ValueError:
+        raise StitchError(
+            f"--jobs {args.jobs!r}: a whole number of worker processes, e.g. --jobs 2"
+        ) from None
+    if not 1 <= jobs <= 256:
+        raise StitchError(f"--jobs {jobs}: must be 1 .. 256 worker processes")
+    return jobs, devices
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -262,6 +294,22 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=_positive_int, help="override train.epochs")
     r.add_argument("--seeds", type=_seed, nargs="+", help="override seeds")
     r.add_argument("--force", action="store_true", help="retrain runs that are already done")
+    r.add_argument(
+        "--jobs",
+        metavar="N",
+        help="train N runs at once in N worker processes (default 1; CPU threads are split between them)",
+    )
+    r.add_argument(
+        "--devices",
+        metavar="LIST",
+        help="devices for the workers, round robin: cuda:0,cuda:1 or 0,1 (default: --jobs one per device)",
+    )
+    r.add_argument(
+        "--storage",
+        metavar="URL",
+        help="share the runs with other workers (each with its own --out) through this SQLAlchemy URL: "
+        "postgresql+psycopg2://user@host/db or sqlite:///shared.db",
+    )
     _wait_option(r)
     r.set_defaults(func=cmd_run)
 

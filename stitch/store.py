@@ -1,8 +1,10 @@
 """The results database: one row per variant x seed, keyed by a hash of the resolved config.
 
 SQLite in the run directory (WAL mode, so a reader such as ``stitch report`` can look while runs
-write). Metrics, history and config are JSON columns: tables are views of these rows, and every
-number in a report can be traced back to its run id. ``peak_memory_mb`` is the run's peak memory
+write; several writers, ``stitch run --jobs N``'s worker processes, wait for each other: a busy
+timeout of :data:`BUSY_TIMEOUT_S` and a retry of a write that still finds the database locked).
+Metrics, history and config are JSON columns: tables are views of these rows, and every number
+in a report can be traced back to its run id. ``peak_memory_mb`` is the run's peak memory
 (:mod:`stitch.memory`: CUDA max allocated, or the process's max RSS on CPU); databases written
 before it existed get the column (empty for their runs) when opened.
 """
@@ -10,18 +12,24 @@ before it existed get the column (empty for their runs) when opened.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from stitch.errors import StitchError, disk_full_error, exception_text
 from stitch.fileio import atomic_path
 
 STATUSES = ("running", "done", "failed", "diverged", "pruned")  # pruned: a sweep stopped it early
+#: seconds a connection waits for another process's write to end, and how often a write that still
+#: finds the database locked (SQLITE_BUSY, e.g. a WAL checkpoint racing it) is tried again
+BUSY_TIMEOUT_S = 60.0
+T = TypeVar("T")
+WRITE_ATTEMPTS = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -218,20 +226,24 @@ class ResultStore:
             check_not_lost(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.guard():
-            self._conn = sqlite3.connect(self.path, timeout=30)
+            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
         try:
             with self.guard():
-                self._conn.row_factory = sqlite3.Row
-                problems = [r[0] for r in self._conn.execute("PRAGMA quick_check")]
-                if problems != ["ok"]:
-                    raise StitchError(damaged_message(self.path, " ".join(" ".join(problems).split())))
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.executescript(SCHEMA)
-                self._conn.commit()
-                self._migrate()
+                retry_when_busy(self._prepare)
         except BaseException:
             self._conn.close()
             raise
+
+    def _prepare(self) -> None:
+        """Check the pages, switch to WAL, create or migrate the table."""
+        self._conn.row_factory = sqlite3.Row
+        problems = [r[0] for r in self._conn.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise StitchError(damaged_message(self.path, " ".join(" ".join(problems).split())))
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.executescript(SCHEMA)
+        self._conn.commit()
+        self._migrate()
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:
@@ -274,6 +286,16 @@ class ResultStore:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def write(self, sql: str, args: tuple[Any, ...]) -> int:
+        """Execute one writing statement in its own transaction (tried again while the database is
+        busy: :func:`retry_when_busy`); returns how many rows it changed."""
+
+        def once() -> int:
+            with self._conn:
+                return self._conn.execute(sql, args).rowcount
+
+        return retry_when_busy(once)
+
     def get(self, run_id: str) -> RunRow | None:
         with self.guard():
             row = self._conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -294,11 +316,18 @@ class ResultStore:
         cols = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         updates = ", ".join(f"{c} = excluded.{c}" for c in values if c != "run_id")
-        with self.guard(), self._conn:
-            self._conn.execute(
-                f"INSERT INTO runs ({cols}) VALUES ({marks}) ON CONFLICT(run_id) DO UPDATE SET {updates}",
-                tuple(values.values()),
-            )
+        sql = f"INSERT INTO runs ({cols}) VALUES ({marks}) ON CONFLICT(run_id) DO UPDATE SET {updates}"
+        with self.guard():
+            self.write(sql, tuple(values.values()))
+
+    def put(self, row: RunRow) -> None:
+        """Write ``row`` exactly as given (every column, its status and times included), replacing a
+        stored row of the same run id: the rows another worker of a distributed ablation trained."""
+        values = _encode(row)
+        cols = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self.guard():
+            self.write(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})", tuple(values.values()))
 
     def update(self, run_id: str, **fields: Any) -> None:
         """Set some columns of a run (JSON columns are encoded)."""
@@ -307,10 +336,35 @@ class ResultStore:
         fields["updated_at"] = time.time()
         enc = {k: (json.dumps(v, default=_jsonable) if k in _JSON else v) for k, v in fields.items()}
         sets = ", ".join(f"{k} = ?" for k in enc)
-        with self.guard(), self._conn:
-            cur = self._conn.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", (*enc.values(), run_id))
-        if cur.rowcount != 1:
+        with self.guard():
+            changed = self.write(f"UPDATE runs SET {sets} WHERE run_id = ?", (*enc.values(), run_id))
+        if changed != 1:
             raise KeyError(f"no run {run_id!r} in {self.path}")
+
+
+def retry_when_busy(write: Callable[[], T], attempts: int = WRITE_ATTEMPTS) -> T:
+    """``write()`` (one transaction), called again when SQLite reports the database locked or busy
+    after its own busy timeout, up to ``attempts`` times with a growing pause; the last error goes on."""
+    for attempt in range(attempts):
+        try:
+            return write()
+        except sqlite3.OperationalError as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            if not busy or attempt == attempts - 1:
+                raise
+        time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def row_to_json(row: RunRow) -> dict[str, Any]:
+    """``row`` as plain JSON data (tensor and NumPy numbers made plain), for a shared store."""
+    return cast(dict[str, Any], json.loads(json.dumps(dataclasses.asdict(row), default=_jsonable)))
+
+
+def row_from_json(data: dict[str, Any]) -> RunRow:
+    """The :class:`RunRow` that :func:`row_to_json` wrote (fields it does not know are ignored)."""
+    known = {f.name for f in dataclasses.fields(RunRow)}
+    return RunRow(**{k: v for k, v in data.items() if k in known})
 
 
 def _jsonable(value: Any) -> Any:

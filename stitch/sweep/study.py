@@ -62,7 +62,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         except Exception as exc:  # a bad URL, a missing driver, a server that refuses
             # Two workers creating Optuna's tables in one new database at once: one of them loses
             # the race (optuna/optuna#1092); the tables exist by the time it tries again.
-            if attempt < 2 and ("already exists" in str(exc) or "duplicate key" in str(exc)):
+            raced = ("already exists", "duplicate key", "UNIQUE constraint failed")  # SQLite says the last
+            if attempt < 2 and any(text in str(exc) for text in raced):
                 time.sleep(1.0 + attempt)
                 continue
             raise StitchError(
