@@ -64,3 +64,6 @@ report-example: setup
 bench: setup
 	$(PYTHON) bench/harness_overhead.py
 	$(PYTHON) bench/data_wait.py
+	$(PYTHON) bench/data_wait.py --cache memory
+	$(PYTHON) bench/epoch_costs.py
+	$(PYTHON) bench/coco_eval.py

@@ -40,6 +40,12 @@ def common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--cache",
+        choices=["none", "memory", "device"],
+        default=None,
+        help="data.cache (default: the experiment's)",
+    )
 
 
 @dataclass
@@ -97,6 +103,8 @@ def load_bench(args: argparse.Namespace) -> Bench:
     exp = load_experiment(args.experiment)
     if args.data == "shapes":
         exp = shapes_experiment(exp, args.shapes_images, args.shapes_size)
+    if getattr(args, "cache", None) and exp.cfg.data is not None:
+        exp.cfg.data.cache = args.cache
     exp, data = experiment_data(exp)
     task = make_task(exp.cfg.task, data, exp.cfg.train.loss)
     return Bench(exp, data, task, plan_runs(exp, args.epochs, [args.seed]))

@@ -1,11 +1,11 @@
 """Data wait: the share of training-step time spent blocked on the data loader.
 
 The loader is the engine's own (:func:`stitch.loaders.make_loaders`: batch size, ``drop_last``,
-shuffle, seeded workers, ``pin_memory`` on CUDA, the data's collate function; a fresh iterator,
-so fresh workers, every epoch) over the experiment's training
-``Dataset``; each step is the engine's step (batch to the device, ``task.loss`` with its
-per-part floats, the finite-loss check, backward, optimiser and schedule steps, ``float(loss)``),
-with the same per-epoch seeding. For each ``num_workers`` in ``--workers`` it trains a fresh model
+shuffle, persistent workers re-seeded every epoch, ``pin_memory`` on CUDA, the data's collate
+function) over the experiment's training ``Dataset`` (``--cache`` sets ``data.cache``; with
+``device`` the data's batch transform runs inside the step, so its work counts as step time);
+each step is a plain step (batch to the device, ``task.loss``, a finite-loss check, backward,
+optimiser and schedule steps, ``float(loss)``), with the engine's per-epoch seeding. For each ``num_workers`` in ``--workers`` it trains a fresh model
 for ``--epochs`` epochs and, for every epoch after the first, measures:
 
 - ``wait``: the time in ``iter(loader)`` and in every ``next()`` on it (``time.perf_counter``);
@@ -44,6 +44,7 @@ def measure(
     built, params = bench.model(variant, args.seed)
     model = built.model.to(device)
     collate = getattr(bench.data, "collate_fn", None)
+    transform = getattr(bench.data, "train_batch_transform", None)
     loader, _, gen = make_loaders(bench.data.train, bench.data.val, cfg.batch_size, workers, device, collate)
     steps = len(loader)
     optimizer = make_optimizer(params, cfg)
@@ -67,6 +68,8 @@ def measure(
                 break
             wait += time.perf_counter() - t0
             batch = to_device(batch, device)
+            if transform is not None:  # data.cache: device (the run's batch transform)
+                batch = transform(batch)
             loss, _parts = bench.task.loss(model, batch)
             if not torch.isfinite(loss):
                 raise SystemExit(f"loss is not finite at epoch {epoch}")
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "data_wait",
         "experiment": Path(args.experiment).name,
         "data": args.data if args.data == "shapes" else bench.exp.cfg.data.dataset,
+        "cache": bench.exp.cfg.data.cache,
         "variant": args.variant,
         "train_images": len(bench.data.train),
         "batch_size": cfg.batch_size,

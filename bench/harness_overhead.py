@@ -103,6 +103,7 @@ def hand_loop(
     t0 = start = now(device)
     model.to(device)
     collate = getattr(data, "collate_fn", None)
+    transform = getattr(data, "train_batch_transform", None)
     loader, val_loader, gen = make_loaders(
         data.train, data.val, cfg.batch_size, args.num_workers, device, collate
     )
@@ -117,6 +118,8 @@ def hand_loop(
         model.train()
         for batch in loader:
             batch = to_device(batch, device)
+            if transform is not None:  # data.cache: device (the run's batch transform)
+                batch = transform(batch)
             loss = task_loss(task, segmentation_logits(model(batch["image"])), batch["mask"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -194,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "harness_overhead",
         "experiment": str(Path(args.experiment).name),
         "data": args.data if args.data == "shapes" else bench.exp.cfg.data.dataset,
+        "cache": bench.exp.cfg.data.cache,
         "train_images": len(bench.data.train),
         "batch_size": cfg.batch_size,
         "epochs": args.epochs,
