@@ -80,11 +80,22 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- run / show
 def cmd_run(args: argparse.Namespace) -> int:
+    from stitch.distributed import check_ddp_options, is_main, launch_torchrun, world_size_from_env
     from stitch.plugins import load_experiment_with_plugins
     from stitch.run import run_experiment
 
     jobs, devices = _jobs_and_devices(args)
+    if args.nproc_per_node is not None:  # this command line again, under torchrun
+        return launch_torchrun(args.nproc_per_node, args.given, args.device)
     exp = load_experiment_with_plugins(args.experiment)
+    if world_size_from_env() > 1:
+        check_ddp_options(
+            world_size_from_env(),
+            exp.cfg.train.batch_size,
+            getattr(args, "jobs", None),
+            getattr(args, "devices", None),
+            getattr(args, "storage", None),
+        )
     rows = run_experiment(
         exp,
         out=args.out,
@@ -99,7 +110,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         storage=args.storage,
     )
     failed = [r for r in rows if r.status == "failed"]
-    print(f"results: {Path(args.out) / exp.cfg.name} (runs.sqlite, results.csv, log.txt, tb/)")
+    if is_main():  # rank 0 of a torchrun job, or the only process
+        print(f"results: {Path(args.out) / exp.cfg.name} (runs.sqlite, results.csv, log.txt, tb/)")
     return 1 if failed else 0
 
 
@@ -132,9 +144,15 @@ def _jobs_and_devices(args: argparse.Namespace) -> tuple[int, list[str] | None]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from stitch.distributed import world_size_from_env
     from stitch.plugins import load_experiment_with_plugins
     from stitch.sweep import run_sweep
 
+    if world_size_from_env() > 1:
+        raise StitchError(
+            "stitch sweep under torchrun: a sweep trains many runs, each on one process; start several "
+            "sweep workers instead (docs/sweeps.md)"
+        )
     exp = load_experiment_with_plugins(args.experiment)
     result = run_sweep(
         exp,
@@ -295,6 +313,12 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=_seed, nargs="+", help="override seeds")
     r.add_argument("--force", action="store_true", help="retrain runs that are already done")
     r.add_argument(
+        "--nproc-per-node",
+        type=int,
+        metavar="N",
+        help="train each run with DistributedDataParallel over N processes on this machine (torchrun)",
+    )
+    r.add_argument(
         "--jobs",
         metavar="N",
         help="train N runs at once in N worker processes (default 1; CPU threads are split between them)",
@@ -372,6 +396,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    args.given = sys.argv[1:] if argv is None else list(argv)
     try:
         return args.func(args)
     except StitchError as exc:

@@ -12,6 +12,7 @@ not fit the model are skipped for older ones (:mod:`stitch.checkpoints`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from stitch.checkpoints import (
 from stitch.config import TrainCfg
 from stitch.device_sums import EpochSums, StepValues, sync_interval
 from stitch.devices import to_device
+from stitch.distributed import any_rank, is_distributed, is_main, rank, sum_over_ranks, world_size
 from stitch.interrupt import TrainingInterrupted, stop_on_sigint
 from stitch.loaders import make_loaders
 from stitch.memory import larger, peak_memory_mb, reset_peak_memory
@@ -166,13 +168,60 @@ def deliver(callbacks: Sequence[Callback], epoch: int, read: Sequence[StepValues
             cb.on_step(epoch, values.step, values.loss, values.images)
 
 
+def first_non_finite(read: Sequence[StepValues]) -> int | None:
+    """Index in ``read`` of the first micro-step whose loss is not finite, if any."""
+    return next((i for i, values in enumerate(read) if not math.isfinite(values.loss)), None)
+
+
 def check_finite(callbacks: Sequence[Callback], epoch: int, read: Sequence[StepValues]) -> None:
     """Raise :class:`Diverged` at the first micro-step of ``read`` whose loss is not finite, after
-    handing the steps before it to the callbacks."""
-    bad = next((i for i, values in enumerate(read) if not math.isfinite(values.loss)), None)
+    handing the steps before it to the callbacks. Under DDP the ranks agree first (one all-reduce):
+    a loss that is not finite on another rank stops this one too, at the same step."""
+    bad = first_non_finite(read)
     if bad is not None:
         deliver(callbacks, epoch, read[:bad])
+    elsewhere = any_rank(bad is not None)[0] if is_distributed() else False
+    if bad is not None:
         raise Diverged(f"training loss is {read[bad].loss} at epoch {epoch}, step {read[bad].step}")
+    if elsewhere:
+        deliver(callbacks, epoch, read)
+        step = read[-1].step if read else 0
+        raise Diverged(f"training loss is not finite on another rank at epoch {epoch}, step {step}")
+
+
+def epoch_totals(sums: EpochSums) -> tuple[float, int, dict[str, float]]:
+    """The epoch's loss sum, images and loss-part sums on the host, summed over the DDP ranks (one
+    all-reduce; the sums themselves without ranks)."""
+    loss_sum, part_sums = sums.host()
+    if not is_distributed():
+        return loss_sum, sums.images, part_sums
+    total = sum_over_ranks([loss_sum, float(sums.images), *part_sums.values()])
+    return total[0], round(total[1]), dict(zip(part_sums, total[2:], strict=True))
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in :class:`~torch.nn.parallel.DistributedDataParallel` (its gradients averaged over
+    the ranks in backward; BatchNorm buffers broadcast from rank 0 at every forward); the module
+    itself stays what checkpoints and evaluation see."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None  # CUDA: one device per rank (untested here)
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def save_epoch(ckpt_dir: Path, objects: TrainingObjects, state: LoopState, keep_last: int) -> None:
+    """The checkpoint of the epoch ``state`` has just completed, ``best.pt`` when it is the best
+    (after the checkpoint: ``best.pt`` is never ahead of it), the old checkpoints pruned and a
+    mid-epoch checkpoint (now older) removed."""
+    epoch = state.epoch
+    save_checkpoint({**objects.state_dicts(), "state": state.__dict__}, ckpt_dir / f"epoch-{epoch:04d}.pt")
+    if state.best_epoch == epoch:
+        save_atomic(
+            {"model": objects.model.state_dict(), "epoch": epoch, "metrics": state.best_metrics},
+            ckpt_dir / "best.pt",
+        )
+    prune_checkpoints(ckpt_dir, epoch, keep_last)
+    (ckpt_dir / INTERRUPTED).unlink(missing_ok=True)
 
 
 def train(
@@ -227,8 +276,12 @@ def train(
         from stitch.compile_model import compile_for_training
 
         model = compile_for_training(model)
+    ddp = is_distributed()  # under torchrun: rank 0 alone evaluates and writes
+    main = is_main()
+    net = wrap_ddp(model, device) if ddp else model  # what the training forward runs through
+    shard = (rank(), world_size()) if ddp else None
     loader, val_loader, sampler_gen = make_loaders(
-        train_set, val_set, cfg.batch_size, num_workers, device, collate_fn
+        train_set, val_set, cfg.batch_size, num_workers, device, collate_fn, shard
     )
     micro_per_epoch = len(loader)
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
@@ -244,8 +297,11 @@ def train(
     reset_peak_memory(device)
 
     ck = restore_latest(ckpt_dir, device, objects)
+    if ddp:
+        any_rank(False)  # a barrier: every rank has read the checkpoint before rank 0 prunes
     if ck is not None:
         state = LoopState(**ck["state"])
+    if ck is not None and main:
         repair_best(ckpt_dir / "best.pt", state.best_epoch, state.epoch, model, state.best_metrics, device)
         prune_checkpoints(ckpt_dir, state.epoch, cfg.keep_last)  # a kill before the pruning of its epoch
     made_with = {"batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum}
@@ -255,6 +311,7 @@ def train(
     if mid is not None:
         state = LoopState(**mid["state"])
 
+    stopping = False  # under DDP: a Ctrl-C the ranks agreed on at a sync point
     with stop_on_sigint() as stop:
         while state.epoch < cfg.epochs:
             if stop_after is not None and state.epoch >= stop_after:
@@ -268,7 +325,8 @@ def train(
             done, seconds_before, sums = 0, 0.0, EpochSums(device)
             if mid is not None:  # Ctrl-C stopped this epoch after `done` micro-steps
                 done, seconds_before = mid["steps"], mid["seconds"]
-                sums = EpochSums(device, mid["loss_sum"], mid["images"], mid["part_sums"])
+                if main:  # the saved sums are over every rank: rank 0 alone carries them on
+                    sums = EpochSums(device, mid["loss_sum"], mid["images"], mid["part_sums"])
                 for _ in range(done):  # the batches trained on: the sampler and workers move on alike
                     next(batches)
                 set_rng_state(mid["rng"])
@@ -282,39 +340,41 @@ def train(
                 if cfg.channels_last:
                     batch = batch_channels_last(batch)
                 with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.autocast):
-                    loss, parts = task.loss(model, batch)
+                    loss, parts = task.loss(net, batch)
                 sums.add(i + 1, batch_images(batch), loss, parts)
                 read: list[StepValues] = []
                 if (i + 1) % sync_every == 0 or i + 1 == micro_per_epoch:  # the host reads: a sync
                     read = sums.flush()
                     check_finite(callbacks, epoch, read)  # before a non-finite loss reaches a step
+                    stopping = stopping or (ddp and any_rank(stop.requested)[0])
                 # the mean over the micro-batches of one optimiser step (the last group may be short)
                 group = min(cfg.grad_accum, micro_per_epoch - (i // cfg.grad_accum) * cfg.grad_accum)
-                scaler.scale(loss / group).backward()
                 boundary = (i + 1) % cfg.grad_accum == 0 or i + 1 == micro_per_epoch
+                with net.no_sync() if ddp and not boundary else contextlib.nullcontext():  # type: ignore[operator]
+                    scaler.scale(loss / group).backward()
                 if boundary:
                     optimizer_step(model.parameters(), cfg.clip_grad_norm)
                 deliver(callbacks, epoch, read)
-                if stop.requested and boundary:
+                if (stopping if ddp else stop.requested) and boundary:
                     read = sums.flush()
                     check_finite(callbacks, epoch, read)
                     deliver(callbacks, epoch, read)
                     path = ckpt_dir / INTERRUPTED
-                    loss_sum, part_sums = sums.host()
-                    totals = {"loss_sum": loss_sum, "images": sums.images, "part_sums": part_sums}
+                    loss_sum, images, part_sums = epoch_totals(sums)
+                    totals = {"loss_sum": loss_sum, "images": images, "part_sums": part_sums}
                     seconds = time.perf_counter() - start
-                    save_checkpoint(
-                        {
-                            **objects.state_dicts(),
-                            "state": state.__dict__,
-                            **{"epoch": epoch, "steps": i + 1, **totals, "seconds": seconds},
-                            **{"rng": rng_state(), "made_with": made_with},
-                        },
-                        path,
-                    )
+                    if main:
+                        save_checkpoint(
+                            {
+                                **objects.state_dicts(),
+                                "state": state.__dict__,
+                                **{"epoch": epoch, "steps": i + 1, **totals, "seconds": seconds},
+                                **{"rng": rng_state(), "made_with": made_with},
+                            },
+                            path,
+                        )
                     raise TrainingInterrupted(epoch, i + 1, path)
-            loss_sum, part_sums = sums.host()  # the epoch's last read
-            images = sums.images
+            loss_sum, images, part_sums = epoch_totals(sums)  # the epoch's last read
             train_seconds = time.perf_counter() - start
             record: dict[str, Any] = {
                 "epoch": epoch,
@@ -323,7 +383,7 @@ def train(
                 "lr": base_lr(optimizer),
                 "train_images_per_s": images / max(train_seconds, 1e-9),
             }
-            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            if main and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
                 metrics = task.evaluate(model, val_loader, device)
                 record.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
                 state.last_metrics = metrics
@@ -340,20 +400,11 @@ def train(
             state.peak_memory_mb = larger(state.peak_memory_mb, peak_memory_mb(device))
             record["seconds"] = time.perf_counter() - start
             state.history.append(record)
-            save_checkpoint(
-                {**objects.state_dicts(), "state": state.__dict__}, ckpt_dir / f"epoch-{epoch:04d}.pt"
-            )
-            if state.best_epoch == epoch:  # after the epoch's checkpoint: best.pt is never ahead of it
-                save_atomic(
-                    {"model": model.state_dict(), "epoch": epoch, "metrics": state.best_metrics},
-                    ckpt_dir / "best.pt",
-                )
-            prune_checkpoints(ckpt_dir, epoch, cfg.keep_last)
-            # a mid-epoch checkpoint is now older than this one
-            (ckpt_dir / INTERRUPTED).unlink(missing_ok=True)
+            if main:
+                save_epoch(ckpt_dir, objects, state, cfg.keep_last)
             for cb in callbacks:
                 cb.on_epoch(state, record)
-        if stop.requested:  # Ctrl-C after the last step (evaluation, checkpoint): all is saved
+        if any_rank(stop.requested)[0]:  # Ctrl-C after the last step (evaluation, checkpoint): all is saved
             last = ckpt_dir / f"epoch-{state.epoch:04d}.pt"
             raise TrainingInterrupted(state.epoch, micro_per_epoch, last)
     return state

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, get_worker_info
 
+from stitch.distributed import RankSlice
+
 
 def seed_worker(_worker_id: int) -> None:
     """A DataLoader worker's ``worker_init_fn``: Ctrl-C is left to the main process
@@ -95,16 +97,34 @@ def make_loaders(
     num_workers: int,
     device: torch.device,
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tuple[DataLoader[Any], DataLoader[Any], torch.Generator]:
     """The training and validation loaders of a run, and the generator of the training sampler
     (re-seeded every epoch from :func:`stitch.seeding.epoch_seed`): the batch size and ``drop_last`` of
     :func:`train_batches`; persistent, seeded workers that leave Ctrl-C to the main process (see
     the module docstring); batches pinned on CUDA. A training set on the device (``on_device``) is
-    placed there and loaded in the main process with its own ``collate``."""
+    placed there and loaded in the main process with its own ``collate``.
+
+    ``shard = (rank, world_size)`` (DistributedDataParallel): ``batch_size`` stays the global batch;
+    every rank draws the same seeded global batches and takes its slice of each
+    (:class:`stitch.distributed.RankSlice`)."""
     n = len(cast(Sized, train_set))
     bs, drop_last, _ = train_batches(n, batch_size)
     generator = torch.Generator()
     pin = device.type == "cuda"
+    val_loader = DataLoader(
+        val_set,
+        batch_size=bs,
+        shuffle=False,
+        num_workers=num_workers,
+        worker_init_fn=seed_worker if num_workers else None,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin,
+        collate_fn=collate_fn,
+    )
+    if shard is not None:
+        sharded = sharded_loader(train_set, bs, drop_last, num_workers, device, collate_fn, generator, shard)
+        return sharded, val_loader, generator
     if getattr(train_set, "on_device", False):
         cast(Any, train_set).place(device)
         loader: DataLoader[Any] = DataLoader(
@@ -138,17 +158,47 @@ def make_loaders(
             pin_memory=pin,
             collate_fn=collate_fn,
         )
-    val_loader = DataLoader(
-        val_set,
-        batch_size=bs,
-        shuffle=False,
-        num_workers=num_workers,
-        worker_init_fn=seed_worker if num_workers else None,
-        persistent_workers=num_workers > 0,
+    return loader, val_loader, generator
+
+
+def sharded_loader(
+    train_set: Dataset[Any],
+    batch_size: int,
+    drop_last: bool,
+    num_workers: int,
+    device: torch.device,
+    collate_fn: Callable[[list[Any]], Any] | None,
+    generator: torch.Generator,
+    shard: tuple[int, int],
+) -> DataLoader[Any]:
+    """The training loader of one DDP rank: the global batches :func:`make_loaders` draws (same
+    generator, same order of draws), each cut to this rank's slice (:class:`RankSlice`)."""
+    n = len(cast(Sized, train_set))
+    pin = device.type == "cuda"
+    if num_workers > 0 and not getattr(train_set, "on_device", False):
+        return DataLoader(
+            EpochSeededDataset(train_set),
+            batch_sampler=RankSlice(
+                EpochBatchSampler(n, batch_size, drop_last, generator), n, batch_size, shard
+            ),
+            num_workers=num_workers,
+            generator=torch.Generator(),
+            worker_init_fn=seed_worker,
+            persistent_workers=True,
+            pin_memory=pin,
+            collate_fn=collate_fn,
+        )
+    if getattr(train_set, "on_device", False):
+        cast(Any, train_set).place(device)
+        collate_fn, pin = cast(Any, train_set).collate, False
+    batches = BatchSampler(RandomSampler(range(n), generator=generator), batch_size, drop_last)
+    return DataLoader(
+        train_set,
+        batch_sampler=RankSlice(batches, n, batch_size, shard),
+        generator=generator,  # the loader draws its base seed from it first, as the plain loader does
         pin_memory=pin,
         collate_fn=collate_fn,
     )
-    return loader, val_loader, generator
 
 
 def train_batches(n_images: int, batch_size: int) -> tuple[int, bool, int]:

@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 from stitch.config import Experiment
+from stitch.ddp_follower import follow_main_rank
 from stitch.devices import pick_device
+from stitch.distributed import announce, barrier, start_distributed
 from stitch.errors import StitchError, one_line_message
 from stitch.progress import Progress
 from stitch.report import write_report
@@ -63,10 +65,16 @@ def run_experiment(
     worker_devices = [str(pick_device(d)) for d in devices] if devices else [str(dev)]
     if devices:
         dev = torch.device(worker_devices[0])
+    ddp = start_distributed(dev)  # under torchrun: the process group, and this rank's device
+    if ddp is not None:
+        dev = ddp.device
+        if not ddp.main:  # trains what rank 0 announces, writes nothing
+            return follow_main_rank(exp, dev, epochs, seeds)
     exp, data = experiment_data(exp)
     validate_experiment(exp, data.num_classes)  # every model-side mistake (lr_mult keys too) first
     runs = plan_runs(exp, epochs, seeds)
     preflight(data, exp.cfg.train.batch_size)  # unreadable files, bad labels: before anything is written
+    barrier()  # DDP: the data is built; the other ranks build theirs now
     shared = None
     if storage is not None:  # a bad URL or another plan in the study: before anything is written
         from stitch.run_queue import open_shared_runs
@@ -113,6 +121,7 @@ def run_experiment(
                     for row in train_shared(shared, session, progress, stop_after).values():
                         store.put(row)  # every worker's run directory holds the whole ablation
                 results = [row for plan in runs if (row := store.get(plan.run_id)) is not None]
+                announce(None)  # DDP: no more runs for the other ranks
             except StitchError as exc:
                 log.error(f"stopped: {one_line_message(exc)}")
                 raise

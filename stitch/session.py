@@ -26,6 +26,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from stitch.build import BuiltModel, stitch_variant
 from stitch.config import Experiment
+from stitch.ddp_follower import RunAnnouncement
+from stitch.distributed import announce, is_distributed
 from stitch.engine import Callback, Diverged, LoopState, StopTraining, train
 from stitch.errors import StitchError, disk_full_error, one_line_message
 from stitch.held_out import evaluate_test
@@ -247,6 +249,8 @@ class RunSession:
         train_cfg = exp.cfg.train.model_copy(
             update={"epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum}
         )
+        # DDP: the other ranks train this run with rank 0 (its checkpoint folder is ready)
+        announce(RunAnnouncement(plan.run_id, str(ckpt_dir), train_cfg, stop_after))
         if fresh:
             store.start(
                 RunRow(
@@ -306,6 +310,11 @@ class RunSession:
                     if not is_out_of_memory(exc):
                         raise
                     error = first_line(exc)
+                    if is_distributed():  # the ranks cannot halve their micro-batches in step
+                        raise OutOfMemory(
+                            f"{error}; out-of-memory retries are off under DDP (--nproc-per-node): "
+                            "lower train.batch_size and raise train.grad_accum"
+                        ) from None
                 if error is None:
                     break
                 # out of this handler, the failed attempt's frames (activations, optimiser) are gone
@@ -325,6 +334,8 @@ class RunSession:
         except OutOfMemory as exc:
             store.update(plan.run_id, status="failed", error=str(exc))
             progress.message(f"{name}: failed: {exc}")
+            if is_distributed():  # the other ranks cannot go on to the next run alone
+                raise StitchError(f"{name}: {exc}") from None
         except KeyboardInterrupt as exc:  # where Ctrl-C stopped it, and the command that resumes
             progress.message(f"{name}: {interrupted_message(exc)}")
             raise
@@ -343,6 +354,8 @@ class RunSession:
             store.update(plan.run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
             progress.message(f"{name}: failed: {type(exc).__name__}: {exc} (traceback in log.txt)")
             progress.log.error(traceback.format_exc())
+            if is_distributed():  # the other ranks cannot go on to the next run alone
+                raise
         else:
             saver.save(state)
             if state.epoch >= epochs:

@@ -1,0 +1,161 @@
+"""One run over 2 processes (DistributedDataParallel, gloo on the CPU), launched by torchrun: the
+metrics and history of a 1-process run within tolerance, only rank 0 writes, and a run stopped
+after epoch 1 resumes under DDP from the checkpoint rank 0 wrote. ``--nproc-per-node`` relaunches
+the same command line under torchrun; its mistakes are one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from yaml_snippets import tiny_shapes_unet
+
+from stitch.cli import main
+from stitch.distributed import RankSlice, check_ddp_options, without_nproc
+from stitch.errors import StitchError
+from stitch.store import ResultStore, RunRow
+
+#: The same weights, data and global batches, but BatchNorm normalises each rank's half batch with
+#: that half's statistics (and keeps rank 0's running statistics), and the all-reduce averages two
+#: half-batch gradients: the training-mode losses differ from the first step (0.018 in epoch 1
+#: here); the validation metrics, from the evaluation-mode model, by less than 0.001.
+TRAIN_TOLERANCE, EVAL_TOLERANCE = 0.03, 0.002
+
+#: Every rank runs this: 1 epoch (stop_after), then the whole run again (a resume from the
+#: epoch-1 checkpoint rank 0 wrote). A rank other than 0 records every attempt to write a file.
+SCRIPT = """\
+import builtins, os, shutil, sys
+from stitch.plugins import load_experiment_with_plugins
+from stitch.run import run_experiment
+
+writes = []
+if os.environ["RANK"] != "0":
+    real_open = builtins.open
+    def recording_open(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+"):
+            writes.append(str(file))
+        return real_open(file, mode, *args, **kwargs)
+    builtins.open = recording_open
+    for name in ("replace", "rename", "mkdir", "makedirs", "remove", "unlink"):
+        def recording(*args, _real=getattr(os, name), _name=name, **kwargs):
+            writes.append(f"{_name} {args[0]}")
+            return _real(*args, **kwargs)
+        setattr(os, name, recording)
+    shutil.rmtree = lambda path, *a, **k: writes.append(f"rmtree {path}")
+exp = load_experiment_with_plugins(sys.argv[1])
+run_experiment(exp, out=sys.argv[2], device="cpu", quiet=True, stop_after=1)
+run_experiment(exp, out=sys.argv[2], device="cpu", quiet=True)
+print(f"rank {os.environ['RANK']} wrote {writes}")
+"""
+
+
+def rows_of(run_dir: Path) -> list[RunRow]:
+    with ResultStore(run_dir / "runs.sqlite") as store:
+        return list(store.rows())
+
+
+def close(a: object, b: object, key: str = "") -> None:
+    """Numbers (nested in lists and dicts) equal within the tolerances above."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), key
+        for k in a:
+            close(a[k], b[k], f"{key}.{k}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), key
+        for i, (x, y) in enumerate(zip(a, b)):
+            close(x, y, f"{key}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        tolerance = TRAIN_TOLERANCE if ".train_loss" in key else EVAL_TOLERANCE
+        assert abs(float(a) - float(b)) <= tolerance, (key, a, b)  # type: ignore[arg-type]
+    else:
+        assert a == b, key
+
+
+def test_two_gloo_ranks_match_one_process_write_only_on_rank_0_and_resume(tmp_path: Path) -> None:
+    exp = tmp_path / "tiny_ddp.yaml"
+    exp.write_text(tiny_shapes_unet("tiny_ddp", tmp_path / "data", epochs=2))
+    script = tmp_path / "ddp_run.py"
+    script.write_text(SCRIPT)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # the 1-process reference (and the data, generated once before the ranks read it)
+        assert main(["run", str(exp), "--out", str(tmp_path / "one"), "--device", "cpu", "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    root = str(Path(__file__).resolve().parents[1])  # the script imports stitch from this checkout
+    path = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    done = subprocess.run(
+        [*cmd, str(script), str(exp), str(tmp_path / "two")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 1 wrote []" in done.stdout, done.stdout
+    assert "rank 0 wrote" in done.stdout
+    [one], [two] = rows_of(tmp_path / "one" / "tiny_ddp"), rows_of(tmp_path / "two" / "tiny_ddp")
+    assert (two.run_id, two.status, two.epochs_done, two.best_epoch) == (
+        one.run_id,
+        "done",
+        2,
+        one.best_epoch,
+    )
+    timing = {"seconds", "train_images_per_s"}
+    history = [[{k: v for k, v in e.items() if k not in timing} for e in r.history] for r in (one, two)]
+    close(history[0], history[1], "history")
+    close(one.best_metrics, two.best_metrics, "best_metrics")
+    close(one.final_metrics, two.final_metrics, "final_metrics")
+    log = (tmp_path / "two" / "tiny_ddp" / "log.txt").read_text()
+    assert "epoch 2/2" in log  # the second call resumed after epoch 1 and trained epoch 2 only
+    assert log.count("epoch 1/2") == 1
+    best = torch.load(tmp_path / "two" / "tiny_ddp" / "ckpt" / two.run_id / "best.pt", weights_only=False)
+    assert not any(k.startswith("module.") for k in best["model"])  # the unwrapped model's keys
+
+
+def test_rank_slices_cover_each_global_batch_once() -> None:
+    batches = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
+    slices = [list(RankSlice(batches, 11, 4, (r, 2))) for r in range(2)]  # type: ignore[arg-type]
+    assert slices == [[[0, 1], [4, 5], [8]], [[2, 3], [6, 7], [9, 10]]]
+    assert len(RankSlice(batches, 9, 4, (0, 2))) == 2  # a last batch of 1 image for 2 ranks: dropped
+
+
+def test_nproc_per_node_relaunches_the_same_command_under_torchrun(tmp_path: Path, monkeypatch) -> None:
+    seen: list[list[str]] = []
+    monkeypatch.setattr("torch.distributed.run.run", lambda args: seen.append(args.training_script_args))
+    argv = ["run", "exp.yaml", "--nproc-per-node", "2", "--out", str(tmp_path), "--device", "cpu"]
+    assert main(argv) == 0
+    assert seen == [["run", "exp.yaml", "--out", str(tmp_path), "--device", "cpu"]]
+    assert without_nproc(["run", "x", "--nproc-per-node=3", "--quiet"]) == ["run", "x", "--quiet"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--nproc-per-node", "0"], "--nproc-per-node 0: must be at least 1"),
+        (["--nproc-per-node", "-2"], "--nproc-per-node -2: must be at least 1"),
+    ],
+)
+def test_bad_nproc_per_node_is_one_line(argv: list[str], message: str, capsys) -> None:
+    assert main(["run", "exp.yaml", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message}\n"
+
+
+def test_what_ddp_cannot_do_is_one_line() -> None:
+    with pytest.raises(StitchError, match=r"^train.batch_size 5 with 2 DDP processes: .*multiple of 2$"):
+        check_ddp_options(2, 5, None, None, None)
+    with pytest.raises(StitchError, match=r"^--jobs under torchrun"):
+        check_ddp_options(2, 4, "2", None, None)
+    with pytest.raises(StitchError, match=r"^--storage under torchrun"):
+        check_ddp_options(2, 4, None, None, "sqlite:///x.db")
+    check_ddp_options(2, 4, None, None, None)
+    check_ddp_options(2, 4, 1, None, None)
+
+
+def test_sweep_under_torchrun_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["sweep", str(tmp_path / "none.yaml")]) == 2
+    assert capsys.readouterr().err.startswith("error: stitch sweep under torchrun: ")
