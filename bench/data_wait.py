@@ -5,8 +5,9 @@ shuffle, persistent workers re-seeded every epoch, ``pin_memory`` on CUDA, the d
 function) over the experiment's training ``Dataset`` (``--cache`` sets ``data.cache``; with
 ``device`` the data's batch transform runs inside the step, so its work counts as step time);
 each step is a plain step (batch to the device, ``task.loss``, a finite-loss check, backward,
-optimiser and schedule steps, ``float(loss)``), with the engine's per-epoch seeding. For each ``num_workers`` in ``--workers`` it trains a fresh model
-for ``--epochs`` epochs and, for every epoch after the first, measures:
+optimiser and schedule steps, ``float(loss)``), with the engine's per-epoch seeding. For each
+``num_workers`` in ``--workers`` it trains a fresh model for ``--epochs`` epochs and, for every
+epoch after the first, measures:
 
 - ``wait``: the time in ``iter(loader)`` and in every ``next()`` on it (``time.perf_counter``);
 - ``total``: from the epoch's start to its last step, after ``torch.cuda.synchronize`` on CUDA.

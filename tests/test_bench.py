@@ -125,3 +125,11 @@ def test_gpu_util_sampling_and_summary() -> None:
     cmd = gpu.run_command(gpu.parse_args(["--epochs", "2", "--seeds", "0", "1"]), Path("out"))
     assert cmd[1:5] == ["-m", "stitch", "run", str(BENCH.parent / "experiments" / "unet_coordatt.yaml")]
     assert cmd[-5:] == ["--epochs", "2", "--seeds", "0", "1"] and "--device" in cmd
+
+
+def test_gpu_checks_run_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    out = load("gpu_checks").main(["--device", "cpu"])
+    assert printed_json(capsys) == json.loads(json.dumps(out))
+    assert set(out["checks"]) == {"sync", "fp16", "bf16", "bf16_channels_last", "diverged", "cache_device"}
+    assert all(check["ok"] for check in out["checks"].values())
+    assert out["checks"]["cache_device"]["max_history_difference"] == 0.0  # identical on CPU
