@@ -12,6 +12,7 @@ what rank 0 announces (:func:`announce`, :func:`next_announcement`, :mod:`stitch
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -189,7 +190,9 @@ class RankSlice(Sampler[list[Any]]):
 
 def launch_torchrun(nproc: int, argv: Sequence[str], device: str | None) -> int:
     """``stitch run … --nproc-per-node N``: the same command line, without the flag, under torchrun
-    on this machine (``torchrun --standalone --nproc-per-node N -m stitch …``); its exit status."""
+    on this machine (``torchrun --standalone --nproc-per-node N -m stitch …``); its exit status: a
+    failed worker's (2 for a one-line error), 130 after Ctrl-C (torchrun passes it on to the
+    workers, which stop at the next step with a checkpoint, as one process does)."""
     if nproc < 1:
         raise StitchError(f"--nproc-per-node {nproc}: must be at least 1")
     on_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
@@ -198,6 +201,7 @@ def launch_torchrun(nproc: int, argv: Sequence[str], device: str | None) -> int:
             f"--nproc-per-node {nproc}: this machine has {torch.cuda.device_count()} CUDA device(s); "
             "use at most that many processes (one per GPU)"
         )
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -209,6 +213,8 @@ def launch_torchrun(nproc: int, argv: Sequence[str], device: str | None) -> int:
     except ChildFailedError as exc:
         codes = [f.exitcode for f in exc.failures.values()]
         return next((c for c in codes if c > 0), 1)
+    except SignalException as exc:  # Ctrl-C (SIGINT), or SIGTERM: the workers have stopped
+        return 130 if exc.sigval == signal.SIGINT else 128 + int(exc.sigval)
     return 0
 
 

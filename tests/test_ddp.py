@@ -25,14 +25,24 @@ from stitch.store import ResultStore, RunRow
 #: here); the validation metrics, from the evaluation-mode model, by less than 0.001.
 TRAIN_TOLERANCE, EVAL_TOLERANCE = 0.03, 0.002
 
-#: Every rank runs this: 1 epoch (stop_after), then the whole run again (a resume from the
-#: epoch-1 checkpoint rank 0 wrote). A rank other than 0 records every attempt to write a file.
+#: Every rank runs this: 1 epoch (stop_after); the whole run again (a resume from the epoch-1
+#: checkpoint rank 0 wrote), in which rank 1 alone gets a Ctrl-C after its first step of epoch 2
+#: (both ranks must stop at the same step, rank 0 writing the mid-epoch checkpoint); once more, to
+#: finish from there. A rank other than 0 records every attempt to write a file.
 SCRIPT = """\
-import builtins, os, shutil, sys
+import builtins, os, shutil, signal, sys
+import stitch.engine as engine
 from stitch.plugins import load_experiment_with_plugins
 from stitch.run import run_experiment
 
 writes = []
+if os.environ["RANK"] == "1":
+    real_deliver, sent = engine.deliver, []
+    def deliver(callbacks, epoch, read):
+        if epoch == 2 and not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGINT))
+        return real_deliver(callbacks, epoch, read)
+    engine.deliver = deliver
 if os.environ["RANK"] != "0":
     real_open = builtins.open
     def recording_open(file, mode="r", *args, **kwargs):
@@ -48,6 +58,10 @@ if os.environ["RANK"] != "0":
     shutil.rmtree = lambda path, *a, **k: writes.append(f"rmtree {path}")
 exp = load_experiment_with_plugins(sys.argv[1])
 run_experiment(exp, out=sys.argv[2], device="cpu", quiet=True, stop_after=1)
+try:
+    run_experiment(exp, out=sys.argv[2], device="cpu", quiet=True)
+except KeyboardInterrupt as exc:
+    print(f"rank {os.environ['RANK']} stopped: {exc}")
 run_experiment(exp, out=sys.argv[2], device="cpu", quiet=True)
 print(f"rank {os.environ['RANK']} wrote {writes}")
 """
@@ -96,6 +110,8 @@ def test_two_gloo_ranks_match_one_process_write_only_on_rank_0_and_resume(tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rank 1 wrote []" in done.stdout, done.stdout
     assert "rank 0 wrote" in done.stdout
+    for r in (0, 1):  # rank 0 stopped at rank 1's Ctrl-C, at the same step
+        assert f"rank {r} stopped: interrupted at epoch 2, step 2; checkpoint saved to " in done.stdout
     [one], [two] = rows_of(tmp_path / "one" / "tiny_ddp"), rows_of(tmp_path / "two" / "tiny_ddp")
     assert (two.run_id, two.status, two.epochs_done, two.best_epoch) == (
         one.run_id,
@@ -109,8 +125,8 @@ def test_two_gloo_ranks_match_one_process_write_only_on_rank_0_and_resume(tmp_pa
     close(one.best_metrics, two.best_metrics, "best_metrics")
     close(one.final_metrics, two.final_metrics, "final_metrics")
     log = (tmp_path / "two" / "tiny_ddp" / "log.txt").read_text()
-    assert "epoch 2/2" in log  # the second call resumed after epoch 1 and trained epoch 2 only
-    assert log.count("epoch 1/2") == 1
+    assert log.count("epoch 1/2") == 1  # the later calls resumed after epoch 1
+    assert log.count("epoch 2/2") == 1  # and finished epoch 2 after its step 2
     best = torch.load(tmp_path / "two" / "tiny_ddp" / "ckpt" / two.run_id / "best.pt", weights_only=False)
     assert not any(k.startswith("module.") for k in best["model"])  # the unwrapped model's keys
 
