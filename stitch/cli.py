@@ -80,22 +80,26 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- run / show
 def cmd_run(args: argparse.Namespace) -> int:
-    from stitch.distributed import check_ddp_options, is_main, launch_torchrun, world_size_from_env
+    from stitch.distributed import (
+        check_ddp_options,
+        check_nproc,
+        is_main,
+        launch_torchrun,
+        world_size_from_env,
+    )
     from stitch.plugins import load_experiment_with_plugins
     from stitch.run import run_experiment
 
     jobs, devices = _jobs_and_devices(args)
-    if args.nproc_per_node is not None:  # this command line again, under torchrun
-        return launch_torchrun(args.nproc_per_node, args.given, args.device)
+    nproc = args.nproc_per_node
+    if nproc is not None:
+        check_nproc(nproc, args.device)
     exp = load_experiment_with_plugins(args.experiment)
-    if world_size_from_env() > 1:
-        check_ddp_options(
-            world_size_from_env(),
-            exp.cfg.train.batch_size,
-            getattr(args, "jobs", None),
-            getattr(args, "devices", None),
-            getattr(args, "storage", None),
-        )
+    world = nproc if nproc is not None else world_size_from_env()
+    if world > 1:  # refused before any process starts, when launched with --nproc-per-node
+        check_ddp_options(world, exp.cfg.train.batch_size, args.jobs, args.devices, args.storage)
+    if nproc is not None:  # this command line again, under torchrun
+        return launch_torchrun(nproc, args.given, args.device)
     rows = run_experiment(
         exp,
         out=args.out,

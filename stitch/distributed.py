@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -169,7 +169,7 @@ class RankSlice(Sampler[list[Any]]):
     ``world`` nearly equal consecutive slices. A last batch with fewer items than ranks is dropped
     (every rank must take the same number of steps)."""
 
-    def __init__(self, batches: Sampler[list[Any]], n_items: int, batch_size: int, shard: tuple[int, int]):
+    def __init__(self, batches: Iterable[list[Any]], n_items: int, batch_size: int, shard: tuple[int, int]):
         self.batches, self.rank, self.world = batches, shard[0], shard[1]
         full, last = divmod(n_items, batch_size)
         self.length = full + (1 if last >= self.world else 0)
@@ -188,11 +188,9 @@ class RankSlice(Sampler[list[Any]]):
             yield batch[lo:hi]
 
 
-def launch_torchrun(nproc: int, argv: Sequence[str], device: str | None) -> int:
-    """``stitch run … --nproc-per-node N``: the same command line, without the flag, under torchrun
-    on this machine (``torchrun --standalone --nproc-per-node N -m stitch …``); its exit status: a
-    failed worker's (2 for a one-line error), 130 after Ctrl-C (torchrun passes it on to the
-    workers, which stop at the next step with a checkpoint, as one process does)."""
+def check_nproc(nproc: int, device: str | None) -> None:
+    """One line when ``--nproc-per-node`` is below 1 or, on CUDA (``device`` unset or CUDA), above
+    the number of visible GPUs (one process per GPU)."""
     if nproc < 1:
         raise StitchError(f"--nproc-per-node {nproc}: must be at least 1")
     on_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
@@ -201,6 +199,14 @@ def launch_torchrun(nproc: int, argv: Sequence[str], device: str | None) -> int:
             f"--nproc-per-node {nproc}: this machine has {torch.cuda.device_count()} CUDA device(s); "
             "use at most that many processes (one per GPU)"
         )
+
+
+def launch_torchrun(nproc: int, argv: Sequence[str], device: str | None) -> int:
+    """``stitch run … --nproc-per-node N``: the same command line, without the flag, under torchrun
+    on this machine (``torchrun --standalone --nproc-per-node N -m stitch …``); its exit status: a
+    failed worker's (2 for a one-line error), 130 after Ctrl-C (torchrun passes it on to the
+    workers, which stop at the next step with a checkpoint, as one process does)."""
+    check_nproc(nproc, device)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run

@@ -133,7 +133,7 @@ def test_two_gloo_ranks_match_one_process_write_only_on_rank_0_and_resume(tmp_pa
 
 def test_rank_slices_cover_each_global_batch_once() -> None:
     batches = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
-    slices = [list(RankSlice(batches, 11, 4, (r, 2))) for r in range(2)]  # type: ignore[arg-type]
+    slices = [list(RankSlice(batches, 11, 4, (r, 2))) for r in range(2)]
     assert slices == [[[0, 1], [4, 5], [8]], [[2, 3], [6, 7], [9, 10]]]
     assert len(RankSlice(batches, 9, 4, (0, 2))) == 2  # a last batch of 1 image for 2 ranks: dropped
 
@@ -141,9 +141,11 @@ def test_rank_slices_cover_each_global_batch_once() -> None:
 def test_nproc_per_node_relaunches_the_same_command_under_torchrun(tmp_path: Path, monkeypatch) -> None:
     seen: list[list[str]] = []
     monkeypatch.setattr("torch.distributed.run.run", lambda args: seen.append(args.training_script_args))
-    argv = ["run", "exp.yaml", "--nproc-per-node", "2", "--out", str(tmp_path), "--device", "cpu"]
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(tiny_shapes_unet("tiny_ddp", tmp_path / "data"))
+    argv = ["run", str(exp), "--nproc-per-node", "2", "--out", str(tmp_path), "--device", "cpu"]
     assert main(argv) == 0
-    assert seen == [["run", "exp.yaml", "--out", str(tmp_path), "--device", "cpu"]]
+    assert seen == [["run", str(exp), "--out", str(tmp_path), "--device", "cpu"]]
     assert without_nproc(["run", "x", "--nproc-per-node=3", "--quiet"]) == ["run", "x", "--quiet"]
 
 
@@ -158,6 +160,17 @@ def test_bad_nproc_per_node_is_one_line(argv: list[str], message: str, capsys) -
     assert main(["run", "exp.yaml", *argv]) == 2
     err = capsys.readouterr().err
     assert err == f"error: {message}\n"
+
+
+def test_launch_refuses_an_indivisible_batch_before_starting(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr("torch.distributed.run.run", lambda args: pytest.fail("launched"))
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(tiny_shapes_unet("tiny_ddp", tmp_path / "data"))  # batch_size 4
+    assert main(["run", str(exp), "--nproc-per-node", "3", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (
+        "error: train.batch_size 4 with 3 DDP processes: the global batch must divide evenly "
+        "(each process takes batch_size / 3); use a multiple of 3\n"
+    )
 
 
 def test_what_ddp_cannot_do_is_one_line() -> None:
