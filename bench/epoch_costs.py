@@ -13,7 +13,9 @@ which adds syncs the run itself does not make), nested as they are called:
 - ``epoch checkpoint``: :func:`stitch.checkpoints.save_checkpoint` of the epoch file, with its
   ``checksum`` (CRC-32 of every tensor), ``torch.save`` and ``fsync`` (the file, then its
   folder) inside;
-- ``best.pt``: the engine's ``save_atomic`` of ``best.pt`` when validation improved;
+- ``best.pt``: the ``save_atomic`` of ``best.pt`` when validation improved;
+- ``host copy``: the states copied to host memory for a background write (``train.async_checkpoint``;
+  off on the CPU by default; sections timed in that thread are nested wrongly, so measure it off);
 - ``prune``: :func:`stitch.checkpoints.prune_checkpoints`;
 - ``results row``: the session's ``StoreCallback.on_epoch`` (the run's SQLite row updated);
 - ``TensorBoard scalars``: ``TensorBoardCallback.on_epoch`` (epoch scalars, per-class values,
@@ -50,6 +52,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_setup import MAIN_JOB, shapes_raw, write_experiment
 
+import stitch.checkpoint_writer
 import stitch.checkpoints
 import stitch.engine
 import stitch.session
@@ -99,12 +102,13 @@ HOOKS: list[tuple[Any, str, str]] = [
     (stitch.session, "train", "train"),
     (stitch.tasks.segmentation.SegmentationTask, "evaluate", "validation"),
     (stitch.tasks.instance.InstanceTask, "evaluate", "validation"),
-    (stitch.engine, "save_checkpoint", "epoch checkpoint"),
+    (stitch.checkpoint_writer, "cpu_copy", "host copy"),
+    (stitch.checkpoint_writer, "save_checkpoint", "epoch checkpoint"),
     (stitch.checkpoints, "checksum", "checksum"),
-    (stitch.engine, "save_atomic", "best.pt"),
+    (stitch.checkpoint_writer, "save_atomic", "best.pt"),
     (torch, "save", "torch.save"),
     (os, "fsync", "fsync"),
-    (stitch.engine, "prune_checkpoints", "prune"),
+    (stitch.checkpoint_writer, "prune_checkpoints", "prune"),
     (stitch.session.StoreCallback, "on_epoch", "results row"),
     (stitch.session.TensorBoardCallback, "on_epoch", "TensorBoard scalars"),
     (stitch.session.TensorBoardCallback, "on_losses", "TensorBoard step losses"),

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from stitch.channels_last import batch_channels_last, model_channels_last
+from stitch.checkpoint_writer import CheckpointWriter, background_writes, epoch_checkpoint
 from stitch.checkpoints import (
     INTERRUPTED,
     TrainingObjects,
@@ -32,7 +33,6 @@ from stitch.checkpoints import (
     repair_best,
     restore_interrupted,
     restore_latest,
-    save_atomic,
     save_checkpoint,
 )
 from stitch.config import TrainCfg
@@ -155,7 +155,8 @@ class Callback:
         """After an epoch's evaluation (before the epoch's checkpoint)."""
 
     def on_epoch(self, state: LoopState, record: dict[str, Any]) -> None:
-        """After every epoch, once its checkpoint is written; may raise :class:`StopTraining`."""
+        """After every epoch, once its checkpoint is written (or, with ``train.async_checkpoint``,
+        handed to the background writer); may raise :class:`StopTraining`."""
 
 
 def deliver(callbacks: Sequence[Callback], epoch: int, read: Sequence[StepValues]) -> None:
@@ -209,21 +210,6 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def save_epoch(ckpt_dir: Path, objects: TrainingObjects, state: LoopState, keep_last: int) -> None:
-    """The checkpoint of the epoch ``state`` has just completed, ``best.pt`` when it is the best
-    (after the checkpoint: ``best.pt`` is never ahead of it), the old checkpoints pruned and a
-    mid-epoch checkpoint (now older) removed."""
-    epoch = state.epoch
-    save_checkpoint({**objects.state_dicts(), "state": state.__dict__}, ckpt_dir / f"epoch-{epoch:04d}.pt")
-    if state.best_epoch == epoch:
-        save_atomic(
-            {"model": objects.model.state_dict(), "epoch": epoch, "metrics": state.best_metrics},
-            ckpt_dir / "best.pt",
-        )
-    prune_checkpoints(ckpt_dir, epoch, keep_last)
-    (ckpt_dir / INTERRUPTED).unlink(missing_ok=True)
-
-
 def train(
     model: nn.Module,
     task: Task,
@@ -267,6 +253,12 @@ def train(
     continues exactly there: it re-seeds the epoch, draws (without training on them) the batches
     already trained on, so the sampler and data workers are where they were, then puts back the
     saved generators and sums. Checkpoints that do not fit are skipped (:mod:`stitch.checkpoints`).
+
+    With ``cfg.async_checkpoint`` (automatic: on CUDA) an epoch's checkpoint files are written by
+    a background thread from a host copy of the states while the next epoch trains
+    (:mod:`stitch.checkpoint_writer`); the write in flight is waited for (and its error raised
+    here) before the next one, before ``interrupted.pt``, and before this call returns or raises.
+    The ``on_epoch`` callbacks may then run before their epoch's files are on disk.
     """
     set_deterministic(cfg.deterministic)  # and cuDNN benchmark when not deterministic
     model.to(device)
@@ -312,7 +304,8 @@ def train(
         state = LoopState(**mid["state"])
 
     stopping = False  # under DDP: a Ctrl-C the ranks agreed on at a sync point
-    with stop_on_sigint() as stop:
+    writer = CheckpointWriter(background_writes(cfg.async_checkpoint, device))
+    with stop_on_sigint() as stop, writer:  # leaving it waits for the epoch checkpoint in flight
         while state.epoch < cfg.epochs:
             if stop_after is not None and state.epoch >= stop_after:
                 break
@@ -360,6 +353,7 @@ def train(
                     check_finite(callbacks, epoch, read)
                     deliver(callbacks, epoch, read)
                     path = ckpt_dir / INTERRUPTED
+                    writer.join()  # the last epoch's files first: they end by removing interrupted.pt
                     loss_sum, images, part_sums = epoch_totals(sums)
                     totals = {"loss_sum": loss_sum, "images": images, "part_sums": part_sums}
                     seconds = time.perf_counter() - start
@@ -400,10 +394,15 @@ def train(
             state.peak_memory_mb = larger(state.peak_memory_mb, peak_memory_mb(device))
             record["seconds"] = time.perf_counter() - start
             state.history.append(record)
-            if main:
-                save_epoch(ckpt_dir, objects, state, cfg.keep_last)
+            if main:  # in the background when train.async_checkpoint: the next epoch trains meanwhile
+                writer.join()  # one write in flight and one host copy of the states at a time
+                snapshot = epoch_checkpoint(
+                    ckpt_dir, objects, state.__dict__, cfg.keep_last, writer.background
+                )
+                writer.submit(snapshot.write)
             for cb in callbacks:
                 cb.on_epoch(state, record)
+        writer.join()
         if any_rank(stop.requested)[0]:  # Ctrl-C after the last step (evaluation, checkpoint): all is saved
             last = ckpt_dir / f"epoch-{state.epoch:04d}.pt"
             raise TrainingInterrupted(state.epoch, micro_per_epoch, last)

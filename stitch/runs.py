@@ -101,6 +101,7 @@ def resolved_config(exp: Experiment, variant: Variant, seed: int, epochs: int) -
     train_cfg = dict(cfg["train"], epochs=epochs)
     train_cfg.pop("keep_last")
     train_cfg.pop("sync_every", None)  # when the host reads the losses: never the result
+    train_cfg.pop("async_checkpoint", None)  # when the checkpoint is written: never the result
     # speed settings (added later): recorded only when on, so older run ids stay; precision fp16
     # is amp: true (the same training, the same id)
     if train_cfg.get("precision") == "fp16":

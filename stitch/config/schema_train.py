@@ -66,6 +66,7 @@ class TrainCfg(Strict):
     channels_last: StrictBool = False
     compile: StrictBool = False
     sync_every: Annotated[StrictInt, Field(gt=0)] | None = None
+    async_checkpoint: StrictBool | None = None  # None: automatic (stitch.checkpoint_writer)
     deterministic: StrictBool = False
     eval_every: Annotated[StrictInt, Field(gt=0)] = 1
     keep_last: Annotated[StrictInt, Field(gt=0)] = 2
