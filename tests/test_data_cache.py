@@ -58,8 +58,8 @@ def assert_same_batches(a: list[dict], b: list[dict]) -> None:
             assert x[key].dtype == y[key].dtype and torch.equal(x[key], y[key]), key
 
 
-def shapes(tmp_path: Path, cache: str, **kw: Any) -> Any:
-    cfg = ShapesData(dataset="shapes", num_images=24, image_size=(32, 32), augment=AUGMENT, cache=cache, **kw)
+def shapes(tmp_path: Path, cache: str, size: tuple[int, int] = (32, 32), **kw: Any) -> Any:
+    cfg = ShapesData(dataset="shapes", num_images=24, image_size=size, augment=AUGMENT, cache=cache, **kw)
     return build_data(cfg, cache_dir=tmp_path / "data")
 
 
@@ -268,3 +268,126 @@ def test_device_cache_with_workers_is_refused_in_one_line(tmp_path: Path) -> Non
     assert "\n" not in str(exc.value)
     with pytest.raises(StitchError, match="cache"):
         parse_experiment(text.replace("cache: device", "cache: gpu"), "w.yaml")
+
+
+# -- batched device augmentation (stitch.data.batched_augment, stitch.data.batched_color) ----------
+
+
+def plain_and_batched(plain: Any, device: Any, order: list[int], seed: int) -> tuple[dict, dict, list]:
+    """One batch of ``order`` drawn from seed ``seed`` by the plain pipeline (default collate) and by
+    the device cache (plans, then :meth:`DeviceTrainSet.augment_batch`), and the drawn plans."""
+    from torch.utils.data import default_collate
+
+    torch.manual_seed(seed)
+    a = default_collate([plain.train[i] for i in order])
+    torch.manual_seed(seed)
+    batch = device.train.collate([device.train[i] for i in order])
+    return a, device.train.augment_batch(batch), batch["plan"].samples
+
+
+def odd_shapes(tmp_path: Path, cache: str) -> Any:
+    """RGB tiles of 21 x 27: rows that are no multiple of a vector's width."""
+    return shapes(tmp_path, cache, size=(21, 27))
+
+
+@pytest.mark.parametrize(
+    "make", [shapes, odd_shapes, folder], ids=["shapes RGB", "shapes RGB 21x27", "folder grey, sizes differ"]
+)
+def test_batched_augmentation_gives_the_plain_batch_for_every_step(tmp_path: Path, make: Any) -> None:
+    plain, device = make(tmp_path, "none"), make(tmp_path, "device")
+    steps = device.train.steps
+    kinds = {type(s).__name__: n for n, s in enumerate(steps)}
+    seen: dict[str, set] = {k: set() for k in ("k", "hflip", "vflip", "pad", "gather", "order", "colour")}
+    outs_per_batch = []
+    for seed in range(4):
+        order = torch.randperm(len(device.train), generator=torch.Generator().manual_seed(seed)).tolist()
+        a, b, samples = plain_and_batched(plain, device, order, seed)
+        assert a.keys() == b.keys() and b["image"].shape[-2:] == tuple(
+            device.train.steps[kinds["RandomCrop"]].size
+        )
+        for key in a:
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), (seed, key)
+        plans = [dict(plan) for _, plan in samples]
+        crop, jitter = kinds["RandomCrop"], kinds["ColorJitter"]
+        for p in plans:
+            seen["k"].add(p[kinds["RandomRot90"]]["k"])
+            seen["hflip"].add(kinds["RandomHorizontalFlip"] in p)
+            seen["vflip"].add(kinds["RandomVerticalFlip"] in p)
+            seen["pad"].add(p[crop]["needs_pad"])
+            seen["order"].add(tuple(p[jitter]["fn_idx"]))
+            seen["colour"].update(k for k, v in p[jitter].items() if k.endswith("factor") and v is not None)
+        outs = [tuple(p[kinds["FitResize"]]["out"]) for p in plans]
+        outs_per_batch.append(len(set(outs)))
+        for out in set(outs):  # samples resized alike, cut at different offsets: the batched gather
+            offsets = {(p[crop]["top"], p[crop]["left"]) for p, o in zip(plans, outs) if o == out}
+            seen["gather"].add(len(offsets) > 1)
+    # every step ran with non-trivial parameters
+    assert seen["k"] == {0, 1, 2, 3} and seen["hflip"] == seen["vflip"] == seen["pad"] == {True, False}
+    assert True in seen["gather"] and max(outs_per_batch) > 1 and len(seen["order"]) > 4
+    grey = plain.train[0]["image"].shape[0] == 1
+    factors = {"brightness_factor", "contrast_factor"} | (
+        set() if grey else {"saturation_factor", "hue_factor"}
+    )
+    assert seen["colour"] == factors
+
+
+def test_fused_multiply_add_rounds_once() -> None:
+    from fractions import Fraction
+
+    from stitch.data.batched_color import fused_multiply_add
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(4000, generator=gen) * 300 - 20
+    b = torch.rand(4000, generator=gen) * 255
+    alpha = (torch.rand(4000, generator=gen) - 0.5) * torch.tensor(2.0).pow(-torch.randint(0, 30, (4000,)))
+    # a tie: 1 + 2**-23 + alpha * b lies 2**-60 below the float32 midpoint 1 + 2**-23 + 2**-24
+    tie = [(1 + 2**-23, 1 + 2**-18, (1 - 2**-18) * 2**-24), (-1 - 2**-23, 1 + 2**-18, -(1 - 2**-18) * 2**-24)]
+    a = torch.cat([a, torch.tensor([t[0] for t in tie])])
+    alpha = torch.cat([alpha, torch.tensor([t[1] for t in tie])])
+    b = torch.cat([b, torch.tensor([t[2] for t in tie])])
+    got = fused_multiply_add(a, b, alpha)
+
+    def rounded(x: Fraction) -> float:
+        r = np.float32(float(x))
+        cands = [np.nextafter(r, np.float32(-np.inf)), r, np.nextafter(r, np.float32(np.inf))]
+        best = min(abs(Fraction(float(c)) - x) for c in cands)
+        near = [c for c in cands if abs(Fraction(float(c)) - x) == best]
+        return float(min(near, key=lambda c: int(np.float32(c).view(np.uint32)) & 1))
+
+    exact = [
+        rounded(Fraction(float(x)) + Fraction(float(y)) * Fraction(float(z))) for x, y, z in zip(a, alpha, b)
+    ]
+    assert got.tolist() == exact
+    naive = (a[-2:].double() + alpha[-2:].double() * b[-2:].double()).float()
+    assert not torch.equal(naive, got[-2:])  # the ties are where rounding twice goes wrong
+
+
+def test_colour_jitter_runs_per_sample_where_the_blend_rounding_is_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stitch.data import batched_color
+
+    monkeypatch.setitem(batched_color.BLEND_MODES, "cpu", "unknown")
+    plain, device = shapes(tmp_path, "none"), shapes(tmp_path, "device")
+    a, b, _ = plain_and_batched(plain, device, list(range(12)), 3)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def aten_ops(dataset: Any, size: int) -> int:
+    """Top-level aten operations :meth:`DeviceTrainSet.augment_batch` runs for a batch of ``size``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    batch = dataset.collate([dataset[i % len(dataset)] for i in range(size)])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        dataset.augment_batch(batch)
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    return sum(1 for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+
+
+def test_batched_augmentation_runs_as_many_operations_for_64_samples_as_for_16(tmp_path: Path) -> None:
+    aug = {k: v for k, v in AUGMENT.items() if k != "scale"}  # no scale jitter: one output size
+    cfg = ShapesData(dataset="shapes", num_images=24, image_size=(32, 32), augment=aug, cache="device")
+    data = build_data(cfg, cache_dir=tmp_path / "data")
+    small, large = aten_ops(data.train, 16), aten_ops(data.train, 64)
+    assert large <= small + 40, (small, large)  # per sample, it would be about 4 x small

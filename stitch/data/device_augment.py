@@ -7,12 +7,13 @@ augmentation parameters (rotation, flips, scale, crop offsets, colour factors) w
 ``make_params`` calls of the plain pipeline (:mod:`stitch.data.transforms`), in the same order
 and from the same generator (torch's global RNG, in the main process: the loader has no
 workers). :meth:`DeviceTrainSet.augment_batch` (the bundle's ``train_batch_transform``, applied by
-the engine to every training batch once it is on the device) then does the pixel work with the
-pipeline's own kernels on the device: per sample for the geometric and colour steps (their
-output sizes and factors differ by sample), on the whole batch for the conversion to float and
-the normalisation. On CPU the batches are identical to the plain path's, bit for bit; on CUDA the
-resize and colour arithmetic are the GPU kernels' (torchvision resizes uint8 in float there), so
-pixels may differ by rounding.
+the engine to every training batch once it is on the device) then does the pixel work on the
+device, batched (:mod:`stitch.data.batched_augment`: a number of tensor operations per step that
+does not grow with the batch size, except that fit-resize runs once per distinct output size), with
+the pipeline's own kernels or, for colour jitter, their arithmetic with per-sample factors
+(:mod:`stitch.data.batched_color`). On CPU the batches are identical to the plain path's, bit for
+bit; on CUDA the resize and colour arithmetic are the GPU kernels' (torchvision resizes uint8 in
+float there), so pixels may differ by rounding.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from stitch.data.batched_augment import BatchProgram
 from stitch.data.cache import MemorySource, cached
 from stitch.data.common import DataError
 from stitch.data.transforms import FitResize, RandomRot90
@@ -75,25 +77,37 @@ class DeviceTrainSet:
                 )
         self.steps, self.tail = steps[:tail], steps[tail:]
         cache = source if isinstance(source, MemorySource) else MemorySource(source)
-        self.images: list[torch.Tensor] = []
-        self.masks: list[torch.Tensor] = []
-        self.mask_dtypes: list[torch.dtype] = []
+        #: per sample: its stack's key (channels, height, width, stored and loaded mask type) and row
+        self.keys: list[tuple[int, int, int, torch.dtype, torch.dtype]] = []
+        self.rows: list[int] = []
+        members: dict[Any, list[int]] = {}
         for i in range(len(cache)):
             image, mask = cache.samples[i]
-            self.images.append(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
-            self.masks.append(torch.from_numpy(mask))
-            self.mask_dtypes.append(torch.from_numpy(np.zeros(0, cache.mask_dtypes[i])).dtype)
+            h, w, c = image.shape
+            loaded = torch.from_numpy(np.zeros(0, cache.mask_dtypes[i])).dtype
+            key = (c, h, w, torch.from_numpy(mask[:0]).dtype, loaded)
+            self.keys.append(key)
+            self.rows.append(len(members.setdefault(key, [])))
+            members[key].append(i)
+        #: the samples of one key stacked: uint8 images N x C x H x W, masks N x H x W (compact type)
+        self.image_stacks: dict[Any, torch.Tensor] = {}
+        self.mask_stacks: dict[Any, torch.Tensor] = {}
+        for key, indices in members.items():
+            images = np.stack([cache.samples[i][0].transpose(2, 0, 1) for i in indices])
+            self.image_stacks[key] = torch.from_numpy(np.ascontiguousarray(images))
+            self.mask_stacks[key] = torch.from_numpy(np.stack([cache.samples[i][1] for i in indices]))
         self.device = torch.device("cpu")
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.keys)
 
     def name(self, i: int) -> str:
         return str(self.source.name(i))
 
     def nbytes(self) -> int:
         """Bytes the decoded images and masks take on the device."""
-        return sum(t.nbytes for t in self.images) + sum(t.nbytes for t in self.masks)
+        stacks = [*self.image_stacks.values(), *self.mask_stacks.values()]
+        return sum(t.nbytes for t in stacks)
 
     def place(self, device: torch.device) -> None:
         """Move the decoded samples to ``device``; on CUDA, a one-line :class:`DataError` when they
@@ -112,8 +126,8 @@ class DeviceTrainSet:
                     f"{device} has {free / 2**20:.0f} MiB free (the cache may take half); "
                     "use data.cache: memory"
                 )
-        self.images = [t.to(device) for t in self.images]
-        self.masks = [t.to(device) for t in self.masks]
+        self.image_stacks = {k: t.to(device) for k, t in self.image_stacks.items()}
+        self.mask_stacks = {k: t.to(device) for k, t in self.mask_stacks.items()}
         self.device = device
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -123,7 +137,7 @@ class DeviceTrainSet:
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for the {self.split} split ({len(self)} samples)")
-        c, h, w = self.images[i].shape
+        c, h, w = self.keys[i][:3]
         plan: list[tuple[int, dict[str, Any]]] = []
         for n, step in enumerate(self.steps):
             flip = isinstance(step, (v2.RandomHorizontalFlip, v2.RandomVerticalFlip))
@@ -156,21 +170,13 @@ class DeviceTrainSet:
         device = batch["index"].device
         if device != self.device:
             self.place(device)
-        images, masks = [], []
-        for i, plan in batch["plan"].samples:
-            img: Any = tv_tensors.Image(self.images[i])
-            msk: Any = tv_tensors.Mask(self.masks[i].to(self.mask_dtypes[i]))
-            for n, params in plan:
-                step = self.steps[n]
-                img, msk = step.transform(img, params), step.transform(msk, params)
-            images.append(img.as_subclass(torch.Tensor))
-            masks.append(msk.as_subclass(torch.Tensor).to(torch.int64))
-        image: Any = tv_tensors.Image(torch.stack(images))
+        images, masks = BatchProgram(self, batch["plan"].samples).run(device)
+        image: Any = tv_tensors.Image(images)
         for step in self.tail:
             image = step.transform(image, {})
         return {
             "image": image.as_subclass(torch.Tensor).contiguous(),
-            "mask": torch.stack(masks).contiguous(),
+            "mask": masks.contiguous(),
             "index": batch["index"],
         }
 
