@@ -65,6 +65,14 @@ def compile_problem(device: torch.device, backend: str = "inductor") -> str | No
     return None
 
 
+def check_compile(compile_on: bool, device: torch.device) -> None:
+    """Before anything is written: a :class:`~stitch.errors.StitchError` (one line naming the fix)
+    when ``train.compile`` is on and :func:`compile_problem` finds ``device`` cannot compile."""
+    problem = compile_problem(device) if compile_on else None
+    if problem is not None:
+        raise StitchError(problem)
+
+
 def _device_of(model: nn.Module) -> torch.device:
     first = next(model.parameters(), None)
     return first.device if first is not None else torch.device("cpu")

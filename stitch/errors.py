@@ -57,6 +57,11 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
         close = [c for c in choices if str(name) and c.lower().startswith(str(name).lower())][:n]
     if not close:
         return ""
+    # a far closer name hides the weak ones ('optimiser': 'optimizer', not also 'compile')
+    best = difflib.SequenceMatcher(None, str(name).lower(), close[0].lower()).ratio()
+    close = [
+        c for c in close if difflib.SequenceMatcher(None, str(name).lower(), c.lower()).ratio() >= best - 0.25
+    ]
     return " — did you mean " + " or ".join(repr(c) for c in close) + "?"
 
 

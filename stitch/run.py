@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from stitch.compile_model import check_compile
 from stitch.config import Experiment
 from stitch.ddp_follower import follow_main_rank
 from stitch.devices import pick_device
@@ -70,6 +71,7 @@ def run_experiment(
         dev = ddp.device
         if not ddp.main:  # trains what rank 0 announces, writes nothing
             return follow_main_rank(exp, dev, epochs, seeds)
+    check_compile(exp.cfg.train.compile, dev)  # a missing compiler: before anything is written
     exp, data = experiment_data(exp)
     validate_experiment(exp, data.num_classes)  # every model-side mistake (lr_mult keys too) first
     runs = plan_runs(exp, epochs, seeds)
@@ -93,8 +95,8 @@ def run_experiment(
             try:
                 progress.start_experiment(exp.cfg.name, len(runs), dev)
                 progress.message(f"data: {data.describe()}")
-                if exp.cfg.train.amp and dev.type != "cuda":
-                    progress.message(f"note: train.amp is for CUDA; training in float32 on {dev}")
+                if (exp.cfg.train.amp or exp.cfg.train.precision == "fp16") and dev.type != "cuda":
+                    progress.message(f"note: fp16 (train.amp, train.precision) is for CUDA; training in float32 on {dev}")
                 if jobs > 1:
                     threads = worker_threads(jobs)
                     note = (

@@ -121,7 +121,7 @@ def test_stitching_mistakes_exit_2_with_one_line(
     [
         (
             TINY_UNET.replace("model: unet", "model: unett"),
-            "baseline.model: unknown baseline 'unett' — did you mean 'unet' or 'timm_unet'?",
+            "baseline.model: unknown baseline 'unett' — did you mean 'unet'?",
         ),
         (
             TINY_UNET.replace("base_width: 8", "base_widht: 8"),

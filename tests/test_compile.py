@@ -149,3 +149,26 @@ def test_a_missing_compiler_is_one_line_naming_the_fix(
 def test_the_cxx_variable_names_the_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXX", "no-such-compiler-xyz")
     assert "'no-such-compiler-xyz' is not on PATH" in (compile_problem(torch.device("cpu")) or "")
+
+
+def test_stitch_run_and_sweep_refuse_a_missing_compiler_before_writing(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from yaml_snippets import tiny_shapes_unet
+
+    from stitch.cli import main
+
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    exp = tmp_path / "c.yaml"
+    sweep = "sweep:\n  trials: 2\n  slots:\n    - {name: ENC, at: [enc1, enc2], modules: [SE]}\n"
+    exp.write_text(tiny_shapes_unet("c", tmp_path / "data") + "  compile: true\n" + sweep)
+    for command in ("run", "sweep"):
+        code = main([command, str(exp), "--out", str(tmp_path / "runs"), "--device", "cpu", "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("error: train.compile on CPU needs a C++ compiler"), err
+        assert len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()

@@ -305,3 +305,13 @@ def test_errors_raised_in_dataloader_workers_keep_their_own_line() -> None:
         'Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n  File "x.py", line 1, in f\nstitch.data.common.DataError: /d/masks/s5.png: label 7 outside 0..1 (set num_classes)\n'
     )
     assert one_line_message(wrapped) == "/d/masks/s5.png: label 7 outside 0..1 (set num_classes)"
+
+
+@pytest.mark.parametrize("key", ["amp: true", "precision: fp16"])
+def test_fp16_off_cuda_trains_in_float32_and_says_so(tmp_path: Path, key: str) -> None:
+    path = tiny(tmp_path, epochs=1, extra="ablation: none\n")
+    path.write_text(path.read_text().replace("  keep_last: 2\n", f"  keep_last: 2\n  {key}\n"))
+    exp = load_experiment(path)
+    run_experiment(exp, out=tmp_path / "runs", quiet=True, device="cpu")
+    log = (tmp_path / "runs" / "tiny_run" / "log.txt").read_text()
+    assert "note: fp16 (train.amp, train.precision) is for CUDA; training in float32 on cpu" in log

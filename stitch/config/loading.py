@@ -86,10 +86,13 @@ def with_overrides(
     exp: Experiment, baseline_args: dict[str, Any] | None = None, probe_size: tuple[int, int] | None = None
 ) -> Experiment:
     """A re-validated copy of ``exp`` with command-line overrides (``--arg``, ``--size``)."""
-    data = exp.cfg.model_dump()
-    data["baseline"]["args"].update(baseline_args or {})
+    # only what was set (in the file or by an earlier override): keys left at their defaults stay
+    # unset, so a validator that asks whether a key was given (train.precision beside amp) sees
+    # the file as written
+    data = exp.cfg.model_dump(exclude_unset=True)
+    data.setdefault("baseline", {}).setdefault("args", {}).update(baseline_args or {})
     if probe_size is not None:
-        data["probe"]["image_size"] = list(probe_size)
+        data.setdefault("probe", {})["image_size"] = list(probe_size)
     try:
         cfg = ExperimentCfg.model_validate(data)
     except ValidationError as exc:

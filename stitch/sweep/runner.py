@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from stitch.compile_model import check_compile
 from stitch.config import Experiment, sweep_of
 from stitch.devices import pick_device
 from stitch.errors import StitchError, one_line_message
@@ -78,6 +79,7 @@ def run_sweep(
     size = len(space) if space is not None else grid_size(sweep) if sweep.sampler == "grid" else None
     target = min(n_trials or sweep.trials, size or n_trials or sweep.trials)
     dev = pick_device(device)
+    check_compile(exp.cfg.train.compile, dev)
     exp, data = experiment_data(exp)
     preflight(data, exp.cfg.train.batch_size)
     shared = open_storage(storage) if storage is not None else None  # a bad URL: before anything is written
