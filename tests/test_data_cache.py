@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 from yaml_snippets import tiny_shapes_unet
 
 from stitch.build import stitch_variant
@@ -371,6 +372,25 @@ def test_colour_jitter_runs_per_sample_where_the_blend_rounding_is_unknown(
     plain, device = shapes(tmp_path, "none"), shapes(tmp_path, "device")
     a, b, _ = plain_and_batched(plain, device, list(range(12)), 3)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_strong_colour_jitter_gives_the_plain_batch(tmp_path: Path) -> None:
+    """Saturation factors below 0.5: the blend's sum is not known exact, the general rounding runs."""
+    aug = dict(AUGMENT, color_jitter=0.9)
+    made = [
+        build_data(
+            ShapesData(dataset="shapes", num_images=24, image_size=(32, 32), augment=aug, cache=c),
+            cache_dir=tmp_path / "data",
+        )
+        for c in ("none", "device")
+    ]
+    jitter = next(n for n, s in enumerate(made[1].train.steps) if isinstance(s, v2.ColorJitter))
+    low = False
+    for seed in range(2):
+        a, b, samples = plain_and_batched(*made, list(range(len(made[1].train))), seed)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        low |= any(dict(plan)[jitter]["saturation_factor"] < 0.5 for _, plan in samples)
+    assert low
 
 
 def aten_ops(dataset: Any, size: int) -> int:

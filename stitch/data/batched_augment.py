@@ -311,14 +311,24 @@ class BatchProgram:
                     whole = len(local) == len(params)
                     sl = None if whole else self.host(local)
                     fs, al = self.host(factors), self.host(alphas)
+                    exact = fn == 2 and colour.sum_is_exact(factors, alphas)
                     self.ops.append(
-                        partial(self.adjust, gid=gid, fn=fn, sl=sl, fs=fs, al=al, factors=factors)
+                        partial(
+                            self.adjust, gid=gid, fn=fn, sl=sl, fs=fs, al=al, factors=factors, exact=exact
+                        )
                     )
 
     # -- running ---------------------------------------------------------------------------------
     @staticmethod
     def adjust(
-        env: Env, gid: int, fn: int, sl: slice | None, fs: slice, al: slice, factors: list[float]
+        env: Env,
+        gid: int,
+        fn: int,
+        sl: slice | None,
+        fs: slice,
+        al: slice,
+        factors: list[float],
+        exact: bool,
     ) -> None:
         """Colour adjustment ``fn`` (brightness, contrast, saturation, hue) on rows ``sl`` of a group."""
         image, mask = env.tensors[gid]
@@ -334,7 +344,7 @@ class BatchProgram:
         elif fn == 1:
             x = colour.contrast(x, factor, env.floats[al].view(-1, 1, 1, 1), mode)
         elif fn == 2:
-            x = colour.saturation(x, factor, env.floats[al].view(-1, 1, 1, 1), mode)
+            x = colour.saturation(x, factor, env.floats[al].view(-1, 1, 1, 1), mode, exact)
         else:
             x = colour.hue(x, env.floats[fs].view(-1, 1, 1))
         env.tensors[gid] = (x if idx is None else image.index_copy(0, idx, x), mask)

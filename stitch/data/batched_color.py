@@ -62,13 +62,35 @@ def blend_mode(device: torch.device) -> str:
 
 
 def blend(
-    image: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor, alpha: torch.Tensor, mode: str
+    image: torch.Tensor,
+    other: torch.Tensor,
+    ratio: torch.Tensor,
+    alpha: torch.Tensor,
+    mode: str,
+    exact_sum: bool = False,
 ) -> torch.Tensor:
     """torchvision's ``_blend`` of uint8 ``image`` with float32 ``other``; ``ratio`` and ``alpha``
-    (``float32(1.0 - ratio)``, computed in float64 as the kernel's argument is) per sample."""
+    (``float32(1.0 - ratio)``, computed in float64 as the kernel's argument is) per sample.
+    ``exact_sum``: the caller knows ``image * ratio + alpha * other`` is exact in float64 (see
+    :func:`sum_is_exact`), so rounding it once to float32 is the fused result."""
     scaled = image.mul(ratio)
-    out = fused_multiply_add(scaled, other, alpha) if mode == "fused" else scaled + other * alpha
+    if mode != "fused":
+        out = scaled + other * alpha
+    elif exact_sum:
+        out = scaled.double().add_(other.double() * alpha.double()).float()
+    else:
+        out = fused_multiply_add(scaled, other, alpha)
     return out.clamp_(0, 255).to(image.dtype)
+
+
+def sum_is_exact(ratios: list[float], alphas: list[float]) -> bool:
+    """Whether saturation's blend sum is exact in float64 for these factors: with every ratio in
+    [0.5, 2**20), ``float32(level * ratio)`` is 0 or a multiple of 2**-24 below 2**28; with every
+    alpha a multiple of 2**-24, so is ``luma * alpha`` (luma: an integer below 256, alpha below
+    2**20), so their sum has at most 53 significant bits. True for colour jitter up to 0.5."""
+    return all(0.5 <= r < 2**20 for r in ratios) and all(
+        abs(a) < 2**20 and (a * 2**24).is_integer() for a in alphas
+    )
 
 
 def grey_float(image: torch.Tensor) -> torch.Tensor:
@@ -94,11 +116,13 @@ def contrast(image: torch.Tensor, ratio: torch.Tensor, alpha: torch.Tensor, mode
     return table.gather(1, image.reshape(n, -1).long()).view(image.shape)
 
 
-def saturation(image: torch.Tensor, ratio: torch.Tensor, alpha: torch.Tensor, mode: str) -> torch.Tensor:
-    """``adjust_saturation``: blend with the luma; grey images unchanged."""
+def saturation(
+    image: torch.Tensor, ratio: torch.Tensor, alpha: torch.Tensor, mode: str, exact_sum: bool = False
+) -> torch.Tensor:
+    """``adjust_saturation``: blend with the (floored) luma; grey images unchanged."""
     if image.shape[-3] == 1:
         return image
-    return blend(image, grey_float(image), ratio, alpha, mode)
+    return blend(image, grey_float(image), ratio, alpha, mode, exact_sum)
 
 
 def rgb_to_hsv(image: torch.Tensor) -> torch.Tensor:
