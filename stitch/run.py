@@ -96,7 +96,9 @@ def run_experiment(
                 progress.start_experiment(exp.cfg.name, len(runs), dev)
                 progress.message(f"data: {data.describe()}")
                 if (exp.cfg.train.amp or exp.cfg.train.precision == "fp16") and dev.type != "cuda":
-                    progress.message(f"note: fp16 (train.amp, train.precision) is for CUDA; training in float32 on {dev}")
+                    progress.message(
+                        f"note: fp16 (train.amp, train.precision) is for CUDA; training in float32 on {dev}"
+                    )
                 if jobs > 1:
                     threads = worker_threads(jobs)
                     note = (
