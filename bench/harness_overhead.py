@@ -12,8 +12,9 @@ never synchronises with the host inside an epoch.
 
 stitch's side is ``RunSession.train`` exactly as ``stitch run --quiet`` drives it (results store,
 TensorBoard, progress and log callbacks; ``--harness engine`` calls :func:`stitch.engine.train`
-alone, with no callbacks but the clock's). The sides run interleaved in one process, stitch then
-hand in every round, after one warm-up round that is not counted; the figures are medians over
+alone, with no callbacks but the clock's). The sides run interleaved in one process, stitch first
+in even rounds and hand first in odd ones (A B, B A, ...), after one warm-up round that is not
+counted; the figures are medians over
 ``--rounds`` rounds.
 
 Timed, per side and round, with ``time.perf_counter`` after ``torch.cuda.synchronize`` on CUDA:
@@ -225,11 +226,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for v, variant in enumerate(args.variants):
                 rows: dict[str, list[tuple[float, float, int]]] = {"stitch": [], "hand": []}
                 for r in range(args.rounds + 1):  # round 0 warms up and is not counted
-                    a = stitch_loop(bench, session, variant, cfg, args, Path(tmp) / f"s{v}-{r}")
                     hand_ckpt = Path(tmp) / f"h{v}-{r}"
                     hand_ckpt.mkdir()
                     built, params = bench.model(variant, args.seed)
-                    b = hand_loop(bench, built.model, params, cfg, args, hand_ckpt)
+                    # the order alternates (A B, B A, ...): whichever runs second in a pair finds
+                    # the allocator and caches warmed by the first, which must not favour one side
+                    if r % 2:
+                        b = hand_loop(bench, built.model, params, cfg, args, hand_ckpt)
+                        a = stitch_loop(bench, session, variant, cfg, args, Path(tmp) / f"s{v}-{r}")
+                    else:
+                        a = stitch_loop(bench, session, variant, cfg, args, Path(tmp) / f"s{v}-{r}")
+                        b = hand_loop(bench, built.model, params, cfg, args, hand_ckpt)
                     if r:
                         rows["stitch"].append(a)
                         rows["hand"].append(b)

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -90,45 +85,6 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
         assert b.status == "done" and b.epochs_done == 4
         assert a.final_metrics == b.final_metrics  # identical, not just close
         assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
-
-
-def test_killed_process_resumes_to_the_same_result(tmp_path: Path) -> None:
-    # 10 epochs leave a kill window of 7 (test_crash_anywhere.py kills at many more points)
-    epochs = 10
-    path = tiny(tmp_path, epochs=epochs, extra="ablation: none\n")
-    text = path.read_text().replace('insertions:\n  - {name: SE, module: SE, at: "enc*"}\n', "")
-    path.write_text(text)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "stitch", "run", str(path), "--quiet"]
-    proc = subprocess.Popen(
-        cmd + ["--out", str(tmp_path / "killed")],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    ckpt_root = tmp_path / "killed" / "tiny_run" / "ckpt"
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(ckpt_root.glob("*/epoch-0003.pt")):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    with ResultStore(tmp_path / "killed" / "tiny_run" / "runs.sqlite") as store:
-        (row,) = store.rows()
-    assert row.status == "running" and row.epochs_done < epochs
-    subprocess.run(
-        cmd + ["--out", str(tmp_path / "killed")], cwd=ROOT, env=env, check=True, capture_output=True
-    )
-    subprocess.run(
-        cmd + ["--out", str(tmp_path / "straight")], cwd=ROOT, env=env, check=True, capture_output=True
-    )
-    rows = []
-    for out in ("killed", "straight"):
-        with ResultStore(tmp_path / out / "tiny_run" / "runs.sqlite") as store:
-            rows += store.rows()
-    assert rows[0].status == rows[1].status == "done"
-    assert rows[0].final_metrics == rows[1].final_metrics
-    assert rows[0].best_metrics == rows[1].best_metrics
 
 
 def test_force_retrains_and_a_diverging_run_is_marked(tmp_path: Path) -> None:

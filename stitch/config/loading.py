@@ -86,13 +86,13 @@ def with_overrides(
     exp: Experiment, baseline_args: dict[str, Any] | None = None, probe_size: tuple[int, int] | None = None
 ) -> Experiment:
     """A re-validated copy of ``exp`` with command-line overrides (``--arg``, ``--size``)."""
-    # only what was set (in the file or by an earlier override): keys left at their defaults stay
-    # unset, so a validator that asks whether a key was given (train.precision beside amp) sees
-    # the file as written
-    data = exp.cfg.model_dump(exclude_unset=True)
-    data.setdefault("baseline", {}).setdefault("args", {}).update(baseline_args or {})
+    data = exp.cfg.model_dump()  # every value, also those changed on the objects after loading
+    if "precision" not in exp.cfg.train.model_fields_set:
+        # left unset, as in the file: the check of amp beside precision asks whether it was given
+        del data["train"]["precision"]
+    data["baseline"]["args"].update(baseline_args or {})
     if probe_size is not None:
-        data.setdefault("probe", {})["image_size"] = list(probe_size)
+        data["probe"]["image_size"] = list(probe_size)
     try:
         cfg = ExperimentCfg.model_validate(data)
     except ValidationError as exc:
