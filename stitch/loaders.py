@@ -122,33 +122,36 @@ def make_loaders(
         pin_memory=pin,
         collate_fn=collate_fn,
     )
-    if shard is not None:
-        sharded = sharded_loader(train_set, bs, drop_last, num_workers, device, collate_fn, generator, shard)
-        return sharded, val_loader, generator
-    if getattr(train_set, "on_device", False):
-        cast(Any, train_set).place(device)
-        loader: DataLoader[Any] = DataLoader(
-            train_set,
-            batch_size=bs,
-            shuffle=True,
-            drop_last=drop_last,
-            generator=generator,
-            collate_fn=cast(Any, train_set).collate,
-        )
-    elif num_workers == 0:
-        loader = DataLoader(
-            train_set,
-            batch_size=bs,
-            shuffle=True,
-            drop_last=drop_last,
-            generator=generator,
-            pin_memory=pin,
-            collate_fn=collate_fn,
-        )
-    else:
-        loader = DataLoader(
+    loader = train_loader(train_set, bs, drop_last, num_workers, device, collate_fn, generator, shard)
+    return loader, val_loader, generator
+
+
+def train_loader(
+    train_set: Dataset[Any],
+    batch_size: int,
+    drop_last: bool,
+    num_workers: int,
+    device: torch.device,
+    collate_fn: Callable[[list[Any]], Any] | None,
+    generator: torch.Generator,
+    shard: tuple[int, int] | None = None,
+) -> DataLoader[Any]:
+    """The training loader: the seeded batches ``generator`` draws (the loader's base seed first,
+    then the epoch's permutation, as torch's shuffling loader draws them); with ``shard = (rank,
+    world_size)`` each global batch cut to this rank's slice (:class:`RankSlice`). Workers get an
+    :class:`EpochBatchSampler` and are re-seeded every epoch; a training set on the device is
+    placed there and loaded in the main process with its own ``collate``, unpinned."""
+    n = len(cast(Sized, train_set))
+    pin = device.type == "cuda"
+    on_device = getattr(train_set, "on_device", False)
+
+    def cut(batches: Any) -> Any:
+        return batches if shard is None else RankSlice(batches, n, batch_size, shard)
+
+    if num_workers > 0 and not on_device:
+        return DataLoader(
             EpochSeededDataset(train_set),
-            batch_sampler=EpochBatchSampler(n, bs, drop_last, generator),
+            batch_sampler=cut(EpochBatchSampler(n, batch_size, drop_last, generator)),
             num_workers=num_workers,
             # the loader's own base seed is unused (EpochSeededDataset re-seeds): drawn from a
             # generator of its own, it leaves the sampler's and the global streams alone
@@ -158,44 +161,14 @@ def make_loaders(
             pin_memory=pin,
             collate_fn=collate_fn,
         )
-    return loader, val_loader, generator
-
-
-def sharded_loader(
-    train_set: Dataset[Any],
-    batch_size: int,
-    drop_last: bool,
-    num_workers: int,
-    device: torch.device,
-    collate_fn: Callable[[list[Any]], Any] | None,
-    generator: torch.Generator,
-    shard: tuple[int, int],
-) -> DataLoader[Any]:
-    """The training loader of one DDP rank: the global batches :func:`make_loaders` draws (same
-    generator, same order of draws), each cut to this rank's slice (:class:`RankSlice`)."""
-    n = len(cast(Sized, train_set))
-    pin = device.type == "cuda"
-    if num_workers > 0 and not getattr(train_set, "on_device", False):
-        return DataLoader(
-            EpochSeededDataset(train_set),
-            batch_sampler=RankSlice(
-                EpochBatchSampler(n, batch_size, drop_last, generator), n, batch_size, shard
-            ),
-            num_workers=num_workers,
-            generator=torch.Generator(),
-            worker_init_fn=seed_worker,
-            persistent_workers=True,
-            pin_memory=pin,
-            collate_fn=collate_fn,
-        )
-    if getattr(train_set, "on_device", False):
+    if on_device:
         cast(Any, train_set).place(device)
         collate_fn, pin = cast(Any, train_set).collate, False
     batches = BatchSampler(RandomSampler(range(n), generator=generator), batch_size, drop_last)
     return DataLoader(
         train_set,
-        batch_sampler=RankSlice(batches, n, batch_size, shard),
-        generator=generator,  # the loader draws its base seed from it first, as the plain loader does
+        batch_sampler=cut(batches),
+        generator=generator,  # the loader draws its base seed from it first, as a shuffling loader does
         pin_memory=pin,
         collate_fn=collate_fn,
     )
