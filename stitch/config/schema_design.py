@@ -88,6 +88,9 @@ class ReportCfg(Strict):
     bold: Literal["significant", "best", "none"] = "significant"
     min_effect: Annotated[float, Field(gt=0)] | None = None  # in the metric's stored units
     selection: Literal["best", "last"] = "best"
+    #: the page the tables and figures are sized for: one column of a two-column paper (3.5 in),
+    #: the full text width (7 in, ``table*``), or a landscape page of their own
+    layout: Literal["column", "page", "landscape"] = "column"
 
     @field_validator("label")
     @classmethod
