@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+#: the one place the version is written: pyproject.toml reads it (``[tool.setuptools.dynamic]``),
+#: ``stitch --version`` prints it
 __version__ = "0.1.0"
 __all__ = [
     "StitchError",

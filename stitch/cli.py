@@ -1,19 +1,22 @@
 """The ``stitch`` command: parses arguments and calls the rooms that do the work.
 
 User mistakes (:class:`~stitch.errors.StitchError`) print one line on stderr and exit with code 2;
-``--debug`` shows the traceback instead.
+``--debug`` shows the traceback instead. ``--debug`` and ``--quiet`` are taken before or after the
+subcommand; every ``--help`` ends with examples and the exit codes (:mod:`stitch.cli_options`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stitch import __version__
+from stitch.cli_options import add_global_options, finish_commands, positive_int, seconds, seed
+from stitch.completion import SHELLS
 from stitch.errors import StitchError, one_line_message
 
 
@@ -215,6 +218,13 @@ def _report_dirs(args: argparse.Namespace, dirs: list[Path]) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    from stitch.completion import completion_script
+
+    print(completion_script(make_parser(), args.shell), end="")
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from stitch.show import show_run
 
@@ -230,46 +240,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- main
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    if value > 100_000:
-        raise argparse.ArgumentTypeError(f"must be at most 100000, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, got {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value < 2**31:
-        raise argparse.ArgumentTypeError(f"seeds are 0 .. 2^31-1, got {value}")
-    return value
-
-
 def _training_options(parser: argparse.ArgumentParser) -> None:
-    """What every command that trains takes: the experiment, --out, --device, --quiet."""
+    """What every command that trains takes: the experiment, --out, --device."""
     parser.add_argument("experiment", metavar="EXPERIMENT.yaml")
     parser.add_argument(
         "--out", default="runs", help="parent of the run directory runs/<experiment>/ (default: runs)"
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: CUDA when present, else CPU)")
-    parser.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar (CI)")
 
 
 def _wait_option(parser: argparse.ArgumentParser) -> None:
@@ -284,8 +261,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stitch", description="Module-stitching and ablation experiments on PyTorch vision models."
     )
-    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
-    p.add_argument("--version", action="version", version="stitch 0.1.0")
+    add_global_options(p)
+    p.add_argument("--version", action="version", version=f"stitch {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="build every variant and check it, before any training")
@@ -313,8 +290,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="train every variant x seed of an experiment and store the results")
     _training_options(r)
-    r.add_argument("--epochs", type=_positive_int, help="override train.epochs")
-    r.add_argument("--seeds", type=_seed, nargs="+", help="override seeds")
+    r.add_argument("--epochs", type=positive_int, help="override train.epochs")
+    r.add_argument("--seeds", type=seed, nargs="+", help="override seeds")
     r.add_argument("--force", action="store_true", help="retrain runs that are already done")
     r.add_argument(
         "--nproc-per-node",
@@ -347,10 +324,10 @@ def make_parser() -> argparse.ArgumentParser:
     _training_options(sw)
     sw.add_argument(
         "--n-trials",
-        type=_positive_int,
+        type=positive_int,
         help="distinct configurations to decide in the study (default: sweep.trials)",
     )
-    sw.add_argument("--timeout", type=_seconds, help="stop starting new trials after this many seconds")
+    sw.add_argument("--timeout", type=seconds, help="stop starting new trials after this many seconds")
     sw.add_argument(
         "--storage",
         help="SQLAlchemy URL of the study (default: sqlite:///RUN_DIR/sweep.sqlite); "
@@ -361,7 +338,9 @@ def make_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser(
-        "report", help="tables (LaTeX, Markdown, CSV, HTML), plots and provenance from run directories"
+        "report",
+        help="tables (LaTeX, Markdown, CSV; HTML when report.formats lists it), plots and provenance "
+        "from run directories",
     )
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     rp.add_argument(
@@ -378,8 +357,8 @@ def make_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("show", help="write a PNG grid of images, ground truth and predictions")
     sh.add_argument("run_dir", metavar="RUN_DIR")
     sh.add_argument("--variant", help="variant name or slug (default: the first trained)")
-    sh.add_argument("--seed", type=_seed)
-    sh.add_argument("--n", type=_positive_int, default=8, help="number of validation images")
+    sh.add_argument("--seed", type=seed)
+    sh.add_argument("--n", type=positive_int, default=8, help="number of validation images")
     sh.add_argument("--output", help="PNG path (default: RUN_DIR/show_<variant>_s<seed>.png)")
     sh.set_defaults(func=cmd_show)
 
@@ -394,6 +373,11 @@ def make_parser() -> argparse.ArgumentParser:
         "(.yaml) first and list what they register",
     )
     z.set_defaults(func=cmd_zoo)
+
+    c = sub.add_parser("completion", help="print the shell completion script (needs stitch[completion])")
+    c.add_argument("shell", choices=SHELLS)
+    c.set_defaults(func=cmd_completion)
+    finish_commands(p)  # after every command: examples, exit codes, --debug/--quiet anywhere
     return p
 
 
