@@ -45,7 +45,7 @@ from stitch.memory import larger, peak_memory_mb, reset_peak_memory
 from stitch.precision import ScheduledStep, training_precision
 from stitch.registry import OPTIMIZERS
 from stitch.seeding import epoch_seed, rng_state, seed_everything, set_deterministic, set_rng_state
-from stitch.tasks.base import Task
+from stitch.tasks.base import Task, loss_part_key
 
 
 class Diverged(RuntimeError):
@@ -71,8 +71,8 @@ def batch_images(batch: dict[str, Any]) -> int:
 
 def loss_key(part: str) -> str:
     """History key of one loss component: ``ce`` -> ``train_loss_ce``, ``loss_mask`` ->
-    ``train_loss_mask``."""
-    return "train_" + (part if part.startswith("loss") else f"loss_{part}")
+    ``train_loss_mask`` (:func:`stitch.tasks.base.loss_part_key`; validation's are ``val_loss_*``)."""
+    return loss_part_key("train", part)
 
 
 # ----------------------------------------------------------------------------- optimiser, schedule

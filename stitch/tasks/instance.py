@@ -2,7 +2,10 @@
 
 Loss: torchvision's detection models return their losses in train mode; the task sums them and
 hands the parts (``loss_objectness``, ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg``,
-``loss_mask``) to the engine, which logs each per step and per epoch.
+``loss_mask``) to the engine, which logs each per step and per epoch. The validation loss is the
+same sum on the val images (``val_loss``, parts ``val_loss_classifier`` ...): a second,
+train-mode forward with the targets and without gradients (:meth:`InstanceTask.validation_loss`),
+which leaves no trace (BatchNorm statistics, torch's random generators and the modes restored).
 
 Evaluation: the official COCO protocol through pycocotools' ``COCOeval`` (``bbox`` and ``segm``:
 AP, AP50, AP75, APs/m/l and AR@100), on the val split's ground truth in its original pixel
@@ -32,7 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from stitch.model_mode import eval_mode
+from stitch.model_mode import eval_mode, train_mode
+from stitch.tasks.base import LossMeans
 
 #: COCOeval ``stats`` index of each reported metric (the first 9 entries of its summary).
 COCO_STATS = {"ap": 0, "ap50": 1, "ap75": 2, "aps": 3, "apm": 4, "apl": 5, "ar": 8}
@@ -199,6 +203,27 @@ class InstanceTask:
         total = sum(losses.values(), torch.zeros((), device=next(iter(losses.values())).device))
         return total, {k: v.detach() for k, v in losses.items()}
 
+    def validation_loss(
+        self, model: nn.Module, images: list[torch.Tensor], targets: list[dict[str, Any]]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss (:meth:`loss`) of one validation batch, without gradients: a
+        train-mode forward with the targets (the only mode in which torchvision's detectors return
+        losses), whose BatchNorm statistics are restored after, and whose random draws (proposal
+        sampling, a multi-scale ``min_size``) come from a fork of torch's generators, so training
+        goes on exactly as without it."""
+        device = images[0].device
+        on_device = [
+            {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+            for t in targets
+        ]
+        forked = [device] if device.type == "cuda" else []
+        with (
+            torch.no_grad(),
+            torch.random.fork_rng(devices=forked),
+            train_mode(model, keep_batchnorm_stats=True),
+        ):
+            return self.loss(model, {"images": images, "targets": on_device})
+
     @torch.no_grad()
     def evaluate(
         self,
@@ -208,15 +233,19 @@ class InstanceTask:
         per_image: bool = False,
     ) -> dict[str, Any]:
         """COCO bbox and segm metrics of ``model`` on ``batches`` (the val or test loader), in eval
-        mode (the model's mode is restored after). ``per_image`` is ignored: COCO AP is a ranking
-        over all images' detections and has no per-image value to resample."""
+        mode (the model's mode is restored after), and ``val_loss`` with its parts
+        (:meth:`validation_loss`, image-weighted means over the batches). ``per_image`` is
+        ignored: COCO AP is a ranking over all images' detections and has no per-image value to
+        resample."""
         results: dict[str, list[dict[str, Any]]] = {t: [] for t in IOU_TYPES}
         image_ids: list[int] = []
         detections = 0
+        losses = LossMeans()
         with eval_mode(model):
             for batch in batches:
                 images = [im.to(device, non_blocking=True) for im in batch["images"]]
                 outputs = model(images)
+                losses.add(*self.validation_loss(model, images, batch["targets"]), images=len(images))
                 for target, output in zip(batch["targets"], outputs):
                     image_id = int(target["image_id"])
                     image_ids.append(image_id)
@@ -229,6 +258,7 @@ class InstanceTask:
         self.last_results = results
         metrics: dict[str, Any] = coco_metrics(self.coco_gt, results, image_ids, self.backend)
         metrics["detections_per_image"] = detections / max(len(image_ids), 1)
+        metrics.update(losses.means("val"))
         return metrics
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stitch.model_mode import eval_mode
-from stitch.tasks.base import PER_IMAGE_KEY
+from stitch.tasks.base import PER_IMAGE_KEY, LossMeans
 from stitch.tasks.metrics import ConfusionMatrix
 
 
@@ -74,15 +74,22 @@ class SegmentationTask:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training loss of one batch and its parts (detached tensors, for logging: the
         loop reads them on the host only at its sync points)."""
-        logits = segmentation_logits(model(batch["image"]))
-        target = batch["mask"]
+        total, parts = self.loss_of_logits(segmentation_logits(model(batch["image"])), batch["mask"])
+        return total, {k: v.detach() for k, v in parts.items()}
+
+    def loss_of_logits(
+        self, logits: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The configured loss (``train.loss``: ``ce``, ``dice`` or ``ce+dice``, an unweighted
+        sum) of ``logits`` against ``target`` and its parts: what training minimises and what
+        the evaluation reports as ``val_loss``."""
         parts: dict[str, torch.Tensor] = {}
         if "ce" in self.loss_name.split("+"):
             parts["ce"] = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)
         if "dice" in self.loss_name.split("+"):
             parts["dice"] = soft_dice_loss(logits, target, self.ignore_index)
         total = cast(torch.Tensor, sum(parts.values()))
-        return total, {k: v.detach() for k, v in parts.items()}
+        return total, parts
 
     @torch.no_grad()
     def evaluate(
@@ -93,20 +100,21 @@ class SegmentationTask:
         per_image: bool = False,
     ) -> dict[str, Any]:
         """Metrics over ``batches`` from one confusion matrix accumulated on ``device`` (in eval
-        mode; the model's mode is restored after). ``per_image`` adds each image's own confusion
+        mode; the model's mode is restored after), and ``val_loss``: the configured training loss
+        (:meth:`loss_of_logits`), averaged over batches weighted by their images like the epoch's
+        ``train_loss``, with its parts (``val_loss_ce``, ``val_loss_dice``) when it has two or
+        more. ``per_image`` adds each image's own confusion
         matrix (:data:`~stitch.tasks.base.PER_IMAGE_KEY`): their sum is the pooled one, so a
         bootstrap over images can recompute every metric exactly."""
         cm = ConfusionMatrix(self.num_classes, self.ignore_index, device)
         images: list[list[list[int]]] = []
-        loss_sum, n = 0.0, 0
+        losses = LossMeans()
         with eval_mode(model):
             for batch in batches:
                 image = batch["image"].to(device, non_blocking=True)
                 target = batch["mask"].to(device, non_blocking=True)
                 logits = segmentation_logits(model(image))
-                loss = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)
-                loss_sum += float(loss) * image.shape[0]
-                n += image.shape[0]
+                losses.add(*self.loss_of_logits(logits, target), images=image.shape[0])
                 pred = logits.argmax(1)
                 cm.update(pred, target)
                 if per_image:
@@ -115,7 +123,7 @@ class SegmentationTask:
                         one.update(p, t)
                         images.append(one.matrix.tolist())
         out: dict[str, Any] = dict(cm.compute())
-        out["val_loss"] = loss_sum / max(n, 1)
+        out.update(losses.means("val"))
         if per_image:
             out[PER_IMAGE_KEY] = images
         return out
