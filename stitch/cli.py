@@ -21,11 +21,50 @@ from stitch.errors import StitchError, one_line_message
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from stitch.config.overrides import is_override
     from stitch.listings import print_validation
 
-    for path in args.experiments:
-        print_validation(path, args.out)
+    # key=value words among the files are overrides, applied to each file
+    words = args.experiments + args.overrides
+    overrides = [w for w in words if is_override(w) and not Path(w).exists()]
+    files = [w for w in words if w not in overrides]
+    if not files:
+        raise StitchError("stitch validate: name an experiment file before its KEY=VALUE overrides")
+    for path in files:
+        print_validation(path, args.out, overrides)
     return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from stitch.config import load_experiment
+    from stitch.config.writing import resolved_yaml
+
+    print(resolved_yaml(load_experiment(args.experiment, args.overrides).cfg), end="")
+    return 0
+
+
+def _experiment_with_overrides(args: argparse.Namespace) -> Any:
+    """``args.experiment`` with its ``key=value`` overrides, schema-checked, plugins imported."""
+    from stitch.config import load_experiment
+    from stitch.plugins import load_plugins
+
+    exp = load_experiment(args.experiment, args.overrides)
+    load_plugins(exp)
+    return exp
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, with ``key=value`` words given after options still taken as
+    overrides (argparse alone takes positionals only before the first option)."""
+    from stitch.config.overrides import is_override
+
+    args, rest = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):
+        args.overrides += [w for w in rest if is_override(w)]
+        rest = [w for w in rest if not is_override(w)]
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
 
 
 def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -90,14 +129,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         launch_torchrun,
         world_size_from_env,
     )
-    from stitch.plugins import load_experiment_with_plugins
     from stitch.run import run_experiment
 
     jobs, devices = _jobs_and_devices(args)
     nproc = args.nproc_per_node
     if nproc is not None:
         check_nproc(nproc, args.device)
-    exp = load_experiment_with_plugins(args.experiment)
+    exp = _experiment_with_overrides(args)
     world = nproc if nproc is not None else world_size_from_env()
     if world > 1:  # refused before any process starts, when launched with --nproc-per-node
         check_ddp_options(world, exp.cfg.train.batch_size, args.jobs, args.devices, args.storage)
@@ -152,7 +190,6 @@ def _jobs_and_devices(args: argparse.Namespace) -> tuple[int, list[str] | None]:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from stitch.distributed import world_size_from_env
-    from stitch.plugins import load_experiment_with_plugins
     from stitch.sweep import run_sweep
 
     if world_size_from_env() > 1:
@@ -160,7 +197,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             "stitch sweep under torchrun: a sweep trains many runs, each on one process; start several "
             "sweep workers instead (docs/sweeps.md)"
         )
-    exp = load_experiment_with_plugins(args.experiment)
+    exp = _experiment_with_overrides(args)
     result = run_sweep(
         exp,
         out=args.out,
@@ -249,6 +286,16 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: CUDA when present, else CPU)")
 
 
+def _override_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="set a key of the experiment file, e.g. train.epochs=3 seeds=[0,1] insertions.0.at=enc3 "
+        "(YAML values; docs/experiment-file.md: Overrides and inheritance)",
+    )
+
+
 def _wait_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait",
@@ -266,13 +313,18 @@ def make_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="build every variant and check it, before any training")
-    v.add_argument("experiments", nargs="+", metavar="EXPERIMENT.yaml")
+    v.add_argument(
+        "experiments",
+        nargs="+",
+        metavar="EXPERIMENT.yaml|KEY=VALUE",
+        help="experiment files, and overrides applied to each, e.g. train.epochs=3",
+    )
     v.add_argument(
         "--out",
         default="runs",
         help="where `stitch run` writes (default: runs): earlier Baseline runs there size the seeds",
     )
-    v.set_defaults(func=cmd_validate)
+    v.set_defaults(func=cmd_validate, overrides=[])
 
     pt = sub.add_parser("points", help="list hook points with their shapes")
     pt.add_argument("target", metavar="BASELINE|EXPERIMENT.yaml")
@@ -290,6 +342,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="train every variant x seed of an experiment and store the results")
     _training_options(r)
+    _override_option(r)
     r.add_argument("--epochs", type=positive_int, help="override train.epochs")
     r.add_argument("--seeds", type=seed, nargs="+", help="override seeds")
     r.add_argument("--force", action="store_true", help="retrain runs that are already done")
@@ -322,6 +375,7 @@ def make_parser() -> argparse.ArgumentParser:
         "sweep", help="Optuna search over insertion points, modules, modes and hyper-parameters"
     )
     _training_options(sw)
+    _override_option(sw)
     sw.add_argument(
         "--n-trials",
         type=positive_int,
@@ -336,6 +390,13 @@ def make_parser() -> argparse.ArgumentParser:
     sw.add_argument("--study", help="study name (default: the experiment's name)")
     _wait_option(sw)
     sw.set_defaults(func=cmd_sweep)
+
+    cf = sub.add_parser(
+        "config", help="print the experiment as run: bases merged, overrides set, every default filled"
+    )
+    cf.add_argument("experiment", metavar="EXPERIMENT.yaml")
+    _override_option(cf)
+    cf.set_defaults(func=cmd_config)
 
     rp = sub.add_parser(
         "report",
@@ -383,7 +444,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     args.given = sys.argv[1:] if argv is None else list(argv)
     try:
         return args.func(args)

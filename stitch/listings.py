@@ -39,13 +39,13 @@ def make_table(title: str, columns: Sequence[str]) -> Table:
     return t
 
 
-def print_validation(path: str, out: str | Path = "runs") -> None:
-    """Check the experiment file ``path`` (every variant built, probed, run forward and backward)
-    and print its variants, insertions, adapters and parameter counts, and, when ``out`` holds
-    earlier Baseline runs of it, the seeds the design needs (:mod:`stitch.seed_advice`); a
-    mistake raises before anything is printed."""
+def print_validation(path: str, out: str | Path = "runs", overrides: Sequence[str] = ()) -> None:
+    """Check the experiment file ``path`` with command-line ``overrides`` (every variant built,
+    probed, run forward and backward) and print its variants, insertions, adapters and parameter
+    counts, and, when ``out`` holds earlier Baseline runs of it, the seeds the design needs
+    (:mod:`stitch.seed_advice`); a mistake raises before anything is printed."""
     console = make_console()
-    exp = load_experiment(path)
+    exp = load_experiment(path, overrides)
     plugins = load_plugins(exp)
     exp, data_line, num_classes = fitted_to_data(exp)
     cfg = exp.cfg

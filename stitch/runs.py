@@ -217,13 +217,17 @@ def open_run_dir(exp: Experiment, out: str | Path) -> Path:
             "move it away or use another --out"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    if exp.path is not None and not _same_file(exp.path, run_dir / "experiment.yaml"):
+    copied = exp.path is not None and not _same_file(exp.path, run_dir / "experiment.yaml")
+    if exp.text is not None:  # merged over base files, or with command-line overrides: as run
+        write_text(run_dir / "experiment.yaml", exp.text)
+    elif exp.path is not None and copied:
         with atomic_path(run_dir / "experiment.yaml") as tmp:
             shutil.copyfile(exp.path, tmp)
-        if uses_plugins(exp) and exp.base_dir is not None:  # the copy's relative plugin paths
-            folder = exp.base_dir.resolve()
-            relative = os.path.relpath(folder, run_dir.resolve())
-            write_text(run_dir / SOURCE_FOLDER_FILE, f"{relative}\n{folder}\n")
+    written = exp.text is not None or copied
+    if written and uses_plugins(exp) and exp.base_dir is not None:  # the copy's relative plugin paths
+        folder = exp.base_dir.resolve()
+        relative = os.path.relpath(folder, run_dir.resolve())
+        write_text(run_dir / SOURCE_FOLDER_FILE, f"{relative}\n{folder}\n")
     return run_dir
 
 

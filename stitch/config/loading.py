@@ -1,27 +1,32 @@
 """Reading an experiment: YAML text or file -> schema-checked :class:`Experiment`, and overrides.
 
-Loading is two steps. ``yaml.safe_load`` gives the data and ``yaml.compose`` (same safe loader)
-gives the node tree, from which every YAML path gets its line number (:class:`SourceMap`). The
-data is then checked by the pydantic schema (:class:`ExperimentCfg`); the first error in file
-order becomes one line naming the file, the line, the YAML path and, where the value is one of a
-known set, the closest valid names. Checks across keys follow (:func:`check_cross_fields`).
+Loading is three steps. The file is read with its line numbers (:mod:`~stitch.config.reading`)
+and merged over its ``extends:`` bases (:mod:`~stitch.config.inheritance`); command-line
+``key.path=value`` overrides are set in that raw mapping (:mod:`~stitch.config.overrides`).
+The data is then checked by the pydantic schema (:class:`ExperimentCfg`); the first error in file
+order becomes one line naming the file (or ``command line``), the line, the YAML path and, where
+the value is one of a known set, the closest valid names. Checks across keys follow
+(:func:`check_cross_fields`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from stitch.config.checks import check_cross_fields
+from stitch.config.inheritance import Composed, compose
+from stitch.config.overrides import apply_overrides
 from stitch.config.schema import ExperimentCfg
 from stitch.config.schema_sweep import SweepCfg
 from stitch.config.source import SourceMap, format_path
 from stitch.config.validation_errors import data_path, describe_error, short_repr
-from stitch.config.yaml_limits import compose_bounded, read_utf8
+from stitch.config.writing import composed_yaml
+from stitch.config.yaml_limits import read_utf8
 from stitch.errors import ConfigError
 
 
@@ -34,6 +39,9 @@ class Experiment:
     path: Path | None = None
     #: the folder relative paths in the file (``plugins:``, ``file.py:Name``) are resolved against
     base_dir: Path | None = None
+    #: the experiment as one YAML file when it is not the file at ``path`` as written (merged
+    #: over ``extends:`` bases, or with command-line overrides): what a run directory keeps
+    text: str | None = None
 
     @property
     def name(self) -> str:
@@ -41,23 +49,30 @@ class Experiment:
         return self.cfg.name
 
 
-def parse_experiment(text: str, file: str = "<string>") -> Experiment:
-    """Parse and schema-check experiment YAML text; raises :class:`ConfigError`."""
-    try:
-        root = compose_bounded(text, file)  # depth, cycles and alias expansion bounded first
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        if (
-            isinstance(exc, yaml.constructor.ConstructorError)
-            and "could not determine a constructor" in problem
-        ):
-            problem += " (YAML tags such as !!python/... are not allowed: write plain values)"
-        raise ConfigError(f"not valid YAML: {problem}", file, mark.line + 1 if mark else None) from None
-    if not isinstance(data, dict):
-        raise ConfigError("the experiment file must be a YAML mapping (name:, task:, baseline: …)", file, 1)
-    source = SourceMap.from_node(root, file)
+def parse_experiment(
+    text: str, file: str = "<string>", overrides: Sequence[str] = (), folder: Path | None = None
+) -> Experiment:
+    """Parse and schema-check experiment YAML text; raises :class:`ConfigError`.
+
+    Its ``extends:`` bases are merged under it first (paths relative to ``folder``, by default
+    the folder of ``file``), then the command-line ``overrides`` (``key.path=value``) are set."""
+    composed = compose(text, file, folder if folder is not None else Path(file).parent)
+    return _checked(composed, file, overrides, None)
+
+
+def _checked(composed: Composed, file: str, overrides: Sequence[str], own: Path | None) -> Experiment:
+    """The composed data with the overrides set, schema-checked; its text when it differs from
+    the file ``own`` as written."""
+    apply_overrides(composed.data, composed.source, overrides)
+    exp = experiment_from_data(composed.data, composed.source)
+    if composed.bases or overrides:
+        exp.text = composed_yaml(composed.data, file, composed.bases, overrides)
+    return exp
+
+
+def experiment_from_data(data: dict[str, Any], source: SourceMap) -> Experiment:
+    """Schema-check the raw mapping of an experiment (placed by ``source``); raises a one-line
+    :class:`ConfigError` at the first mistake in file order."""
     try:
         cfg = ExperimentCfg.model_validate(data)
     except ValidationError as exc:
@@ -101,11 +116,12 @@ def with_overrides(
             f"{format_path(tuple(err['loc']))}: {err['msg']} (got {short_repr(err.get('input'))})",
             "command line",
         ) from None
-    return Experiment(cfg=cfg, source=exp.source, path=exp.path, base_dir=exp.base_dir)
+    return Experiment(cfg=cfg, source=exp.source, path=exp.path, base_dir=exp.base_dir, text=exp.text)
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Read and schema-check an experiment file (model-side checks come in :mod:`stitch.validate`)."""
+def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
+    """Read and schema-check an experiment file, merged over its ``extends:`` bases and with the
+    command-line ``overrides`` set (model-side checks come in :mod:`stitch.validate`)."""
     p = Path(path)
     if p.is_dir():
         raise ConfigError("is a folder, not an experiment file (name the .yaml file in it)", str(p))
@@ -113,7 +129,7 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ConfigError(
             "no such experiment file (check the path; `ls experiments/` lists the examples)", str(p)
         )
-    exp = parse_experiment(read_utf8(p), str(p))
+    exp = _checked(compose(read_utf8(p), str(p), p.parent, p), str(p), overrides, p)
     exp.path = p
     exp.base_dir = source_folder(p)
     return exp
