@@ -1,115 +1,111 @@
-"""Plots of one experiment, as PNG and PDF: ``metrics`` (per-variant bars of each reported metric,
-± std error bars, one dot per seed, † above a significant improvement) and ``curves`` (training
-loss, validation loss and the primary metric per epoch: mean over seeds, band ± std)."""
+"""Plots of one experiment, as PNG and PDF, sized for ``report.layout`` and styled by
+:mod:`stitch.report.figure_style`: ``metrics`` (the paired plot of each reported metric, one line
+per seed across the variants, then the primary metric's paired Δ against the baseline with its
+confidence interval; :mod:`stitch.report.paired_plot`) and ``curves`` (training loss, validation
+loss and the primary metric per epoch: mean over seeds, band ± std)."""
 
 from __future__ import annotations
 
-import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
-from stitch.fileio import atomic_path
+from stitch.report.figure_style import layout_width, panel_grid, paper_style, save_figure, series_color
 from stitch.report.labels import DAGGER, PERCENT_METRICS, metric_label
+from stitch.report.paired_plot import draw_deltas, draw_paired
 from stitch.report.results import ExperimentResults
-from stitch.stats import summarize
 
 
-def _figure(ncols: int, width: float = 3.6, height: float = 3.2) -> tuple[Any, Any]:
-    from matplotlib.figure import Figure  # no pyplot: no global backend state; Agg renders PNG and PDF
-
-    fig = Figure(figsize=(max(1, ncols) * width, height), layout="constrained")
-    axes = fig.subplots(1, max(1, ncols), squeeze=False)[0]
-    return fig, axes
+def _title(fig: Any, text: str, layout: str) -> None:
+    """A figure title wrapped to the figure's width."""
+    chars = int(layout_width(layout) * 15)
+    fig.suptitle("\n".join(textwrap.wrap(text, chars)))
 
 
-def _save(fig: Any, stem: Path) -> list[Path]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    out = []
-    for ext in ("png", "pdf"):
-        p = stem.with_suffix(f".{ext}")
-        with atomic_path(p) as tmp:
-            fig.savefig(tmp, dpi=150)
-        out.append(p)
-    return out
+def _header(text: str, layout: str) -> float:
+    """Inches above the panels for :func:`_title`'s lines."""
+    return 0.1 + 0.17 * len(textwrap.wrap(text, int(layout_width(layout) * 15)))
 
 
 def plot_metrics(res: ExperimentResults, stem: Path) -> list[Path]:
-    """Bars of each reported metric per variant (mean, ± std error bars, one dot per seed, † above)."""
-    fig, axes = _figure(len(res.metrics), width=max(3.2, 0.7 * len(res.variants) + 1.5))
-    names = [v.name for v in res.variants]
-    for ax, m in zip(axes, res.metrics):
-        sc = res.scale[m]
-        stats = [summarize(v.values(m).values()) for v in res.variants]
-        means = [s.mean * sc for s in stats]
-        errs = [s.std * sc if s.has_std else 0.0 for s in stats]
-        colors = ["0.7" if v.variant.is_baseline else f"C{i % 10}" for i, v in enumerate(res.variants)]
-        x = list(range(len(names)))
-        ax.bar(x, means, yerr=errs, color=colors, capsize=4, edgecolor="black", linewidth=0.6)
-        for i, v in enumerate(res.variants):
-            vals = [val * sc for val in v.values(m).values()]
-            ax.plot([i] * len(vals), vals, "o", color="black", markersize=3, zorder=3)
-            if res.significant(m, v.name):
-                ax.annotate(DAGGER, (i, means[i] + errs[i]), ha="center", va="bottom", fontsize=12)
-        finite = [a for a, e in zip(means, errs) if not math.isnan(a)]
-        if finite:
-            lo = min(a - e for a, e in zip(means, errs) if not math.isnan(a))
-            hi = max(a + e for a, e in zip(means, errs) if not math.isnan(a))
-            pad = max((hi - lo) * 0.5, 1e-3 * max(1.0, abs(hi)))
-            # bars start at 0 (a cropped axis exaggerates differences); negative values go below
-            ax.set_ylim(min(0.0, lo - pad), hi + pad)
-        many = len(names) > 3
-        ax.set_xticks(x, names, rotation=30 if many else 0, ha="right" if many else "center")
-        ax.set_ylabel(metric_label(m) + (" (%)" if sc == 100.0 else ""))
-        ax.grid(axis="y", alpha=0.3)
+    """:func:`metrics_figure` as ``stem.png`` and ``stem.pdf``."""
+    return save_figure(metrics_figure(res), stem)
+
+
+def metrics_figure(res: ExperimentResults) -> Any:
+    """The paired plot of every reported metric, then the primary metric's Δ against the
+    baseline (when there is one), as wide as ``report.layout``."""
+    layout = res.exp.cfg.report.layout
     n = sorted({len(v.seeds) for v in res.variants})
     tested = any(t.tested for ts in res.tests.values() for t in ts.values())
-    split = "held-out test split" if res.split == "test" else "validation split"
-    title = f"{res.name} ({split}): mean \u00b1 std over {'/'.join(map(str, n))} seed(s)"
-    fig.suptitle(title + (f", {DAGGER} p<{res.alpha:g} (Holm)" if tested else ""), fontsize=10)
-    return _save(fig, stem)
+    split = "test split" if res.split == "test" else "validation split"
+    title = f"{res.name} ({split}): one line per seed, bar = mean over {'/'.join(map(str, n))} seed(s)"
+    title += f"; {DAGGER} p<{res.alpha:g} (Holm)" if tested else ""
+    with_delta = res.reference is not None and bool(res.tests.get(res.primary))
+    with paper_style():
+        fig, axes = panel_grid(len(res.metrics) + with_delta, layout, header=_header(title, layout))
+        for ax, m in zip(axes, res.metrics):
+            draw_paired(ax, res, m)
+        if with_delta:
+            draw_deltas(axes[-1], res, res.primary)
+        _title(fig, title, layout)
+    return fig
+
+
+def _per_epoch(rows: Any, key: str, scale: float) -> dict[int, list[float]]:
+    out: dict[int, list[float]] = {}
+    for r in rows:
+        for h in r.history:
+            if key in h and isinstance(h[key], (int, float)) and "epoch" in h:
+                out.setdefault(int(h["epoch"]), []).append(float(h[key]) * scale)
+    return out
 
 
 def plot_curves(res: ExperimentResults, stem: Path) -> list[Path]:
-    """Training loss, validation loss and the primary metric per epoch: mean over seeds, ± std band."""
+    """:func:`curves_figure` as ``stem.png`` and ``stem.pdf``."""
+    return save_figure(curves_figure(res), stem)
+
+
+def curves_figure(res: ExperimentResults) -> Any:
+    """Training loss, validation loss and the primary metric per epoch (mean over seeds, ± std
+    band, one colour per variant), as wide as ``report.layout``."""
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
+    layout = res.exp.cfg.report.layout
     keys = [
         k
         for k in ("train_loss", "val_loss", res.primary)
         if any(k in h for v in res.variants for r in v.rows for h in r.history)
     ]
-    fig, axes = _figure(max(1, len(keys)))
-    for ax, k in zip(axes, keys):
-        sc = res.scale.get(k, 100.0 if k in PERCENT_METRICS else 1.0)
-        for i, v in enumerate(res.variants):
-            per_epoch: dict[int, list[float]] = {}
-            for r in v.rows:
-                for h in r.history:
-                    if k in h and isinstance(h[k], (int, float)) and "epoch" in h:
-                        per_epoch.setdefault(int(h["epoch"]), []).append(float(h[k]) * sc)
-            if not per_epoch:
-                continue
-            ep = sorted(per_epoch)
-            mean = np.array([np.mean(per_epoch[e]) for e in ep])
-            std = np.array([np.std(per_epoch[e], ddof=1) if len(per_epoch[e]) > 1 else 0.0 for e in ep])
-            color = "0.4" if v.variant.is_baseline else f"C{i % 10}"
-            ax.plot(ep, mean, label=v.name, color=color, linewidth=1.4)
-            ax.fill_between(ep, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(metric_label(k) + (" (%)" if sc == 100.0 else ""))
-        ax.set_title(
-            ("validation " if k not in ("train_loss", "val_loss") else "") + metric_label(k), fontsize=10
-        )
-        ax.grid(alpha=0.3)
-    if keys:
-        axes[0].legend(fontsize=8)
-    else:
-        axes[0].text(
-            0.5, 0.5, "no per-epoch history stored", ha="center", va="center", transform=axes[0].transAxes
-        )
-    fig.suptitle(f"{res.name}: mean over seeds, band \u00b1 std", fontsize=10)
-    return _save(fig, stem)
+    title = f"{res.name}: mean over seeds, band \u00b1 std"
+    with paper_style():
+        # one slot more than the curves: the legend's
+        fig, axes = panel_grid(len(keys) + bool(keys), layout, header=_header(title, layout))
+        for ax, k in zip(axes, keys):
+            sc = res.scale.get(k, 100.0 if k in PERCENT_METRICS else 1.0)
+            for i, v in enumerate(res.variants):
+                per_epoch = _per_epoch(v.rows, k, sc)
+                if not per_epoch:
+                    continue
+                ep = sorted(per_epoch)
+                mean = np.array([np.mean(per_epoch[e]) for e in ep])
+                std = np.array([np.std(per_epoch[e], ddof=1) if len(per_epoch[e]) > 1 else 0.0 for e in ep])
+                color = series_color(i, v.variant.is_baseline)
+                ax.plot(ep, mean, label=v.name, color=color)
+                ax.fill_between(ep, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(metric_label(k) + (" (%)" if sc == 100.0 else ""))
+            ax.set_title(("validation " if k not in ("train_loss", "val_loss") else "") + metric_label(k))
+            ax.grid(alpha=0.3)
+        if keys:
+            handles, labels = axes[0].get_legend_handles_labels()
+            axes[-1].axis("off")
+            axes[-1].legend(handles, labels, loc="center", frameon=False)
+        else:
+            axes[0].text(
+                0.5, 0.5, "no per-epoch history stored", ha="center", va="center", transform=axes[0].transAxes
+            )
+        _title(fig, title, layout)
+    return fig

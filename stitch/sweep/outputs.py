@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from stitch.config import Experiment
 from stitch.errors import one_line_message
 from stitch.fileio import atomic_path, write_text
+from stitch.report.figure_style import paper_style
 from stitch.sweep.objectives import Objective
 from stitch.sweep.space import experiment_yaml
 
@@ -103,7 +104,7 @@ def _plots(
                 ax = draw()
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             path = out_dir / f"{name}.png"
-            with atomic_path(path) as tmp:
+            with paper_style(), atomic_path(path) as tmp:  # TrueType fonts, as every figure
                 fig.savefig(tmp, dpi=120, bbox_inches="tight")
                 plt.close(fig)
             written.append(path)
