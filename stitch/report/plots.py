@@ -38,7 +38,7 @@ def metrics_figure(res: ExperimentResults) -> Any:
     layout = res.exp.cfg.report.layout
     n = sorted({len(v.seeds) for v in res.variants})
     tested = any(t.tested for ts in res.tests.values() for t in ts.values())
-    split = "test split" if res.split == "test" else "validation split"
+    split = "held-out test split" if res.split == "test" else "validation split"
     title = f"{res.name} ({split}): one line per seed, bar = mean over {'/'.join(map(str, n))} seed(s)"
     title += f"; {DAGGER} p<{res.alpha:g} (Holm)" if tested else ""
     with_delta = res.reference is not None and bool(res.tests.get(res.primary))
