@@ -47,8 +47,12 @@ def chosen_weights(best_file: Path, best_epoch: int, device: torch.device) -> di
 
 
 def named_for_test(metrics: dict[str, Any], images: int, epoch: int) -> dict[str, Any]:
-    """A test evaluation's metrics with ``val_loss`` named ``loss``, its size and its epoch."""
-    out = {("loss" if k == "val_loss" else k): v for k, v in metrics.items()}
+    """A test evaluation's metrics with ``val_loss`` named ``loss`` (its parts ``val_loss_ce`` …
+    named ``loss_ce`` …), its size and its epoch."""
+    out = {
+        (k[len("val_") :] if k == "val_loss" or k.startswith("val_loss_") else k): v
+        for k, v in metrics.items()
+    }
     out.update(images=images, epoch=epoch)
     return out
 

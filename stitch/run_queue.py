@@ -5,14 +5,17 @@ The storage holds one study per experiment, ``<name>:runs``; each of its trials 
 one run (its only parameter ``run_id``), the sweep's trials reused (:mod:`stitch.sweep.study`:
 the storage, heartbeats and the failing of dead trials). A worker enqueues the runs that no trial
 has decided, pops a waiting trial, claims its run, trains it into its own run directory and stores
-the finished row in the trial (user attribute ``row``) before completing it, so every worker sees
-every row. The claim is a uniquely named study ``<name>:runs:claim:<run id>:<attempt>`` (attempt:
+the finished row in the trial (system attribute ``stitch:row``; readable user attributes name its
+variant, seed, insertions, status and best validation value) before completing it, so every worker
+sees every row. The claim is a uniquely named study ``<name>:runs:claim:<run id>:<attempt>`` (attempt:
 the run's finished trials so far): creating a study of a taken name fails in the database itself,
 so of two workers that popped the same run (duplicate trials, or one trial popped twice on SQLite,
 which has no row locks) exactly one trains it. A worker that dies stops its heartbeat; after the
 grace period another worker fails its trial and claims the run again (from scratch: its
 checkpoints are on the dead worker's disk; the same worker started again with the same ``--out``
-resumes it from them when it is the one to claim it).
+resumes it from them when it is the one to claim it). Bookkeeping (the row, the plan's run ids,
+a claim's trial) is in system attributes; studies written before kept it in user attributes, and
+are read either way (:mod:`stitch.sweep.attributes`).
 
 A worker keeps going until every run is decided (done, diverged or failed; interrupted or dead
 attempts are retried), then writes all the rows into its ``runs.sqlite`` and the report, so each
@@ -28,15 +31,25 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from stitch.config import Experiment
 from stitch.errors import StitchError
 from stitch.progress import Progress
 from stitch.runs import RunPlan
 from stitch.session import RunSession
 from stitch.store import RunRow, row_from_json, row_to_json, runs_with_checkpoints
+from stitch.sweep.attributes import (
+    bookkeeping,
+    describe_study,
+    set_study_bookkeeping,
+    set_trial_bookkeeping,
+    study_attributes,
+    study_bookkeeping,
+)
 from stitch.sweep.study import fail_dead_trials, fail_stale_trials, heartbeat_settings, proposed_params
 
 #: how often a worker whose remaining runs are trained elsewhere looks again
@@ -45,6 +58,8 @@ WAIT_SECONDS = 2.0
 CLAIM_NAME_WAIT_S = 5.0
 #: statuses of a row that end a run (a failed one is tried again by the next command)
 FINAL = ("done", "diverged", "failed")
+#: the study's metric name: a trial's value means nothing (its run's row is the result)
+PLACEHOLDER_METRIC = "placeholder (0)"
 
 
 def study_name(experiment: str) -> str:
@@ -79,13 +94,9 @@ class SharedRuns:
         for run_id, trials in self.trials_by_run().items():
             live = [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
             ended = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
-            if (
-                not live
-                and ended
-                and ended[-1].state == TrialState.COMPLETE
-                and "row" in ended[-1].user_attrs
-            ):
-                out[run_id] = row_from_json(ended[-1].user_attrs["row"])
+            row = bookkeeping(ended[-1], "row") if ended else None
+            if not live and ended[-1:] and ended[-1].state == TrialState.COMPLETE and row is not None:
+                out[run_id] = row_from_json(row)
         return out
 
     def enqueue_undecided(self, retry_failed: bool) -> int:
@@ -119,7 +130,7 @@ class SharedRuns:
             if self.claimed_by(name) != trial.number:
                 self.study.tell(trial, state=TrialState.PRUNED)
             return False
-        self.storage.set_study_user_attr(claim_id, "trial", trial.number)
+        set_study_bookkeeping(self.storage, claim_id, "trial", trial.number)
         return True
 
     def claimed_by(self, claim: str) -> int | None:
@@ -127,7 +138,7 @@ class SharedRuns:
         deadline = time.monotonic() + CLAIM_NAME_WAIT_S
         claim_id = self.storage.get_study_id_from_name(claim)
         while True:
-            number = self.storage.get_study_user_attrs(claim_id).get("trial")
+            number = study_bookkeeping(self.storage, claim_id, "trial")
             if number is not None or time.monotonic() > deadline:
                 return None if number is None else int(number)
             time.sleep(0.1)
@@ -135,7 +146,7 @@ class SharedRuns:
 
 def ended_well(trial: FrozenTrial) -> bool:
     """Whether a completed trial stored a row that ends its run for good (done or diverged)."""
-    return trial.user_attrs.get("row", {}).get("status") in ("done", "diverged")
+    return (bookkeeping(trial, "row") or {}).get("status") in ("done", "diverged")
 
 
 @contextmanager
@@ -159,22 +170,45 @@ def heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Iterator[No
 
 
 def open_shared_runs(
-    storage: optuna.storages.RDBStorage, experiment: str, plans: list[RunPlan]
+    storage: optuna.storages.RDBStorage,
+    experiment: str,
+    plans: list[RunPlan],
+    exp: Experiment | None = None,
 ) -> SharedRuns:
     """The experiment's runs study in ``storage`` (created by the first worker); a study that holds
-    another plan of the experiment (another file version, --epochs or --seeds) is one line."""
+    another plan of the experiment (another file version, --epochs or --seeds) is one line. The
+    study is described for optuna-dashboard (with ``exp``: its file, description and git commit)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(storage=storage, study_name=study_name(experiment), load_if_exists=True)
+    study_id = storage.get_study_id_from_name(study.study_name)
     ids = sorted(p.run_id for p in plans)
-    known = study.user_attrs.get("run_ids")
+    known = study_bookkeeping(storage, study_id, "run_ids")
     if known is None:
-        study.set_user_attr("run_ids", ids)
+        set_study_bookkeeping(storage, study_id, "run_ids", ids)
     elif sorted(known) != ids:
         raise StitchError(
             f"the shared study {study.study_name} holds another plan of this experiment ({len(known)} runs, "
             f"here {len(ids)}); give every worker the same experiment file, --epochs and --seeds"
         )
+    describe_study(study, [PLACEHOLDER_METRIC], _study_attributes(experiment, plans, exp))
     return SharedRuns(storage, study, {p.run_id: p for p in plans})
+
+
+def _study_attributes(experiment: str, plans: list[RunPlan], exp: Experiment | None) -> dict[str, Any]:
+    variants = list(dict.fromkeys(p.variant.name for p in plans))
+    seeds = sorted({p.seed for p in plans})
+    design = (
+        f"distributed ablation: {len(plans)} runs, {len(variants)} variants ({', '.join(variants)}) "
+        f"x seeds {', '.join(map(str, seeds))}; each trial is one attempt at one run"
+    )
+    return study_attributes(
+        experiment,
+        exp.path if exp is not None else None,
+        design,
+        "none: a trial's value is a placeholder 0; its run's status and best validation value are "
+        "trial attributes",
+        exp.cfg.description if exp is not None else "",
+    )
 
 
 def train_shared(
@@ -212,7 +246,10 @@ def train_next(shared: SharedRuns, session: RunSession, stop_after: int | None) 
         return
     plan = shared.plans[run_id]
     with heartbeat(shared.storage, trial_id):
-        trial.set_user_attr("insertions", list(plan.variant.insertions))  # reached training (study.py)
+        trial.set_user_attr("variant", plan.variant.name)
+        trial.set_user_attr("seed", plan.seed)
+        # readable, and the mark of a trial that reached training (stitch.sweep.study.fail_dead_trials)
+        trial.set_user_attr("insertions", ", ".join(plan.variant.insertions) or "baseline")
         fresh = run_id not in runs_with_checkpoints(session.run_dir)  # another machine's run: from scratch
         try:
             row = session.train(
@@ -223,7 +260,10 @@ def train_next(shared: SharedRuns, session: RunSession, stop_after: int | None) 
             shared.study.tell(trial, state=TrialState.FAIL)
             raise
     if row.status in FINAL:
-        trial.set_user_attr("row", row_to_json(row))
+        trial.set_user_attr("status", row.status)
+        if row.best_value is not None:
+            trial.set_user_attr(f"val {row.primary_metric}", row.best_value)
+        set_trial_bookkeeping(trial, "row", row_to_json(row))
         shared.study.tell(trial, 0.0)  # the value means nothing: the row is the result
     else:  # stopped early (stop_after): tried again
         shared.study.tell(trial, state=TrialState.FAIL)

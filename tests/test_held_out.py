@@ -22,6 +22,9 @@ from stitch.run import run_experiment
 from stitch.store import ADDED_COLUMNS, ResultStore
 from stitch.tasks.metrics import ConfusionMatrix, confusion_scores, metrics_from_confusion
 
+#: the runs' own reports are not read here (the tables tests write theirs with write_report)
+pytestmark = pytest.mark.usefixtures("no_report")
+
 
 def experiment(tmp_path: Path, extra: str = "", seeds: str = "[0]", epochs: int = 3) -> Path:
     """Baseline and +SE on 16 shapes images (8 train, 4 val, 4 test)."""
@@ -81,7 +84,7 @@ def test_selection_depends_on_val_only(tmp_path: Path, monkeypatch: pytest.Monke
         assert (
             a.test_best_metrics["images"] == 4
             and "loss" in a.test_best_metrics
-            and "val_loss" not in a.test_best_metrics
+            and not any(k.startswith("val_") for k in a.test_best_metrics)
         )
         assert a.test_best_metrics["miou"] != b.test_best_metrics["miou"]  # the test labels did change
         per_image = a.test_per_image["best"]

@@ -50,7 +50,6 @@ def test_sweep_writes_trials_plots_and_a_best_yaml_that_run_reproduces(tmp_path:
         "best.yaml",
         "history.png",
         "parallel_coordinate.png",
-        "importances.png",
         "runs.md",
         "runs.csv",
         "runs.tex",
@@ -58,6 +57,11 @@ def test_sweep_writes_trials_plots_and_a_best_yaml_that_run_reproduces(tmp_path:
         assert (out_dir / name).is_file(), name
     trials = _trials(tmp_path / "runs" / "tiny_sweep")
     assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+    if len({t.value for t in trials}) > 1:
+        assert (out_dir / "importances.png").is_file()
+    else:  # a constant objective (a 2-epoch width-4 U-Net): its importances would mean nothing
+        assert not (out_dir / "importances.png").exists()
+        assert "importances: the objective is" in (out_dir / "plots_not_drawn.txt").read_text()
     assert all(t.intermediate_values for t in trials)  # reported per epoch, for the pruner
     for t in trials:  # define-by-run: an argument exists only with its module
         assert ("A.SE.rd_ratio" in t.params) == (t.params.get("A.module") == "SE")

@@ -23,6 +23,12 @@ class Objective:
     metric: str
     direction: Literal["maximize", "minimize"]
 
+    @property
+    def label(self) -> str:
+        """Its name in the study (optuna-dashboard's axis): ``val fg_iou`` for a metric (the
+        validation value at the run's best epoch), the cost's own name for a cost."""
+        return self.metric if self.metric in COST_OBJECTIVES else f"val {self.metric}"
+
 
 def objectives_of(exp: Experiment) -> list[Objective]:
     """The sweep's objectives with their directions (default: the primary metric, maximised)."""
@@ -42,6 +48,27 @@ def objectives_of(exp: Experiment) -> list[Objective]:
     if len({o.metric for o in out}) != len(out):
         raise exp.source.error(("sweep", "objectives"), "an objective is listed twice")
     return out
+
+
+def describe_objectives(objectives: Sequence[Objective]) -> str:
+    """The objectives in one line: ``maximize val fg_iou (best epoch); minimize params``."""
+    return "; ".join(
+        f"{o.direction} {o.label}" + ("" if o.metric in COST_OBJECTIVES else " (best epoch)")
+        for o in objectives
+    )
+
+
+def describe_sweep(exp: Experiment) -> str:
+    """The sweep's design in one line: its sampler, pruner, seed, epochs and what it searches."""
+    sweep = sweep_of(exp)
+    searched = [
+        f"{s.name}: {'|'.join(s.modules)} at {'|'.join(s.at)}" + (" or none" if s.optional else "")
+        for s in sweep.slots
+    ] + [f"train.{path}" for path in sweep.train]
+    return (
+        f"Optuna sweep ({sweep.sampler} sampler, {sweep.pruner} pruner, seed {sweep.seed}, "
+        f"{sweep.epochs or exp.cfg.train.epochs} epochs per trial) over {'; '.join(searched)}"
+    )
 
 
 def prunable(objectives: Sequence[Objective]) -> bool:

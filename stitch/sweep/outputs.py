@@ -19,6 +19,7 @@ from stitch.config import Experiment
 from stitch.errors import one_line_message
 from stitch.fileio import atomic_path, write_text
 from stitch.report.figure_style import paper_style
+from stitch.sweep.attributes import bookkeeping
 from stitch.sweep.objectives import Objective
 from stitch.sweep.space import experiment_yaml
 
@@ -59,10 +60,10 @@ def write_outputs(
             "# `stitch run` of this file trains the Baseline and this variant "
             "with the sweep's seed and epochs.\n"
         )
-        best_exp = yaml.safe_load(best.user_attrs["experiment_yaml"])
+        best_exp = yaml.safe_load(bookkeeping(best, "experiment_yaml"))
         best_exp["name"] = f"{exp.cfg.name}_best"  # its own run directory (the name is not part of run ids)
         written.append(_write(out_dir / "best.yaml", header + experiment_yaml(best_exp)))
-    written += _plots(study, out_dir, objectives, len(complete))
+    written += _plots(study, out_dir, objectives, complete)
     return written
 
 
@@ -75,28 +76,50 @@ def best_trial(study: optuna.Study, objectives: Sequence[Objective]) -> FrozenTr
     return max(study.best_trials, key=lambda t: sign * t.values[0])
 
 
+def importances_not_drawn(complete: Sequence[FrozenTrial]) -> str | None:
+    """Why a parameter-importance plot of these complete trials (one objective) would mean
+    nothing: fewer than two, the same objective value in every one (nothing to explain), or a
+    single value of every parameter (nothing to explain it with); None when it can be drawn."""
+    if len(complete) < 2:
+        return f"{len(complete)} complete trial(s); importances need at least 2"
+    values = {t.values[0] for t in complete}
+    if len(values) == 1:
+        return (
+            f"the objective is {next(iter(values)):.6g} in all {len(complete)} complete trials "
+            "(constant: no parameter explains a difference)"
+        )
+    names = sorted({name for t in complete for name in t.params})
+    if all(len({repr(t.params.get(name)) for t in complete}) == 1 for name in names):
+        return "every parameter took a single value in the complete trials (nothing to compare)"
+    return None
+
+
 def _plots(
-    study: optuna.Study, out_dir: Path, objectives: Sequence[Objective], n_complete: int
+    study: optuna.Study, out_dir: Path, objectives: Sequence[Objective], complete: Sequence[FrozenTrial]
 ) -> list[Path]:
-    """Optuna's matplotlib plots as PNG files; one that cannot be drawn (too few trials) is skipped."""
+    """Optuna's matplotlib plots as PNG files; one that cannot be drawn (too few trials) or would
+    mean nothing (importances of a constant objective) is listed in ``plots_not_drawn.txt``."""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ovm
 
-    names = [o.metric for o in objectives]
+    names = [o.label for o in objectives]
     plots: dict[str, Callable[[], Any]] = {}
+    skipped: list[str] = []
     if len(objectives) == 1:
         plots["history"] = lambda: ovm.plot_optimization_history(study, target_name=names[0])
         plots["parallel_coordinate"] = lambda: ovm.plot_parallel_coordinate(study, target_name=names[0])
-        if n_complete >= 2:
+        reason = importances_not_drawn(complete)
+        if reason is None:
             # PED-ANOVA: optuna's own evaluator (the default, fANOVA, needs scikit-learn)
             plots["importances"] = lambda: ovm.plot_param_importances(
                 study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target_name=names[0]
             )
+        else:
+            skipped.append(f"importances: {reason}")
     else:
         plots["pareto_front"] = lambda: ovm.plot_pareto_front(study, target_names=names)
     written: list[Path] = []
-    skipped: list[str] = []
     for name, draw in plots.items():
         try:
             with warnings.catch_warnings():
@@ -108,11 +131,11 @@ def _plots(
                 fig.savefig(tmp, dpi=120, bbox_inches="tight")
                 plt.close(fig)
             written.append(path)
-        except (
-            Exception
-        ) as exc:  # e.g. importances with a single distinct parameter value: leave that plot out
+        except Exception as exc:  # a plot Optuna cannot draw for this study: leave it out
             plt.close("all")
             skipped.append(f"{name}: {one_line_message(exc)}")
+    for line in skipped:  # a plot drawn by an earlier run of the sweep would no longer be current
+        (out_dir / f"{line.partition(':')[0]}.png").unlink(missing_ok=True)
     note = out_dir / "plots_not_drawn.txt"
     if skipped:
         written.append(_write(note, "\n".join(skipped) + "\n"))

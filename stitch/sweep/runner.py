@@ -1,6 +1,7 @@
 """``run_sweep``: open (or continue) the study and run trials until the requested number of
 distinct configurations have been decided (:mod:`stitch.sweep.distinct`), then write the sweep's
-outputs and its runs table."""
+outputs and its runs table. The study carries its metric names and a description for
+optuna-dashboard (:mod:`stitch.sweep.attributes`)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,16 @@ from stitch.registry import PRUNERS, SAMPLERS
 from stitch.report import write_runs_table
 from stitch.run_lock import open_locked_run_dir
 from stitch.runs import experiment_data, preflight, run_logger
+from stitch.sweep.attributes import describe_study, study_attributes
 from stitch.sweep.check import check_sweep
 from stitch.sweep.distinct import distinct_finished, next_unevaluated
-from stitch.sweep.objectives import Objective, objectives_of, prunable
+from stitch.sweep.objectives import (
+    Objective,
+    describe_objectives,
+    describe_sweep,
+    objectives_of,
+    prunable,
+)
 from stitch.sweep.outputs import write_outputs
 from stitch.sweep.samplers import sampler_seed
 from stitch.sweep.space import configurations, grid_size
@@ -135,6 +143,13 @@ def _open_study(
         sampler=SAMPLERS.lookup(sweep.sampler)(sweep, seed, len(objectives) > 1),
         pruner=pruner,
         directions=[o.direction for o in objectives],
+    )
+    describe_study(
+        study,
+        [o.label for o in objectives],
+        study_attributes(
+            exp.cfg.name, exp.path, describe_sweep(exp), describe_objectives(objectives), exp.cfg.description
+        ),
     )
     return study, storage
 

@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from stitch.errors import StitchError, one_line_message
+from stitch.sweep.attributes import bookkeeping, set_trial_bookkeeping
 
 #: seconds between a running trial's heartbeats, and after how long without one it counts as dead
 #: ($STITCH_SWEEP_HEARTBEAT / $STITCH_SWEEP_GRACE change them, e.g. for a quick test of a dead worker)
@@ -168,7 +169,8 @@ def claim_configuration(study: optuna.Study, trial: Trial, run_id: str) -> tuple
     Among running, undecided trials of one configuration the lowest number claims it; the others
     wait for its decision (at most :data:`CLAIM_WAIT_SECONDS`, after which a silent one counts as
     dead; one whose heartbeat stopped is failed at once). Trials pruned as duplicates, and failed
-    ones, are not decisions about the configuration."""
+    ones, are not decisions about the configuration. The claim is bookkeeping (a system attribute,
+    :mod:`stitch.sweep.attributes`; a study written before kept it in the user attributes)."""
     deadline = time.monotonic() + CLAIM_WAIT_SECONDS
     while True:
         others = [
@@ -185,11 +187,11 @@ def claim_configuration(study: optuna.Study, trial: Trial, run_id: str) -> tuple
         if pruned:
             return "pruned", pruned[0]
         running = [t for t in others if t.state == TrialState.RUNNING]
-        claimed = [t for t in running if t.user_attrs.get("claim") == "train"]
+        claimed = [t for t in running if bookkeeping(t, "claim") == "train"]
         if claimed:
             return "being trained", claimed[0]
         if not any(t.number < trial.number for t in running) or time.monotonic() > deadline:
-            trial.set_user_attr("claim", "train")
+            set_trial_bookkeeping(trial, "claim", "train")
             return "train", None
         time.sleep(0.2)  # a lower-numbered trial of this configuration decides first
         fail_stale_trials(study)  # unless its worker is dead

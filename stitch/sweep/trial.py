@@ -1,7 +1,12 @@
 """One trial of a sweep: suggest its choices, build and probe the variant (a choice that cannot be
 stitched is pruned with the reason in its ``invalid`` user attribute and never trains), claim its
 configuration across workers, then train it through the same path as ``stitch run`` (or reuse the
-run trained before: runs are keyed by their config's hash) and return its objective values."""
+run trained before: runs are keyed by their config's hash) and return its objective values.
+
+Its user attributes are what a person reads in optuna-dashboard: ``insertions`` (one short line),
+``run_id``, ``status`` (of its run), ``invalid``/``error``/``duplicate_of``/``reused``/``retry_of``
+when they apply; the experiment YAML of ``best.yaml`` and the claim are bookkeeping (system
+attributes, :mod:`stitch.sweep.attributes`)."""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from stitch.progress import Progress
 from stitch.runs import RunPlan, resolved_config, run_id_of
 from stitch.session import RunSession
 from stitch.store import ResultStore, RunRow, write_results_csv
+from stitch.sweep.attributes import set_trial_bookkeeping
 from stitch.sweep.objectives import Objective, objective_values, prunable
 from stitch.sweep.pruning import PruneWeakTrial
 from stitch.sweep.space import experiment_yaml, insertions_label, suggest, trial_experiment
@@ -73,8 +79,10 @@ class TrialObjective:
         config = resolved_config(texp, variant, seed, texp.cfg.train.epochs)
         run_id = run_id_of(config)
         trial.set_user_attr("run_id", run_id)
-        trial.set_user_attr(
-            "experiment_yaml", experiment_yaml(texp.cfg.model_dump(mode="json", exclude={"sweep"}))
+        set_trial_bookkeeping(  # best.yaml is written from it; too long to read in a dashboard
+            trial,
+            "experiment_yaml",
+            experiment_yaml(texp.cfg.model_dump(mode="json", exclude={"sweep"})),
         )
         decision, other = claim_configuration(self.study, trial, run_id)
         if decision == "reuse":
@@ -84,6 +92,7 @@ class TrialObjective:
             trial.set_user_attr("duplicate_of", other.number)
             raise optuna.TrialPruned(f"the same configuration is {decision} in trial {other.number}")
         row = self._train_or_reuse(trial, texp, RunPlan(variant, seed, run_id, config), built)
+        trial.set_user_attr("status", row.status)
         if row.status == "diverged":
             raise optuna.TrialPruned(f"diverged: {row.error}")
         if row.status != "done":
