@@ -40,3 +40,14 @@ def tiny_unet(write_experiment: Callable[[str], Path]) -> Callable[[str], Experi
         return load_experiment(write_experiment(TINY_UNET + textwrap.dedent(extra)))
 
     return make
+
+
+@pytest.fixture
+def no_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_experiment``/``stitch run`` in this process write no report (tables, plots, costs):
+    for tests that check the runs, not the report, which is most of a tiny run's time
+    (matplotlib's savefig, a model build for the costs, latency forwards). Subprocesses and
+    ``stitch report`` are unaffected."""
+    import stitch.run
+
+    monkeypatch.setattr(stitch.run, "write_report", lambda run_dirs, out_dir, **kwargs: [])
