@@ -21,6 +21,9 @@ from stitch.runs import experiment_data
 from stitch.store import ResultStore, RunRow
 from stitch.tasks.segmentation import SegmentationTask
 
+#: the runs here are checked, not their reports
+pytestmark = pytest.mark.usefixtures("no_report")
+
 OOM_TEXT = "CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 79.15 GiB total capacity)\nmore text"
 #: what differs between two identical runs: timings
 TIMING = {"seconds", "train_images_per_s"}
