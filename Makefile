@@ -30,7 +30,7 @@ setup-postgres:
 setup-tex:
 	@command -v pdflatex >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	     texlive-latex-base texlive-latex-recommended >/dev/null; } \
+	     texlive-latex-base texlive-latex-recommended texlive-science >/dev/null; } \
 	  || echo "pdflatex could not be installed: the LaTeX compile test will be skipped"
 
 # The main job: train the baseline and the CoordAtt U-Net (3 seeds each) on the nuclei sample.

@@ -30,8 +30,9 @@ WILD = (
 )
 
 
-def pdflatex(folder: Path, name: str) -> None:
-    """Compile ``folder/name.tex`` (skipped where pdflatex is not installed)."""
+def pdflatex(folder: Path, name: str, hostile: bool = True) -> None:
+    """Compile ``folder/name.tex`` (skipped where pdflatex is not installed); with ``hostile``,
+    the PDF's text (where pdftotext is installed) shows the hostile characters as written."""
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex is not on PATH (Debian: apt-get install texlive-latex-base)")
     proc = subprocess.run(
@@ -42,9 +43,11 @@ def pdflatex(folder: Path, name: str) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
-    if shutil.which("pdftotext"):
+    if hostile and shutil.which("pdftotext"):
         text = subprocess.run(["pdftotext", f"{name}.pdf", "-"], cwd=folder, capture_output=True, text=True)
-        assert "a_b & c%$#{}" in text.stdout.replace("\n", " "), text.stdout
+        # OT1's \_ is a rule, not a glyph: with the Type 1 Computer Modern fonts (which texlive-science
+        # brings in, texlive-fonts-recommended) pdftotext reads no underscore there
+        assert re.search(r"a_? ?b & c%\$#\{\}", text.stdout.replace("\n", " ")), text.stdout
 
 
 def test_tex_specials_are_escaped() -> None:
@@ -98,7 +101,7 @@ def test_a_report_with_a_hostile_caption_compiles(tmp_path: Path) -> None:
     for name in ("ablation", "comparison"):
         tex = (out / f"{name}.tex").read_text()
         assert HOSTILE not in tex and (name != "ablation" or ESCAPED in tex)  # the user's caption
-        pdflatex(out, name)
+        pdflatex(out, name, hostile=name == "ablation")  # the comparison has no user caption
 
 
 def test_names_in_tables_cannot_hold_specials(tmp_path: Path) -> None:

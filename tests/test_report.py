@@ -154,6 +154,7 @@ def md_cells(path: Path) -> dict[str, dict[str, str]]:
 def report(tmp_path_factory) -> tuple[Path, Path, dict]:
     tmp = tmp_path_factory.mktemp("report")
     run_dir, ids = make_run_dir(tmp)
+    _with_report_keys(run_dir, layout="landscape")  # every column (the layouts: test_report_layout.py)
     out = tmp / "out"
     write_report([run_dir], out, latency_repeats=2, latency_warmup=1)
     return run_dir, out, ids
@@ -177,8 +178,8 @@ def test_ablation_markdown_cell_by_cell(report) -> None:
         "\u0394mIoU (pp) [95 % CI]",
         "Params (M)",
         "\u0394Params (K)",
-        "FLOPs (G)",
-        "\u0394FLOPs (M)",
+        "FLOPs (M)",  # units chosen per column (stitch.report.units): this U-Net is small
+        "\u0394FLOPs (K)",
     ]
     # (FLOPs counting every operation, where stitch.flops gives them, follow the FLOPs columns)
     assert [h for h in cells["Baseline"] if "all ops" not in h] == header
@@ -200,8 +201,8 @@ def test_ablation_markdown_cell_by_cell(report) -> None:
     costs = json.loads((run_dir / "costs.json").read_text())["entries"]
     flops = {e["variant"]: e["flops"] for e in costs.values()}
     for v in cells:
-        assert cells[v]["FLOPs (G)"] == f"{flops[v] / 1e9:.2f}"
-    assert cells["+SE"]["\u0394FLOPs (M)"] == f"+{(flops['+SE'] - flops['Baseline']) / 1e6:.2f}"
+        assert cells[v]["FLOPs (M)"] == f"{flops[v] / 1e6:.2f}"
+    assert cells["+SE"]["\u0394FLOPs (K)"] == f"+{(flops['+SE'] - flops['Baseline']) / 1e3:.2f}"
 
 
 def test_significance_marks_follow_holm(report) -> None:
@@ -256,7 +257,7 @@ def test_bold_marks_the_best_mean_and_ties_at_shown_precision(report) -> None:
 def test_latex_cells_and_layout(report) -> None:
     _, out, _ = report
     tex = (out / "ablation.tex").read_text()
-    assert tex.startswith("% needs \\usepackage{booktabs,amssymb,siunitx}")
+    assert tex.startswith("% needs \\usepackage{booktabs,amssymb,siunitx,graphicx}")
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
     assert "\\caption{Attention in a tiny U-Net." in tex and "\\label{tab:tiny}" in tex
     n_columns = len(md_cells(out / "ablation.md")["Baseline"])
@@ -310,7 +311,7 @@ def test_provenance_maps_every_cell_to_its_runs(report) -> None:
             assert abl[v]["mIoU (%)"]["source"].startswith("best_metrics.miou; the paired test also reads")
         assert abl[v]["mIoU (%)"]["seeds"] == [0, 1, 2, 3]
         assert abl[v]["SE"]["run_ids"] == mine and abl[v]["Params (M)"]["run_ids"] == mine
-        assert abl[v]["FLOPs (G)"]["source"].startswith("costs.json:")
+        assert abl[v]["FLOPs (M)"]["source"].startswith("costs.json:")
         assert set(abl[v]) == set(prov["tables"]["ablation"]["columns"])
     # a delta cell aggregates the variant's runs and the baseline's
     assert set(abl["+SE"]["\u0394Params (K)"]["run_ids"]) == {
@@ -329,7 +330,7 @@ def test_fewer_than_three_seeds_claims_no_significance(tmp_path: Path) -> None:
     write_report([run_dir], out, costs=False)
     cells = md_cells(out / "ablation.md")
     assert not any("\u2020" in c for row in cells.values() for c in row.values())
-    caption = (out / "ablation.md").read_text().splitlines()[0]
+    caption = (out / "ablation.md").read_text()  # the method text is under the table
     assert (
         "With fewer than 3 paired seeds (2 here) no significance test is run, and no significance is claimed."
         in caption
@@ -342,8 +343,8 @@ def test_fewer_than_three_seeds_claims_no_significance(tmp_path: Path) -> None:
     tex = (out / "ablation.tex").read_text()
     assert (
         "no significance is claimed" in tex
-        and "\\dagger}\\)" not in tex.split("\\caption", 1)[1].split("\\end{table}")[0].split("}\n", 1)[1]
-    )
+        and "\\dagger}\\)" not in tex.split("\\begin{tabular}", 1)[1].split("\\end{tabular}")[0]
+    )  # no † in the table (the method text under it says what † would mean)
 
 
 def test_only_done_runs_count_and_differing_seed_counts_are_stated(tmp_path: Path) -> None:
@@ -633,7 +634,7 @@ def test_effect_sizes_in_csv_provenance_and_the_noise_floor(report) -> None:
     nf = prov["noise_floor"]["tiny"]
     assert nf["sd"] == pytest.approx(sd) and nf["mde"] == pytest.approx(mde) and nf["n"] == 4
     assert nf["sd_source"] == "paired differences" and nf["min_effect"] is None
-    caption = (out / "ablation.md").read_text().splitlines()[0]
+    caption = (out / "ablation.md").read_text()  # the method text is under the table
     assert (
         f"Noise floor: with 4 seeds and the standard deviation of the paired differences over seeds "
         f"({sd * 100:.2f} pp), the design detects a \u0394mIoU of at least {mde * 100:.2f} pp at \u03b1 = 0.05 "
@@ -646,7 +647,7 @@ def test_min_effect_names_the_seeds_it_needs(tmp_path: Path) -> None:
     from stitch.stats_power import seeds_needed
 
     run_dir, _ = make_run_dir(tmp_path, seeds=(0, 1))
-    _with_report_keys(run_dir, min_effect=0.01, alpha=0.1)
+    _with_report_keys(run_dir, min_effect=0.01, alpha=0.1, layout="landscape")
     res = load_results(run_dir, costs=False)
     table = ablation_table(res)
     sd = np.sqrt(
@@ -673,7 +674,7 @@ def test_noise_floor_from_the_baseline_alone_and_its_latex(tmp_path: Path) -> No
     out = tmp_path / "out"
     write_report([run_dir], out, costs=False, standalone=True)
     sd = np.std([miou("Baseline", s) for s in range(4)], ddof=1) * np.sqrt(2)
-    caption = (out / "ablation.md").read_text().splitlines()[0]
+    caption = (out / "ablation.md").read_text()  # the method text is under the table
     assert (
         f"with 4 seeds and \u221a2 \u00d7 the Baseline's standard deviation over seeds ({sd * 100:.2f} pp), "
         f"the design detects a \u0394mIoU of at least {min_detectable_effect(sd, 4, 0.05) * 100:.2f} pp"

@@ -71,6 +71,28 @@ ReportFormat = Literal["latex", "markdown", "csv", "html"]
 DEFAULT_FORMATS: tuple[ReportFormat, ...] = ("latex", "markdown", "csv")
 
 
+#: the column keys of ``report.columns``: ``primary`` (the primary metric), ``metrics`` (every
+#: metric of ``metrics.report``), ``delta`` (its Δ to the Baseline), ``diff`` (Δ with its
+#: interval), then the tables' own column keys (stitch.report.column_choice)
+ReportColumn = Literal[
+    "seeds",
+    "primary",
+    "metrics",
+    "delta",
+    "diff",
+    "p_holm",
+    "params",
+    "params_delta",
+    "flops",
+    "flops_delta",
+    "flops_all",
+    "flops_all_delta",
+    "latency",
+    "peak_memory",
+    "time",
+]
+
+
 class ReportCfg(Strict):
     """Table caption and label, output formats, the paired test and its level, decimals shown,
     what bold marks, the difference the noise-floor sentence sizes the seeds for, and which
@@ -91,6 +113,9 @@ class ReportCfg(Strict):
     #: the page the tables and figures are sized for: one column of a two-column paper (3.5 in),
     #: the full text width (7 in, ``table*``), or a landscape page of their own
     layout: Literal["column", "page", "landscape"] = "column"
+    #: which columns the tables show, in this order, after the variant and check-mark columns
+    #: (none: the layout's default, stitch.report.column_choice)
+    columns: list[ReportColumn] | None = None
 
     @field_validator("label")
     @classmethod
@@ -101,6 +126,14 @@ class ReportCfg(Strict):
             raise ValueError(
                 f"label {v!r} may hold only letters, digits and : . _ / + - (it becomes a LaTeX \\label)"
             )
+        return v
+
+    @field_validator("columns")
+    @classmethod
+    def _distinct_columns(cls, v: list[str] | None) -> list[str] | None:
+        repeated = sorted({c for c in v or [] if v.count(c) > 1}) if v else []
+        if repeated:
+            raise ValueError(f"column {repeated[0]!r} is listed twice; name each column once")
         return v
 
 

@@ -10,11 +10,13 @@ several run directories are given):
   at the epoch the validation split chose (``test_best_metrics``; ``report.selection: last``:
   the last epoch), or on the validation split when there is no test split (``best_metrics``,
   said in the caption), the primary metric's paired Δ against the baseline with its confidence
-  interval (``Δ [95 % CI]``), then Params (M), ΔParams (K), FLOPs (G) and ΔFLOPs (M) against the
-  baseline. † marks a variant significantly better than the baseline after Holm's correction (see
+  interval (``Δ [95 % CI]``), then Params, ΔParams, FLOPs and ΔFLOPs against the baseline, each in
+  K, M or G chosen per column (:mod:`stitch.report.units`). Which columns, in which order:
+  ``report.columns``, else the default of ``report.layout`` (:mod:`stitch.report.column_choice`).
+  † marks a variant significantly better than the baseline after Holm's correction (see
   :mod:`stitch.stats` for the test, the direction and the corner cases); bold follows
-  ``report.bold`` (default: the best mean only where it is significant); the caption states the
-  design's noise floor (:mod:`stitch.report.effects`).
+  ``report.bold`` (default: the best mean only where it is significant); the method text under the
+  table states the design's noise floor (:mod:`stitch.report.effects`).
 - ``comparison.{tex,md,csv,html}``: one row per variant with the number of seeds, the metrics, the
   primary metric's Δ [95 % CI] against the baseline and its Holm-adjusted p, Params,
   FLOPs, CPU latency and training time per run. With several run directories: one row per
@@ -34,8 +36,11 @@ Decisions (also stated in the captions):
   stored value outside [0, 1] is shown as stored. The CSV files keep the stored scale, unrounded.
 - **Reference**: the variant without insertions (``Baseline``). A design without one
   (``leave-one-out``) has no deltas and no tests; the caption says so.
-- **LaTeX**: :mod:`stitch.report.render_latex`; the caption is plain text from the YAML (LaTeX
-  special characters are escaped). **Markdown**: :mod:`stitch.report.render_markdown`.
+- **Captions**: the title and one sentence on the design and the statistics above the table; the
+  full method text under it (:mod:`stitch.report.captions`).
+- **LaTeX**: :mod:`stitch.report.render_latex`, sized for ``report.layout``
+  (:mod:`stitch.report.latex_fit`); the caption is plain text from the YAML (LaTeX special
+  characters are escaped). **Markdown**: :mod:`stitch.report.render_markdown`.
 
 A sweep's run directory gets a runs table instead (:mod:`stitch.report.sweep_runs`).
 """

@@ -8,13 +8,29 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from stitch.report.captions import cost_sentence, metric_sentence, seed_sentence, stats_sentence
-from stitch.report.columns import cost_cells, cost_columns, cost_records, metric_cells, metric_column
+from stitch.report.captions import (
+    cost_sentence,
+    metric_sentence,
+    seed_sentence,
+    short_caption,
+    stats_sentence,
+)
+from stitch.report.column_choice import choose_columns, hidden_sentence
+from stitch.report.columns import (
+    cost_cells,
+    cost_columns,
+    cost_records,
+    cost_units,
+    metric_cells,
+    metric_column,
+)
 from stitch.report.effects import (
     bold_sentence,
     ci_cell,
     ci_column,
     ci_sentence,
+    delta_cell,
+    delta_column,
     effect_records,
     mark_bold,
     noise_floor_sentence,
@@ -35,8 +51,9 @@ def ablation_table(res: ExperimentResults) -> Table:
     columns += [Column(f"check:{n}", n, latex_escape(n)) for n in names]
     columns += [metric_column(m, res.scale[m]) for m in res.metrics]
     if res.reference is not None:
-        columns.append(ci_column(res))
-    columns += cost_columns(res)
+        columns += [delta_column(res), ci_column(res)]
+    units = cost_units([res])
+    columns += cost_columns(res, units)
     rows, records = [], []
     for v in res.variants:
         cells = {
@@ -54,9 +71,10 @@ def ablation_table(res: ExperimentResults) -> Table:
                 source="runs.insertions",
             )
         if res.reference is not None:
-            cells["diff"] = ci_cell(res, v, res.tests.get(res.primary, {}).get(v.name))
-        cost = cost_cells(res, v, d)
-        cells.update({c.key: cost[c.key] for c in cost_columns(res)})
+            test = res.tests.get(res.primary, {}).get(v.name)
+            cells["diff"], cells["delta"] = ci_cell(res, v, test), delta_cell(res, v, test)
+        cost = cost_cells(res, v, d, units)
+        cells.update({c.key: cost[c.key] for c in cost_columns(res, units)})
         rows.append(Row(v.name, res.name, v.name, cells))
         rec: dict[str, Any] = {
             "variant": v.name,
@@ -83,8 +101,9 @@ def ablation_table(res: ExperimentResults) -> Table:
     mark_bold(res, rows, {v.name: v for v in res.variants})
     ref_rows, ref_sentence = reference_rows(res, columns)
     rows += ref_rows
+    title = cfg.report.caption or f"Ablation of {res.name}."
     sentences = (
-        cfg.report.caption or f"Ablation of {res.name}.",
+        title,
         seed_sentence(res.variants),
         metric_sentence(res),
         bold_sentence(res, rows),
@@ -94,7 +113,16 @@ def ablation_table(res: ExperimentResults) -> Table:
         cost_sentence(res),
         ref_sentence,
     )
-    caption = " ".join(s for s in sentences if s)
+    shown = choose_columns(columns, cfg.report.columns, cfg.report.layout, res.primary)
+    caption = " ".join(s for s in (*sentences, hidden_sentence(columns, shown)) if s)
     return Table(
-        "ablation", columns, rows, caption, cfg.report.label or f"tab:{res.name}", list(res.notes), records
+        "ablation",
+        shown,
+        rows,
+        caption,
+        cfg.report.label or f"tab:{res.name}",
+        list(res.notes),
+        records,
+        short_caption=short_caption(res, title, ci=any(c.key == "diff" for c in shown)),
+        layout=cfg.report.layout,
     )

@@ -12,6 +12,9 @@ from stitch.report.labels import DAGGER, DELTA, metric_label
 from stitch.report.results import ExperimentResults, VariantRuns
 from stitch.stats import MIN_PAIRS, describe_test, wilcoxon_floor
 
+#: what the unit prefixes of the cost columns' headers mean (stitch.report.units)
+UNITS = "K: thousands, M: millions, G: billions"
+
 
 def seed_sentence(variants: Sequence[VariantRuns]) -> str:
     """Over which seeds the means and standard deviations are taken (naming rows that differ)."""
@@ -119,11 +122,12 @@ def cost_sentence(res: ExperimentResults, latency: bool = False, deltas: bool = 
     )
     if not res.costs:
         params = any(v.rows[0].params is not None for v in res.variants)
-        return ((f"Params in millions{delta}." if params else "") + memory).strip()
+        return ((f"Params in the unit of its header ({UNITS}){delta}." if params else "") + memory).strip()
     c = next(iter(res.costs.values()))
     h, w = c.image_size
     s = (
-        f"Params in millions; FLOPs in billions for one {c.in_channels}\u00d7{h}\u00d7{w} input (batch 1, "
+        f"Params and FLOPs in the units of their headers ({UNITS}); FLOPs for one "
+        f"{c.in_channels}\u00d7{h}\u00d7{w} input (batch 1, "
         f"counted by torch.utils.flop_counter, a multiply-add = 2 FLOPs){delta}."
     )
     if c.flops_all is not None:
@@ -153,3 +157,43 @@ def input_sizes_sentence(results: Sequence[ExperimentResults]) -> str:
         + ", ".join(f"{n} {sz}" for n, sz in sizes.items())
         + "."
     )
+
+
+def short_caption(res: ExperimentResults, title: str, ci: bool = True) -> str:
+    """The table's caption: ``title``, then the design and the statistics in one sentence (the
+    split and its size, the seeds, the scale, what Δ and † mean); the full method text is the
+    table's notes paragraph."""
+    return f"{title.rstrip().rstrip('.')}. {design_phrase(res)}; {stats_phrase(res, ci)}."
+
+
+def design_phrase(res: ExperimentResults) -> str:
+    """``Held-out test split (4 images), mean ± std over 3 seeds, metrics in %``."""
+    if res.split == "test":
+        split = "Held-out test split" + (f" ({res.split_images} images)" if res.split_images else "")
+    else:
+        split = "Validation split (no test split; it also chose the epoch)"
+    counts = sorted({len(v.seeds) for v in res.variants})
+    if counts == [1]:
+        seeds = "single seed"
+    elif len(counts) == 1:
+        seeds = f"mean \u00b1 std over {counts[0]} seeds"
+    else:
+        seeds = f"mean \u00b1 std over {counts[0]}\u2013{counts[-1]} seeds"
+    pct = all(res.scale[m] == 100.0 for m in res.metrics)
+    return f"{split}, {seeds}" + (", metrics in %" if pct else "")
+
+
+def stats_phrase(res: ExperimentResults, ci: bool = True) -> str:
+    """``ΔmIoU vs Baseline with 95 % CI; †: p < 0.05, one-sided paired t-test, Holm-corrected``
+    (``ci``: the table shows the interval), or why nothing is tested."""
+    if res.reference is None:
+        return "no Baseline, so no \u0394 and no significance test"
+    level = f"{round((1 - res.alpha) * 100, 6):g} %"
+    delta = f"{DELTA}{metric_label(res.primary)} vs {res.reference.name}" + (
+        f" with {level} CI" if ci else ""
+    )
+    tested = any(t.tested for m in res.metrics for t in res.tests.get(m, {}).values())
+    if not tested:
+        return f"{delta}; no significance test (fewer than {MIN_PAIRS} paired seeds)"
+    words = describe_test(res.test, res.alternative, res.alpha).split(" over seeds")[0]  # type: ignore[arg-type]
+    return f"{delta}; {DAGGER}: p < {res.alpha:g}, {words}, Holm-corrected"

@@ -3,25 +3,38 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from stitch.report.labels import DELTA, metric_label
 from stitch.report.results import ExperimentResults, VariantRuns
 from stitch.report.table import Cell, Column, Row, bold_best, latex_escape, number_cell, summary_cell
+from stitch.report.units import unit_for
 from stitch.stats import summarize
 
-COST_COLUMNS = [
-    Column("params", "Params (M)", "Params (M)"),
-    Column("params_delta", f"{DELTA}Params (K)", r"\(\Delta\)Params (K)"),
-    Column("flops", "FLOPs (G)", "FLOPs (G)"),
-    Column("flops_delta", f"{DELTA}FLOPs (M)", r"\(\Delta\)FLOPs (M)"),
+#: the scaled cost columns: key -> (header before the unit, the unit without numbers to choose by)
+COST_HEADERS: dict[str, tuple[str, str]] = {
+    "params": ("Params", "M"),
+    "params_delta": (f"{DELTA}Params", "K"),
+    "flops": ("FLOPs", "G"),
+    "flops_delta": (f"{DELTA}FLOPs", "M"),
     # FLOPs (all ops): element-wise work, pooling and normalisation too (stitch.flops)
-    Column("flops_all", "FLOPs all ops (G)", "FLOPs all ops (G)"),
-    Column("flops_all_delta", f"{DELTA}FLOPs all ops (M)", r"\(\Delta\)FLOPs all ops (M)"),
-]
+    "flops_all": ("FLOPs all ops", "G"),
+    "flops_all_delta": (f"{DELTA}FLOPs all ops", "M"),
+}
 LATENCY_COLUMN = Column("latency", "Latency (ms)", "Latency (ms)")
 #: peak training memory per run (stitch.memory), mean over the variant's seeds
 MEMORY_COLUMN = Column("peak_memory", "Peak memory (MiB)", "Peak memory (MiB)")
+#: a cost column's unit: (prefix, factor), from stitch.report.units
+Units = dict[str, tuple[str, float]]
+
+
+def cost_column(key: str, units: Units) -> Column:
+    """The column of a scaled cost (``params``, ``flops_delta`` …), its unit in the header."""
+    name, default = COST_HEADERS[key]
+    header = f"{name} ({units.get(key, (default, 0.0))[0]})"
+    return Column(key, header, latex_escape(header))
 
 
 def peak_memory(v: VariantRuns) -> float | None:
@@ -36,67 +49,59 @@ def _params(res: ExperimentResults, v: VariantRuns) -> int | None:
     return v.rows[0].params if v.rows[0].params is not None else (c.params if c else None)
 
 
+def raw_costs(res: ExperimentResults, v: VariantRuns) -> dict[str, float | None]:
+    """A variant's costs as shown, before scaling: counts, and differences to the reference (None
+    for the reference itself)."""
+    c = res.costs.get(v.name)
+    params = _params(res, v)
+    ref_params = None if res.reference is None else _params(res, res.reference)
+    own = v is res.reference
+    return {
+        "params": params,
+        "params_delta": None if params is None or ref_params is None or own else params - ref_params,
+        "flops": None if c is None else c.flops,
+        "flops_delta": None if c is None or own else c.flops_delta,
+        "flops_all": None if c is None else c.flops_all,
+        "flops_all_delta": None if c is None or own else c.flops_all_delta,
+    }
+
+
+def cost_units(results: Sequence[ExperimentResults]) -> Units:
+    """Per scaled cost column, the unit that keeps its numbers short (over every variant shown)."""
+    raw = [raw_costs(r, v) for r in results for v in r.variants]
+    return {key: unit_for([x[key] for x in raw], default) for key, (_, default) in COST_HEADERS.items()}
+
+
 def cost_cells(
-    res: ExperimentResults, v: VariantRuns, decimals: int, with_latency: bool = False
+    res: ExperimentResults, v: VariantRuns, decimals: int, units: Units, with_latency: bool = False
 ) -> dict[str, Cell]:
-    """The cost cells of one variant, keyed like :data:`COST_COLUMNS` (and ``latency``)."""
+    """The cost cells of one variant, keyed like :data:`COST_HEADERS` (and ``latency``,
+    ``peak_memory``), each in the unit ``units`` chose for its column."""
     c = res.costs.get(v.name)
     ids, seeds = v.run_ids, v.seeds
     src = f"costs.json:{c.key}" if c is not None and c.key else "costs.json"
     ref_ids = res.reference.run_ids if res.reference else []
     with_ref = ids + [i for i in ref_ids if i not in ids]
-    params = _params(res, v)
-    ref_params = None if res.reference is None else _params(res, res.reference)
-    params_delta = (
-        None if params is None or ref_params is None or v is res.reference else (params - ref_params) / 1e3
-    )
-    flops_delta = None if c is None or c.flops_delta is None or v is res.reference else c.flops_delta / 1e6
-    all_delta = (
-        None if c is None or c.flops_all_delta is None or v is res.reference else c.flops_all_delta / 1e6
-    )
-    out = {
-        "params": number_cell(
-            None if params is None else params / 1e6, decimals, run_ids=ids, seeds=seeds, source="runs.params"
-        ),
-        "params_delta": number_cell(
-            params_delta,
-            decimals,
-            signed=True,
-            run_ids=with_ref,
-            seeds=seeds,
-            source="runs.params - reference runs.params",
-        ),
-        "flops": number_cell(
-            None if c is None or c.flops is None else c.flops / 1e9,
-            decimals,
-            run_ids=ids,
-            seeds=seeds,
-            source=src,
-        ),
-        "flops_delta": number_cell(
-            flops_delta,
-            decimals,
-            signed=True,
-            run_ids=with_ref,
-            seeds=seeds,
-            source=src + " (minus the reference's)",
-        ),
-        "flops_all": number_cell(
-            None if c is None or c.flops_all is None else c.flops_all / 1e9,
-            decimals,
-            run_ids=ids,
-            seeds=seeds,
-            source=src + " flops_all",
-        ),
-        "flops_all_delta": number_cell(
-            all_delta,
-            decimals,
-            signed=True,
-            run_ids=with_ref,
-            seeds=seeds,
-            source=src + " flops_all (minus the reference's)",
-        ),
+    sources = {
+        "params": "runs.params",
+        "params_delta": "runs.params - reference runs.params",
+        "flops": src,
+        "flops_delta": src + " (minus the reference's)",
+        "flops_all": src + " flops_all",
+        "flops_all_delta": src + " flops_all (minus the reference's)",
     }
+    out = {}
+    for key, x in raw_costs(res, v).items():
+        factor = units[key][1]
+        delta = key.endswith("_delta")
+        out[key] = number_cell(
+            None if x is None else x / factor,
+            decimals,
+            signed=delta,
+            run_ids=with_ref if delta else ids,
+            seeds=seeds,
+            source=sources[key],
+        )
     out["peak_memory"] = number_cell(
         peak_memory(v), 0, run_ids=ids, seeds=seeds, source="mean of runs.peak_memory_mb"
     )
@@ -123,13 +128,16 @@ def cost_records(res: ExperimentResults, v: VariantRuns) -> dict[str, Any]:
     }
 
 
-def cost_columns(res: ExperimentResults, latency: bool = False, deltas: bool = True) -> list[Column]:
+def cost_columns(
+    res: ExperimentResults, units: Units, latency: bool = False, deltas: bool = True
+) -> list[Column]:
     """Params (from the database) always; FLOPs, FLOPs (all ops) (and latency) when costs were computed."""
-    cols = [c for c in COST_COLUMNS if c.key.startswith("params")]
+    keys = [k for k in COST_HEADERS if k.startswith("params")]
     if res.costs:
-        cols += [c for c in COST_COLUMNS if c.key.startswith("flops") and not c.key.startswith("flops_all")]
+        keys += [k for k in COST_HEADERS if k.startswith("flops") and not k.startswith("flops_all")]
     if any(c.flops_all is not None for c in res.costs.values()):
-        cols += [c for c in COST_COLUMNS if c.key.startswith("flops_all")]
+        keys += [k for k in COST_HEADERS if k.startswith("flops_all")]
+    cols = [cost_column(k, units) for k in keys]
     if not deltas or res.reference is None:
         cols = [c for c in cols if not c.key.endswith("_delta")]
     if latency and any(c.latency_ms is not None for c in res.costs.values()):
@@ -142,7 +150,21 @@ def cost_columns(res: ExperimentResults, latency: bool = False, deltas: bool = T
 def metric_column(metric: str, scale: float) -> Column:
     """The column of one metric, ``(%)`` in its header when shown ×100."""
     unit = " (%)" if scale == 100.0 else ""
-    return Column(f"metric:{metric}", metric_label(metric) + unit, latex_escape(metric_label(metric) + unit))
+    return Column(f"metric:{metric}", metric_label(metric) + unit, metric_latex(metric) + latex_escape(unit))
+
+
+#: AP at an IoU threshold or object size at the end of a label: ``Mask AP50``, ``Box APs``
+_AP_SUFFIX = re.compile(r"AP(50|75|s|m|l)$")
+
+
+def metric_latex(metric: str) -> str:
+    """The LaTeX label of a metric, with the subscripts of COCO's AP names: ``Mask AP\\(_{50}\\)``,
+    ``Box AP\\(_{S}\\)`` (Markdown and plain text keep ``AP50``)."""
+    label = metric_label(metric)
+    m = _AP_SUFFIX.search(label)
+    if m is None:
+        return latex_escape(label)
+    return latex_escape(label[: m.start()]) + f"AP\\(_{{{m.group(1).upper()}}}\\)"
 
 
 def metric_cells(

@@ -14,15 +14,18 @@ from stitch.report.captions import (
     input_sizes_sentence,
     metric_sentence,
     seed_sentence,
+    short_caption,
     split_sentence,
     stats_sentence,
 )
+from stitch.report.column_choice import choose_columns, hidden_sentence
 from stitch.report.columns import (
-    COST_COLUMNS,
     LATENCY_COLUMN,
     cost_cells,
+    cost_column,
     cost_columns,
     cost_records,
+    cost_units,
     metric_cells,
     metric_column,
 )
@@ -31,6 +34,8 @@ from stitch.report.effects import (
     ci_cell,
     ci_column,
     ci_sentence,
+    delta_cell,
+    delta_column,
     effect_records,
     mark_bold,
     noise_floor_sentence,
@@ -84,6 +89,7 @@ def _test_cells(res: ExperimentResults, v: VariantRuns, t: PairedTest | None) ->
         platex = "\\(<\\num{0.001}\\)" if ptxt.startswith("<") else f"\\({siunitx_num(ptxt)}\\)"
     return {
         "diff": ci_cell(res, v, t),
+        "delta": delta_cell(res, v, t),
         "p_holm": Cell(
             ptxt, platex, run_ids=paired, seeds=seeds, source=f"{res.test} on {res.source}.{p}, Holm"
         ),
@@ -97,8 +103,9 @@ def _comparison_one(res: ExperimentResults) -> Table:
     columns = [Column("variant", "Variant", "Variant", "l"), Column("seeds", "Seeds", "Seeds")]
     columns += [metric_column(m, res.scale[m]) for m in res.metrics]
     if res.reference is not None:
-        columns += [ci_column(res), Column("p_holm", "p (Holm)", "\\(p\\) (Holm)")]
-    columns += cost_columns(res, latency=True, deltas=False)
+        columns += [delta_column(res), ci_column(res), Column("p_holm", "p (Holm)", "\\(p\\) (Holm)")]
+    units = cost_units([res])
+    columns += cost_columns(res, units, latency=True, deltas=False)
     columns += [Column("time", "Time/run (min)", "Time/run (min)")]
     tests = {}
     if res.reference is not None:
@@ -119,8 +126,8 @@ def _comparison_one(res: ExperimentResults) -> Table:
         t = tests.get(v.name)
         if res.reference is not None:
             cells.update(_test_cells(res, v, t))
-        cost = cost_cells(res, v, d, with_latency=True)
-        cells.update({c.key: cost[c.key] for c in cost_columns(res, latency=True, deltas=False)})
+        cost = cost_cells(res, v, d, units, with_latency=True)
+        cells.update({c.key: cost[c.key] for c in cost_columns(res, units, latency=True, deltas=False)})
         minutes = [r.wall_time / 60 for r in v.rows if r.wall_time]
         mean_minutes = sum(minutes) / len(minutes) if minutes else None
         cells["time"] = number_cell(
@@ -152,8 +159,9 @@ def _comparison_one(res: ExperimentResults) -> Table:
     diff_sentence = ""
     if res.reference is not None:
         diff_sentence = ci_sentence(res) + " p: Holm-adjusted p-value of the paired test."
+    title = f"Comparison of the variants of {res.name}."
     sentences = (
-        f"Comparison of the variants of {res.name}.",
+        title,
         seed_sentence(res.variants),
         metric_sentence(res),
         bold_sentence(res, rows),
@@ -163,9 +171,20 @@ def _comparison_one(res: ExperimentResults) -> Table:
         cost_sentence(res, latency=True, deltas=False),
         "Time/run: mean training wall time.",
     )
-    caption = " ".join(s for s in sentences if s)
     label = f"{cfg.report.label}-comparison" if cfg.report.label else f"tab:{res.name}-comparison"
-    return Table("comparison", columns, rows, caption, label, list(res.notes), records)
+    shown = choose_columns(columns, cfg.report.columns, cfg.report.layout, p)
+    caption = " ".join(s for s in (*sentences, hidden_sentence(columns, shown)) if s)
+    return Table(
+        "comparison",
+        shown,
+        rows,
+        caption,
+        label,
+        list(res.notes),
+        records,
+        short_caption=short_caption(res, title, ci=any(c.key == "diff" for c in shown)),
+        layout=cfg.report.layout,
+    )
 
 
 def _entries(results: Sequence[ExperimentResults]) -> list[tuple[list[ExperimentResults], VariantRuns]]:
@@ -229,9 +248,10 @@ def _comparison_many(results: Sequence[ExperimentResults]) -> Table:
     columns += [metric_column(m, scale[m]) for m in metrics]
     with_costs = any(r.costs for r in results)
     with_latency = any(c.latency_ms is not None for r in results for c in r.costs.values())
+    units = cost_units(results)
     cost_cols = (
-        [COST_COLUMNS[0]]
-        + ([COST_COLUMNS[2]] if with_costs else [])
+        [cost_column("params", units)]
+        + ([cost_column("flops", units)] if with_costs else [])
         + ([LATENCY_COLUMN] if with_latency else [])
     )
     columns += cost_cols
@@ -271,7 +291,7 @@ def _comparison_many(results: Sequence[ExperimentResults]) -> Table:
                     f"{m}_significant": int(significant),
                 }
             )
-        cost = cost_cells(res, v, d, with_latency=True)
+        cost = cost_cells(res, v, d, units, with_latency=True)
         cells.update({c.key: cost[c.key] for c in cost_cols})
         rec.update(cost_records(res, v))
         rec["run_ids"] = " ".join(v.run_ids)
@@ -315,6 +335,47 @@ def _comparison_many(results: Sequence[ExperimentResults]) -> Table:
         cost_sentence(next((r for r in results if r.costs), results[0]), latency=True, deltas=False),
         input_sizes_sentence(results),
     )
-    caption = " ".join(s for s in sentences if s)
     notes = [f"{r.name}: {n}" for r in results for n in r.notes]
-    return Table("comparison", columns, rows, caption, "tab:comparison", notes, records)
+    report = results[0].exp.cfg.report
+    shown = choose_columns(columns, report.columns, report.layout, results[0].primary)
+    caption = " ".join(s for s in (*sentences, hidden_sentence(columns, shown)) if s)
+    return Table(
+        "comparison",
+        shown,
+        rows,
+        caption,
+        "tab:comparison",
+        notes,
+        records,
+        short_caption=_short_caption_many(results, metrics, scale, tested=len(untested) < len(results)),
+        layout=report.layout,
+    )
+
+
+def _short_caption_many(
+    results: Sequence[ExperimentResults], metrics: list[str], scale: dict[str, float], tested: bool
+) -> str:
+    """The several-experiment table's caption: what the rows are, the splits and their sizes, the
+    seeds and what † means, in one sentence after the title."""
+    splits = list(
+        dict.fromkeys(
+            ("held-out test split" + (f" ({r.split_images} images)" if r.split_images else ""))
+            if r.split == "test"
+            else "validation split"
+            for r in results
+        )
+    )
+    pct = ", metrics in %" if all(scale[m] == 100.0 for m in metrics) else ""
+    words = sorted(
+        {describe_test(r.test, r.alternative, r.alpha).split(" over seeds")[0] for r in results}  # type: ignore[arg-type]
+    )
+    sig = (
+        f"{DAGGER}: significantly better than the experiment's own Baseline "
+        f"({'; '.join(words)}, Holm-corrected)"
+        if tested
+        else "no significance test"
+    )
+    return (
+        f"Comparison of {', '.join(r.name for r in results)}. Each experiment's variant with every "
+        f"insertion and its Baseline, {' / '.join(splits)}, mean \u00b1 std over seeds{pct}; {sig}."
+    )

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from stitch.report.columns import metric_latex
 from stitch.report.labels import DAGGER, DASH, DELTA, metric_label
 from stitch.report.results import ExperimentResults, VariantRuns
 from stitch.report.table import Cell, Column, Row, bold_best, latex_escape, signed_fixed, siunitx_num
@@ -34,7 +35,9 @@ def ci_header(res: ExperimentResults) -> str:
 
 def ci_column(res: ExperimentResults, key: str = "diff") -> Column:
     """The ``Δ [CI]`` column (``key`` ``diff`` in both tables)."""
-    return Column(key, ci_header(res), latex_escape(ci_header(res)))
+    p = res.primary
+    latex = latex_escape(ci_header(res)).replace(latex_escape(metric_label(p)), metric_latex(p), 1)
+    return Column(key, ci_header(res), latex)
 
 
 def ci_cell(res: ExperimentResults, v: VariantRuns, t: PairedTest | None) -> Cell:
@@ -62,6 +65,22 @@ def ci_cell(res: ExperimentResults, v: VariantRuns, t: PairedTest | None) -> Cel
         seeds=seeds,
         source=src,
     )
+
+
+def delta_column(res: ExperimentResults) -> Column:
+    """The ``ΔmIoU (pp)`` column (key ``delta``): the mean paired difference alone, for narrow tables."""
+    p = res.primary
+    unit = " (pp)" if res.scale.get(p) == 100.0 else ""
+    return Column("delta", f"{DELTA}{metric_label(p)}{unit}", latex_escape(DELTA) + metric_latex(p) + unit)
+
+
+def delta_cell(res: ExperimentResults, v: VariantRuns, t: PairedTest | None) -> Cell:
+    """The mean paired difference of :func:`ci_cell` without its interval."""
+    full = ci_cell(res, v, t)
+    text, latex = full.text.split(" [")[0], full.latex.split("\\ [")[0]
+    if latex != full.latex:
+        latex += "\\)"
+    return Cell(text, latex, run_ids=full.run_ids, seeds=full.seeds, source=full.source)
 
 
 def ci_sentence(res: ExperimentResults) -> str:

@@ -1,5 +1,5 @@
 """HTML rendering of a table via ``Styler.to_html``: a whole page, bold best cells by CSS, the
-caption on top, booktabs-like rules, the notes below."""
+short caption on top, booktabs-like rules, the method text and the notes below."""
 
 from __future__ import annotations
 
@@ -33,9 +33,11 @@ def to_html(table: Table) -> str:
     styles = pd.DataFrame(
         [["font-weight: bold" if b else "" for b in row] for row in bold], columns=df.columns
     )
-    styler = df.style.hide(axis="index").set_caption(table.caption).apply(lambda _: styles, axis=None)
+    styler = df.style.hide(axis="index").set_caption(table.shown_caption()).apply(lambda _: styles, axis=None)
     styler = styler.set_table_styles(TABLE_STYLES)
     html = styler.to_html(doctype_html=True)
+    if table.details():
+        html = html.replace("</body>", f"<p>{html_escape(table.details())}</p>\n</body>")
     if table.notes:
         notes = "".join(f"<li>{html_escape(n)}</li>" for n in table.notes)
         html = html.replace("</body>", f"<p>Notes:</p><ul>{notes}</ul>\n</body>")

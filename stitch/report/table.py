@@ -1,4 +1,5 @@
-"""The table model: a report table as data (columns, rows of cells, caption, notes, CSV records),
+"""The table model: a report table as data (columns, rows of cells, a short caption and the full
+method text, notes, CSV records),
 each cell with its plain, Markdown and LaTeX text and the runs it comes from; and the number
 formatting every cell uses (fixed decimals, ``\\num{}`` from siunitx in LaTeX, bold best)."""
 
@@ -61,10 +62,22 @@ class Table:
     name: str
     columns: list[Column]
     rows: list[Row]
-    caption: str
+    caption: str  # the full method text (provenance; the renderers' notes paragraph)
     label: str
     notes: list[str]
     records: list[dict[str, Any]]  # the CSV: numbers unrounded, stored scale
+    #: the caption the renderers show: one sentence on the design and the statistics (empty:
+    #: ``caption`` itself, with no notes paragraph)
+    short_caption: str = ""
+    layout: str = "column"  # report.layout: what the LaTeX is sized for
+
+    def shown_caption(self) -> str:
+        """The caption above the table: the short one when there is one."""
+        return self.short_caption or self.caption
+
+    def details(self) -> str:
+        """The method text under the table (empty when the caption above is already all of it)."""
+        return self.caption if self.short_caption else ""
 
     def cell(self, row: str, column: str) -> Cell:
         """The cell at (row key, column key or header)."""
