@@ -45,12 +45,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _experiment_with_overrides(args: argparse.Namespace) -> Any:
     """``args.experiment`` with its ``key=value`` overrides, schema-checked, plugins imported."""
-    from stitch.config import load_experiment
-    from stitch.plugins import load_plugins
+    from stitch.plugins import load_experiment_with_plugins
 
-    exp = load_experiment(args.experiment, args.overrides)
-    load_plugins(exp)
-    return exp
+    return load_experiment_with_plugins(args.experiment, args.overrides)
 
 
 def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

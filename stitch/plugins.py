@@ -18,7 +18,7 @@ import importlib
 import importlib.util
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,9 +276,10 @@ def _located(exp: Experiment, path: tuple, exc: StitchError) -> ConfigError:
         return ConfigError(message, exp.source.file)
 
 
-def load_experiment_with_plugins(path: str | Path) -> Experiment:
-    """:func:`stitch.config.load_experiment` followed by :func:`load_plugins` (the public
-    ``stitch.load_experiment``): a plugin that cannot be imported fails here."""
-    exp = load_experiment(path)
+def load_experiment_with_plugins(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
+    """:func:`stitch.config.load_experiment` (with ``key.path=value`` ``overrides``, as on the
+    command line) followed by :func:`load_plugins` (the public ``stitch.load_experiment``): a
+    plugin that cannot be imported fails here."""
+    exp = load_experiment(path, overrides)
     load_plugins(exp)
     return exp

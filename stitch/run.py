@@ -82,7 +82,7 @@ def run_experiment(
         from stitch.run_queue import open_shared_runs
         from stitch.sweep.study import open_storage
 
-        shared = open_shared_runs(open_storage(storage), exp.cfg.name, runs)
+        shared = open_shared_runs(open_storage(storage), exp.cfg.name, runs, exp)
 
     with open_locked_run_dir(exp, out, "stitch run", wait) as run_dir:
         log = run_logger(run_dir)

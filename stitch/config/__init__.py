@@ -8,6 +8,10 @@ The rooms of this package (none imports torch):
 - :mod:`~stitch.config.source`: line numbers of YAML paths (:class:`SourceMap`);
 - :mod:`~stitch.config.validation_errors`: a pydantic error as a YAML path and one line;
 - :mod:`~stitch.config.checks`: checks across keys;
+- :mod:`~stitch.config.reading`: the YAML text to a mapping with its :class:`SourceMap`;
+- :mod:`~stitch.config.inheritance`: ``extends:`` / ``_base_:`` bases merged under a file;
+- :mod:`~stitch.config.overrides`: command-line ``key.path=value`` words set in the mapping;
+- :mod:`~stitch.config.writing`: the resolved experiment as YAML (``stitch config``);
 - :mod:`~stitch.config.loading`: :func:`parse_experiment`, :func:`load_experiment`,
   :func:`with_overrides` and the :class:`Experiment` they return;
 - :mod:`~stitch.config.keys`: every key path of the schema (:func:`schema_keys`), for the docs.
