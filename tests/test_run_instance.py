@@ -93,6 +93,7 @@ def test_instance_run_writes_coco_metrics_losses_report_and_show(tmp_path: Path,
         assert im.size[0] > 3 * 64 and im.size[1] > 2 * 64  # 2 rows of (image, truth, prediction)
 
 
+@pytest.mark.usefixtures("no_report")  # the runs are compared, not their reports
 def test_instance_run_resumes_exactly(tmp_path: Path) -> None:
     """Stopped after one epoch and resumed = run straight through (same losses and AP)."""
     straight = run_experiment(
