@@ -5,8 +5,8 @@ A session holds what every run of an experiment shares (the experiment, its data
 results store, the device, the run directory and the progress display); :meth:`RunSession.train`
 trains one :class:`~stitch.runs.RunPlan` (fresh or resumed from its checkpoints) and returns its
 stored row. What happens around the loop is a list of small :class:`~stitch.engine.Callback`
-classes: the store, TensorBoard and progress callbacks of this module, then the caller's (a sweep
-adds its pruning callback).
+classes: the store and progress callbacks of this module with the TensorBoard one
+(:mod:`stitch.tensorboard_log`), then the caller's (a sweep adds its pruning callback).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 
 from stitch.build import BuiltModel, stitch_variant
 from stitch.config import Experiment
@@ -48,27 +47,10 @@ from stitch.progress import Progress
 from stitch.runs import RunPlan
 from stitch.store import ResultStore, RunRow
 from stitch.tasks import Task, make_task
-from stitch.visualize import prediction_grid
+from stitch.tensorboard_log import TensorBoardCallback, run_name, write_hparams
 
 if TYPE_CHECKING:
     from stitch.data import DataBundle
-
-#: TensorBoard tag of each per-epoch record key (the rest are validation metrics, ``val/<key>``)
-TB_TAGS = {
-    "train_loss": "train/loss",
-    "lr": "train/lr",
-    "train_images_per_s": "train/images_per_s",
-    "seconds": "time/epoch_seconds",
-}
-
-
-def tb_tag(key: str) -> str:
-    """TensorBoard tag of a per-epoch record key (loss components go under ``train/``)."""
-    if key in TB_TAGS:
-        return TB_TAGS[key]
-    if key.startswith("train_loss_"):
-        return f"train/{key[len('train_') :]}"
-    return f"val/{key}"
 
 
 class StoreCallback(Callback):
@@ -95,34 +77,6 @@ class StoreCallback(Callback):
 
     def on_epoch(self, state: LoopState, record: dict[str, Any]) -> None:
         self.save(state)
-
-
-class TensorBoardCallback(Callback):
-    """Per-epoch scalars, per-class IoU/Dice, per-step loss parts and a validation image grid."""
-
-    def __init__(
-        self, writer: SummaryWriter, data: DataBundle, device: torch.device, steps_per_epoch: int
-    ) -> None:
-        self.writer, self.data, self.device, self.steps = writer, data, device, steps_per_epoch
-
-    def on_losses(self, epoch: int, step: int, parts: dict[str, float]) -> None:
-        global_step = (epoch - 1) * self.steps + step
-        for part, value in parts.items():
-            self.writer.add_scalar(f"train_step/{part}", value, global_step)
-
-    def on_eval(self, epoch: int, model: nn.Module) -> None:
-        grid = prediction_grid(model, self.data, n=4, device=self.device)
-        self.writer.add_image("val/input_target_prediction", grid, epoch)
-
-    def on_epoch(self, state: LoopState, record: dict[str, Any]) -> None:
-        for key, value in record.items():
-            if key != "epoch":
-                self.writer.add_scalar(tb_tag(key), value, record["epoch"])
-        metrics = state.last_metrics or {}
-        for name in ("iou_per_class", "dice_per_class"):
-            for c, value in enumerate(metrics.get(name, []) if record.get("val_loss") is not None else []):
-                self.writer.add_scalar(f"val_{name}/{self.data.class_names[c]}", value, record["epoch"])
-        self.writer.flush()
 
 
 class ProgressCallback(Callback):
@@ -153,18 +107,6 @@ class ProgressLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.progress.message(record.getMessage())
-
-
-def close_writer(writer: SummaryWriter, tb_dir: Path) -> None:
-    """Close a run's TensorBoard writer; its last events failing on a full disk are the one-line
-    :class:`~stitch.errors.DiskFullError`, not a traceback."""
-    try:
-        writer.close()
-    except OSError as exc:
-        full = disk_full_error(exc, tb_dir)
-        if full is None:
-            raise
-        raise full from None
 
 
 @dataclass
@@ -208,6 +150,12 @@ class RunSession:
             num_classes=self.data.num_classes,
         )
 
+    def write_hparams(self, run_id: str, tb_dir: Path) -> None:
+        """The run's HParams session (its config and final metrics) for TensorBoard, once it ended."""
+        row = self.store.get(run_id)
+        if row is not None:
+            write_hparams(tb_dir, row)
+
     def train(
         self,
         plan: RunPlan,
@@ -229,8 +177,7 @@ class RunSession:
         exp, store, progress = self.exp, self.store, self.progress
         assert exp.cfg.data is not None  # the session's data was built from it
         ckpt_dir = self.run_dir / "ckpt" / plan.run_id
-        # the slug cut to 80 characters: a file name has at most 255 bytes (the run id keeps it unique)
-        tb_dir = self.run_dir / "tb" / f"{plan.variant.slug[:80]}_s{plan.seed}_{plan.run_id[:8]}"
+        tb_dir = self.run_dir / "tb" / run_name(plan)  # a sweep trial's names its choices
         built = built or stitch_variant(exp, plan.variant, plan.seed)
         params = optimizer_params(exp, built, plan.seed)  # a bad lr_mult key: before anything is touched
         self.show_notes(built)
@@ -272,9 +219,8 @@ class RunSession:
         else:  # resume: keep the history and metrics stored so far
             store.update(plan.run_id, status="running", device=str(self.device), error=None)
         _, _, steps = train_batches(len(self.data.train), train_cfg.batch_size)
-        writer = SummaryWriter(str(tb_dir))
         saver = StoreCallback(store, plan.run_id)
-        tb = TensorBoardCallback(writer, self.data, self.device, steps)
+        tb = TensorBoardCallback(tb_dir, self.data, self.device, steps, train_cfg)
         own = [saver, tb, ProgressCallback(progress, exp.cfg.primary_metric)]
         progress.start_run(plan.variant.name, plan.seed, epochs, len(self.data.train), steps)
         name = f"{plan.variant.name} seed {plan.seed}"
@@ -320,15 +266,17 @@ class RunSession:
                 # out of this handler, the failed attempt's frames (activations, optimiser) are gone
                 train_cfg = self.smaller_micro_batch(plan, built, train_cfg, retries, error)
                 _, _, steps = train_batches(len(self.data.train), train_cfg.batch_size)
-                tb.steps = steps
+                tb.restart(steps, train_cfg)
                 progress.start_run(plan.variant.name, plan.seed, epochs, len(self.data.train), steps)
             if test and state.epoch >= epochs and self.data.test is not None:
                 store.update(plan.run_id, **self.evaluate_test(built.model, ckpt_dir, state, train_cfg))
         except Diverged as exc:
             store.update(plan.run_id, status="diverged", error=str(exc))
+            self.write_hparams(plan.run_id, tb_dir)
             progress.message(f"{name}: diverged ({exc})")
         except StopTraining as exc:
             store.update(plan.run_id, status=exc.status, error=exc.reason)
+            self.write_hparams(plan.run_id, tb_dir)
             progress.message(f"{name}: {exc.status} ({exc.reason})")
             raise
         except OutOfMemory as exc:
@@ -360,9 +308,10 @@ class RunSession:
             saver.save(state)
             if state.epoch >= epochs:
                 store.update(plan.run_id, status="done")
+                self.write_hparams(plan.run_id, tb_dir)
         finally:
             engine_log.removeHandler(to_progress)
-            close_writer(writer, tb_dir)
+            tb.close()
         row = store.get(plan.run_id)
         assert row is not None  # started above or found before
         return row

@@ -1,5 +1,9 @@
 """Image grids of input / ground truth / prediction (TensorBoard and ``stitch show``): pure
-drawing, from a model and a data bundle to an image tensor; nothing is read or written here."""
+drawing, from a model and a data bundle to an image tensor; nothing is read or written here.
+
+Truth and prediction are drawn over the image (a translucent colour per class, background left
+as it is) and the panels are framed in grey, so that an all-foreground mask, or a white image,
+stays visible against the grid."""
 
 from __future__ import annotations
 
@@ -45,6 +49,37 @@ def colorize(mask: torch.Tensor, num_classes: int, ignore_index: int = 255) -> t
     return rgb
 
 
+#: opacity of a class colour drawn over the image
+OVERLAY_ALPHA = 0.5
+#: the frame between the panels of a grid: mid grey, visible against white and black panels alike
+BORDER, BORDER_VALUE = 3, 0.5
+#: a binary mask's foreground over the image (white would vanish on bright images): orange
+BINARY_FOREGROUND = (0.9, 0.6, 0.0)
+
+
+def overlay(
+    image: torch.Tensor, mask: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
+    """``image`` (3xHxW in [0, 1]) with each class of ``mask`` (HxW labels) blended over it in its
+    colour at :data:`OVERLAY_ALPHA`: class 0 (background) left as it is, ignored pixels grey,
+    a binary mask's foreground orange; returns 3xHxW in [0, 1]."""
+    colours = palette(num_classes)
+    if num_classes == 2:
+        colours[1] = torch.tensor(BINARY_FOREGROUND)
+    m = mask.long().cpu()
+    ignored = m == ignore_index
+    painted = colours[m.clamp(0, colours.shape[0] - 1)].permute(2, 0, 1)
+    painted[:, ignored] = 0.5
+    base = image.detach().cpu().float()
+    blended = (1 - OVERLAY_ALPHA) * base + OVERLAY_ALPHA * painted
+    return torch.where((m != 0) | ignored, blended, base)
+
+
+def framed_grid(tiles: list[torch.Tensor]) -> torch.Tensor:
+    """Rows of three panels with a grey frame around and between them."""
+    return make_grid(tiles, nrow=3, padding=BORDER, pad_value=BORDER_VALUE)
+
+
 def unnormalize(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """Back to [0, 1] RGB for display (one-channel images become grey RGB)."""
     img = image.detach().cpu().float()
@@ -58,7 +93,8 @@ def unnormalize(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, 
 def prediction_grid(
     model: nn.Module, data: Any, n: int = 8, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """Rows of (input, target, prediction) for the first ``n`` validation images."""
+    """Rows of (input, target over input, prediction over input) for the first ``n`` validation
+    images (:func:`overlay`), framed in grey (:func:`framed_grid`)."""
     if getattr(data, "coco_gt", None) is not None:
         return instance_grid(model, data, n, device)
     items = [data.val[i] for i in range(min(n, len(data.val)))]
@@ -67,12 +103,13 @@ def prediction_grid(
         preds = segmentation_logits(model(batch)).argmax(1).cpu()
     tiles = []
     for item, pred in zip(items, preds):
+        image = unnormalize(item["image"], data.mean, data.std)
         tiles += [
-            unnormalize(item["image"], data.mean, data.std),
-            colorize(item["mask"], data.num_classes, data.ignore_index),
-            colorize(pred, data.num_classes, data.ignore_index),
+            image,
+            overlay(image, item["mask"], data.num_classes, data.ignore_index),
+            overlay(image, pred, data.num_classes, data.ignore_index),
         ]
-    return make_grid(tiles, nrow=3, padding=2, pad_value=1.0)
+    return framed_grid(tiles)
 
 
 def draw_instances(
@@ -122,4 +159,4 @@ def instance_grid(
         torch.nn.functional.pad(t, (0, size[1] - t.shape[2], 0, size[0] - t.shape[1]), value=1.0)
         for t in tiles
     ]
-    return make_grid(tiles, nrow=3, padding=2, pad_value=1.0)
+    return framed_grid(tiles)

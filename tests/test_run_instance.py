@@ -79,11 +79,16 @@ def test_instance_run_writes_coco_metrics_losses_report_and_show(tmp_path: Path,
     tags = set()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    for events in (run_dir / "tb").iterdir():
+    for events in (run_dir / "tb").glob("*/*"):  # each run's step/ and epoch/ (issue 15's tags)
         acc = EventAccumulator(str(events))
         acc.Reload()
         tags |= set(acc.Tags()["scalars"]) | set(acc.Tags()["images"])
-    assert {"train/loss_mask", "train_step/loss_mask", "val/segm_ap", "val/input_target_prediction"} <= tags
+    assert {
+        "epoch/train_loss_mask",
+        "train/loss_mask_step",
+        "epoch/val_segm_ap",
+        "epoch/val_predictions",
+    } <= tags
 
     png = tmp_path / "show.png"
     assert main(["show", str(run_dir), "--variant", "+BU", "--n", "2", "--output", str(png)]) == 0

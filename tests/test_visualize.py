@@ -1,4 +1,5 @@
-"""The TensorBoard / ``stitch show`` image grid: the palette and the batched prediction pass."""
+"""The TensorBoard / ``stitch show`` image grid: the palette, the overlays, the frame and the
+batched prediction pass."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torchvision.utils import make_grid
 
 from stitch.config import DataCfg
 from stitch.data import build_data
-from stitch.visualize import colorize, palette, prediction_grid, unnormalize
+from stitch.visualize import BORDER_VALUE, framed_grid, overlay, palette, prediction_grid, unnormalize
 
 
 def test_palette_is_pascal_voc_and_each_call_gets_its_own_copy() -> None:
@@ -41,9 +42,27 @@ def test_the_grid_predicts_in_one_batch_what_each_image_alone_predicts(tmp_path:
         for i in range(3):
             item = data.val[i]
             pred = model(item["image"].unsqueeze(0)).argmax(1)[0]
+            image = unnormalize(item["image"], data.mean, data.std)
             tiles += [
-                unnormalize(item["image"], data.mean, data.std),
-                colorize(item["mask"], data.num_classes, data.ignore_index),
-                colorize(pred, data.num_classes, data.ignore_index),
+                image,
+                overlay(image, item["mask"], data.num_classes, data.ignore_index),
+                overlay(image, pred, data.num_classes, data.ignore_index),
             ]
-    assert torch.equal(grid, make_grid(tiles, nrow=3, padding=2, pad_value=1.0))
+    assert torch.equal(grid, make_grid(tiles, nrow=3, padding=3, pad_value=BORDER_VALUE))
+
+
+def test_an_all_foreground_binary_prediction_stays_visible_on_a_white_image() -> None:
+    """Issue 15: a binary mask used to be drawn white on the grid's white padding. Now the class
+    is tinted over the image (background and ignored pixels as the overlay says) and the panels
+    are framed in grey."""
+    white = torch.ones(3, 4, 4)
+    mask = torch.ones(4, 4, dtype=torch.long)
+    mask[0, 0], mask[0, 1] = 0, 255
+    drawn = overlay(white, mask, num_classes=2)
+    assert torch.equal(drawn[:, 0, 0], white[:, 0, 0])  # background: the image as it is
+    assert torch.allclose(drawn[:, 0, 1], torch.tensor([0.75, 0.75, 0.75]))  # ignored: grey tint
+    foreground = drawn[:, 1:, :].reshape(3, -1)
+    assert (foreground[2] < 0.6).all() and (foreground[0] > 0.9).all()  # orange, not white
+    grid = framed_grid([white, drawn, drawn])
+    frame = torch.cat([grid[:, :3, :].reshape(3, -1), grid[:, :, 7:10].reshape(3, -1)], 1)
+    assert torch.equal(frame, torch.full_like(frame, BORDER_VALUE)) and BORDER_VALUE < 1  # grey, not white
