@@ -75,6 +75,7 @@ def test_end_to_end_two_variants_write_every_output(tmp_path: Path, capsys) -> N
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.usefixtures("no_report")  # the runs are checked, not their reports
 def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     exp = load_experiment(tiny(tmp_path, epochs=4))
     straight = run_experiment(exp, out=tmp_path / "a", quiet=True)
@@ -87,6 +88,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
         assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
 
 
+@pytest.mark.usefixtures("no_report")  # the runs are checked, not their reports
 def test_force_retrains_and_a_diverging_run_is_marked(tmp_path: Path) -> None:
     exp = load_experiment(tiny(tmp_path, epochs=2, extra="", name="div"))
     exp.cfg.train.optimizer.name = "sgd"
@@ -101,6 +103,7 @@ def test_force_retrains_and_a_diverging_run_is_marked(tmp_path: Path) -> None:
     assert all(f.updated_at > r.updated_at for f, r in zip(forced, rows))
 
 
+@pytest.mark.usefixtures("no_report")  # the runs are checked, not their reports
 def test_a_small_unet_learns_the_shapes(tmp_path: Path) -> None:
     """Binary shapes (circles on noisy gradients): foreground IoU above 0.6 after 120 steps."""
     exp = load_experiment(tiny(tmp_path, name="learn", epochs=30, extra=""))
@@ -200,6 +203,7 @@ def test_run_ids_ignore_defaults_written_out_and_keep_last(tmp_path: Path) -> No
     assert not {p.run_id for p in plan_runs(plain)} & {p.run_id for p in plan_runs(changed)}
 
 
+@pytest.mark.usefixtures("no_report")  # the runs are checked, not their reports
 def test_resume_keeps_the_stored_history_until_new_epochs_arrive(tmp_path: Path) -> None:
     exp = load_experiment(tiny(tmp_path, epochs=3, name="keep"))
     run_experiment(exp, out=tmp_path / "runs", quiet=True, stop_after=2)
@@ -263,6 +267,7 @@ def test_errors_raised_in_dataloader_workers_keep_their_own_line() -> None:
     assert one_line_message(wrapped) == "/d/masks/s5.png: label 7 outside 0..1 (set num_classes)"
 
 
+@pytest.mark.usefixtures("no_report")  # the log is checked, not the report
 @pytest.mark.parametrize("key", ["amp: true", "precision: fp16"])
 def test_fp16_off_cuda_trains_in_float32_and_says_so(tmp_path: Path, key: str) -> None:
     path = tiny(tmp_path, epochs=1, extra="ablation: none\n")
