@@ -19,7 +19,8 @@ which adds syncs the run itself does not make), nested as they are called:
 - ``prune``: :func:`stitch.checkpoints.prune_checkpoints`;
 - ``results row``: the session's ``StoreCallback.on_epoch`` (the run's SQLite row updated);
 - ``TensorBoard scalars``: ``TensorBoardCallback.on_epoch`` (epoch scalars, per-class values,
-  ``flush``); ``TensorBoard step losses``: its ``on_losses`` (every step of a multi-part loss);
+  ``flush``); ``TensorBoard loss parts``: its ``on_losses`` (collects a multi-part loss's parts);
+  ``TensorBoard step losses``: its ``on_step`` (the step axis: loss, parts, learning rate);
   ``prediction grid``: its ``on_eval`` (the validation image grid drawn and added);
 - ``progress``: ``ProgressCallback`` (the progress lines).
 
@@ -58,6 +59,7 @@ import stitch.engine
 import stitch.session
 import stitch.tasks.instance
 import stitch.tasks.segmentation
+import stitch.tensorboard_log
 from stitch.cli import main as stitch_main
 
 SEP = " > "
@@ -110,9 +112,10 @@ HOOKS: list[tuple[Any, str, str]] = [
     (os, "fsync", "fsync"),
     (stitch.checkpoint_writer, "prune_checkpoints", "prune"),
     (stitch.session.StoreCallback, "on_epoch", "results row"),
-    (stitch.session.TensorBoardCallback, "on_epoch", "TensorBoard scalars"),
-    (stitch.session.TensorBoardCallback, "on_losses", "TensorBoard step losses"),
-    (stitch.session.TensorBoardCallback, "on_eval", "prediction grid"),
+    (stitch.tensorboard_log.TensorBoardCallback, "on_epoch", "TensorBoard scalars"),
+    (stitch.tensorboard_log.TensorBoardCallback, "on_losses", "TensorBoard loss parts"),
+    (stitch.tensorboard_log.TensorBoardCallback, "on_step", "TensorBoard step losses"),
+    (stitch.tensorboard_log.TensorBoardCallback, "on_eval", "prediction grid"),
     (stitch.session.ProgressCallback, "on_epoch", "progress"),
     (stitch.session.ProgressCallback, "on_step", "progress"),
 ]

@@ -8,7 +8,7 @@ Layout of a run directory ``runs/<experiment>/``::
     runs.sqlite       one row per variant x seed (stitch/store.py)
     results.csv       the same rows, flattened, for a spreadsheet
     log.txt           a plain log of everything printed, with timestamps
-    tb/<slug>_s<seed>_<run id[:8]>/   TensorBoard scalars and image grids
+    tb/<run name>/    TensorBoard: step/ and epoch/ axes, HParams (``tensorboard_log.run_name``)
     ckpt/<run_id>/    epoch-NNNN.pt (the last ``keep_last``) and best.pt
 """
 
