@@ -14,6 +14,9 @@ from yaml_snippets import tiny_shapes_unet
 from stitch.cli import main
 from stitch.safe_load import UnsafeFileError, load_plain
 
+#: the checkpoints of the runs here are checked, not their reports
+pytestmark = pytest.mark.usefixtures("no_report")
+
 
 class Payload:
     """Unpickling this runs a shell command that creates ``marker``."""
