@@ -162,6 +162,7 @@ def test_a_failed_background_write_is_its_one_line_error_and_the_thread_is_gone(
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("epoch-*.pt")) == ["epoch-0001.pt"]
 
 
+@pytest.mark.usefixtures("no_report")  # the runs are compared, not their reports
 def test_a_results_row_ahead_of_the_checkpoints_resumes_to_the_uninterrupted_run(tmp_path: Path) -> None:
     """With background writes the row of epoch N is stored while epoch N's checkpoint may still
     be written; a kill then leaves the row one epoch ahead of the newest checkpoint. The same
