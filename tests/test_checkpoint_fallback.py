@@ -135,6 +135,7 @@ def test_a_checkpoint_from_before_checksums_is_resumed_from(straight, tmp_path: 
     same_run(uninterrupted, (state, model))
 
 
+@pytest.mark.usefixtures("no_report")  # the run and its log are checked, not the report
 def test_stitch_run_writes_the_fallback_to_its_log(tmp_path: Path) -> None:
     """Through ``stitch run``: a checkpoint skipped on resume is said on the console and in
     log.txt (not only on stderr), and the run still ends ``done``."""
