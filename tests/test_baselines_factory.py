@@ -113,6 +113,7 @@ def trained_rows(run_dir: Path) -> list[tuple[str, str, int]]:
         return [(r.variant, r.status, r.epochs_done) for r in store.rows()]
 
 
+@pytest.mark.usefixtures("no_report")  # the runs are checked, not their reports
 def test_registered_baseline_is_stitched_and_trained(registered: str, tmp_path: Path, capsys) -> None:
     spec = BASELINES[registered]
     assert spec.task == "segmentation" and spec.summary == "toy"
@@ -124,6 +125,7 @@ def test_registered_baseline_is_stitched_and_trained(registered: str, tmp_path: 
     assert trained_rows(tmp_path / "runs" / "own") == [("Baseline", "done", 1), ("+SE", "done", 1)]
 
 
+@pytest.mark.usefixtures("no_report")  # the runs are checked, not their reports
 def test_module_reference_from_sys_path_is_stitched_and_trained(tmp_path: Path, monkeypatch) -> None:
     package = tmp_path / "lib" / "stitch_test_nets"
     package.mkdir(parents=True)
