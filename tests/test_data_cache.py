@@ -233,6 +233,7 @@ def test_cache_leaves_run_ids_alone(tmp_path: Path) -> None:
     assert [p.run_id for p in plan_runs(parse_experiment(default, "ids.yaml"))] == ids["none"]
 
 
+@pytest.mark.usefixtures("no_report")  # the runs are checked, not their reports
 def test_stitch_run_with_the_device_cache_stores_the_plain_results(tmp_path: Path) -> None:
     from stitch.cli import main
     from stitch.store import ResultStore
