@@ -44,6 +44,9 @@ def test_sweep_writes_trials_plots_and_a_best_yaml_that_run_reproduces(tmp_path:
     path = sweep_file(tmp_path, SLOTS)
     assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
     out_dir = tmp_path / "runs" / "tiny_sweep" / "sweep"
+    # each trial's TensorBoard folder names its chosen configuration (stitch.tensorboard_log.run_name)
+    tb_runs = list((tmp_path / "runs" / "tiny_sweep" / "tb").iterdir())
+    assert tb_runs and all(p.name.startswith(("trial-", "baseline_")) for p in tb_runs)
     for name in (
         "trials.csv",
         "trials.md",
