@@ -51,3 +51,17 @@ def no_report(monkeypatch: pytest.MonkeyPatch) -> None:
     import stitch.run
 
     monkeypatch.setattr(stitch.run, "write_report", lambda run_dirs, out_dir, **kwargs: [])
+
+
+@pytest.fixture
+def quick_latency(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report of ``run_experiment``/``stitch run`` in this process measures latency with one
+    forward and no warm-up (recorded so), not 3 + 20: for tests that read the report of a slow
+    model (Mask R-CNN) but not its timings."""
+    import functools
+
+    import stitch.run
+    from stitch.report import write_report
+
+    quick = functools.partial(write_report, latency_repeats=1, latency_warmup=0)
+    monkeypatch.setattr(stitch.run, "write_report", quick)
