@@ -46,6 +46,7 @@ def tiny_instance(tmp_path: Path, epochs: int = 1, insertions: str = "", name: s
     return path
 
 
+@pytest.mark.usefixtures("quick_latency")  # the report is read, not its timings
 def test_instance_run_writes_coco_metrics_losses_report_and_show(tmp_path: Path, capsys) -> None:
     exp_path = tiny_instance(
         tmp_path,
