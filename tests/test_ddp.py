@@ -89,6 +89,7 @@ def close(a: object, b: object, key: str = "") -> None:
         assert a == b, key
 
 
+@pytest.mark.usefixtures("no_report")  # the in-process reference: its run is compared, not a report
 def test_two_gloo_ranks_match_one_process_write_only_on_rank_0_and_resume(tmp_path: Path) -> None:
     exp = tmp_path / "tiny_ddp.yaml"
     exp.write_text(tiny_shapes_unet("tiny_ddp", tmp_path / "data", epochs=2))
