@@ -20,8 +20,9 @@ from stitch.errors import StitchError
 from stitch.report import Table, ablation_table, comparison_table, load_results
 from stitch.report.captions import design_phrase
 from stitch.report.columns import cost_column, metric_column, metric_latex
+from stitch.report.latex_fit import split_header
 from stitch.report.render import write_table
-from stitch.report.render_latex import LAYOUT_MARKER
+from stitch.report.render_latex import LAYOUT_MARKER, stacked_header
 from stitch.report.units import unit_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,6 +123,16 @@ def test_ap_names_get_subscripts_in_latex_only() -> None:
     assert col.header == "Box AP75 (%)" and col.latex == "Box AP\\(_{75}\\) (\\%)"
 
 
+def test_headers_go_on_two_lines_with_the_unit_or_interval_second() -> None:
+    assert split_header("\u0394mIoU (pp) [95 % CI]") == ["\u0394mIoU (pp)", "[95 % CI]"]
+    assert split_header("mIoU (%)") == ["mIoU", "(%)"] and split_header("Variant") == ["Variant"]
+    # a second line starting with "[" is not the optional skip of \\[...] (pdflatex would loop)
+    assert stacked_header("\\(\\Delta\\)mIoU (pp) [95 \\% CI]") == (
+        "\\begin{tabular}[b]{@{}c@{}}\\(\\Delta\\)mIoU (pp)\\\\{}[95 \\% CI]\\end{tabular}"
+    )
+    assert stacked_header("Variant") == "Variant"
+
+
 def test_the_split_and_its_size_are_in_the_caption() -> None:
     variants = [SimpleNamespace(seeds=[0, 1, 2])] * 2
     res = SimpleNamespace(
@@ -220,8 +231,9 @@ def test_every_table_fits_ieeetran(layouts, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not on PATH (make setup-tex)")
-def test_a_standalone_column_table_is_a_two_column_page(layouts, tmp_path: Path) -> None:
-    write_tables(layouts["column"], tmp_path, standalone=True)
+@pytest.mark.parametrize("layout", ["column", "page"])
+def test_a_standalone_column_or_page_table_is_a_two_column_page(layouts, layout, tmp_path: Path) -> None:
+    write_tables(layouts[layout], tmp_path, standalone=True)
     tex = (tmp_path / "ablation.tex").read_text()
     assert tex.startswith("\\documentclass[10pt,twocolumn]{article}")
     proc = subprocess.run(

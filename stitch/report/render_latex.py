@@ -15,7 +15,7 @@ pdflatex (a two-column article page for ``column`` and ``page``, a landscape pag
 
 from __future__ import annotations
 
-from stitch.report.latex_fit import fit_table
+from stitch.report.latex_fit import fit_table, split_header
 from stitch.report.table import Table, latex_escape, to_dataframe
 
 LATEX_PACKAGES = "% needs \\usepackage{booktabs,amssymb,siunitx,graphicx} (siunitx v3)"
@@ -42,13 +42,25 @@ TWOCOLUMN_PREAMBLE = (
 )
 
 
+def stacked_header(latex: str) -> str:
+    """A LaTeX header on two lines (:func:`~stitch.report.latex_fit.split_header`), as a nested
+    bottom-aligned ``tabular``; a header of one line as it is."""
+    lines = split_header(latex)
+    if len(lines) == 1:
+        return latex
+    # "\\{}": a second line starting with "[" must not read as the optional skip of "\\[...]"
+    return "\\begin{tabular}[b]{@{}c@{}}" + "\\\\{}".join(lines) + "\\end{tabular}"
+
+
 def to_latex(table: Table, standalone: bool = False) -> str:
     """The table as a float sized for its layout; a whole document with ``standalone``."""
+    fit = fit_table(table)
     df = to_dataframe(table, "latex")
+    if fit.stacked:
+        df.columns = [stacked_header(c.latex) for c in table.columns]
     tabular = df.style.hide(axis="index").to_latex(
         hrules=True, column_format="".join(c.align for c in table.columns)
     )
-    fit = fit_table(table)
     lines = [
         f"\\begin{{{fit.environment}}}[t]",
         "\\centering",
