@@ -25,13 +25,16 @@ setup-test: setup setup-tex setup-postgres
 setup-postgres:
 	@bash .ci/postgres.sh
 
-# pdflatex for the test that compiles the standalone LaTeX table (Debian packages, as root);
-# where it cannot be installed that one test is skipped with a message.
+# TeX and PDF tools for the tests that compile every table in a two-column article and IEEEtran
+# (pdflatex, siunitx from texlive-science, IEEEtran from texlive-publishers) and check the figures'
+# fonts (pdffonts from poppler-utils); Debian packages, as root. Where they cannot be installed,
+# those tests skip with a message (the font check then reads the PDF itself).
 setup-tex:
-	@command -v pdflatex >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+	@{ command -v pdflatex && kpsewhich siunitx.sty && kpsewhich IEEEtran.cls && command -v pdffonts; } >/dev/null 2>&1 \
+	  || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	     texlive-latex-base texlive-latex-recommended texlive-science >/dev/null; } \
-	  || echo "pdflatex could not be installed: the LaTeX compile test will be skipped"
+	     texlive-latex-base texlive-latex-recommended texlive-science texlive-publishers poppler-utils >/dev/null; } \
+	  || echo "TeX or poppler-utils could not be installed: the LaTeX compile tests will be skipped"
 
 # The main job: train the baseline and the CoordAtt U-Net (3 seeds each) on the nuclei sample.
 demo: setup

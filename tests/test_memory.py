@@ -28,7 +28,10 @@ def test_cpu_peak_is_the_process_max_rss() -> None:
 
 def test_a_tiny_run_stores_its_peak_memory(tmp_path: Path) -> None:
     exp = tmp_path / "mem.yaml"
-    exp.write_text(tiny_shapes_unet("mem", tmp_path / "data", 1) + "seeds: [0]\n")
+    # the landscape layout shows every column (the default, column, shows the primary metric's)
+    exp.write_text(
+        tiny_shapes_unet("mem", tmp_path / "data", 1) + "seeds: [0]\nreport: {layout: landscape}\n"
+    )
     assert main(["run", str(exp), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
     run_dir = tmp_path / "runs" / "mem"
     with ResultStore(run_dir / "runs.sqlite") as store:
@@ -36,9 +39,10 @@ def test_a_tiny_run_stores_its_peak_memory(tmp_path: Path) -> None:
     rss_now = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert row.device == "cpu" and row.peak_memory_mb is not None and 0 < row.peak_memory_mb <= rss_now
     assert pd.read_csv(run_dir / "results.csv")["peak_memory_mb"].tolist() == [row.peak_memory_mb]
-    # the report shows it as a column, with what it means in the caption
-    caption, header, baseline = (run_dir / "report" / "ablation.md").read_text().splitlines()[0:5:2]
-    assert "Peak memory: mean over seeds of each run's peak during training, in MiB" in caption
+    # the report shows it as a column, with what it means in the method text under the table
+    md = (run_dir / "report" / "ablation.md").read_text()
+    header, baseline = [line for line in md.splitlines() if line.startswith("|")][0:3:2]
+    assert "Peak memory: mean over seeds of each run's peak during training, in MiB" in md
     cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in baseline.split("|")]))
     assert cells["Peak memory (MiB)"] == f"{row.peak_memory_mb:.0f}"
     csv = pd.read_csv(run_dir / "report" / "ablation.csv")
