@@ -177,3 +177,13 @@ def test_one_seed_per_variant_shows_the_deltas_without_an_interval(tmp_path: Pat
 def test_a_design_without_a_baseline_has_no_delta_panel(results) -> None:
     fig = metrics_figure(dataclasses.replace(results, reference=None, tests={}))
     assert [ax.get_ylabel() for ax in fig.axes] == ["mIoU (%)", "mDice (%)"]
+
+
+def test_loss_panels_share_one_scale_and_name_the_loss(results) -> None:
+    """The training and validation loss are the same configured loss (tests/test_val_loss.py), drawn
+    on one y range so the gap between them shows, each titled with the loss it is."""
+    panels = {ax.get_title(): ax for ax in curves_figure(results).axes[:-1]}
+    loss = results.exp.cfg.train.loss
+    train = next(ax for t, ax in panels.items() if t.endswith(f"({loss})") and "train" in t.lower())
+    val = next(ax for t, ax in panels.items() if t.endswith(f"({loss})") and "val" in t.lower())
+    assert train.get_ylim() == val.get_ylim()

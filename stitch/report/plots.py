@@ -66,6 +66,16 @@ def plot_curves(res: ExperimentResults, stem: Path) -> list[Path]:
     return save_figure(curves_figure(res), stem)
 
 
+def _share_loss_scale(axes: list[Any]) -> None:
+    """One y range for the training and validation loss panels, so the gap between them shows."""
+    if len(axes) < 2:
+        return
+    low = min(ax.get_ylim()[0] for ax in axes)
+    high = max(ax.get_ylim()[1] for ax in axes)
+    for ax in axes:
+        ax.set_ylim(low, high)
+
+
 def curves_figure(res: ExperimentResults) -> Any:
     """Training loss, validation loss and the primary metric per epoch (mean over seeds, ± std
     band, one colour per variant), as wide as ``report.layout``."""
@@ -79,6 +89,9 @@ def curves_figure(res: ExperimentResults) -> Any:
         if any(k in h for v in res.variants for r in v.rows for h in r.history)
     ]
     title = f"{res.name}: mean over seeds, band \u00b1 std"
+    loss_axes = ("train_loss", "val_loss")
+    # both losses are the configured loss (the instance task: the sum of Mask R-CNN's losses)
+    loss_name = res.exp.cfg.train.loss if res.exp.cfg.task == "segmentation" else "sum of Mask R-CNN losses"
     with paper_style():
         # one slot more than the curves: the legend's
         fig, axes = panel_grid(len(keys) + bool(keys), layout, header=_header(title, layout))
@@ -97,8 +110,12 @@ def curves_figure(res: ExperimentResults) -> Any:
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(metric_label(k) + (" (%)" if sc == 100.0 else ""))
-            ax.set_title(("validation " if k not in ("train_loss", "val_loss") else "") + metric_label(k))
+            if k in loss_axes:
+                ax.set_title(f"{metric_label(k)} ({loss_name})")
+            else:
+                ax.set_title("validation " + metric_label(k))
             ax.grid(alpha=0.3)
+        _share_loss_scale([ax for ax, k in zip(axes, keys) if k in loss_axes])
         if keys:
             handles, labels = axes[0].get_legend_handles_labels()
             axes[-1].axis("off")
