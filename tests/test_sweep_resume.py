@@ -168,29 +168,18 @@ def test_a_sweep_killed_five_times_ends_with_the_requested_distinct_configuratio
         ("a run just finished", lambda b: watch.done_runs() > b["done"]),
         ("the second new checkpoint", lambda b: len(watch.checkpoints() - b["checkpoints"]) >= 2),
     ]
-    # the reference, an uninterrupted sweep, runs in its own process beside the killed ones (they
-    # share only the generated data, which stitch prepares atomically)
-    reference, errors = tmp_path / "reference", tmp_path / "reference.err"
-    with open(errors, "w") as err:
-        straight = subprocess.Popen(command(path, reference), env=ENV, stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        for name, moment in moments:
-            base = watch.snapshot()
-            code, sent = run_until(cmd, lambda m=moment, b=base: m(b), signal.SIGKILL)
-            if sent:
-                kills.append(name)
-            else:  # the sweep ended before that moment came
-                assert code == 0
-        print("kill points:", kills)
-        assert len(kills) == 5, kills
-        # to the end, and the reference, in processes like the killed ones (this process may run
-        # torch with more threads: its float32 sums would differ in the last bits)
-        assert subprocess.run(cmd, env=ENV, capture_output=True).returncode == 0
-        assert straight.wait(timeout=600) == 0, errors.read_text()
-    finally:
-        if straight.poll() is None:  # the test failed: leave no process behind
-            straight.kill()
-            straight.wait()
+    for name, moment in moments:
+        base = watch.snapshot()
+        code, sent = run_until(cmd, lambda m=moment, b=base: m(b), signal.SIGKILL)
+        if sent:
+            kills.append(name)
+        else:  # the sweep ended before that moment came
+            assert code == 0
+    print("kill points:", kills)
+    assert len(kills) == 5, kills
+    # to the end, and the reference, in processes like the killed ones (this process may run torch
+    # with more threads: its float32 sums would differ in the last bits)
+    assert subprocess.run(cmd, env=ENV, capture_output=True).returncode == 0
 
     trials, rows = final_state(run_dir)
     states = [t.state for t in trials]
@@ -205,6 +194,8 @@ def test_a_sweep_killed_five_times_ends_with_the_requested_distinct_configuratio
         "no retry of a retry"
     )
 
+    reference = tmp_path / "reference"
+    assert subprocess.run(command(path, reference), env=ENV, capture_output=True).returncode == 0
     _, ref_rows = final_state(reference / "resume")
     common = set(ref_rows) & set(rows)
     assert common  # at least the first configuration
