@@ -181,9 +181,16 @@ def test_a_design_without_a_baseline_has_no_delta_panel(results) -> None:
 
 def test_loss_panels_share_one_scale_and_name_the_loss(results) -> None:
     """The training and validation loss are the same configured loss (tests/test_val_loss.py), drawn
-    on one y range so the gap between them shows, each titled with the loss it is."""
-    panels = {ax.get_title(): ax for ax in curves_figure(results).axes[:-1]}
+    on one y range so the gap between them shows, each labelled with the loss it is."""
     loss = results.exp.cfg.train.loss
-    train = next(ax for t, ax in panels.items() if t.endswith(f"({loss})") and "train" in t.lower())
-    val = next(ax for t, ax in panels.items() if t.endswith(f"({loss})") and "val" in t.lower())
-    assert train.get_ylim() == val.get_ylim()
+    panels = [ax for ax in curves_figure(results).axes[:-1] if ax.get_ylabel() == f"loss: {loss}"]
+    assert sorted(ax.get_title() for ax in panels) == ["Training loss", "Validation loss"]
+    assert panels[0].get_ylim() == panels[1].get_ylim()
+
+
+def test_committed_example_figures_have_no_type3_font() -> None:
+    """The example reports under reports/ (regenerated with these defaults) pass the same font check."""
+    pdfs = sorted((Path(__file__).resolve().parents[1] / "reports").glob("*/*.pdf"))
+    assert pdfs
+    for pdf in pdfs:
+        assert_no_type3(pdf)

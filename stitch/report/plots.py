@@ -91,7 +91,7 @@ def curves_figure(res: ExperimentResults) -> Any:
     title = f"{res.name}: mean over seeds, band \u00b1 std"
     loss_axes = ("train_loss", "val_loss")
     # both losses are the configured loss (the instance task: the sum of Mask R-CNN's losses)
-    loss_name = res.exp.cfg.train.loss if res.exp.cfg.task == "segmentation" else "sum of Mask R-CNN losses"
+    loss_name = res.exp.cfg.train.loss if res.exp.cfg.task == "segmentation" else "Mask R-CNN sum"
     with paper_style():
         # one slot more than the curves: the legend's
         fig, axes = panel_grid(len(keys) + bool(keys), layout, header=_header(title, layout))
@@ -109,10 +109,11 @@ def curves_figure(res: ExperimentResults) -> Any:
                 ax.fill_between(ep, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel(metric_label(k) + (" (%)" if sc == 100.0 else ""))
-            if k in loss_axes:
-                ax.set_title(f"{metric_label(k)} ({loss_name})")
+            if k in loss_axes:  # short titles: a column panel is 1.6 in wide
+                ax.set_ylabel(f"loss: {loss_name}")
+                ax.set_title(metric_label(k))
             else:
+                ax.set_ylabel(metric_label(k) + (" (%)" if sc == 100.0 else ""))
                 ax.set_title("validation " + metric_label(k))
             ax.grid(alpha=0.3)
         _share_loss_scale([ax for ax, k in zip(axes, keys) if k in loss_axes])
