@@ -22,6 +22,7 @@ EXAMPLES: dict[str, list[str]] = {
     "run": [
         "stitch run experiments/unet_coordatt.yaml",
         "stitch run experiments/unet_coordatt.yaml --epochs 2 --seeds 0 --device cpu --quiet",
+        "stitch run experiments/unet_coordatt.yaml train.optimizer.lr=0.0005 train.loss=ce",
         "stitch run experiments/unet_ablation.yaml --jobs 2 --devices 0,1",
         "stitch run experiments/unet_coordatt.yaml --nproc-per-node 4",
     ],
