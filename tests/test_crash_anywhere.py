@@ -25,6 +25,7 @@ import io
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,7 +113,9 @@ def comparable_row(row: RunRow) -> dict[str, Any]:
 
 
 def measured(header: str) -> bool:
-    return header.strip().startswith(COLUMN_MEASUREMENTS)
+    # a LaTeX header on two lines is a one-column tabular: ``\begin{tabular}[b]{@{}c@{}}Latency\\{}(ms)…``
+    text = re.sub(r"^\\begin\{tabular\}\[b\]\{@\{\}c@\{\}\}", "", header.strip())
+    return text.startswith(COLUMN_MEASUREMENTS)
 
 
 def blank_csv(text: str) -> list[dict[str, str]]:
