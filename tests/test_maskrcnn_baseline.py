@@ -358,3 +358,20 @@ def test_named_weights_are_read_from_the_hub_cache_never_downloaded(tmp_path, mo
         ValueError, match=r"weights_backbone ResNet18_Weights\.IMAGENET1K_V1 is not in the torch hub"
     ):
         build_maskrcnn(backbone="resnet18", num_classes=2, weights_backbone="DEFAULT")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_anchor_sizes_build_both_resnet50_versions(version):
+    """``anchor_sizes`` with ResNet-50 v2 once failed (torchvision's v2 builder passes its own
+    ``rpn_anchor_generator`` beside ``**kwargs``): both versions take the sizes, keep the 3 anchors per
+    location the RPN head is built for, and train a step."""
+    torch.manual_seed(0)
+    sizes = [8, 16, 32, 64, 128]
+    model = build_maskrcnn(backbone="resnet50", version=version, min_size=64, max_size=64, anchor_sizes=sizes)
+    assert model.rpn.anchor_generator.sizes == tuple((s,) for s in sizes)
+    assert model.rpn.anchor_generator.num_anchors_per_location() == [3] * 5
+    assert model.rpn.head.cls_logits.out_channels == 3
+    batch = MASKRCNN.example_batch({"num_classes": 91}, 2, (64, 64))
+    model.train()
+    losses = model(batch["images"], batch["targets"])
+    assert all(torch.isfinite(v) for v in losses.values())

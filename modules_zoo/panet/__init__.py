@@ -67,8 +67,10 @@ Where we differ from the official code
 * Adaptive pooling adapts to the head it finds: fuse after ``fc6`` for ``TwoMLPHead`` (the
   official ``_2fc`` variant), after the first conv for conv heads (official default).
 * Official PANet initialises new layers with Detectron's XavierFill / MSRAFill; we use
-  torchvision's initialisation of the same layer types (kaiming normal fan_out for head convs,
-  PyTorch defaults for the neck, as torchvision's FPN) except ``mask_fc`` (official normal 0.01).
+  torchvision's initialisation of the head convs (kaiming normal fan_out, as MSRAFill) and
+  ``mask_fc``'s official normal 0.01, but PyTorch's defaults for the bottom-up convs and the fc
+  layers of adaptive pooling, where the official code uses XavierFill with zero bias (which is
+  ``kaiming_uniform_(a=1)``, bias 0: what torchvision's FPN uses, so the top-down part matches).
 
 mmdetection's ``PAFPN`` (``mmdet/models/necks/pafpn.py``) differs from the official code:
 * its recursion runs on the *pre-conv* sums: ``inter[i+1] += downsample(inter[i])`` and the outputs

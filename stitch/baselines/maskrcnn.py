@@ -214,6 +214,10 @@ def build_maskrcnn(
         tv_trained = weights_enum is not None or backbone_enum is not None
         # torchvision loads named weights with their own class count; the predictors are replaced below
         tv_classes = enum_classes(weights_enum) if weights_enum is not None else num_classes
+        # the v2 builder passes its own rpn_anchor_generator as well as **kwargs (a TypeError for a
+        # second one), so the sizes are set after building: one size x 3 ratios per level, the
+        # 3 anchors per location the RPN head is built for; the generator holds no weights
+        anchors = common.pop("rpn_anchor_generator", None)
         try:
             model = builder(
                 weights=weights_enum,
@@ -228,6 +232,8 @@ def build_maskrcnn(
                 f"could not read torchvision weights {weights or weights_backbone!r} from the torch hub "
                 f"cache ({exc}); pass a local .pth file instead"
             ) from exc
+        if anchors is not None:
+            model.rpn.anchor_generator = anchors
         if weights_enum is not None:
             other = tv_classes != num_classes
             loaded = replace_predictors(model, num_classes) if other else len(model.state_dict())
