@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
 import os
@@ -9,7 +10,7 @@ import re
 import shutil
 import traceback
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +220,16 @@ def disk_full_error(exc: BaseException, path: str | os.PathLike[str]) -> DiskFul
         f"no space left on {mount_point(path)} ({left}) while writing {path}; free space and run the "
         "same command again (training resumes from the last checkpoint)"
     )
+
+
+@contextlib.contextmanager
+def disk_full_as_one_line(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Run the block; an ``OSError`` that means the disk under ``path`` is full is raised as the
+    one-line :class:`DiskFullError` (:func:`disk_full_error`), any other as it is."""
+    try:
+        yield
+    except OSError as exc:
+        full = disk_full_error(exc, path)
+        if full is None:
+            raise
+        raise full from None

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from stitch.errors import disk_full_error
+from stitch.errors import disk_full_as_one_line, disk_full_error
 
 
 def _file_mode(path: Path) -> int:
@@ -71,15 +71,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside ``path`` with the same suffix (so writers that infer a format from
     it still do); renamed to ``path`` when the block ends without an exception, removed if not."""
     final = Path(path)
-    try:
+    with disk_full_as_one_line(final):  # no room for even an empty file (no free inode)
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{final.suffix}", dir=final.parent)
         os.close(fd)
-    except OSError as exc:  # no room for even an empty file (no free inode)
-        full = disk_full_error(exc, final)
-        if full is not None:
-            raise full from None
-        raise
     tmp = Path(name)
     try:
         os.chmod(tmp, _file_mode(final))  # mkstemp makes it private (0600); give it what open() would

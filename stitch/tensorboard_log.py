@@ -36,7 +36,7 @@ from torch.utils.tensorboard.summary import hparams
 
 from stitch.config import TrainCfg
 from stitch.engine import Callback, LoopState, loss_key, lr_factor
-from stitch.errors import disk_full_error
+from stitch.errors import disk_full_as_one_line
 from stitch.visualize import prediction_grid
 
 if TYPE_CHECKING:
@@ -220,13 +220,8 @@ class TensorBoardCallback(Callback):
     def close(self) -> None:
         """Close both writers (a full disk is the one-line :class:`~stitch.errors.DiskFullError`)."""
         for log in (self.step_log, self.epoch_log):
-            try:
+            with disk_full_as_one_line(self.tb_dir):
                 log.close()
-            except OSError as exc:
-                full = disk_full_error(exc, self.tb_dir)
-                if full is None:
-                    raise
-                raise full from None
 
 
 def flat_scalars(value: Any, prefix: str = "") -> Iterator[tuple[str, bool | int | float | str]]:
@@ -272,7 +267,7 @@ def final_metrics(row: RunRow) -> dict[str, float]:
 def write_hparams(tb_dir: Path, row: RunRow) -> None:
     """Write the run's HParams session into ``tb_dir`` (replacing one written before, so a run
     resumed after it ended has it once); a full disk is the one-line DiskFullError."""
-    try:
+    with disk_full_as_one_line(tb_dir):
         for old in tb_dir.glob("events.out.tfevents.*"):
             old.unlink()
         metrics = final_metrics(row)
@@ -287,8 +282,3 @@ def write_hparams(tb_dir: Path, row: RunRow) -> None:
                 writer.add_scalar(tag, value)
         finally:
             writer.close()
-    except OSError as exc:
-        full = disk_full_error(exc, tb_dir)
-        if full is None:
-            raise
-        raise full from None

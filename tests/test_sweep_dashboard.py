@@ -15,6 +15,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 from yaml_snippets import TINY_UNET, tiny_shapes_unet
 
+from stitch import __version__
 from stitch.cli import main
 from stitch.config import load_experiment
 from stitch.errors import StitchError
@@ -22,7 +23,7 @@ from stitch.plan import Variant
 from stitch.run_queue import PLACEHOLDER_METRIC, ended_well, open_shared_runs
 from stitch.runs import RunPlan
 from stitch.store import ResultStore, RunRow, row_to_json
-from stitch.sweep.attributes import git_commit, stitch_version
+from stitch.sweep.attributes import git_commit
 from stitch.sweep.objectives import Objective
 from stitch.sweep.outputs import importances_not_drawn, write_outputs
 from stitch.sweep.study import claim_configuration, open_storage
@@ -66,7 +67,7 @@ def test_a_sweep_study_is_readable_in_the_dashboard_and_an_old_format_study_resu
         attrs["design"].startswith("Optuna sweep (grid sampler")
         and "A: SE at enc1 or none" in attrs["design"]
     )
-    assert attrs["stitch_version"] == stitch_version()
+    assert attrs["stitch_version"] == __version__
     assert "git_commit" not in attrs  # tmp_path is no git work tree: left out, no error
     (trial,) = study.get_trials()
     assert trial.state == TrialState.COMPLETE

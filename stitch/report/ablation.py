@@ -15,7 +15,7 @@ from stitch.report.captions import (
     short_caption,
     stats_sentence,
 )
-from stitch.report.column_choice import choose_columns, hidden_sentence
+from stitch.report.column_choice import shown_with_caption
 from stitch.report.columns import (
     cost_cells,
     cost_columns,
@@ -113,8 +113,7 @@ def ablation_table(res: ExperimentResults) -> Table:
         cost_sentence(res),
         ref_sentence,
     )
-    shown = choose_columns(columns, cfg.report.columns, cfg.report.layout, res.primary)
-    caption = " ".join(s for s in (*sentences, hidden_sentence(columns, shown)) if s)
+    shown, caption = shown_with_caption(columns, sentences, cfg.report, res.primary)
     return Table(
         "ablation",
         shown,

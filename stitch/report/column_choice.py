@@ -5,7 +5,10 @@ chosen ones that the table has. The rows keep every cell and the CSV every field
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import get_args
 
+from stitch.config import ReportCfg
+from stitch.config.schema_design import ReportColumn
 from stitch.report.table import Column
 
 #: the default columns of each layout: one column of a two-column paper shows the primary metric,
@@ -25,21 +28,8 @@ DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
         "latency",
         "time",
     ),
-    "landscape": (
-        "seeds",
-        "metrics",
-        "diff",
-        "p_holm",
-        "params",
-        "params_delta",
-        "flops",
-        "flops_delta",
-        "flops_all",
-        "flops_all_delta",
-        "latency",
-        "peak_memory",
-        "time",
-    ),
+    # every column, in the schema's order (the tables before layouts): all but the picks of one
+    "landscape": tuple(k for k in get_args(ReportColumn) if k not in ("primary", "delta")),
 }
 
 
@@ -73,3 +63,12 @@ def hidden_sentence(columns: Sequence[Column], shown: Sequence[Column]) -> str:
     if not hidden:
         return ""
     return f"Not shown in this layout (report.columns; the CSV has them): {', '.join(hidden)}."
+
+
+def shown_with_caption(
+    columns: Sequence[Column], sentences: Sequence[str], report: ReportCfg, primary: str
+) -> tuple[list[Column], str]:
+    """The columns ``report`` shows (:func:`choose_columns`) and the caption of ``sentences``
+    (empty ones left out) ending in the sentence that names the others (:func:`hidden_sentence`)."""
+    shown = choose_columns(columns, report.columns, report.layout, primary)
+    return shown, " ".join(s for s in (*sentences, hidden_sentence(columns, shown)) if s)

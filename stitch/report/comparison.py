@@ -18,7 +18,7 @@ from stitch.report.captions import (
     split_sentence,
     stats_sentence,
 )
-from stitch.report.column_choice import choose_columns, hidden_sentence
+from stitch.report.column_choice import shown_with_caption
 from stitch.report.columns import (
     LATENCY_COLUMN,
     cost_cells,
@@ -172,8 +172,7 @@ def _comparison_one(res: ExperimentResults) -> Table:
         "Time/run: mean training wall time.",
     )
     label = f"{cfg.report.label}-comparison" if cfg.report.label else f"tab:{res.name}-comparison"
-    shown = choose_columns(columns, cfg.report.columns, cfg.report.layout, p)
-    caption = " ".join(s for s in (*sentences, hidden_sentence(columns, shown)) if s)
+    shown, caption = shown_with_caption(columns, sentences, cfg.report, p)
     return Table(
         "comparison",
         shown,
@@ -337,8 +336,7 @@ def _comparison_many(results: Sequence[ExperimentResults]) -> Table:
     )
     notes = [f"{r.name}: {n}" for r in results for n in r.notes]
     report = results[0].exp.cfg.report
-    shown = choose_columns(columns, report.columns, report.layout, results[0].primary)
-    caption = " ".join(s for s in (*sentences, hidden_sentence(columns, shown)) if s)
+    shown, caption = shown_with_caption(columns, sentences, report, results[0].primary)
     return Table(
         "comparison",
         shown,

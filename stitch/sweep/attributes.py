@@ -13,7 +13,6 @@ what it keeps for itself.
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 import subprocess
 import warnings
@@ -24,19 +23,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial
 
+from stitch import __version__
+
 #: the prefix of every system attribute stitch writes (Optuna's own have none, or their own)
 PREFIX = "stitch:"
 _COMMIT = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
-
-
-def stitch_version() -> str:
-    """The installed stitch's version (its package metadata; the source tree's when not installed)."""
-    try:
-        return importlib.metadata.version("stitch")
-    except importlib.metadata.PackageNotFoundError:
-        from stitch import __version__
-
-        return __version__
 
 
 def git_commit(directory: Path | None) -> str | None:
@@ -83,7 +74,7 @@ def study_attributes(
         "description": description or None,
         "design": design,
         "objectives": objectives,
-        "stitch_version": stitch_version(),
+        "stitch_version": __version__,  # the one version string (stitch/__init__.py)
         "git_commit": git_commit(experiment_file.parent if experiment_file is not None else None),
     }
 
