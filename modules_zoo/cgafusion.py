@@ -139,6 +139,9 @@ class CGAFusion(nn.Module):
         "Content-guided attention mixup fusion of skip x and decoder y: "
         "conv1x1(x + y + W*x + (1-W)*y); official double sigmoid unless paper_sigmoid."
     ),
+    fidelity="official-output",
+    fidelity_note="the default follows the code's double sigmoid; `paper_sigmoid: true` follows the paper",
+    tested_by=("tests/test_zoo.py::test_cgafusion_matches_official",),
 )
 def cga_fusion(channels: int, reduction: int = 8, paper_sigmoid: bool = False) -> nn.Module:
     """Build :class:`CGAFusion`; called as ``module(skip, up)``.

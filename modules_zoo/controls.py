@@ -59,6 +59,7 @@ def module_params(name: str, channels: int, args: dict[str, Any] | None) -> int:
     kind="unary",
     reference="stitch control (parameter-matched plain block)",
     summary="1x1 conv bottleneck C->r->C with the parameter count of `match` (within 1 %); ablation.controls",
+    fidelity="control",
 )
 class MatchedBottleneck(nn.Module):
     """A plain bottleneck with as many parameters as ``match(**match_args)`` at this point."""
@@ -95,6 +96,7 @@ class MatchedBottleneck(nn.Module):
     kind="unary",
     reference="stitch control (placebo)",
     summary="nn.Identity: the stitching wrapper without a module (no parameters); ablation.controls",
+    fidelity="control",
 )
 class Identity(nn.Identity):
     """``nn.Identity`` taking the probe's ``channels`` (ignored)."""

@@ -44,6 +44,8 @@ __all__ = ["coord_att"]
         "arXiv:2103.02907; official code github.com/Andrew-Qibin/CoordAttention (via timm CoordAttn)"
     ),
     summary="Coordinate attention: H- and W-strip pooling, shared 1x1 bottleneck, per-axis sigmoid gates.",
+    fidelity="official-output",
+    tested_by=("tests/test_zoo.py::test_coordatt_matches_official",),
 )
 def coord_att(channels: int, reduction: int = 32) -> nn.Module:
     """Official Coordinate Attention (timm ``CoordAttn`` with the official sizes).

@@ -8,6 +8,7 @@ space all see the same list.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,6 +17,22 @@ from typing import Any, Literal
 from torch import nn
 
 Kind = Literal["unary", "fusion", "neck", "roi_head"]
+
+#: How closely an entry follows the paper's official code; ``""`` is unknown (a plugin may leave it
+#: unset, a zoo entry may not).
+Fidelity = Literal["", "official-output", "official-params", "variant", "control"]
+
+#: What each fidelity level promises, as ``stitch zoo`` and the docs' zoo table print it.
+FIDELITY_LEVELS: dict[str, str] = {
+    "official-output": "matches official code output-for-output",
+    "official-params": "matches official parameter count",
+    "variant": "variant",
+    "control": "stitch control",
+    "": "unknown",
+}
+
+#: A ``tested_by`` item: a pytest node id of a test function, ``tests/file.py::test_name``.
+TEST_ID = re.compile(r"tests/[\w/]+\.py::test_\w+")
 
 #: Constructor arguments the harness fills in from the shape probe when the user has not set them.
 #: ``in_channels_list`` is the channel count of each level of an ordered dict of feature maps (a
@@ -98,6 +115,11 @@ class ZooEntry:
     (feature-level names, RoI sizes, class counts, the absorbed layer's width and type); raises
     :class:`SiteError` when the module cannot go there. ``fit_args`` names the arguments it may
     fill: like :data:`PROBE_ARGS` they are not user settings (``stitch zoo`` leaves them out).
+
+    ``fidelity``: how closely the module follows the official code (:data:`FIDELITY_LEVELS`):
+    ``official-output`` (same outputs as the official code with copied weights), ``official-params``
+    (same parameter count), ``variant`` (``fidelity_note`` says of what and how it differs) or
+    ``control`` (stitch's own controls); ``""`` is unknown. ``tested_by`` names the tests backing it.
     """
 
     name: str
@@ -110,6 +132,12 @@ class ZooEntry:
     absorbs: Absorbs = ()
     fit: Callable[[Site], dict[str, Any]] | None = None
     fit_args: tuple[str, ...] = ()
+    #: how closely it follows the official code (a key of :data:`FIDELITY_LEVELS`)
+    fidelity: Fidelity = ""
+    #: what the fidelity claim covers, or for a variant: of what and how it differs
+    fidelity_note: str = ""
+    #: the tests backing the claim, ``tests/file.py::test_name``
+    tested_by: tuple[str, ...] = ()
     #: where the entry comes from: ``"zoo"``, or the plugin file / module that registered it
     origin: str = "zoo"
 
@@ -180,12 +208,25 @@ def register(
     absorbs: Absorbs = (),
     fit: Callable[[Site], dict[str, Any]] | None = None,
     fit_args: tuple[str, ...] = (),
+    fidelity: Fidelity = "",
+    fidelity_note: str = "",
+    tested_by: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a module class or builder function under ``name``
-    (``absorbs``, ``fit`` and ``fit_args``: see :class:`ZooEntry`)."""
+    """Decorator registering a module class or builder function under ``name`` (``absorbs``,
+    ``fit``, ``fit_args``, ``fidelity``, ``fidelity_note`` and ``tested_by``: see :class:`ZooEntry`)."""
 
     if kind not in DEFAULT_MODES:
         raise RegistrationError(f"module {name!r}: kind {kind!r} is not one of {', '.join(DEFAULT_MODES)}")
+    if fidelity not in FIDELITY_LEVELS:
+        levels = ", ".join(repr(k) for k in FIDELITY_LEVELS if k)
+        raise RegistrationError(f"module {name!r}: fidelity {fidelity!r} is not one of {levels} (or unset)")
+    if isinstance(tested_by, str):
+        tested_by = (tested_by,)
+    malformed = [t for t in tested_by if not TEST_ID.fullmatch(t)]
+    if malformed:
+        raise RegistrationError(
+            f"module {name!r}: tested_by {malformed[0]!r} is not a test id like 'tests/test_x.py::test_name'"
+        )
 
     def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         origin = _origin[-1]
@@ -208,6 +249,9 @@ def register(
             absorbs=absorbs if callable(absorbs) else tuple(absorbs),
             fit=fit,
             fit_args=tuple(fit_args),
+            fidelity=fidelity,
+            fidelity_note=fidelity_note,
+            tested_by=tuple(tested_by),
             origin=origin,
         )
         return builder

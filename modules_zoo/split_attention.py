@@ -41,6 +41,8 @@ __all__ = ["SplitAttention"]
         "Split-attention conv (radix splits, softmax attention across splits); can replace a 3x3 "
         "conv, including stride-2 and in != out ones."
     ),
+    fidelity="official-output",
+    tested_by=("tests/test_zoo.py::test_split_attention_matches_official",),
 )
 class SplitAttention(SplitAttn):
     """timm ``SplitAttn`` with the official ResNeSt ``SplAtConv2d`` layer sizes (BN as in ResNeSt's

@@ -50,6 +50,8 @@ _GC_REF = (
     kind="unary",
     reference=_SE_REF,
     summary="Squeeze-and-excitation channel gate (GAP -> MLP -> sigmoid).",
+    fidelity="official-params",
+    fidelity_note="timm SEModule; at ResNet widths the official SENet sizes (C // 16 with biases)",
 )
 def se(
     channels: int, rd_ratio: float = 1.0 / 16, rd_divisor: int = 8, add_maxpool: bool = False
@@ -70,6 +72,8 @@ def se(
     kind="unary",
     reference=_ESE_REF,
     summary="Effective SE (eSE): GAP -> single full-width 1x1 conv -> hard-sigmoid gate.",
+    fidelity="variant",
+    fidelity_note="timm EffectiveSEModule, not compared with the official VoVNet code",
 )
 def effective_se(channels: int, add_maxpool: bool = False, gate: str = "hard_sigmoid") -> nn.Module:
     """Effective Squeeze-Excitation from CenterMask/VoVNetV2 (timm ``EffectiveSEModule``).
@@ -87,6 +91,11 @@ def effective_se(channels: int, add_maxpool: bool = False, gate: str = "hard_sig
     kind="unary",
     reference=_ECA_REF + " (timm EcaModule)",
     summary="Efficient channel attention: GAP -> 1D conv across channels -> sigmoid.",
+    fidelity="variant",
+    fidelity_note=(
+        "the default kernel follows the paper's adaptive rule (5, 5, 5, 7 on ResNet-50's stages); the "
+        "official code ignores it and its released ResNet-50 uses 3, 5, 5, 7 (`kernel_size` per stage)"
+    ),
 )
 def eca(channels: int, kernel_size: int | None = None, gamma: float = 2.0, beta: float = 1.0) -> nn.Module:
     """Efficient Channel Attention (timm ``EcaModule``).
@@ -108,6 +117,8 @@ def eca(channels: int, kernel_size: int | None = None, gamma: float = 2.0, beta:
     kind="unary",
     reference=_ECA_REF + "; circular-padding variant from timm (CecaModule)",
     summary="ECA with circular padding of the channel axis in the 1D conv.",
+    fidelity="variant",
+    fidelity_note="timm's circular-padding ECA (no official code)",
 )
 def ceca(channels: int, kernel_size: int | None = None, gamma: float = 2.0, beta: float = 1.0) -> nn.Module:
     """Circular ECA (timm ``CecaModule``); arguments as :func:`eca`."""
@@ -121,6 +132,11 @@ def ceca(channels: int, kernel_size: int | None = None, gamma: float = 2.0, beta
     kind="unary",
     reference=_CBAM_REF + " (timm CbamModule)",
     summary="CBAM: channel attention (avg+max MLP) then spatial attention (7x7 conv on [mean, max]).",
+    fidelity="variant",
+    fidelity_note=(
+        "timm CbamModule: MLP without biases, spatial input (mean, max), BN momentum 0.1; the official "
+        "code has MLP biases, (max, mean) and momentum 0.01"
+    ),
 )
 def cbam(
     channels: int, rd_ratio: float = 1.0 / 16, kernel_size: int = 7, mlp_bias: bool = False
@@ -141,6 +157,8 @@ def cbam(
     kind="unary",
     reference=_CBAM_REF + "; lighter experimental variant from timm (LightCbamModule)",
     summary="CBAM with avg and max pooling summed before one MLP pass / a 1-channel spatial conv.",
+    fidelity="variant",
+    fidelity_note="timm's lighter CBAM (no official code)",
 )
 def light_cbam(
     channels: int, rd_ratio: float = 1.0 / 16, kernel_size: int = 7, mlp_bias: bool = False
@@ -154,6 +172,11 @@ def light_cbam(
     kind="unary",
     reference=_GC_REF + " (timm GlobalContext, scale fusion)",
     summary="Global context block, multiplicative fusion: softmax-pooled context -> LN MLP -> sigmoid gate.",
+    fidelity="variant",
+    fidelity_note=(
+        "timm GlobalContext, multiplicative fusion, ratio 1/8, LayerNorm eps 1e-6; mmdetection's GCNet "
+        "uses add fusion (`GCA`), ratio 1/16, eps 1e-5 and a zero-initialised last conv"
+    ),
 )
 def gc(channels: int, rd_ratio: float = 1.0 / 8, use_attn: bool = True) -> nn.Module:
     """Global Context block with channel-scale fusion (timm ``'gc'``).
@@ -171,6 +194,11 @@ def gc(channels: int, rd_ratio: float = 1.0 / 8, use_attn: bool = True) -> nn.Mo
     kind="unary",
     reference=_GC_REF + " (timm GlobalContext, add fusion, the paper's default)",
     summary="Global context block, additive fusion (paper default): x + LN-MLP(context).",
+    fidelity="variant",
+    fidelity_note=(
+        "timm GlobalContext, add fusion, ratio 1/8, LayerNorm eps 1e-6, last conv bias not zeroed; "
+        "mmdetection's ContextBlock: ratio 1/16, eps 1e-5, last conv weight and bias zero"
+    ),
 )
 def gca(channels: int, rd_ratio: float = 1.0 / 8, use_attn: bool = True) -> nn.Module:
     """Global Context block with channel-add fusion (timm ``'gca'``; last layer zero-initialised).

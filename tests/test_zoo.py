@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ try:  # tests/ may or may not become a package
 except ImportError:
     import reference_impls as ref
 
+ROOT = Path(__file__).resolve().parents[1]
 PROBE = {"channels": 32, "in_channels": 32, "out_channels": 32, "stride": 1}
 SHAPE = (2, 32, 16, 16)
 EXPECTED = {
@@ -106,6 +109,26 @@ def test_entry_metadata_and_signature(name: str) -> None:
     for arg in e.arguments():  # what `stitch zoo` lists
         assert not arg.required, f"{name}.{arg.name} needs a default"
         assert arg.annotation
+    # fidelity: every zoo entry says how closely it follows the official code, and names real tests
+    assert e.fidelity in registry.FIDELITY_LEVELS and e.fidelity, f"{name} sets no fidelity"
+    if e.fidelity == "variant":
+        assert e.fidelity_note.strip(), f"{name}: a variant's note says of what and how it differs"
+    for test_id in e.tested_by:
+        file, test = test_id.split("::")
+        path = ROOT / file
+        assert path.is_file() and re.search(rf"^def {test}\(", path.read_text(encoding="utf-8"), re.M), (
+            f"{name}: tested_by names {test_id}, which does not exist"
+        )
+
+
+def test_register_rejects_unknown_fidelity_and_malformed_test_ids() -> None:
+    for kwargs, message in [
+        ({"fidelity": "exact"}, "fidelity 'exact' is not one of 'official-output', "),
+        ({"tested_by": ("test_zoo.py::test_x",)}, "tested_by 'test_zoo.py::test_x' is not a test id"),
+    ]:
+        with pytest.raises(registry.RegistrationError, match=re.escape(message)):
+            registry.register("NoSuchModuleYet", "unary", **kwargs)(lambda channels: nn.Identity())
+    assert "NoSuchModuleYet" not in modules_zoo.names()
 
 
 # ------------------------------------------------------------------------------------------------

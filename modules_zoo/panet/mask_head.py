@@ -141,6 +141,8 @@ def _ff_fit(site: Site) -> dict[str, Any]:
     absorbs=("mask_predictor",),
     fit=_ff_fit,
     fit_args=("num_classes", "roi_size", "dim", "num_convs", "dilation", "deconv_dim", "site_norm"),
+    fidelity="official-params",
+    tested_by=("tests/test_panet.py::test_mask_afp_and_ff_parameter_counts_match_official",),
 )
 def fully_connected_fusion(
     in_channels: int,

@@ -165,6 +165,15 @@ def _bottom_up_fit(site: Site) -> dict[str, Any]:
     modes=("replace",),
     fit=_fpn_fit,
     fit_args=("site_norm",),
+    fidelity="official-output",
+    fidelity_note=(
+        "`norm: gn` is the official GN code; `norm: none, relu: false` the official non-GN code; "
+        "the default `relu: true` follows the paper"
+    ),
+    tested_by=(
+        "tests/test_panet.py::test_pafpn_and_bottom_up_outputs_equal_the_official_forward",
+        "tests/test_panet.py::test_neck_parameter_counts_match_official",
+    ),
 )
 def pafpn(
     in_channels_list: list[int], channels: int, site_norm: str, norm: Norm = "auto", relu: bool = True
@@ -191,6 +200,15 @@ def pafpn(
     modes=("after",),
     fit=_bottom_up_fit,
     fit_args=("num_levels", "site_norm"),
+    fidelity="official-output",
+    fidelity_note=(
+        "`norm: gn` is the official GN code; `norm: none, relu: false` the official non-GN code; "
+        "the default `relu: true` follows the paper"
+    ),
+    tested_by=(
+        "tests/test_panet.py::test_pafpn_and_bottom_up_outputs_equal_the_official_forward",
+        "tests/test_panet.py::test_neck_parameter_counts_match_official",
+    ),
 )
 def bottom_up_path(
     channels: int, num_levels: int, site_norm: str, norm: Norm = "auto", relu: bool = True

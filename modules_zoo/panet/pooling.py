@@ -234,6 +234,11 @@ def _afp_fit(site: Site) -> dict[str, Any]:
         "site_norm",
         "dilation",
     ),
+    fidelity="official-params",
+    tested_by=(
+        "tests/test_panet.py::test_box_afp_parameter_counts_match_official",
+        "tests/test_panet.py::test_mask_afp_and_ff_parameter_counts_match_official",
+    ),
 )
 def adaptive_feature_pooling(
     in_channels: int,
