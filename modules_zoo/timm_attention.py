@@ -15,8 +15,10 @@ Nothing here is reimplemented: each builder only picks a timm class (the same on
   Beyond", ICCV Workshops 2019, https://arxiv.org/abs/1904.11492
 
 Not registered, with timm 1.0.31: GCT (gated channel transformation, Yang et al. CVPR 2020) is not
-in timm; ``GatherExcite`` (``'ge'``) is present but fails to construct (it passes its
-``device``/``dtype`` dict positionally to ``ConvMlp``/``create_conv2d``).
+in timm. timm's other attention layers have their own family files: ELA, Strip and GE
+(``timm_gates.py``, which builds ``GatherExcite`` around its timm-1.0.31 construction bug), NonLocal
+and BAT (``timm_non_local.py``), SK (``timm_selective_kernel.py``), Halo, Lambda and BoT
+(``timm_self_attention.py``).
 """
 
 from __future__ import annotations

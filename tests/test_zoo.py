@@ -20,7 +20,9 @@ except ImportError:
     import reference_impls as ref
 
 ROOT = Path(__file__).resolve().parents[1]
-PROBE = {"channels": 32, "in_channels": 32, "out_channels": 32, "stride": 1}
+PROBE = {"channels": 32, "in_channels": 32, "out_channels": 32, "stride": 1, "feat_size": (16, 16)}
+#: user args the generic tests give a module that cannot take SHAPE with its defaults
+GENERIC_ARGS: dict[str, dict] = {"BAT": {"block_size": 8}}  # default block_size 7 does not divide 16
 SHAPE = (2, 32, 16, 16)
 EXPECTED = {
     "CoordAtt": "unary",
@@ -34,6 +36,15 @@ EXPECTED = {
     "LightCBAM": "unary",
     "GC": "unary",
     "GCA": "unary",
+    "ELA": "unary",
+    "Strip": "unary",
+    "GE": "unary",
+    "NonLocal": "unary",
+    "BAT": "unary",
+    "SK": "unary",
+    "Halo": "unary",
+    "Lambda": "unary",
+    "BoT": "unary",
 }
 MODULE_NAMES = [e.name for e in modules_zoo.entries() if e.kind in ("unary", "fusion")]
 
@@ -137,7 +148,7 @@ def test_register_rejects_unknown_fidelity_and_malformed_test_ids() -> None:
 @pytest.mark.parametrize("name", MODULE_NAMES)
 def test_keeps_shape(name: str) -> None:
     e = modules_zoo.get(name)
-    m = e.build(PROBE, {})
+    m = e.build(PROBE, GENERIC_ARGS.get(name, {}))
     x, y = _inputs()
     out = _run(e, m, x, y)
     assert out.shape == SHAPE
@@ -147,7 +158,7 @@ def test_keeps_shape(name: str) -> None:
 @pytest.mark.parametrize("name", MODULE_NAMES)
 def test_gradients_reach_every_parameter(name: str) -> None:
     e = modules_zoo.get(name)
-    m = e.build(PROBE, {}).train()
+    m = e.build(PROBE, GENERIC_ARGS.get(name, {})).train()
     x, y = _inputs(requires_grad=True)
     _run(e, m, x, y).sum().backward()
     missing = [n for n, p in m.named_parameters() if p.grad is None]
@@ -160,11 +171,11 @@ def test_gradients_reach_every_parameter(name: str) -> None:
 @pytest.mark.parametrize("name", MODULE_NAMES)
 def test_state_dict_round_trip(name: str) -> None:
     e = modules_zoo.get(name)
-    m1 = _perturb(e.build(PROBE, {}))
+    m1 = _perturb(e.build(PROBE, GENERIC_ARGS.get(name, {})))
     x, y = _inputs()
     m1.train()
     _run(e, m1, x, y)  # update BN running stats too
-    m2 = e.build(PROBE, {})
+    m2 = e.build(PROBE, GENERIC_ARGS.get(name, {}))
     m2.load_state_dict(m1.state_dict(), strict=True)
     m1.eval(), m2.eval()
     with torch.no_grad():

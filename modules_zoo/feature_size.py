@@ -1,0 +1,48 @@
+"""Spatial-size rules of zoo modules whose layers or forward depend on the input's height and width.
+
+Some timm layers are built for one input size (a relative position table, a depthwise conv whose
+kernel is the whole map) or need sizes divisible by a block size, and timm checks that with
+``assert`` statements that carry no message. The zoo's wrappers check first and raise a one-line
+:class:`InputSizeError` naming the module, the size it got and the fix; the ``fit`` hook
+:func:`probe_feature_size` gives a fixed-size module the size the shape probe saw at its point.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .registry import Site, SiteError
+
+__all__ = ["InputSizeError", "check_block_multiple", "check_fixed_size", "probe_feature_size"]
+
+
+class InputSizeError(ValueError):
+    """An input whose height or width the module cannot take; the message is one line."""
+
+
+def probe_feature_size(site: Site) -> dict[str, Any]:
+    """``fit`` hook: ``{"feat_size": (H, W)}``, the size the module will see at ``site`` (the
+    point's output for ``after`` / ``residual``, its first input otherwise)."""
+    desc = site.output if site.mode in ("after", "residual") else (site.inputs[0] if site.inputs else None)
+    if not (isinstance(desc, list) and len(desc) == 4 and all(isinstance(d, int) for d in desc)):
+        raise SiteError(f"needs a 4-D feature map (N, C, H, W) here, the probe saw {desc}")
+    return {"feat_size": (desc[2], desc[3])}
+
+
+def check_block_multiple(module: str, height: int, width: int, block_size: int) -> None:
+    """Raise :class:`InputSizeError` unless ``height`` and ``width`` are multiples of ``block_size``."""
+    if height % block_size or width % block_size:
+        raise InputSizeError(
+            f"{module}: {height}x{width} input, but H and W must be multiples of block_size={block_size}; "
+            "set block_size to a divisor of both (or stitch at another point)"
+        )
+
+
+def check_fixed_size(module: str, height: int, width: int, built_for: tuple[int, int]) -> None:
+    """Raise :class:`InputSizeError` unless the input is the ``built_for`` size (H, W)."""
+    if (height, width) != tuple(built_for):
+        raise InputSizeError(
+            f"{module} was built for {built_for[0]}x{built_for[1]} inputs (the probe's) and got "
+            f"{height}x{width}: it takes one fixed input size, so it cannot be used where input sizes "
+            "vary (e.g. Mask R-CNN); choose a size-independent module or setting"
+        )

@@ -1,0 +1,283 @@
+"""The timm attention layers wrapped by the zoo (ELA, Strip, GE, NonLocal, BAT, SK, Halo, Lambda, BoT):
+timm's modules unchanged (state dicts and outputs of a plain timm build), parameter counts, the
+conv-replacement shapes, one-line size and build refusals, and the GatherExcite workaround's canary.
+The shape / gradient / state-dict contract of every entry is in tests/test_zoo.py."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import partial
+
+import pytest
+import torch
+from timm.layers import BatNonLocalAttn, GatherExcite, NonLocalAttn, SelectiveKernel
+from timm.layers.bottleneck_attn import BottleneckAttn
+from timm.layers.coord_attn import EfficientLocalAttn, StripAttn
+from timm.layers.halo_attn import HaloAttn
+from timm.layers.lambda_layer import LambdaLayer
+from torch import nn
+
+import modules_zoo
+from modules_zoo.feature_size import InputSizeError
+from stitch.config.schema_model import NestedInsertionCfg
+from stitch.errors import StitchingError
+from stitch.surgery import Insertion, stitch
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def _build(name: str, probe: dict, args: dict | None = None) -> nn.Module:
+    return modules_zoo.get(name).build(probe, args or {})
+
+
+def _count(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def _perturb(m: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        for mod in m.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                mod.running_mean.normal_(0.0, 0.2)
+                mod.running_var.uniform_(0.5, 1.5)
+    return m
+
+
+C = {"channels": 32, "in_channels": 32, "out_channels": 32, "stride": 1, "feat_size": (16, 16)}
+# zoo name, zoo user args, the plain timm construction with the same sizes
+PLAIN_TIMM: list[tuple[str, dict, Callable[[], nn.Module]]] = [
+    ("ELA", {}, lambda: EfficientLocalAttn(32)),
+    (
+        "ELA",
+        {"norm_groups": 16, "activation": False},
+        lambda: EfficientLocalAttn(32, norm_layer=partial(nn.GroupNorm, 16), act_layer=nn.Identity),
+    ),
+    ("Strip", {}, lambda: StripAttn(32)),
+    ("GE", {"use_mlp": False}, lambda: GatherExcite(32, use_mlp=False)),  # the one GE timm 1.0.31 builds
+    ("NonLocal", {}, lambda: NonLocalAttn(32, rd_ratio=0.5, rd_divisor=1)),
+    (
+        "BAT",
+        {"block_size": 8},
+        lambda: BatNonLocalAttn(32, block_size=8, groups=4, rd_ratio=0.5, rd_divisor=1),
+    ),
+    ("SK", {}, lambda: SelectiveKernel(32, 32)),
+    (
+        "SK",
+        {"groups": 8, "split_input": False, "rd_min": 32},
+        lambda: SelectiveKernel(32, 32, groups=8, split_input=False, rd_channels=32),
+    ),
+    ("Halo", {}, lambda: HaloAttn(32, 32)),
+    ("Lambda", {}, lambda: LambdaLayer(32)),
+    ("Lambda", {"r": None}, lambda: LambdaLayer(32, feat_size=(16, 16), r=None)),
+    ("BoT", {}, lambda: BottleneckAttn(32, 32, feat_size=(16, 16))),
+]
+
+
+@pytest.mark.parametrize(
+    "name,args,plain", PLAIN_TIMM, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(PLAIN_TIMM)]
+)
+def test_wraps_timm_unchanged(name: str, args: dict, plain: Callable[[], nn.Module]) -> None:
+    ours, theirs = _perturb(_build(name, C, args)), plain()
+    assert isinstance(ours, type(theirs))
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in theirs.state_dict().items()
+    }
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    ours.double().eval(), theirs.double().eval()
+    x = torch.randn(2, 32, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+
+
+C256 = {"channels": 256, "in_channels": 256, "out_channels": 256, "stride": 1, "feat_size": (14, 14)}
+
+
+@pytest.mark.parametrize(
+    "name,args,count",
+    [
+        ("ELA", {}, 4_608),  # 2 * 7C conv + 2 * 2C norm
+        ("Strip", {}, 1_536),
+        ("SK", {}, 603_168),
+        ("GE", {}, 8_464),  # 256 * 16 + 16 + 16 * 256 + 256
+        ("GE", {"extent": 8, "extra_params": True}, 16_912),  # GE-theta-plus
+        ("GE", {"extent": 8, "extra_params": True, "use_mlp": False}, 8_448),  # GE-theta
+        ("NonLocal", {}, 3 * (256 * 128 + 128) + 128 * 256 + 256 + 2 * 256),  # official: inter = C / 2
+        ("NonLocal", {"rd_ratio": 1 / 8, "rd_divisor": 8}, 33_632),  # timm's default sizes
+        ("BAT", {"groups": 2, "rd_ratio": 0.25, "rd_divisor": 8}, 40_704),  # timm's default sizes
+        ("Halo", {}, 198_336),
+        ("Lambda", {}, 38_432),
+        ("Lambda", {"r": None}, 48_784),
+        ("BoT", {}, 200_064),
+    ],
+)
+def test_parameter_counts_at_256_channels(name: str, args: dict, count: int) -> None:
+    assert _count(_build(name, C256, args)) == count
+
+
+def test_non_local_defaults_match_the_official_nlnet_parameter_count() -> None:
+    """The official NLNet (BAT repo): 5 blocks, after blocks 1, 3 of layer2 and 1, 3, 5 of layer3."""
+    widths = [512, 512, 1024, 1024, 1024]
+    assert sum(_count(_build("NonLocal", {"channels": c})) for c in widths) == 7_358_464
+    # BAT with the official sizes: the official blocks have 2C + 4 more (conv biases timm leaves out)
+    bat = sum(_count(_build("BAT", {"channels": c})) for c in widths)
+    assert bat == 4_668_976 == 4_677_188 - sum(2 * c + 4 for c in widths)
+
+
+def test_sk_sknet50_configuration_parameter_count() -> None:
+    """SKNet-50 (Li et al., CVPR 2019: 27.5M): ResNeXt-50 32x4d with SK {groups: 32, split_input:
+    false, rd_min: 32} as every conv2 and no bn2 after it (built on the meta device: no weights)."""
+    torchvision = pytest.importorskip("torchvision")
+    with torch.device("meta"):
+        net = torchvision.models.resnext50_32x4d()
+        assert _count(net) == 25_028_904
+        for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+            for block in layer:
+                conv = block.conv2
+                probe = {
+                    "in_channels": conv.in_channels,
+                    "out_channels": conv.out_channels,
+                    "stride": conv.stride[0],
+                }
+                block.conv2 = _build("SK", probe, {"groups": 32, "split_input": False, "rd_min": 32})
+                block.bn2 = nn.Identity()
+    assert _count(net) == 27_479_784
+
+
+@pytest.mark.parametrize("name,out", [("SK", 128), ("Halo", 128), ("BoT", 128), ("Lambda", 64)])
+def test_conv_replacement_shapes(name: str, out: int) -> None:
+    m = _build(name, {"in_channels": 64, "out_channels": out, "stride": 2, "feat_size": (16, 16)})
+    assert m(torch.randn(2, 64, 16, 16)).shape == (2, out, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "name,args,shape,message",
+    [
+        ("BAT", {}, (2, 32, 16, 16), "BAT: 16x16 input, but H and W must be multiples of block_size=7; "),
+        ("Halo", {}, (2, 32, 12, 12), "Halo: 12x12 input, but H and W must be multiples of block_size=8; "),
+        ("BoT", {}, (2, 32, 12, 12), "BoT was built for 16x16 inputs (the probe's) and got 12x12: "),
+        (
+            "Lambda",
+            {"r": None},
+            (2, 32, 12, 16),
+            "Lambda (r: null) was built for 16x16 inputs (the probe's) and ",
+        ),
+        (
+            "GE",
+            {"extra_params": True},
+            (2, 32, 16, 12),
+            "GE (global extent, extra_params) was built for 16x16 ",
+        ),
+    ],
+)
+def test_input_size_refused_in_one_line(name: str, args: dict, shape: tuple, message: str) -> None:
+    m = _build(name, C, args)
+    with pytest.raises(InputSizeError, match=re.escape(message)) as info:
+        m(torch.randn(shape))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name,probe,args,message",
+    [
+        (
+            "Lambda",
+            {"in_channels": 64, "out_channels": 128},
+            {},
+            "Lambda keeps the channel count (timm reshapes",
+        ),
+        ("Lambda", C, {"r": 4}, "Lambda: r must be an odd size or null"),
+        ("Halo", {"in_channels": 32, "out_channels": 36}, {}, "Halo: num_heads=8 must divide the 36 output"),
+        ("BoT", dict(C, stride=3), {}, "BoT: stride must be 1 or 2, got 3"),
+        ("BoT", {"in_channels": 32}, {}, "BoT needs feat_size (H, W), the one input size it takes"),
+        ("BAT", C, {"groups": 3}, "BAT: groups=3 must divide the reduced width 16"),
+        ("SK", {"in_channels": 33}, {}, "SK: split_input needs in_channels (33) divisible by the 2 paths"),
+        ("GE", {"channels": 32}, {"extent": 3}, "extent must be 0 (global) or an even number"),
+        ("GE", {"channels": 32}, {"extent": 6, "extra_params": True}, "the extent must be a power of two"),
+        ("ELA", C, {"norm_groups": 0}, "norm_groups must be >= 1"),
+    ],
+)
+def test_build_refused_in_one_line(name: str, probe: dict, args: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _build(name, probe, args)
+
+
+def test_non_local_is_the_identity_at_init() -> None:
+    m = _build("NonLocal", {"channels": 32}).eval()
+    x = torch.randn(2, 32, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(m(x), x)
+
+
+def test_modes() -> None:
+    for name in ("NonLocal", "BAT"):  # own shortcut: residual would add x twice
+        assert modules_zoo.get(name).modes == ("after", "before", "replace")
+    for name in ("SK", "Halo", "Lambda", "BoT"):
+        assert modules_zoo.get(name).modes[0] == "replace"
+    for name in ("ELA", "Strip", "GE"):
+        assert modules_zoo.get(name).modes == ("after", "before", "residual", "replace")
+
+
+def test_gather_excite_timm_bug_canary() -> None:
+    """timm 1.0.31's GatherExcite cannot build with its MLP. When this fails, timm is fixed:
+    remove RepairedGatherExcite's workaround (modules_zoo/timm_gates.py)."""
+    with pytest.raises(TypeError, match="multiple values for argument 'act_layer'"):
+        GatherExcite(32)
+
+
+def test_gather_excite_workaround_builds_every_variant() -> None:
+    m = _build("GE", C, {"extent": 4, "extra_params": True})
+    norms = [b for b in m.modules() if isinstance(b, nn.BatchNorm2d)]
+    assert len(norms) == 2 and all(b.eps == 1e-5 and b.momentum == 0.1 for b in norms)
+    assert sorted(m.state_dict()) == sorted(
+        [f"gather.{c}.weight" for c in ("conv1", "conv2")]
+        + [
+            f"gather.norm{i}.{k}"
+            for i in (1, 2)
+            for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+        ]
+        + [f"mlp.{f}.{k}" for f in ("fc1", "fc2") for k in ("weight", "bias")]
+    )
+    m.train()(torch.randn(2, 32, 16, 16)).sum().backward()
+    assert m.gather.conv1.weight.grad is not None  # type: ignore[union-attr]
+    # the patch is undone after building
+    import timm.layers.gather_excite as timm_ge
+    from timm.layers.mlp import ConvMlp
+
+    assert timm_ge.ConvMlp is ConvMlp
+
+
+def _two_convs() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, stride=2, padding=1))
+
+
+def _stitch(model: nn.Module, size: int, module: str, at: str = "2") -> None:
+    x = torch.randn(2, 3, size, size)
+    stitch(model, {}, lambda m: m(x), [Insertion("A", NestedInsertionCfg(module=module, at=at))])
+
+
+def test_stitched_at_a_point_the_probe_sizes() -> None:
+    """replace (the default) of a stride-2 conv: SK, Halo and BoT take its stride, BoT the probe's size."""
+    for name in ("SK", "Halo", "BoT", "Lambda"):
+        model = _two_convs()
+        _stitch(model, 16, name)
+        assert model(torch.randn(2, 3, 16, 16)).shape == (2, 32, 8, 8)
+    assert model[2].__class__.__name__ == "CheckedLambdaLayer"
+
+
+@pytest.mark.parametrize(
+    "module,at,size,message",
+    [
+        ("Halo", "2", 12, "Halo: 12x12 input, but H and W must be multiples of block_size=8"),
+        ("BAT", "1", 16, "BAT: 16x16 input, but H and W must be multiples of block_size=7"),
+    ],
+)
+def test_stitching_refuses_a_size_in_one_line(module: str, at: str, size: int, message: str) -> None:
+    with pytest.raises(StitchingError, match=re.escape(message)) as info:
+        _stitch(_two_convs(), size, module, at)
+    assert "\n" not in str(info.value)
