@@ -9,6 +9,10 @@ as a bag of tensors (weights, BN statistics) and recomputes the official forward
 * PANet: github.com/ShuLiu1993/PANet, ``lib/modeling/FPN.py``, ``fast_rcnn_heads.py``,
   ``mask_rcnn_heads.py``: plain ``nn.Module`` transcriptions of the official layer definitions
   (same layer types, order, widths, bias flags; the bottom-up forward follows the official loop).
+* CBAM: github.com/Jongchan/attention-module ``MODELS/cbam.py`` (+ the init loop of
+  ``MODELS/model_resnet.py``); ECA: github.com/BangguWu/ECANet ``models/eca_module.py``; GCNet:
+  github.com/open-mmlab/mmcv ``mmcv/cnn/bricks/context_block.py``: module transcriptions (train
+  mode too) and maps of their state-dict keys onto timm's.
 """
 
 from __future__ import annotations
@@ -326,3 +330,140 @@ def panet_param_count(module: nn.Module, *names: str) -> int:
     """Parameters of ``module`` (or of its named children only)."""
     mods = [module] if not names else [getattr(module, n) for n in names]
     return sum(p.numel() for m in mods for p in m.parameters())
+
+
+# --------------------------------------------------------------------------------------------
+# CBAM, ECA, GCNet: module transcriptions of the official layers (same layer types, order,
+# widths, bias flags and initialisation), with the maps of their state-dict keys onto timm's.
+# --------------------------------------------------------------------------------------------
+class CbamOfficial(nn.Module):
+    """``CBAM(gate_channels, reduction_ratio)`` of Jongchan/attention-module ``MODELS/cbam.py``
+    @ c06383c514ab0032d044cc6fcd8c8207ea222ea7 (pool types avg and max, spatial gate on)."""
+
+    def __init__(self, gate_channels: int, reduction_ratio: int = 16) -> None:
+        super().__init__()
+        hidden = gate_channels // reduction_ratio
+        # ChannelGate.mlp = Sequential(Flatten, Linear, ReLU, Linear): indices 1 and 3 hold weights
+        self.ChannelGate = nn.Module()
+        self.ChannelGate.mlp = nn.Sequential(
+            nn.Flatten(), nn.Linear(gate_channels, hidden), nn.ReLU(), nn.Linear(hidden, gate_channels)
+        )
+        # SpatialGate.spatial = BasicConv(2, 1, 7, padding=3, relu=False): conv (no bias) + BN(momentum 0.01)
+        self.SpatialGate = nn.Module()
+        self.SpatialGate.spatial = nn.Module()
+        self.SpatialGate.spatial.conv = nn.Conv2d(2, 1, 7, stride=1, padding=3, bias=False)
+        self.SpatialGate.spatial.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01, affine=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[2], x.shape[3]
+        mlp = self.ChannelGate.mlp
+        att = mlp(F.avg_pool2d(x, (h, w), stride=(h, w))) + mlp(F.max_pool2d(x, (h, w), stride=(h, w)))
+        x = x * torch.sigmoid(att).unsqueeze(2).unsqueeze(3).expand_as(x)
+        pooled = torch.cat((torch.max(x, 1)[0].unsqueeze(1), torch.mean(x, 1).unsqueeze(1)), dim=1)
+        spatial = self.SpatialGate.spatial
+        return x * torch.sigmoid(spatial.bn(spatial.conv(pooled)))
+
+
+def cbam_official_init(module: nn.Module) -> None:
+    """The official ``ResidualNet`` initialisation loop (``MODELS/model_resnet.py``, ResNet.__init__)
+    over the module's state dict: 'conv' weights kaiming_normal fan_out, 'bn' weights 1 except
+    under 'SpatialGate' 0, every bias 0 (the Linear weights keep PyTorch's default)."""
+    state = module.state_dict()
+    for key in state:
+        if key.split(".")[-1] == "weight":
+            if "conv" in key:
+                nn.init.kaiming_normal_(state[key], mode="fan_out")
+            if "bn" in key:
+                state[key][...] = 0 if "SpatialGate" in key else 1
+        elif key.split(".")[-1] == "bias":
+            state[key][...] = 0
+
+
+def cbam_official_to_timm(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """An official CBAM state dict as timm ``CbamModule`` keys (spatial input order (max, mean) kept)."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("ChannelGate.mlp."):
+            index, leaf = key.split(".")[2:]
+            value = value.reshape(*value.shape, 1, 1) if leaf == "weight" else value
+            out[f"channel.fc{1 if index == '1' else 2}.{leaf}"] = value
+        else:
+            out[key.replace("SpatialGate.spatial.", "spatial.conv.")] = value
+    return out
+
+
+class EcaOfficial(nn.Module):
+    """``eca_layer(channel, k_size)`` of BangguWu/ECANet ``models/eca_module.py`` @ b332f6b3e6e2afe8a3287dc8ee8440a0fbec74c4
+    (``channel`` is unused there too)."""
+
+    def __init__(self, channel: int, k_size: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, kernel_size=k_size, padding=(k_size - 1) // 2, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.adaptive_avg_pool2d(x, 1)
+        y = self.conv(y.squeeze(-1).transpose(-1, -2)).transpose(-1, -2).unsqueeze(-1)
+        return x * torch.sigmoid(y).expand_as(x)
+
+
+class ContextBlockOfficial(nn.Module):
+    """``ContextBlock(in_channels, ratio, pooling_type, fusion_types)`` of open-mmlab/mmcv
+    ``mmcv/cnn/bricks/context_block.py`` @ a8073c74bf83d62ec36a103f835faa4837fb6585, with its
+    ``reset_parameters`` (mmengine ``kaiming_init(mode='fan_in')``: normal, relu gain, bias 0;
+    ``last_zero_init``: the last conv of each branch weight and bias 0)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        ratio: float,
+        pooling_type: str = "att",
+        fusion_types: tuple = ("channel_add",),
+    ) -> None:
+        super().__init__()
+        self.planes = int(in_channels * ratio)
+        self.pooling_type = pooling_type
+        if pooling_type == "att":
+            self.conv_mask = nn.Conv2d(in_channels, 1, kernel_size=1)
+            nn.init.kaiming_normal_(self.conv_mask.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(self.conv_mask.bias)
+        for fusion in ("channel_add", "channel_mul"):
+            branch = None
+            if fusion in fusion_types:
+                branch = nn.Sequential(
+                    nn.Conv2d(in_channels, self.planes, kernel_size=1),
+                    nn.LayerNorm([self.planes, 1, 1]),
+                    nn.ReLU(inplace=True),
+                    nn.Conv2d(self.planes, in_channels, kernel_size=1),
+                )
+                nn.init.zeros_(branch[-1].weight)
+                nn.init.zeros_(branch[-1].bias)
+            setattr(self, f"{fusion}_conv", branch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, channel, height, width = x.size()
+        if self.pooling_type == "att":
+            mask = F.softmax(self.conv_mask(x).view(batch, 1, height * width), dim=2).unsqueeze(-1)
+            context = torch.matmul(x.view(batch, channel, height * width).unsqueeze(1), mask)
+            context = context.view(batch, channel, 1, 1)
+        else:
+            context = F.adaptive_avg_pool2d(x, 1)
+        out = x
+        if self.channel_mul_conv is not None:
+            out = out * torch.sigmoid(self.channel_mul_conv(context))
+        if self.channel_add_conv is not None:
+            out = out + self.channel_add_conv(context)
+        return out
+
+
+def context_block_to_timm(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """An mmcv ContextBlock state dict as timm ``GlobalContext`` keys (LayerNorm weights flattened)."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("conv_mask."):
+            out[key.replace("conv_mask.", "conv_attn.")] = value
+            continue
+        branch, index, leaf = key.split(".")
+        prefix = "mlp_add" if branch == "channel_add_conv" else "mlp_scale"
+        name = {"0": "fc1", "1": "norm", "3": "fc2"}[index]
+        out[f"{prefix}.{name}.{leaf}"] = value.flatten() if name == "norm" else value
+    return out
