@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 STITCH := $(PYTHON) -m stitch
 
-.PHONY: setup setup-test setup-tex setup-postgres setup-lint demo test test-fast lint report-example bench
+.PHONY: setup setup-test setup-tex setup-postgres setup-lint demo test test-fast lint report-example bench zoo-docs
 
 # torch/torchvision first and pinned exactly, so no resolver ever pulls another torch.
 # stardist and nilearn are installed only as data sources (the DSB2018 nuclei sample and the
@@ -56,6 +56,10 @@ test: setup-test
 
 test-fast: setup-test
 	$(PYTHON) -m pytest -q -m "not slow"
+
+# docs/zoo.md's module table, generated from the registry (tests/test_docs.py checks it is current).
+zoo-docs:
+	$(STITCH) zoo --markdown --into docs/zoo.md
 
 # The example ablation report committed under reports/ (12 runs, then the tables and plots).
 report-example: setup

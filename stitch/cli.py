@@ -113,7 +113,9 @@ def cmd_points(args: argparse.Namespace) -> int:
 def cmd_zoo(args: argparse.Namespace) -> int:
     from stitch.listings import print_zoo
 
-    print_zoo(as_json=args.json, plugins=args.plugins)
+    if args.into and not args.markdown:
+        raise StitchError("--into writes the Markdown table: add --markdown")
+    print_zoo(as_json=args.json, plugins=args.plugins, markdown=args.markdown, into=args.into)
     return 0
 
 
@@ -421,7 +423,17 @@ def make_parser() -> argparse.ArgumentParser:
     sh.set_defaults(func=cmd_show)
 
     z = sub.add_parser("zoo", help="list the stitchable modules (the zoo's and the plugins')")
-    z.add_argument("--json", action="store_true")
+    zoo_format = z.add_mutually_exclusive_group()
+    zoo_format.add_argument("--json", action="store_true")
+    zoo_format.add_argument(
+        "--markdown", action="store_true", help="print the Markdown module table of docs/zoo.md"
+    )
+    z.add_argument(
+        "--into",
+        metavar="FILE.md",
+        help="with --markdown: write the table between the zoo-table markers of FILE.md instead "
+        "(make zoo-docs: docs/zoo.md)",
+    )
     z.add_argument(
         "--plugins",
         nargs="+",

@@ -43,6 +43,7 @@ EXAMPLES: dict[str, list[str]] = {
     "zoo": [
         "stitch zoo",
         "stitch zoo --json",
+        "stitch zoo --markdown --into docs/zoo.md",
         "stitch zoo --plugins experiments/plugins/my_attention.py",
     ],
     "config": [

@@ -1,5 +1,6 @@
 """What the inspection commands print: ``stitch validate`` (the checked variants), ``stitch points``
-(hook points with shapes) and ``stitch zoo`` (the stitchable modules), as rich tables or JSON."""
+(hook points with shapes) and ``stitch zoo`` (the stitchable modules), as rich tables or JSON, and
+the zoo's Markdown table of docs/zoo.md."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from rich.console import Console
 from rich.table import Table
 
 import modules_zoo
+from modules_zoo.registry import FIDELITY_LEVELS, ZooEntry
 from stitch.build import list_points
 from stitch.config import Experiment, load_experiment
 from stitch.errors import StitchError, one_line_message
+from stitch.fileio import write_text
 from stitch.model_notes import model_notes
 from stitch.plan import plan_variants
 from stitch.plugins import import_plugin, load_plugins
@@ -217,9 +220,18 @@ def print_points(exp: Experiment, include_all: bool, as_json: bool) -> None:
         print("(aliased points only; --all lists every module path, each of which is a hook point too)")
 
 
-def print_zoo(as_json: bool, plugins: Sequence[str] = ()) -> None:
-    """The zoo's modules and those the ``plugins`` (files relative to the working directory, or
-    module names) register: a table, or JSON with every argument and hook-point alias."""
+#: The markers around the generated module table in docs/zoo.md.
+ZOO_TABLE_BEGIN = "<!-- zoo-table:begin -->"
+ZOO_TABLE_END = "<!-- zoo-table:end -->"
+#: What regenerates docs/zoo.md's module table (the Makefile target runs
+#: ``stitch zoo --markdown --into docs/zoo.md``).
+ZOO_DOCS_COMMAND = "make zoo-docs"
+
+
+def import_zoo_plugins(plugins: Sequence[str]) -> list[ZooEntry]:
+    """Import the ``plugins`` (files relative to the working directory, module names, or
+    experiment files whose plugins to import) and return the entries to list: what the plugins
+    register first, then the zoo's."""
     for ref in plugins:
         if Path(ref).suffix in (".yaml", ".yml"):  # an experiment file: its plugins
             load_plugins(load_experiment(ref))
@@ -228,41 +240,115 @@ def print_zoo(as_json: bool, plugins: Sequence[str] = ()) -> None:
     entries = modules_zoo.entries()
     if plugins:  # what the plugins register, first
         entries = sorted(entries, key=lambda e: e.origin == "zoo")
-    if as_json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "name": e.name,
-                        "kind": e.kind,
-                        "modes": list(e.modes),
-                        "reference": e.reference,
-                        "summary": e.summary,
-                        "origin": e.origin,
-                        "probe_arguments": e.probe_arguments(),
-                        "arguments": [
-                            {
-                                "name": a.name,
-                                "default": a.default,
-                                "type": a.annotation,
-                                "required": a.required,
-                            }
-                            for a in e.arguments()
-                        ],
-                        "hook_point_aliases": dict(e.aliases),
-                    }
-                    for e in entries
-                ],
-                indent=1,
-                default=str,
-            )
-        )
+    return entries
+
+
+def print_zoo(
+    as_json: bool, plugins: Sequence[str] = (), markdown: bool = False, into: str | None = None
+) -> None:
+    """The zoo's modules and those the ``plugins`` register (:func:`import_zoo_plugins`): a table,
+    JSON with every argument, hook-point alias and fidelity field, or (``markdown``) the docs'
+    module table (:func:`zoo_markdown`), printed or, with ``into``, written between the zoo-table
+    markers of that file (:func:`replace_zoo_table`)."""
+    entries = import_zoo_plugins(plugins)
+    if markdown:
+        markdown_table = zoo_markdown(entries)
+        if into is None:
+            print(markdown_table, end="")
+        else:
+            replace_zoo_table(Path(into), markdown_table)
+            print(f"{into}: module table rewritten ({plural(len(entries), 'module')})")
         return
-    table = make_table("module zoo", ["name", "kind", "modes", "arguments", "reference", "origin"])
+    if as_json:
+        print(json.dumps([zoo_json(e) for e in entries], indent=1, default=str))
+        return
+    table = make_table(
+        "module zoo", ["name", "kind", "modes", "arguments", "reference", "fidelity", "origin"]
+    )
     for e in entries:
         arg_text = ", ".join(f"{a.name}={a.default!r}" if not a.required else a.name for a in e.arguments())
         table.add_row(
-            e.name, e.kind, ", ".join(e.modes), arg_text, e.reference or e.summary, shown_origin(e.origin)
+            e.name,
+            e.kind,
+            ", ".join(e.modes),
+            arg_text,
+            e.reference or e.summary,
+            e.fidelity or "unknown",
+            shown_origin(e.origin),
         )
     make_console().print(table)
     print("channels, in_channels, out_channels, stride and in_channels_list come from the shape probe")
+
+
+def zoo_json(e: ZooEntry) -> dict[str, Any]:
+    """One module as ``stitch zoo --json`` lists it."""
+    return {
+        "name": e.name,
+        "kind": e.kind,
+        "modes": list(e.modes),
+        "reference": e.reference,
+        "summary": e.summary,
+        "origin": e.origin,
+        "probe_arguments": e.probe_arguments(),
+        "arguments": [
+            {"name": a.name, "default": a.default, "type": a.annotation, "required": a.required}
+            for a in e.arguments()
+        ],
+        "hook_point_aliases": dict(e.aliases),
+        "fidelity": e.fidelity or "unknown",
+        "fidelity_note": e.fidelity_note,
+        "tested_by": list(e.tested_by),
+    }
+
+
+def fidelity_text(e: ZooEntry) -> str:
+    """The entry's fidelity in words (:data:`modules_zoo.registry.FIDELITY_LEVELS`), with its note."""
+    label = FIDELITY_LEVELS.get(e.fidelity, e.fidelity)
+    return f"{label}: {e.fidelity_note}" if e.fidelity_note else label
+
+
+def yaml_value(value: Any) -> str:
+    """A default as it is written in the experiment file: ``auto``, ``null``, ``true``, ``0.0625``."""
+    if isinstance(value, str) and value:
+        return value
+    return json.dumps(value, default=str)
+
+
+def markdown_cell(text: str) -> str:
+    """``text`` made safe for one cell of a Markdown table (no ``|``, no line breaks)."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def zoo_markdown(entries: Sequence[ZooEntry]) -> str:
+    """The docs' module table: one row per entry with its name, kind, summary, modes (the default
+    first, in bold), user arguments with their defaults, reference and fidelity (with its note)."""
+    lines = [
+        "| name | kind | what it does | modes | arguments | reference | fidelity |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for e in entries:
+        modes = ", ".join(f"**{m}**" if i == 0 else m for i, m in enumerate(e.modes))
+        args = ", ".join(
+            f"`{a.name}`" if a.required else f"`{a.name}={yaml_value(a.default)}`" for a in e.arguments()
+        )
+        cells = [f"`{e.name}`", e.kind, e.summary, modes, args or "—", e.reference or "—", fidelity_text(e)]
+        lines.append("| " + " | ".join(markdown_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_zoo_table(path: Path, table: str) -> None:
+    """Write ``table`` between the :data:`ZOO_TABLE_BEGIN` / :data:`ZOO_TABLE_END` lines of the
+    Markdown file ``path``, leaving the rest of it as it is; a missing file or marker is a
+    :class:`StitchError`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StitchError(f"--into {path}: cannot read it ({one_line_message(exc)})") from exc
+    before, begin, rest = text.partition(ZOO_TABLE_BEGIN + "\n")
+    _, end, after = rest.partition(ZOO_TABLE_END)
+    if not begin or not end:
+        raise StitchError(
+            f"--into {path}: it has no '{ZOO_TABLE_BEGIN}' line followed by a '{ZOO_TABLE_END}' line; "
+            "add both where the table belongs"
+        )
+    write_text(path, before + begin + table + end + after)

@@ -275,6 +275,30 @@ def test_zoo_lists_every_module(capsys) -> None:
     assert {"name": "reduction", "default": 32, "type": "int", "required": False} in entries["CoordAtt"][
         "arguments"
     ]
+    assert entries["CoordAtt"]["fidelity"] == "official-output"
+    assert entries["CoordAtt"]["tested_by"] == ["tests/test_zoo.py::test_coordatt_matches_official"]
+    assert entries["Identity"]["fidelity"] == "control" and entries["Identity"]["fidelity_note"] == ""
+
+
+def test_zoo_markdown_prints_the_docs_table_and_rewrites_only_its_block(tmp_path: Path, capsys) -> None:
+    from stitch.listings import ZOO_TABLE_BEGIN, ZOO_TABLE_END
+
+    code, table, _ = run_cli(capsys, "zoo", "--markdown")
+    assert code == 0 and table.startswith("| name | kind | what it does | modes | arguments | reference |")
+    row = next(line for line in table.splitlines() if line.startswith("| `CoordAtt` |"))
+    assert "| **after**, before, residual, replace | `reduction=32` |" in row
+    assert row.endswith("| matches official code output-for-output |")
+    page = tmp_path / "zoo.md"
+    page.write_text(f"# Zoo\n\nprose\n{ZOO_TABLE_BEGIN}\nold table\n{ZOO_TABLE_END}\n\nmore prose\n")
+    code, out, _ = run_cli(capsys, "zoo", "--markdown", "--into", str(page))
+    assert code == 0 and "module table rewritten" in out
+    assert page.read_text() == f"# Zoo\n\nprose\n{ZOO_TABLE_BEGIN}\n{table}{ZOO_TABLE_END}\n\nmore prose\n"
+    page.write_text("# Zoo without markers\n")
+    code, _, err = run_cli(capsys, "zoo", "--markdown", "--into", str(page))
+    assert code == 2 and err.count("\n") == 1 and "has no '<!-- zoo-table:begin -->' line" in err
+    assert page.read_text() == "# Zoo without markers\n"
+    code, _, err = run_cli(capsys, "zoo", "--into", str(page))
+    assert code == 2 and "--into writes the Markdown table: add --markdown" in err
 
 
 @pytest.mark.parametrize(

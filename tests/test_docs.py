@@ -329,3 +329,21 @@ def test_every_guarantee_names_tests_that_exist() -> None:
         if not path.is_file() or not re.search(rf"^def {name}\(", path.read_text(encoding="utf-8"), re.M):
             missing.append(f"{file}::{name}")
     assert not missing, f"docs/guarantees.md names tests that do not exist: {missing}"
+
+
+def test_zoo_table_is_generated_from_registry() -> None:
+    """docs/zoo.md's module table is exactly what ``stitch zoo --markdown`` makes of the zoo's
+    registry (name, kind, modes, arguments, reference, fidelity), so it cannot go stale."""
+    import modules_zoo
+    from stitch.listings import ZOO_DOCS_COMMAND, ZOO_TABLE_BEGIN, ZOO_TABLE_END, zoo_markdown
+
+    text = (DOCS / "zoo.md").read_text(encoding="utf-8")
+    assert text.count(ZOO_TABLE_BEGIN) == 1 and text.count(ZOO_TABLE_END) == 1, (
+        "docs/zoo.md lacks its markers"
+    )
+    block = text.split(ZOO_TABLE_BEGIN + "\n", 1)[1].split(ZOO_TABLE_END, 1)[0]
+    zoo = [e for e in modules_zoo.entries() if e.origin == "zoo"]
+    assert block == zoo_markdown(zoo), (
+        f"docs/zoo.md's module table is not the registry's: run `{ZOO_DOCS_COMMAND}`"
+    )
+    assert [row[0].strip("`") for _, rows in tables(block) for row in rows] == [e.name for e in zoo]
