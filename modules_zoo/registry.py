@@ -64,6 +64,8 @@ class Site:
     description of the point's first call (``stitch.points.describe``). ``absorbed`` maps each
     absorbed sibling path (relative to ``parent``) to its module and ``absorbed_outputs`` to the
     shape the probe saw it return; both are empty while ``absorbs`` itself is being evaluated.
+    ``args`` are the constructor arguments the user set (the insertion's ``args:``), so a hook can
+    follow a module option (SplitAttention's ``bottleneck``).
     """
 
     path: str
@@ -74,6 +76,7 @@ class Site:
     output: Any
     absorbed: Mapping[str, nn.Module] = field(default_factory=dict)
     absorbed_outputs: Mapping[str, Any] = field(default_factory=dict)
+    args: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

@@ -22,6 +22,7 @@ from timm.layers import SelectiveKernel
 from timm.layers.helpers import make_divisible
 from torch import nn
 
+from .bottleneck_site import absorbs_bn2
 from .registry import register
 from .timm_self_attention import CONV_MODES
 
@@ -37,6 +38,7 @@ __all__ = ["sk"]
         "github.com/implus/SKNet (Caffe) (timm SelectiveKernel)"
     ),
     summary="Selective-kernel conv: 3x3 and dilated-3x3 paths (conv-BN-ReLU), softmax attention across them.",
+    absorbs=absorbs_bn2,
     fidelity="variant",
     fidelity_note=(
         "timm SelectiveKernel: split input and attention width out/16 rounded to 8 by default; SKNet-50 is "
@@ -45,6 +47,7 @@ __all__ = ["sk"]
     tested_by=(
         "tests/test_timm_layers.py::test_wraps_timm_unchanged",
         "tests/test_timm_layers.py::test_sk_sknet50_configuration_parameter_count",
+        "tests/test_split_attention.py::test_sk_at_every_resnext50_conv2_absorbs_bn2_as_sknet50",
     ),
 )
 def sk(

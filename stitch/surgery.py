@@ -102,7 +102,7 @@ def _parent_path(path: str) -> str:
     return path.rsplit(".", 1)[0] if "." in path else ""
 
 
-def _site(model: nn.Module, path: str, mode: str, rec: PointRecord) -> registry.Site:
+def _site(model: nn.Module, path: str, mode: str, rec: PointRecord, ins: Insertion) -> registry.Site:
     parent_path = _parent_path(path)
     return registry.Site(
         path=path,
@@ -111,6 +111,7 @@ def _site(model: nn.Module, path: str, mode: str, rec: PointRecord) -> registry.
         parent=model.get_submodule(parent_path) if parent_path else model,
         inputs=rec.inputs,
         output=rec.output,
+        args=dict(ins.cfg.args),
     )
 
 
@@ -129,11 +130,11 @@ def _stitch_order(targets: list, model: nn.Module, records: dict[str, PointRecor
     the module that will really be there (PANet's adaptive pooling after a new mask head)."""
     targets = sorted(targets, key=lambda t: (-t[4].count("."), t[4], t[3] != "replace", t[0]))
     absorbed: dict[int, list[str]] = {}
-    for i, (_, _, entry, mode, path) in enumerate(targets):
+    for i, (_, ins, entry, mode, path) in enumerate(targets):
         if not entry.absorbs:
             continue
         try:
-            rel = entry.absorbed_paths(_site(model, path, mode, records[path]))
+            rel = entry.absorbed_paths(_site(model, path, mode, records[path], ins))
         except Exception:  # reported properly when this target is stitched
             continue
         absorbed[i] = [_join(_parent_path(path), r) for r in rel]
@@ -256,7 +257,7 @@ def stitch(
                     f"this point {what} insertion {lost[0].insertion!r}; "
                     "replace a point nothing else is stitched inside",
                 )
-        site = _site(model, path, mode, rec)
+        site = _site(model, path, mode, rec, ins)
         absorbed_paths, absorbed_recs, site = _absorbed(ins, entry, shown, site, records, applied)
         fitted = _fit_site(ins, entry, shown, site)
         with torch.random.fork_rng(devices=[]):
