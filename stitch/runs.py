@@ -82,13 +82,18 @@ def resolved_insertion(ins: dict[str, Any]) -> dict[str, Any]:
     """An insertion as stored in a run's config: mode and module-argument defaults filled in
     (idempotent)."""
     import modules_zoo
+    from modules_zoo.added_arguments import added_defaults
     from modules_zoo.registry import PROBE_ARGS
 
     entry = modules_zoo.get(ins["module"])
+    args = with_defaults(entry.builder, ins.get("args") or {}, PROBE_ARGS)
+    for name, default in added_defaults(entry.builder).items():  # added later: at its default, not recorded
+        if name in args and args[name] == default:
+            del args[name]
     return dict(
         ins,
         mode=ins.get("mode") or entry.modes[0],
-        args=with_defaults(entry.builder, ins.get("args") or {}, PROBE_ARGS),
+        args=args,
         nest=[resolved_insertion(n) for n in ins.get("nest") or []],
     )
 

@@ -18,6 +18,7 @@ from modules_zoo.added_arguments import added_defaults
 from modules_zoo.presets import ECA_RELEASED_KERNELS
 from stitch.config import NestedInsertionCfg
 from stitch.errors import StitchingError
+from stitch.runs import resolved_insertion
 from stitch.surgery import Insertion, count_params, stitch
 
 try:  # tests/ may or may not become a package
@@ -235,3 +236,25 @@ def test_defaults_are_unchanged_and_new_arguments_are_declared() -> None:
         assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got), name
         builder = modules_zoo.get(name).builder
         assert added_defaults(builder) == dict.fromkeys(added), name
+
+
+def test_arguments_added_with_the_presets_leave_run_ids_unchanged() -> None:
+    """A preset-less insertion resolves to the arguments it had before the presets existed (so its
+    run id stays); a preset (or GC's fusion) set is recorded."""
+    before = {
+        "CBAM": {"rd_ratio": 1 / 16, "kernel_size": 7, "mlp_bias": False},
+        "ECA": {"kernel_size": None, "gamma": 2.0, "beta": 1.0},
+        "GC": {"rd_ratio": 1 / 8, "use_attn": True},
+        "GCA": {"rd_ratio": 1 / 8, "use_attn": True},
+    }
+    for name, args in before.items():
+        assert resolved_insertion({"module": name, "at": "enc1"})["args"] == args, name
+        assert resolved_insertion({"module": name, "at": "enc1", "args": {"preset": None}})["args"] == args
+    assert (
+        resolved_insertion({"module": "GC", "at": "enc1", "args": {"preset": "mmdet"}})["args"]["preset"]
+        == "mmdet"
+    )
+    assert (
+        resolved_insertion({"module": "GC", "at": "enc1", "args": {"fusion": "add"}})["args"]["fusion"]
+        == "add"
+    )
