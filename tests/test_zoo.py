@@ -124,6 +124,8 @@ def test_entry_metadata_and_signature(name: str) -> None:
     assert e.fidelity in registry.FIDELITY_LEVELS and e.fidelity, f"{name} sets no fidelity"
     if e.fidelity == "variant":
         assert e.fidelity_note.strip(), f"{name}: a variant's note says of what and how it differs"
+    if e.fidelity.startswith("official"):
+        assert e.tested_by, f"{name}: an {e.fidelity} claim names the tests that back it (tested_by)"
     for test_id in e.tested_by:
         file, test = test_id.split("::")
         path = ROOT / file
