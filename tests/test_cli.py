@@ -278,6 +278,17 @@ def test_zoo_lists_every_module(capsys) -> None:
     assert entries["CoordAtt"]["fidelity"] == "official-output"
     assert entries["CoordAtt"]["tested_by"] == ["tests/test_zoo.py::test_coordatt_matches_official"]
     assert entries["Identity"]["fidelity"] == "control" and entries["Identity"]["fidelity_note"] == ""
+    # an entry that sets none (a plugin's, a `pkg.mod:Class` reference) is shown as unknown
+    from torch import nn
+
+    from modules_zoo.registry import entry_from_class
+    from stitch.listings import fidelity_text, zoo_json
+
+    plain = entry_from_class("my_mod:Gate", nn.Identity, "my_mod")
+    assert (
+        zoo_json(plain)["fidelity"] == fidelity_text(plain) == "unknown"
+        and zoo_json(plain)["tested_by"] == []
+    )
 
 
 def test_zoo_markdown_prints_the_docs_table_and_rewrites_only_its_block(tmp_path: Path, capsys) -> None:
