@@ -162,3 +162,15 @@ def test_sk_at_every_resnext50_conv2_absorbs_bn2_as_sknet50() -> None:
     assert all(isinstance(block.bn2, nn.Identity) for layer in (net.layer1, net.layer4) for block in layer)
     assert sum(p.numel() for p in net.parameters()) == 27_479_784
     assert sum(a.delta for a in applied) == 27_479_784 - 25_028_904
+
+
+def test_run_config_records_the_new_arguments() -> None:
+    """A run trained before bn2 was absorbed (no ``bottleneck`` in its configuration) never has the
+    id of one trained after: the arguments are recorded at their defaults too."""
+    from stitch.runs import resolved_insertion
+
+    resolved = resolved_insertion(
+        {"module": "SplitAttention", "at": "c5.*.conv2", "mode": "replace", "args": {}}
+    )
+    new = {"bottleneck": "auto", "avd": False, "avd_first": False, "init": "default"}
+    assert {k: resolved["args"][k] for k in new} == new
