@@ -116,6 +116,27 @@ def test_bottleneck_true_elsewhere_is_a_one_line_error() -> None:
         _stitch_conv2(_block(), {"bottleneck": "sometimes"})
 
 
+def test_a_module_stitched_at_bn2_conflicts_in_one_line_unless_bn2_is_kept() -> None:
+    x = torch.randn(2, IN, 16, 12)
+
+    def both(sa_args: dict) -> list[Applied]:
+        insertions = [
+            Insertion("CA", NestedInsertionCfg(module="CoordAtt", at="bn2")),
+            Insertion(
+                "SA", NestedInsertionCfg(module="SplitAttention", at="conv2", mode="replace", args=sa_args)
+            ),
+        ]
+        return stitch(_block(), {}, lambda m: m(x), insertions)
+
+    with pytest.raises(StitchingError) as info:
+        both({})
+    assert str(info.value) == (
+        "insertion 'SA' at 'conv2': SplitAttention takes over 'bn2', where insertion 'CA' is stitched; "
+        "drop one of them"
+    )
+    assert [a.absorbed for a in both({"bottleneck": False})] == [[], []]
+
+
 def test_resnest_init_statistics() -> None:
     channels, radix = 256, 2
     torch.manual_seed(0)
