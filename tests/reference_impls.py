@@ -17,6 +17,8 @@ as a bag of tensors (weights, BN statistics) and recomputes the official forward
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -241,8 +243,10 @@ class PanetOfficialFPN(nn.Module):
 
 
 class PanetOfficialBoxHead(nn.Module):
-    """``fast_rcnn_heads.roi_Xconv1fc_gn_head_panet`` (NUM_STACKED_CONVS=4, CONV_HEAD_DIM=256,
-    MLP_HEAD_DIM=1024, ROI_XFORM_RESOLUTION=7, 4 RoI levels)."""
+    """``fast_rcnn_heads.roi_Xconv1fc_gn_head_panet`` (ShuLiu1993/PANet HEAD f055f71,
+    lib/modeling/fast_rcnn_heads.py; NUM_STACKED_CONVS=4, CONV_HEAD_DIM=256, MLP_HEAD_DIM=1024,
+    ROI_XFORM_RESOLUTION=7, 4 RoI levels). ``convs`` groups the official flat conv/GN/ReLU list
+    per conv (same parameters in the same order)."""
 
     def __init__(
         self,
@@ -268,26 +272,67 @@ class PanetOfficialBoxHead(nn.Module):
             _panet_head_conv(dim_in, hidden_dim, use_gn) for _ in range(num_levels)
         )
 
+    def forward(self, x: list[Tensor]) -> Tensor:
+        """``x``: the RoI features pooled on every level; official forward (HEAD f055f71)."""
+        x = list(x)
+        for i in range(len(x)):
+            x[i] = self.conv1_head[i](x[i])
+        for i in range(1, len(x)):
+            x[0] = torch.max(x[0], x[i])
+        x0 = self.convs(x[0])
+        return F.relu(self.fc(x0.view(x0.size(0), -1)), inplace=True)
+
 
 class PanetOfficial2MLPHead(nn.Module):
-    """``fast_rcnn_heads.roi_2mlp_head_gn_panet``: per-level fc1 = Linear + ReLU (GN commented out),
-    fc2 = Linear + GN + ReLU."""
+    """``fast_rcnn_heads.roi_2mlp_head_gn_panet`` as of ShuLiu1993/PANet commit dac8628 (unchanged at
+    HEAD f055f71; lib/modeling/fast_rcnn_heads.py), the head of the released ``_det_2fc`` model:
+    per-level ``fc1[i]`` = Linear -> GroupNorm(32) -> ReLU, element-wise max, ``fc2`` = Linear ->
+    GroupNorm(32) -> ReLU; ``_init_weights``: every Linear XavierFill (lib/nn/init.py), bias 0.
+    The first commit 5154dd5 had the fc1 GroupNorm commented out. ``use_gn=False`` drops both
+    GroupNorms (no official analogue: only for the no-GN parameter count)."""
 
     def __init__(
-        self, dim_in: int = 256, hidden_dim: int = 1024, roi_size: int = 7, num_levels: int = 4
+        self,
+        dim_in: int = 256,
+        hidden_dim: int = 1024,
+        roi_size: int = 7,
+        num_levels: int = 4,
+        use_gn: bool = True,
     ) -> None:
         super().__init__()
-        self.fc1 = nn.ModuleList(
-            nn.Sequential(nn.Linear(dim_in * roi_size**2, hidden_dim), nn.ReLU(inplace=True))
-            for _ in range(num_levels)
-        )
-        self.fc2 = nn.Sequential(
-            nn.Linear(hidden_dim, hidden_dim), _panet_gn(hidden_dim), nn.ReLU(inplace=True)
-        )
+
+        def fc(fin: int) -> nn.Sequential:
+            gn = [_panet_gn(hidden_dim)] if use_gn else []
+            return nn.Sequential(nn.Linear(fin, hidden_dim), *gn, nn.ReLU(inplace=True))
+
+        self.fc1 = nn.ModuleList(fc(dim_in * roi_size**2) for _ in range(num_levels))
+        self.fc2 = fc(hidden_dim)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        def _init(m: nn.Module) -> None:
+            if isinstance(m, nn.Linear):  # mynn.init.XavierFill: U(-s, s), s = sqrt(3 / fan_in)
+                fan_in = m.weight.numel() / m.weight.shape[0]
+                scale = math.sqrt(3 / fan_in)
+                nn.init.uniform_(m.weight, -scale, scale)
+                nn.init.constant_(m.bias, 0)
+
+        self.apply(_init)
+
+    def forward(self, x: list[Tensor]) -> Tensor:
+        """``x``: the RoI features pooled on every level (``roi_xform(..., panet=True)``)."""
+        x = list(x)
+        batch_size = x[0].size(0)
+        for i in range(len(x)):
+            x[i] = self.fc1[i](x[i].view(batch_size, -1))
+        for i in range(1, len(x)):
+            x[0] = torch.max(x[0], x[i])
+        return self.fc2(x[0])
 
 
 class PanetOfficialMaskHeadFF(nn.Module):
-    """``mask_rcnn_heads.mask_rcnn_fcn_head_v1upXconvs_gn_adp_ff`` (num_convs=4, DIM_REDUCED=256,
+    """``mask_rcnn_heads.mask_rcnn_fcn_head_v1upXconvs_gn_adp_ff`` (ShuLiu1993/PANet HEAD f055f71,
+    lib/modeling/mask_rcnn_heads.py; num_convs=4, DIM_REDUCED=256,
     ROI_XFORM_RESOLUTION=14, RESOLUTION=28) plus ``mask_rcnn_outputs.classify`` (1x1 conv to the
     classes; CLS_SPECIFIC_MASK, UPSAMPLE_RATIO=1: no extra upsample layer)."""
 
@@ -324,6 +369,23 @@ class PanetOfficialMaskHeadFF(nn.Module):
         )
         self.upconv = nn.ConvTranspose2d(dim_inner, dim_inner, 2, 2, 0)
         self.classify = nn.Conv2d(dim_inner, num_classes, 1, 1, 0)  # mask_rcnn_outputs
+        self.num_classes, self.resolution = num_classes, resolution
+
+    def forward(self, x: list[Tensor]) -> Tensor:
+        """``x``: the RoI features pooled on every level; the official head forward (HEAD f055f71)
+        and ``mask_rcnn_outputs.forward`` in training mode (logits, no sigmoid; UPSAMPLE_RATIO 1)."""
+        x = list(x)
+        for i in range(len(x)):
+            x[i] = self.mask_conv1[i](x[i])
+        for i in range(1, len(x)):
+            x[0] = torch.max(x[0], x[i])
+        x0 = self.conv_fcn(x[0])
+        batch_size = x0.size(0)
+        x_fcn = F.relu(self.upconv(self.mask_conv4(x0)), inplace=True)
+        x_ff = self.mask_fc(self.mask_conv5_fc(self.mask_conv4_fc(x0)).view(batch_size, -1))
+        out = self.classify(x_fcn)
+        ff = x_ff.view(-1, 1, self.resolution, self.resolution).repeat(1, self.num_classes, 1, 1)
+        return out + ff
 
 
 def panet_param_count(module: nn.Module, *names: str) -> int:

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 import modules_zoo
 from modules_zoo.panet import PAFPN, AdaptiveFeaturePooling, BottomUpPath, FullyConnectedFusion
+from modules_zoo.panet.pooling import HeadTower, shared_convs
 from stitch.baselines.maskrcnn import MASKRCNN, build_maskrcnn, maskrcnn_aliases
 from stitch.build import stitch_variant
 from stitch.config import NestedInsertionCfg, load_experiment
@@ -200,6 +204,107 @@ def test_frozen_bn_backbone_and_v2_style_conv_heads_take_afp_and_ff() -> None:
         assert "masks" in model(data["images"])[0]
 
 
+def _v2_style_heads(model: nn.Module) -> nn.Module:
+    rh = model.roi_heads
+    rh.box_head = FastRCNNConvFCHead((256, 7, 7), [256, 256, 256, 256], [1024], norm_layer=nn.BatchNorm2d)
+    rh.box_predictor = FastRCNNPredictor(1024, 3)
+    rh.mask_head = MaskRCNNHeads(256, [256, 256, 256, 256], 1, norm_layer=nn.BatchNorm2d)
+    return model
+
+
+def test_afp_takes_the_conv_tower_and_keeps_its_blocks_under_norm_auto() -> None:
+    """Official roi_Xconv1fc_gn_head_panet / mask head: conv1 per level, then the shared convs. AFP
+    absorbs the whole conv tower of torchvision's conv heads; with norm 'auto' the shared convs are
+    the head's own blocks (weights and BatchNorm kept: the model computes what it did before)."""
+    model = lighten(
+        _v2_style_heads(build_maskrcnn(backbone="resnet18", num_classes=3, min_size=SIZE, max_size=SIZE))
+    )
+    before = count_params(model)
+    rh = model.roi_heads
+    original = {"box": copy.deepcopy(rh.box_head), "mask": copy.deepcopy(rh.mask_head)}
+    data = batch()
+    ins = [
+        Insertion("AFP", NestedInsertionCfg(module="AdaptiveFeaturePooling", at=at))
+        for at in ("box_roi_pool", "mask_roi_pool")
+    ]
+    applied = stitch(model, maskrcnn_aliases(model), lambda m: MASKRCNN.run(m, data), ins)
+    assert [a.absorbed for a in applied] == [
+        [f"roi_heads.{b}_head.{i}" for i in range(4)] for b in ("box", "mask")
+    ]
+    for branch in ("box", "mask"):
+        head, afp = getattr(rh, f"{branch}_head"), getattr(rh, f"{branch}_roi_pool")
+        assert all(isinstance(head[i], nn.Identity) for i in range(4))
+        want = nn.Sequential(*list(original[branch])[1:4]).state_dict()
+        got = afp.shared.state_dict()
+        assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
+        assert isinstance(afp.levels[0][1], nn.BatchNorm2d)
+    assert count_params(model) - before == sum(a.delta for a in applied)
+
+
+@pytest.mark.parametrize("norm", ["gn", "none"])
+def test_afp_rebuilds_the_shared_convs_for_another_norm(norm: str) -> None:
+    """A conv tower with BatchNorm under norm 'gn' ('none'): new Conv(bias=False) -> GroupNorm(32) ->
+    ReLU (Conv(bias) -> ReLU) blocks of the same shapes, MSRAFill, bias 0 (official head convs)."""
+    tower = HeadTower(tuple(MaskRCNNHeads(64, [64, 64, 64], 2, norm_layer=nn.BatchNorm2d)))
+    new = shared_convs(tower, norm)
+    assert len(new) == 3 and shared_convs(None, norm) == []
+    for block, old in zip(new, tower.blocks):
+        conv = block[0]
+        assert (conv.in_channels, conv.out_channels, conv.dilation) == (64, 64, (2, 2)) and block[-1].inplace
+        assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (64 * 9)), rel=0.1)
+        assert not torch.equal(conv.weight, old[0].weight)
+        if norm == "gn":
+            assert conv.bias is None and isinstance(block[1], nn.GroupNorm) and block[1].num_groups == 32
+        else:
+            assert len(block) == 2 and torch.equal(conv.bias, torch.zeros(64))
+    kept = shared_convs(tower, "bn")  # the same norm: copies of the blocks themselves
+    assert all(torch.equal(a[0].weight, b[0].weight) and a is not b for a, b in zip(kept, tower.blocks))
+    assert repr(tower) == "HeadTower(3 conv blocks, norm bn)"
+
+
+NORMS = (nn.GroupNorm, nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d)
+
+
+def test_norm_gn_gives_the_official_gn_configuration_end_to_end(write_experiment) -> None:
+    """ResNet-50-FPN v2 (BatchNorm FPN and heads, 4conv1fc box head) with `norm: gn` on every PANet
+    piece: every norm layer in the neck and the box and mask branches is GroupNorm(32), as in the
+    official PANet GN configs (built and probed only)."""
+    exp = load_experiment(
+        write_experiment(f"""
+        name: panet_gn
+        task: instance
+        baseline:
+          model: maskrcnn
+          args: {{backbone: resnet50, version: 2, min_size: {SIZE}, max_size: {SIZE}, num_classes: 3}}
+        probe: {{image_size: [{SIZE}, {SIZE}]}}
+        insertions:
+          - {{name: BPA, module: PAFPN, at: fpn, args: {{norm: gn}}}}
+          - {{name: AFP, module: AdaptiveFeaturePooling, at: [box_roi_pool, mask_roi_pool], args: {{norm: gn}}}}
+          - {{name: FF, module: FullyConnectedFusion, at: mask_head, args: {{norm: gn}}}}
+    """)
+    )
+    model = stitch_variant(exp).model
+    rh = model.roi_heads
+    parts = [model.backbone.fpn, rh.box_roi_pool, rh.box_head, rh.mask_roi_pool, rh.mask_head]
+    norms = [m for part in parts for m in part.modules() if isinstance(m, NORMS)]
+    assert len(norms) == 8 + 6 + 7 + 4 + 5  # FPN, bottom-up, box conv1 x4 + 3 shared, mask conv1 x4, FF
+    assert all(isinstance(m, nn.GroupNorm) and m.num_groups == 32 for m in norms)
+    assert len(rh.box_roi_pool.shared) == 3  # the official 3 shared convs after conv1
+    assert not any(isinstance(m, NORMS) for m in rh.box_head.modules())  # only Flatten, fc, ReLU left
+
+
+def test_stitch_validate_passes_on_the_panet_example_with_norm_gn_everywhere(capsys) -> None:
+    """The README's advice: `args: {norm: gn}` on every PANet piece of experiments/maskrcnn_panet.yaml
+    (the all-three variant, `ablation=none`, is the one where every piece is stitched)."""
+    from stitch.cli import main
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "maskrcnn_panet.yaml"
+    gn = [f"insertions.{i}.args.norm=gn" for i in range(3)]
+    assert main(["validate", str(path), *gn, "ablation=none"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "ok: 2 variants built" in out and "absorbs roi_heads.box_head.fc6, roi_heads.box_head.fc7" in out
+
+
 # ------------------------------------------------------------------------------------------------
 # fidelity: parameter counts at ResNet-50 widths vs the official layer definitions
 # ------------------------------------------------------------------------------------------------
@@ -241,25 +346,82 @@ def test_box_afp_parameter_counts_match_official(norm: str) -> None:
         (256, 7, 7), [256] * 4, [1024], norm_layer=(lambda c: nn.GroupNorm(32, c)) if gn else None
     )
     assert count_params(afp) + count_params(head) - count_params(head[0]) == ref.panet_param_count(official)
-    # 2fc variant (roi_2mlp_head_gn_panet): per-level fc1 = Linear -> ReLU
-    afp_fc = modules_zoo.get("AdaptiveFeaturePooling").build(
-        {
-            "in_channels": 256,
-            "width": 1024,
-            "first_layer": "fc",
-            "featmap_names": list("0123"),
-            "output_size": 7,
-            "sampling_ratio": 2,
-            "site_norm": "none",
-            "dilation": 1,
-        },
-        {},
-    )
-    assert (
-        count_params(afp_fc)
-        == ref.panet_param_count(ref.PanetOfficial2MLPHead(), "fc1")
-        == 4 * (256 * 49 * 1024 + 1024)
-    )
+
+
+FC_SITE = {
+    "in_channels": 256,
+    "width": 1024,
+    "first_layer": "fc",
+    "featmap_names": list("0123"),
+    "output_size": 7,
+    "sampling_ratio": 2,
+    "site_norm": "none",
+    "dilation": 1,
+}
+
+
+@pytest.mark.parametrize("norm", ["gn", "none"])
+def test_2fc_afp_parameter_count_and_init_match_official(norm: str) -> None:
+    """roi_2mlp_head_gn_panet (commit dac8628, the released _det_2fc model): per-level fc1 =
+    Linear -> GN -> ReLU, fc2 = Linear -> GN -> ReLU; AFP holds both (absorbing fc6 and fc7)."""
+    with torch.device("meta"):  # counts only (initialised weights: below)
+        stitched = TwoMLPHead(256 * 49, 1024)  # AFP + TwoMLPHead with fc6 and fc7 absorbed
+        transcription = ref.PanetOfficial2MLPHead(use_gn=norm == "gn")
+        afp = modules_zoo.get("AdaptiveFeaturePooling").build(FC_SITE, {"norm": norm})
+    official = {"gn": 52_444_160, "none": 52_433_920}[norm]
+    assert count_params(afp) == ref.panet_param_count(transcription) == official
+    absorbed = count_params(stitched.fc6) + count_params(stitched.fc7)
+    assert count_params(afp) + count_params(stitched) - absorbed == official
+    if norm == "none":
+        return
+    # official _init_weights: every Linear XavierFill U(+-sqrt(3 / fan_in)), bias 0; GN 1, 0
+    afp = modules_zoo.get("AdaptiveFeaturePooling").build(FC_SITE, {"norm": norm})
+    for linear, fan_in in [(afp.levels[0][1], 256 * 49), (afp.levels[3][1], 256 * 49), (afp.shared[0], 1024)]:
+        bound = math.sqrt(3 / fan_in)
+        assert linear.weight.abs().max() <= bound and linear.weight.abs().max() > 0.99 * bound
+        assert linear.weight.std().item() == pytest.approx(1 / math.sqrt(fan_in), rel=0.02)
+        assert torch.equal(linear.bias, torch.zeros_like(linear.bias))
+    for gn in (afp.levels[0][2], afp.shared[1]):
+        assert isinstance(gn, nn.GroupNorm) and (gn.num_groups, gn.num_channels, gn.eps) == (32, 1024, 1e-5)
+        assert torch.equal(gn.weight, torch.ones(1024)) and torch.equal(gn.bias, torch.zeros(1024))
+
+
+def test_afp_rejects_batchnorm_for_an_fc_head() -> None:
+    with pytest.raises(ValueError, match=re.escape("norm='bn': an fc first layer takes norm 'none' or 'gn'")):
+        modules_zoo.get("AdaptiveFeaturePooling").build(
+            dict(FC_SITE, width=64, in_channels=8), {"norm": "bn"}
+        )
+
+
+def test_bottom_up_convs_and_afp_convs_use_the_official_fills() -> None:
+    """Official FPN._init_weights: bottom-up convs XavierFill, bias 0; head convs MSRAFill."""
+    bup = BottomUpPath(256, norm="gn")
+    for conv in [m for m in bup.modules() if isinstance(m, nn.Conv2d)]:
+        bound = math.sqrt(3 / (256 * 9))
+        assert conv.weight.abs().max() <= bound
+        assert conv.weight.std().item() == pytest.approx(1 / math.sqrt(256 * 9), rel=0.02)
+        assert torch.equal(conv.bias, torch.zeros(256))
+    afp = AdaptiveFeaturePooling(256, 256, "conv", norm="gn")
+    assert afp.levels[0][0].weight.std().item() == pytest.approx(math.sqrt(2 / (256 * 9)), rel=0.02)
+
+
+def test_2fc_afp_output_equals_the_official_head() -> None:
+    """Official roi_2mlp_head_gn_panet forward (HEAD) with copied weights == AFP, and == AFP followed
+    by the stitched TwoMLPHead (fc6, fc7 now nn.Identity)."""
+    official = perturb(ref.PanetOfficial2MLPHead(16, 64, 7, 4), 0.1).double().eval()  # random GN affine
+    afp = AdaptiveFeaturePooling(16, 64, "fc", output_size=7, norm="gn").double().eval()
+    copy_params(afp, official)
+    feats, boxes, shapes = _afp_inputs()
+    feats = {k: v.double() for k, v in feats.items()}
+    boxes = [b.double() for b in boxes]
+    head = TwoMLPHead(16 * 49, 64).double()
+    head.fc6, head.fc7 = nn.Identity(), nn.Identity()
+    with torch.no_grad():
+        want = official(afp.pool(feats, boxes, shapes))
+        got = afp(feats, boxes, shapes)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+        torch.testing.assert_close(head(got), want, rtol=0, atol=1e-12)
+    assert got.shape == (12, 64) and got.abs().sum() > 0
 
 
 @pytest.mark.parametrize("norm", ["gn", "none"])
@@ -342,6 +504,52 @@ def test_pafpn_and_bottom_up_outputs_equal_the_official_forward(norm: str, relu:
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+def _double_inputs(channels: int):
+    feats, boxes, shapes = _afp_inputs(channels=channels)
+    return {k: v.double() for k, v in feats.items()}, [b.double() for b in boxes], shapes
+
+
+def test_conv_box_afp_output_equals_the_official_4conv1fc_head() -> None:
+    """roi_Xconv1fc_gn_head_panet (HEAD) with copied weights == AFP (conv1 per level + the 3 shared
+    convs it took from torchvision's FastRCNNConvFCHead) followed by what is left of that head."""
+    official = perturb(ref.PanetOfficialBoxHead(64, 64, 32, 7), 0.1).double().eval()
+    head = FastRCNNConvFCHead((64, 7, 7), [64] * 4, [32], norm_layer=lambda c: nn.GroupNorm(32, c)).double()
+    afp = AdaptiveFeaturePooling(64, 64, "conv", norm="gn", shared=list(head)[1:4]).double().eval()
+    for i in range(4):
+        head[i] = nn.Identity()
+    for i in range(4):
+        copy_params(afp.levels[i], official.conv1_head[i])
+    copy_params(afp.shared, official.convs)
+    copy_params(head[5], official.fc)
+    feats, boxes, shapes = _double_inputs(64)
+    with torch.no_grad():
+        want = official(afp.pool(feats, boxes, shapes))
+        got = head.eval()(afp(feats, boxes, shapes))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert got.shape == (12, 32) and got.abs().sum() > 0
+
+
+def test_mask_afp_and_ff_output_equal_the_official_ff_head() -> None:
+    """mask_rcnn_fcn_head_v1upXconvs_gn_adp_ff + mask_rcnn_outputs (HEAD) with copied weights ==
+    AFP at mask_roi_pool (conv1 per level) followed by FullyConnectedFusion (its conv1 absorbed)."""
+    official = perturb(ref.PanetOfficialMaskHeadFF(5, 64, 64, 6, 12), 0.1).double().eval()
+    afp = AdaptiveFeaturePooling(64, 64, "conv", output_size=6, norm="gn").double().eval()
+    ff = FullyConnectedFusion(64, 5, roi_size=6, dim=64, norm="gn").double().eval()
+    setattr(ff, "0", nn.Identity())
+    for i in range(4):
+        copy_params(afp.levels[i], official.mask_conv1[i])
+    pairs = [("1", "conv_fcn.0"), ("2", "conv_fcn.1"), ("3", "mask_conv4"), ("conv4_fc", "mask_conv4_fc")]
+    pairs += [("conv5_fc", "mask_conv5_fc"), ("fc", "mask_fc.0"), ("conv5_mask", "upconv")]
+    for ours, theirs in [*pairs, ("mask_fcn_logits", "classify")]:
+        copy_params(ff.get_submodule(ours), official.get_submodule(theirs))
+    feats, boxes, shapes = _double_inputs(64)
+    with torch.no_grad():
+        want = official(afp.pool(feats, boxes, shapes))
+        got = ff(afp(feats, boxes, shapes))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert got.shape == (12, 5, 12, 12) and got.abs().sum() > 0
+
+
 # ------------------------------------------------------------------------------------------------
 # behaviour
 # ------------------------------------------------------------------------------------------------
@@ -369,10 +577,10 @@ def test_necks_keep_key_order_and_shapes_and_pool_from_n5() -> None:
     assert not torch.allclose(n["pool"], fpn_out["pool"])
 
 
-def _afp_inputs(n_rois: int = 6):
+def _afp_inputs(n_rois: int = 6, channels: int = 16):
     feats = {
-        **levels((16,) * 4, size=32, batch=2),
-        "pool": torch.randn(2, 16, 1, 1),
+        **levels((channels,) * 4, size=32, batch=2),
+        "pool": torch.randn(2, channels, 1, 1),
     }  # image 128x128: strides 4..32
     g = torch.Generator().manual_seed(3)
     boxes = []
@@ -391,7 +599,9 @@ def test_afp_pools_every_roi_from_every_level_and_fuses_by_elementwise_max(first
     with torch.no_grad():
         out = afp(feats, boxes, shapes)
         per_level = [layer(x) for layer, x in zip(afp.levels, afp.pool(feats, boxes, shapes))]
-        assert torch.equal(out, torch.stack(per_level).amax(0))  # element-wise max over levels
+        fused = torch.stack(per_level).amax(0)  # element-wise max over levels, then the shared layers
+        assert torch.equal(out, afp.shared(fused))
+        assert [type(m) for m in afp.shared] == ([nn.Linear, nn.ReLU] if first_layer == "fc" else [])
         winners = torch.stack(per_level).argmax(0)
         for k in feats:
             if k == "pool":
@@ -427,6 +637,8 @@ def test_afp_and_ff_accept_zero_rois() -> None:
     for norm in ("gn", "none"):
         afp = AdaptiveFeaturePooling(16, 32, "conv", output_size=14, norm=norm).eval()
         assert afp(feats, empty, shapes).shape == (0, 32, 14, 14)
+    afp_fc = AdaptiveFeaturePooling(16, 64, "fc", output_size=7, norm="gn").eval()
+    assert afp_fc(feats, empty, shapes).shape == (0, 64)
     ff = FullyConnectedFusion(32, 5, roi_size=14, dim=64, norm="gn").eval()
     assert ff(torch.zeros(0, 32, 14, 14)).shape == (0, 5, 28, 28)
 
@@ -459,8 +671,9 @@ def test_absorbed_layers_become_identity_and_their_params_count_as_removed(write
     rh, base_rh = built.model.roi_heads, base.roi_heads
     assert isinstance(rh.box_head.fc6, nn.Identity) and isinstance(rh.mask_predictor, nn.Identity)
     assert isinstance(getattr(rh.mask_head, "0"), nn.Identity)
-    assert by["AFP"].absorbed == ["roi_heads.box_head.fc6"]
-    assert by["AFP"].absorbed_params == count_params(base_rh.box_head.fc6)
+    assert isinstance(rh.box_head.fc7, nn.Identity)
+    assert by["AFP"].absorbed == ["roi_heads.box_head.fc6", "roi_heads.box_head.fc7"]  # official fc1 + fc2
+    assert by["AFP"].absorbed_params == count_params(base_rh.box_head)
     assert by["FF"].absorbed == ["roi_heads.mask_predictor"]
     assert by["FF"].absorbed_params == count_params(base_rh.mask_predictor)
     assert by["FF"].removed_params == count_params(base_rh.mask_head)
@@ -473,7 +686,7 @@ def test_absorbed_layers_become_identity_and_their_params_count_as_removed(write
     assert (
         built.delta == count_params(built.model) - count_params(base) == sum(a.delta for a in built.applied)
     )
-    assert "absorbs roi_heads.box_head.fc6" in by["AFP"].describe_absorbed()
+    assert "absorbs roi_heads.box_head.fc6, roi_heads.box_head.fc7" in by["AFP"].describe_absorbed()
     assert f"{by['AFP'].absorbed_params:,} params removed" in by["AFP"].describe_absorbed()
     assert by["PA"].describe_absorbed() == ""
 

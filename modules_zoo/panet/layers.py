@@ -1,5 +1,5 @@
 """Layers and constants the PANet modules share: Detectron's GroupNorm settings, the
-``conv -> [norm] -> [ReLU]`` block, torchvision's head-conv initialisation and the norm of a site."""
+``conv -> [norm] -> [ReLU]`` block, the official fill rules (MSRAFill, XavierFill) and the norm of a site."""
 
 from __future__ import annotations
 
@@ -74,10 +74,21 @@ def conv_norm_act(
 
 
 def kaiming_convs(module: nn.Module) -> None:
-    """torchvision's RoI-head conv init (= Detectron's MSRAFill): kaiming normal, fan_out; bias 0."""
+    """Detectron's MSRAFill (= torchvision's RoI-head conv init): kaiming normal, fan_out; bias 0."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def xavier_fill(module: nn.Module) -> None:
+    """Detectron's XavierFill with zero bias for every ``Linear`` and ``Conv2d`` in ``module``
+    (official PANet bottom-up convs and box-head fc layers): ``U(-s, s)``, ``s = sqrt(3 / fan_in)``,
+    which is ``kaiming_uniform_(a=1)`` (also torchvision's FPN init)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.kaiming_uniform_(m.weight, a=1)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 

@@ -141,8 +141,12 @@ def _ff_fit(site: Site) -> dict[str, Any]:
     absorbs=("mask_predictor",),
     fit=_ff_fit,
     fit_args=("num_classes", "roi_size", "dim", "num_convs", "dilation", "deconv_dim", "site_norm"),
-    fidelity="official-params",
-    tested_by=("tests/test_panet.py::test_mask_afp_and_ff_parameter_counts_match_official",),
+    fidelity="official-output",
+    fidelity_note="`norm: gn` is the official GN head (mask_rcnn_fcn_head_v1upXconvs_gn_adp_ff)",
+    tested_by=(
+        "tests/test_panet.py::test_mask_afp_and_ff_output_equal_the_official_ff_head",
+        "tests/test_panet.py::test_mask_afp_and_ff_parameter_counts_match_official",
+    ),
 )
 def fully_connected_fusion(
     in_channels: int,

@@ -12,7 +12,17 @@ from torch import Tensor, nn
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
 from ..registry import Site, SiteError, register
-from .layers import POOL_KEY, REFERENCE, Norm, conv_norm_act, conv_out, norm_factory, norm_of, resolve_norm
+from .layers import (
+    POOL_KEY,
+    REFERENCE,
+    Norm,
+    conv_norm_act,
+    conv_out,
+    norm_factory,
+    norm_of,
+    resolve_norm,
+    xavier_fill,
+)
 
 
 class BottomUpPath(nn.Module):
@@ -30,6 +40,9 @@ class BottomUpPath(nn.Module):
         num_levels: number of pyramid levels (4 for P2..P5).
         norm: ``none``, ``gn`` (GroupNorm, 32 groups, official) or ``bn``.
         relu: ReLU after each conv (paper; official GN code). The official no-GN code has none.
+
+    Initialisation as the official ``fpn._init_weights``: every conv XavierFill (``U(+-sqrt(3 /
+    fan_in))``, = ``kaiming_uniform_(a=1)``, what torchvision's FPN uses too), bias 0.
     """
 
     def __init__(self, channels: int, num_levels: int = 4, norm: str = "gn", relu: bool = True) -> None:
@@ -47,6 +60,7 @@ class BottomUpPath(nn.Module):
             conv_norm_act(channels, channels, norm, stride=1, relu=relu, bias=bias)
             for _ in range(num_levels - 1)
         )
+        xavier_fill(self)  # official FPN._init_weights: XavierFill, bias 0 (norm layers keep 1, 0)
 
     def aggregate(self, levels: Sequence[Tensor]) -> list[Tensor]:
         """``[P2, .., P5] -> [N2, .., N5]``."""
@@ -173,6 +187,7 @@ def _bottom_up_fit(site: Site) -> dict[str, Any]:
     tested_by=(
         "tests/test_panet.py::test_pafpn_and_bottom_up_outputs_equal_the_official_forward",
         "tests/test_panet.py::test_neck_parameter_counts_match_official",
+        "tests/test_panet.py::test_bottom_up_convs_and_afp_convs_use_the_official_fills",
     ),
 )
 def pafpn(
@@ -208,6 +223,7 @@ def pafpn(
     tested_by=(
         "tests/test_panet.py::test_pafpn_and_bottom_up_outputs_equal_the_official_forward",
         "tests/test_panet.py::test_neck_parameter_counts_match_official",
+        "tests/test_panet.py::test_bottom_up_convs_and_afp_convs_use_the_official_fills",
     ),
 )
 def bottom_up_path(

@@ -1,10 +1,13 @@
 """PANet's adaptive feature pooling (:class:`AdaptiveFeaturePooling`, ``replace`` at
-``box_roi_pool`` or ``mask_roi_pool``; absorbs the head's first layer); see :mod:`modules_zoo.panet`."""
+``box_roi_pool`` or ``mask_roi_pool``; absorbs the head up to its shared layers); see
+:mod:`modules_zoo.panet`."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import reduce
 from typing import Any, cast
 
@@ -16,8 +19,28 @@ from torchvision.ops import roi_align
 from torchvision.ops.poolers import MultiScaleRoIAlign
 
 from ..registry import Site, SiteError, register
-from .layers import REFERENCE, Norm, conv_norm_act, kaiming_convs, norm_of, resolve_norm
+from .layers import (
+    GN_EPS,
+    GN_GROUPS,
+    REFERENCE,
+    Norm,
+    conv_norm_act,
+    kaiming_convs,
+    norm_of,
+    resolve_norm,
+    xavier_fill,
+)
 from .mask_head import FullyConnectedFusion
+
+
+def fc_norm_act(fin: int, fout: int, norm: str) -> nn.Sequential:
+    """``Linear -> [GroupNorm(32)] -> ReLU`` (official ``roi_2mlp_head_gn_panet`` fc1 / fc2 layout)."""
+    if norm not in ("none", "gn"):
+        raise ValueError(f"norm must be 'none' or 'gn' for an fc layer, not {norm!r}")
+    layers: list[nn.Module] = [nn.Linear(fin, fout)]
+    if norm == "gn":
+        layers.append(nn.GroupNorm(GN_GROUPS, fout, eps=GN_EPS))
+    return nn.Sequential(*layers, nn.ReLU(inplace=True))
 
 
 def _rois(boxes: Sequence[Tensor], like: Tensor) -> Tensor:
@@ -49,25 +72,33 @@ def infer_scale(feature: Tensor, image_shapes: Sequence[Sequence[int]]) -> float
 
 class AdaptiveFeaturePooling(nn.Module):
     """PANet's adaptive feature pooling: every RoI is RoIAligned on **all** levels, each level's
-    features go through that level's own copy of the head's first layer, and the results are
-    fused by element-wise max (official ``roi_Xconv1fc_gn_head_panet.conv1_head`` /
-    ``roi_2mlp_head_gn_panet.fc1`` / ``mask_rcnn_fcn_head_v1upXconvs_gn_adp*.mask_conv1``).
+    features go through that level's own copy of the head's first layer, the results are fused by
+    element-wise max, and the fused features go through the layers the levels share (official
+    ``roi_Xconv1fc_gn_head_panet`` ``conv1_head`` + ``convs``, ``roi_2mlp_head_gn_panet`` ``fc1`` +
+    ``fc2``, ``mask_rcnn_fcn_head_v1upXconvs_gn_adp*`` ``mask_conv1`` + ``conv_fcn``).
 
     Called like torchvision's ``MultiScaleRoIAlign``: ``(features, proposals, image_shapes)``;
-    returns what the head's first layer returned (``[K, width]`` for an fc first layer,
-    ``[K, width, S, S]`` for a conv one), so that layer must become ``nn.Identity`` (the harness
-    does that: the entry *absorbs* it). ``K = 0`` RoIs give an empty output.
+    returns what the last absorbed head layer returned (``[K, width]`` for an fc first layer,
+    ``[K, width, S, S]`` for a conv one), so the absorbed layers must become ``nn.Identity`` (the
+    harness does that). ``K = 0`` RoIs give an empty output.
 
     Args:
         in_channels: channels of the feature levels.
         width: output width of the first layer (fc: ``representation_size``, conv: channels).
-        first_layer: ``fc`` (``Linear -> ReLU`` on the flattened RoI) or ``conv`` (3x3
-            ``conv -> [norm] -> ReLU``).
+        first_layer: ``fc`` (``Linear -> [GroupNorm] -> ReLU`` on the flattened RoI, official since
+            commit dac8628) or ``conv`` (3x3 ``conv -> [norm] -> ReLU``).
         featmap_names: the levels to pool from, finest first (``'0'..'3'``; not ``'pool'``).
         output_size: RoIAlign output (7 box, 14 mask).
         sampling_ratio: RoIAlign sampling ratio (2).
-        norm: for a conv first layer: ``none``, ``gn`` (official) or ``bn``.
+        norm: ``none``, ``gn`` (official) or ``bn`` (conv only: the official fc head has
+            GroupNorm, and BatchNorm1d over a handful of RoIs has no counterpart anywhere).
         dilation: of a conv first layer.
+        shared: the layers after the max, used as given (the builder passes the absorbed conv
+            head's remaining blocks, reused or rebuilt). ``None``: for ``fc`` the official fc2,
+            ``Linear(width, width) -> [GroupNorm] -> ReLU``; for ``conv`` nothing.
+
+    Initialisation as the official heads' ``_init_weights``: convs MSRAFill (kaiming normal,
+    fan_out), every Linear XavierFill (``kaiming_uniform_(a=1)``), biases 0, norms 1 and 0.
     """
 
     def __init__(
@@ -80,14 +111,15 @@ class AdaptiveFeaturePooling(nn.Module):
         sampling_ratio: int = 2,
         norm: str = "gn",
         dilation: int = 1,
+        shared: Sequence[nn.Module] | None = None,
     ) -> None:
         super().__init__()
         if first_layer not in ("fc", "conv"):
             raise ValueError(f"first_layer must be 'fc' or 'conv', not {first_layer!r}")
-        if first_layer == "fc" and norm != "none":
+        if first_layer == "fc" and norm == "bn":
             raise ValueError(
-                f"norm={norm!r}: an fc first layer has no norm "
-                "(official roi_2mlp_head_gn_panet fc1 is Linear -> ReLU)"
+                "norm='bn': an fc first layer takes norm 'none' or 'gn' "
+                "(official roi_2mlp_head_gn_panet: Linear -> GroupNorm -> ReLU); use norm: gn"
             )
         if not featmap_names:
             raise ValueError("featmap_names must name at least one level")
@@ -95,21 +127,22 @@ class AdaptiveFeaturePooling(nn.Module):
         self.output_size = int(output_size)
         self.sampling_ratio = int(sampling_ratio)
         self.first_layer = first_layer
-        layers: list[nn.Module] = []
-        for _ in self.featmap_names:
-            if first_layer == "fc":
-                layers.append(
-                    nn.Sequential(
-                        nn.Flatten(1),
-                        nn.Linear(in_channels * self.output_size**2, width),
-                        nn.ReLU(inplace=True),
-                    )
-                )
-            else:
-                layers.append(conv_norm_act(in_channels, width, norm, dilation=dilation))
-        self.levels = nn.ModuleList(layers)
-        if first_layer == "conv":
+        if first_layer == "fc":
+            flat = in_channels * self.output_size**2
+            self.levels = nn.ModuleList(
+                nn.Sequential(nn.Flatten(1), *fc_norm_act(flat, width, norm)) for _ in self.featmap_names
+            )
+            xavier_fill(self.levels)
+        else:
+            self.levels = nn.ModuleList(
+                conv_norm_act(in_channels, width, norm, dilation=dilation) for _ in self.featmap_names
+            )
             kaiming_convs(self.levels)
+        if shared is None and first_layer == "fc":
+            self.shared = fc_norm_act(width, width, norm)
+            xavier_fill(self.shared)
+        else:
+            self.shared = nn.Sequential(*(shared or ()))
 
     def pool(
         self, features: dict[str, Tensor], proposals: Sequence[Tensor], image_shapes: Sequence[Sequence[int]]
@@ -136,7 +169,7 @@ class AdaptiveFeaturePooling(nn.Module):
         self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> Tensor:
         pooled = self.pool(features, proposals, image_shapes)
-        return reduce(torch.maximum, [layer(x) for layer, x in zip(self.levels, pooled)])
+        return self.shared(reduce(torch.maximum, [layer(x) for layer, x in zip(self.levels, pooled)]))
 
 
 def _afp_branch(site: Site) -> tuple[str, nn.Module]:
@@ -157,23 +190,59 @@ def _afp_branch(site: Site) -> tuple[str, nn.Module]:
     return head_name, getattr(site.parent, head_name)
 
 
-def _first_conv_block(head: nn.Module) -> nn.Module | None:
-    first = next(iter(head.children()), None)
-    if first is None:
-        return None
-    if isinstance(first, nn.Conv2d) or (
-        isinstance(first, nn.Sequential) and isinstance(next(iter(first.children()), None), nn.Conv2d)
-    ):
-        return first
-    return None
+def _conv_tower(head: nn.Module) -> list[str]:
+    """Names of a torchvision conv head's conv blocks: every child before its ``Flatten``
+    (``FastRCNNConvFCHead``) or every child (``MaskRCNNHeads``); the fit hook checks them."""
+    names = []
+    for name, child in head.named_children():
+        if isinstance(child, nn.Flatten):
+            break
+        names.append(name)
+    return names
+
+
+@dataclass(frozen=True, eq=False)
+class HeadTower:
+    """The absorbed conv blocks of a conv head after its first one (``box_head.1..3``,
+    ``mask_head.1..3``), handed from the fit hook to the builder, which reuses them when the
+    norm is unchanged and rebuilds them with the new norm otherwise. Its repr is one line."""
+
+    blocks: tuple[nn.Module, ...]
+
+    @property
+    def norm(self) -> str:
+        """``gn``, ``bn`` or ``none``: the blocks' normalisation."""
+        return norm_of(nn.Sequential(*self.blocks))
+
+    def convs(self) -> list[nn.Conv2d]:
+        """The conv of each block."""
+        return [_block_conv(b) for b in self.blocks]
+
+    def __repr__(self) -> str:
+        return f"HeadTower({len(self.blocks)} conv blocks, norm {self.norm})"
+
+
+def _block_conv(block: nn.Module, name: str = "a block") -> nn.Conv2d:
+    """The conv of a conv block (``Conv2d``, or a ``Sequential`` starting with one)."""
+    conv = next(iter(block.children()), None) if isinstance(block, nn.Sequential) else block
+    if not isinstance(conv, nn.Conv2d):
+        raise SiteError(
+            f"AdaptiveFeaturePooling takes over the head's conv blocks, but {name} is a "
+            f"{type(block).__name__}; use torchvision's conv head there"
+        )
+    return conv
 
 
 def _afp_absorbs(site: Site) -> tuple[str, ...]:
     head_name, head = _afp_branch(site)
     if isinstance(head, TwoMLPHead):
-        return (f"{head_name}.fc6",)
-    if isinstance(head, (FastRCNNConvFCHead, MaskRCNNHeads, FullyConnectedFusion)):
-        return (f"{head_name}.0",)  # its first conv block (checked by the fit hook)
+        return (f"{head_name}.fc6", f"{head_name}.fc7")  # official fc1 per level + fc2
+    if isinstance(head, FullyConnectedFusion):
+        return (f"{head_name}.0",)  # its conv1; the fc branch leaves after conv3
+    if isinstance(head, (FastRCNNConvFCHead, MaskRCNNHeads)):
+        blocks = _conv_tower(head)
+        if blocks:  # the whole conv tower: per-level conv1 + the shared convs, as the official heads
+            return tuple(f"{head_name}.{b}" for b in blocks)
     raise SiteError(
         "AdaptiveFeaturePooling supports torchvision's TwoMLPHead (fuses after fc6), "
         "FastRCNNConvFCHead and MaskRCNNHeads "
@@ -184,7 +253,7 @@ def _afp_absorbs(site: Site) -> tuple[str, ...]:
 
 def _afp_fit(site: Site) -> dict[str, Any]:
     pooler = cast(MultiScaleRoIAlign, site.module)  # checked by the absorbs hook
-    ((rel, layer),) = site.absorbed.items()
+    (rel, layer), *rest = site.absorbed.items()
     size = pooler.output_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     if size[0] != size[1]:
@@ -197,22 +266,41 @@ def _afp_fit(site: Site) -> dict[str, Any]:
         "dilation": 1,
     }
     if isinstance(layer, nn.Linear):
-        out.update(first_layer="fc", width=layer.out_features)
-    else:
-        conv = _first_conv_block(nn.Sequential(layer))
-        if isinstance(conv, nn.Sequential):
-            conv = next(iter(conv.children()), None)
-        if not isinstance(conv, nn.Conv2d):
+        width = layer.out_features
+        fc2 = [m for _, m in rest]
+        if len(fc2) != 1 or not (
+            isinstance(fc2[0], nn.Linear) and (fc2[0].in_features, fc2[0].out_features) == (width, width)
+        ):
             raise SiteError(
-                f"AdaptiveFeaturePooling copies the head's first conv per level, but {rel} is a "
-                f"{type(layer).__name__} (a head without convs?)"
+                f"AdaptiveFeaturePooling takes TwoMLPHead's fc7 as the official fc2, a Linear({width}, "
+                f"{width}), but it is {fc2[0] if len(fc2) == 1 else rest}"
             )
+        out.update(first_layer="fc", width=width)
+        return out
+    blocks = [layer, *(m for _, m in rest)]
+    for name, block in zip([rel, *(r for r, _ in rest)], blocks):
+        conv = _block_conv(block, name)
         if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.groups != 1:
-            raise SiteError(
-                f"AdaptiveFeaturePooling copies a 3x3 stride-1 first conv per level, but {rel} is {conv}"
-            )
-        out.update(first_layer="conv", width=conv.out_channels, dilation=conv.dilation[0])
+            raise SiteError(f"AdaptiveFeaturePooling rebuilds 3x3 stride-1 head convs, but {name} is {conv}")
+    first = _block_conv(layer)
+    out.update(first_layer="conv", width=first.out_channels, dilation=first.dilation[0])
+    if rest:
+        out["tower"] = HeadTower(tuple(blocks[1:]))
     return out
+
+
+def shared_convs(tower: HeadTower | None, norm: str) -> list[nn.Module]:
+    """The conv blocks after the max: ``tower``'s own (copies, pretrained weights kept) when their
+    norm is ``norm``, else new ``conv -> [norm] -> ReLU`` blocks of the same shapes (MSRAFill)."""
+    if tower is None:
+        return []
+    if tower.norm == norm:
+        return [copy.deepcopy(b) for b in tower.blocks]
+    new = nn.Sequential(
+        *(conv_norm_act(c.in_channels, c.out_channels, norm, dilation=c.dilation[0]) for c in tower.convs())
+    )
+    kaiming_convs(new)
+    return list(new)
 
 
 @register(
@@ -221,8 +309,8 @@ def _afp_fit(site: Site) -> dict[str, Any]:
     reference=REFERENCE
     + "lib/modeling/fast_rcnn_heads.py (roi_Xconv1fc_gn_head_panet, roi_2mlp_head_gn_panet), "
     "mask_rcnn_heads.py (mask_conv1), model_builder.py (roi_feature_transform panet=True)",
-    summary="Pool each RoI from all FPN levels, per-level first head layer, element-wise max. "
-    "At box_roi_pool or mask_roi_pool; absorbs the head's first layer.",
+    summary="Pool each RoI from all FPN levels, per-level first head layer, element-wise max, then the "
+    "head's shared layers. At box_roi_pool or mask_roi_pool; absorbs the head up to those layers.",
     absorbs=_afp_absorbs,
     fit=_afp_fit,
     fit_args=(
@@ -233,9 +321,18 @@ def _afp_fit(site: Site) -> dict[str, Any]:
         "sampling_ratio",
         "site_norm",
         "dilation",
+        "tower",
     ),
-    fidelity="official-params",
+    fidelity="official-output",
+    fidelity_note=(
+        "box (4conv1fc and 2fc, commit dac8628) and mask heads; `norm: gn` is the official GN "
+        "configuration, `norm: auto` keeps the head's own norm"
+    ),
     tested_by=(
+        "tests/test_panet.py::test_2fc_afp_output_equals_the_official_head",
+        "tests/test_panet.py::test_conv_box_afp_output_equals_the_official_4conv1fc_head",
+        "tests/test_panet.py::test_mask_afp_and_ff_output_equal_the_official_ff_head",
+        "tests/test_panet.py::test_2fc_afp_parameter_count_and_init_match_official",
         "tests/test_panet.py::test_box_afp_parameter_counts_match_official",
         "tests/test_panet.py::test_mask_afp_and_ff_parameter_counts_match_official",
     ),
@@ -249,20 +346,25 @@ def adaptive_feature_pooling(
     sampling_ratio: int,
     site_norm: str,
     dilation: int,
+    tower: HeadTower | None = None,
     norm: Norm = "auto",
 ) -> AdaptiveFeaturePooling:
     """Adaptive feature pooling for the box or mask branch (the branch is the point's: ``box_roi_pool``
-    or ``mask_roi_pool``). Everything but ``norm`` comes from the pooler and the absorbed layer.
+    or ``mask_roi_pool``). Everything but ``norm`` comes from the pooler and the absorbed layers.
+
+    What it absorbs, per head: ``TwoMLPHead``: ``fc6`` and ``fc7`` (official fc1 per level and fc2;
+    fc2 is new, XavierFill); ``FastRCNNConvFCHead`` / ``MaskRCNNHeads``: the whole conv tower (conv1
+    per level, the others shared after the max: reused with their weights when the norm is
+    unchanged, rebuilt with the new norm otherwise); :class:`FullyConnectedFusion`: its conv1.
 
     Args:
         in_channels: feature width (probe). width, first_layer, dilation, site_norm: of the
-            absorbed first layer. featmap_names, output_size, sampling_ratio: of the pooler.
-        norm: per-level conv norm: ``auto`` (as the absorbed layer), ``none``, ``gn`` (official),
-            ``bn``. An fc first layer has no norm (official ``roi_2mlp_head_gn_panet``).
+            absorbed first layer; tower: the absorbed conv blocks after it. featmap_names,
+            output_size, sampling_ratio: of the pooler.
+        norm: norm of the head layers: ``auto`` (as the absorbed first layer), ``none``, ``gn``
+            (official), ``bn`` (conv heads only).
     """
-    resolved = (
-        resolve_norm(norm, site_norm) if first_layer == "conv" else ("none" if norm == "auto" else norm)
-    )
+    resolved = resolve_norm(norm, site_norm)
     return AdaptiveFeaturePooling(
         in_channels,
         width,
@@ -272,4 +374,5 @@ def adaptive_feature_pooling(
         sampling_ratio,
         norm=resolved,
         dilation=dilation,
+        shared=None if first_layer == "fc" else shared_convs(tower, resolved),
     )
