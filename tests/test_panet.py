@@ -405,6 +405,24 @@ def test_bottom_up_convs_and_afp_convs_use_the_official_fills() -> None:
     assert afp.levels[0][0].weight.std().item() == pytest.approx(math.sqrt(2 / (256 * 9)), rel=0.02)
 
 
+def test_init_pytorch_keeps_the_layer_defaults_and_run_configs_record_init() -> None:
+    """`init: pytorch` is stitch before issue 16 (PyTorch's defaults: non-zero biases); `init` is
+    recorded in run configurations, so runs trained before the official init get new ids (FF,
+    unchanged, keeps its ids)."""
+    from stitch.runs import resolved_insertion
+
+    bup = BottomUpPath(16, norm="none", init="pytorch")
+    assert bup.fuse[0][0].bias.abs().sum() > 0 and bup.fuse[0][0].weight.abs().max() <= 1 / math.sqrt(144)
+    afp = AdaptiveFeaturePooling(8, 32, "fc", output_size=4, norm="gn", init="pytorch")
+    assert afp.levels[0][1].bias.abs().sum() > 0 and afp.shared[0].bias.abs().sum() > 0
+    with pytest.raises(ValueError, match="init must be 'official' or 'pytorch', not 'xavier'"):
+        BottomUpPath(16, init="xavier")  # type: ignore[arg-type]
+    for module in ("PAFPN", "BottomUpPath", "AdaptiveFeaturePooling"):
+        assert resolved_insertion({"module": module, "at": "fpn", "args": {}})["args"]["init"] == "official"
+    ff = resolved_insertion({"module": "FullyConnectedFusion", "at": "mask_head", "args": {}})
+    assert ff["args"] == {"norm": "auto"}
+
+
 def test_2fc_afp_output_equals_the_official_head() -> None:
     """Official roi_2mlp_head_gn_panet forward (HEAD) with copied weights == AFP, and == AFP followed
     by the stitched TwoMLPHead (fc6, fc7 now nn.Identity)."""

@@ -17,6 +17,9 @@ GN_EPS = 1e-5
 POOL_KEY = "pool"
 
 Norm = Literal["auto", "none", "gn", "bn"]
+#: ``official``: Detectron's fill rules (XavierFill / MSRAFill); ``pytorch``: PyTorch's layer
+#: defaults where stitch used them before issue 16 (bottom-up convs, adaptive pooling's fc layers)
+Init = Literal["official", "pytorch"]
 REFERENCE = (
     "Liu, Qi, Qin, Shi, Jia, 'Path Aggregation Network for Instance Segmentation', CVPR 2018, "
     "arXiv:1803.01534; official code github.com/ShuLiu1993/PANet, "
@@ -80,6 +83,12 @@ def kaiming_convs(module: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def check_init(init: str) -> None:
+    """Raise a one-line ``ValueError`` unless ``init`` is ``official`` or ``pytorch``."""
+    if init not in ("official", "pytorch"):
+        raise ValueError(f"init must be 'official' or 'pytorch', not {init!r}")
 
 
 def xavier_fill(module: nn.Module) -> None:

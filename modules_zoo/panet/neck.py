@@ -15,7 +15,9 @@ from ..registry import Site, SiteError, register
 from .layers import (
     POOL_KEY,
     REFERENCE,
+    Init,
     Norm,
+    check_init,
     conv_norm_act,
     conv_out,
     norm_factory,
@@ -40,13 +42,16 @@ class BottomUpPath(nn.Module):
         num_levels: number of pyramid levels (4 for P2..P5).
         norm: ``none``, ``gn`` (GroupNorm, 32 groups, official) or ``bn``.
         relu: ReLU after each conv (paper; official GN code). The official no-GN code has none.
-
-    Initialisation as the official ``fpn._init_weights``: every conv XavierFill (``U(+-sqrt(3 /
-    fan_in))``, = ``kaiming_uniform_(a=1)``, what torchvision's FPN uses too), bias 0.
+        init: ``official`` (the official ``fpn._init_weights``: every conv XavierFill, ``U(+-sqrt(3
+            / fan_in))`` = ``kaiming_uniform_(a=1)``, what torchvision's FPN uses too, bias 0) or
+            ``pytorch`` (PyTorch's ``Conv2d`` default, stitch before issue 16).
     """
 
-    def __init__(self, channels: int, num_levels: int = 4, norm: str = "gn", relu: bool = True) -> None:
+    def __init__(
+        self, channels: int, num_levels: int = 4, norm: str = "gn", relu: bool = True, init: Init = "official"
+    ) -> None:
         super().__init__()
+        check_init(init)
         if num_levels < 2:
             raise ValueError(f"the bottom-up path needs at least 2 levels, got {num_levels}")
         norm_factory(norm)  # validates
@@ -60,7 +65,8 @@ class BottomUpPath(nn.Module):
             conv_norm_act(channels, channels, norm, stride=1, relu=relu, bias=bias)
             for _ in range(num_levels - 1)
         )
-        xavier_fill(self)  # official FPN._init_weights: XavierFill, bias 0 (norm layers keep 1, 0)
+        if init == "official":
+            xavier_fill(self)  # official FPN._init_weights: XavierFill, bias 0 (norm layers keep 1, 0)
 
     def aggregate(self, levels: Sequence[Tensor]) -> list[Tensor]:
         """``[P2, .., P5] -> [N2, .., N5]``."""
@@ -100,6 +106,8 @@ class PAFPN(nn.Module):
             the bottom-up path alike, as the official ``FPN.USE_GN``.
         relu: ReLU after the bottom-up convs (see :class:`BottomUpPath`).
         pool: add the ``'pool'`` level.
+        init: of the bottom-up convs (see :class:`BottomUpPath`); the top-down FPN is torchvision's,
+            initialised as the official one.
     """
 
     def __init__(
@@ -109,12 +117,13 @@ class PAFPN(nn.Module):
         norm: str = "gn",
         relu: bool = True,
         pool: bool = True,
+        init: Init = "official",
     ) -> None:
         super().__init__()
         self.fpn = FeaturePyramidNetwork(
             list(in_channels_list), out_channels, extra_blocks=None, norm_layer=norm_factory(norm)
         )
-        self.bottom_up = BottomUpPath(out_channels, len(in_channels_list), norm=norm, relu=relu)
+        self.bottom_up = BottomUpPath(out_channels, len(in_channels_list), norm=norm, relu=relu, init=init)
         self.pool = pool
 
     def forward(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -191,7 +200,12 @@ def _bottom_up_fit(site: Site) -> dict[str, Any]:
     ),
 )
 def pafpn(
-    in_channels_list: list[int], channels: int, site_norm: str, norm: Norm = "auto", relu: bool = True
+    in_channels_list: list[int],
+    channels: int,
+    site_norm: str,
+    norm: Norm = "auto",
+    relu: bool = True,
+    init: Init = "official",
 ) -> PAFPN:
     """A new neck: top-down FPN + bottom-up path (stitch with ``mode: replace`` at ``fpn``).
 
@@ -202,8 +216,10 @@ def pafpn(
         norm: ``auto`` (as the replaced FPN: none for torchvision v1, bn for v2), ``none``, ``gn``
             (official PANet configs: GroupNorm(32) in the FPN and the bottom-up path) or ``bn``.
         relu: ReLU after each bottom-up conv (paper; official GN code).
+        init: ``official`` (XavierFill, bias 0) or ``pytorch`` (PyTorch's default: stitch before
+            issue 16) for the bottom-up convs.
     """
-    return PAFPN(in_channels_list, channels, norm=resolve_norm(norm, site_norm), relu=relu)
+    return PAFPN(in_channels_list, channels, norm=resolve_norm(norm, site_norm), relu=relu, init=init)
 
 
 @register(
@@ -227,7 +243,12 @@ def pafpn(
     ),
 )
 def bottom_up_path(
-    channels: int, num_levels: int, site_norm: str, norm: Norm = "auto", relu: bool = True
+    channels: int,
+    num_levels: int,
+    site_norm: str,
+    norm: Norm = "auto",
+    relu: bool = True,
+    init: Init = "official",
 ) -> BottomUpPath:
     """The bottom-up path alone, after the network's FPN (stitch with ``mode: after`` at ``fpn``).
 
@@ -237,5 +258,7 @@ def bottom_up_path(
         site_norm: the FPN's normalisation (from the site; used by ``norm="auto"``).
         norm: ``auto`` (as the FPN), ``none``, ``gn`` (official) or ``bn``.
         relu: ReLU after each conv (paper; official GN code).
+        init: ``official`` (XavierFill, bias 0) or ``pytorch`` (PyTorch's default: stitch before
+            issue 16).
     """
-    return BottomUpPath(channels, num_levels, norm=resolve_norm(norm, site_norm), relu=relu)
+    return BottomUpPath(channels, num_levels, norm=resolve_norm(norm, site_norm), relu=relu, init=init)

@@ -23,7 +23,9 @@ from .layers import (
     GN_EPS,
     GN_GROUPS,
     REFERENCE,
+    Init,
     Norm,
+    check_init,
     conv_norm_act,
     kaiming_convs,
     norm_of,
@@ -96,9 +98,10 @@ class AdaptiveFeaturePooling(nn.Module):
         shared: the layers after the max, used as given (the builder passes the absorbed conv
             head's remaining blocks, reused or rebuilt). ``None``: for ``fc`` the official fc2,
             ``Linear(width, width) -> [GroupNorm] -> ReLU``; for ``conv`` nothing.
-
-    Initialisation as the official heads' ``_init_weights``: convs MSRAFill (kaiming normal,
-    fan_out), every Linear XavierFill (``kaiming_uniform_(a=1)``), biases 0, norms 1 and 0.
+        init: ``official``: as the official heads' ``_init_weights``: convs MSRAFill (kaiming
+            normal, fan_out), every Linear XavierFill (``kaiming_uniform_(a=1)``), biases 0, norms
+            1 and 0; ``pytorch``: the Linear layers keep PyTorch's default (stitch before issue 16;
+            convs MSRAFill either way).
     """
 
     def __init__(
@@ -112,8 +115,10 @@ class AdaptiveFeaturePooling(nn.Module):
         norm: str = "gn",
         dilation: int = 1,
         shared: Sequence[nn.Module] | None = None,
+        init: Init = "official",
     ) -> None:
         super().__init__()
+        check_init(init)
         if first_layer not in ("fc", "conv"):
             raise ValueError(f"first_layer must be 'fc' or 'conv', not {first_layer!r}")
         if first_layer == "fc" and norm == "bn":
@@ -132,7 +137,8 @@ class AdaptiveFeaturePooling(nn.Module):
             self.levels = nn.ModuleList(
                 nn.Sequential(nn.Flatten(1), *fc_norm_act(flat, width, norm)) for _ in self.featmap_names
             )
-            xavier_fill(self.levels)
+            if init == "official":
+                xavier_fill(self.levels)
         else:
             self.levels = nn.ModuleList(
                 conv_norm_act(in_channels, width, norm, dilation=dilation) for _ in self.featmap_names
@@ -140,7 +146,8 @@ class AdaptiveFeaturePooling(nn.Module):
             kaiming_convs(self.levels)
         if shared is None and first_layer == "fc":
             self.shared = fc_norm_act(width, width, norm)
-            xavier_fill(self.shared)
+            if init == "official":
+                xavier_fill(self.shared)
         else:
             self.shared = nn.Sequential(*(shared or ()))
 
@@ -348,6 +355,7 @@ def adaptive_feature_pooling(
     dilation: int,
     tower: HeadTower | None = None,
     norm: Norm = "auto",
+    init: Init = "official",
 ) -> AdaptiveFeaturePooling:
     """Adaptive feature pooling for the box or mask branch (the branch is the point's: ``box_roi_pool``
     or ``mask_roi_pool``). Everything but ``norm`` comes from the pooler and the absorbed layers.
@@ -363,6 +371,8 @@ def adaptive_feature_pooling(
             output_size, sampling_ratio: of the pooler.
         norm: norm of the head layers: ``auto`` (as the absorbed first layer), ``none``, ``gn``
             (official), ``bn`` (conv heads only).
+        init: ``official`` (XavierFill, bias 0 for the fc layers) or ``pytorch`` (PyTorch's
+            ``Linear`` default: stitch before issue 16).
     """
     resolved = resolve_norm(norm, site_norm)
     return AdaptiveFeaturePooling(
@@ -375,4 +385,5 @@ def adaptive_feature_pooling(
         norm=resolved,
         dilation=dilation,
         shared=None if first_layer == "fc" else shared_convs(tower, resolved),
+        init=init,
     )
