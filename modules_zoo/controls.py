@@ -6,6 +6,9 @@
   are present are chosen to come closest. With ``skip`` (used in the ``after``, ``before`` and
   ``replace`` modes) it returns ``x + block(x)``, identity-like as the gate ``x * g(x)`` it stands
   in for; in the ``residual`` mode the wrapper adds ``x`` itself and the block is returned alone.
+  A module whose size depends on the feature map (``BoT``'s relative positions, ``Lambda`` with
+  ``r: null``, ``GE`` with ``extra_params`` at global extent) is counted at the point's size, which
+  the ``fit`` hook passes on as ``feat_size``.
 - ``Identity``: the placebo: the stitching wrapper with ``nn.Identity`` inside (no parameters).
 
 Not from a paper: a parameter-matched control answers "is it just the extra parameters?".
@@ -18,7 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .registry import get, register
+from .added_arguments import added_arguments
+from .feature_size import site_feature_size
+from .registry import Site, get, register
 
 #: the largest relative difference between a control's parameter count and its target
 TOLERANCE = 0.01
@@ -40,29 +45,28 @@ def matched_layout(channels: int, target: int) -> tuple[int, bool, bool, bool]:
     return best[1]
 
 
-def module_params(name: str, channels: int, args: dict[str, Any] | None) -> int:
-    """Parameters of the unary zoo module ``name`` built with ``args`` at ``channels`` channels
-    (built under a forked RNG, so the caller's random stream is untouched)."""
+def module_params(
+    name: str, channels: int, args: dict[str, Any] | None, feat_size: tuple[int, int] | None = None
+) -> int:
+    """Parameters of the unary zoo module ``name`` built with ``args`` at ``channels`` channels and,
+    for a module that takes it, the point's ``feat_size`` (H, W) (built under a forked RNG, so the
+    caller's random stream is untouched)."""
     entry = get(name)
     if entry.kind != "unary":
         raise ValueError(
             f"a matched control stands in for a unary module; {name} is a {entry.kind} module (no control)"
         )
-    probed = {"channels": channels, "in_channels": channels, "out_channels": channels}
+    probed: dict[str, Any] = {"channels": channels, "in_channels": channels, "out_channels": channels}
+    if feat_size is not None:
+        probed["feat_size"] = tuple(feat_size)
     with torch.random.fork_rng(devices=[]):
         module = entry.build(probed, dict(args or {}))
     return sum(p.numel() for p in module.parameters())
 
 
-@register(
-    "MatchedBottleneck",
-    kind="unary",
-    reference="stitch control (parameter-matched plain block)",
-    summary="1x1 conv bottleneck C->r->C with the parameter count of `match` (within 1 %); ablation.controls",
-    fidelity="control",
-)
 class MatchedBottleneck(nn.Module):
-    """A plain bottleneck with as many parameters as ``match(**match_args)`` at this point."""
+    """A plain bottleneck with as many parameters as ``match(**match_args)`` at this point
+    (``feat_size``: the point's (H, W), for a module whose parameters depend on it)."""
 
     def __init__(
         self,
@@ -70,9 +74,10 @@ class MatchedBottleneck(nn.Module):
         match: str = "SE",
         match_args: dict[str, Any] | None = None,
         skip: bool = True,
+        feat_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
-        self.target_params = module_params(match, channels, match_args)
+        self.target_params = module_params(match, channels, match_args, feat_size)
         r, bias1, norm, bias2 = matched_layout(channels, self.target_params)
         self.skip = skip
         self.reduce = nn.Conv2d(channels, r, 1, bias=bias1)
@@ -89,6 +94,43 @@ class MatchedBottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.expand(self.act(self.norm(self.reduce(x))))
         return x + y if self.skip else y
+
+
+def point_feature_size(site: Site) -> dict[str, Any]:
+    """``fit`` hook: the point's ``feat_size`` (H, W) where the probe saw a 4-D map, else nothing
+    (most matched modules do not need it)."""
+    size = site_feature_size(site)
+    return {} if size is None else {"feat_size": size}
+
+
+@register(
+    "MatchedBottleneck",
+    kind="unary",
+    reference="stitch control (parameter-matched plain block)",
+    summary="1x1 conv bottleneck C->r->C with the parameter count of `match` (within 1 %); ablation.controls",
+    fit=point_feature_size,
+    fit_args=("feat_size",),
+    fidelity="control",
+)
+@added_arguments(feat_size=None)
+def matched_bottleneck(
+    channels: int,
+    match: str = "SE",
+    match_args: dict[str, Any] | None = None,
+    skip: bool = True,
+    feat_size: tuple[int, int] | None = None,
+) -> MatchedBottleneck:
+    """A :class:`MatchedBottleneck` (a builder function, so that ``feat_size``, added later, stays
+    out of run configurations at its default).
+
+    Args:
+        channels: channels at the point (in = out).
+        match: the unary zoo module whose parameter count the control matches.
+        match_args: that module's arguments (as in its insertion).
+        skip: return ``x + block(x)`` (not in the ``residual`` mode, whose wrapper adds ``x``).
+        feat_size: (H, W) at the point (filled from the probe) for a size-dependent ``match``.
+    """
+    return MatchedBottleneck(channels, match, match_args, skip, feat_size)
 
 
 @register(

@@ -4,29 +4,76 @@ Some timm layers are built for one input size (a relative position table, a dept
 kernel is the whole map) or need sizes divisible by a block size, and timm checks that with
 ``assert`` statements that carry no message. The zoo's wrappers check first and raise a one-line
 :class:`InputSizeError` naming the module, the size it got and the fix; the ``fit`` hook
-:func:`probe_feature_size` gives a fixed-size module the size the shape probe saw at its point.
+:func:`probe_feature_size` gives a fixed-size module the size the shape probe saw at its point,
+and :func:`fixed_size_fit` makes such a hook refuse, in one line, a site whose inputs vary in size
+(:attr:`Site.inputs_vary`: Mask R-CNN), where the module would pass the probe and fail at the
+first batch of another size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .registry import Site, SiteError
 
-__all__ = ["InputSizeError", "check_block_multiple", "check_fixed_size", "probe_feature_size"]
+__all__ = [
+    "InputSizeError",
+    "check_block_multiple",
+    "check_fixed_size",
+    "fixed_size_fit",
+    "probe_feature_size",
+    "site_feature_size",
+]
 
 
 class InputSizeError(ValueError):
     """An input whose height or width the module cannot take; the message is one line."""
 
 
+def _seen(site: Site) -> Any:
+    """The probe's shape description of what the module will take at ``site``: the point's output
+    for ``after`` / ``residual``, its first input otherwise."""
+    return site.output if site.mode in ("after", "residual") else (site.inputs[0] if site.inputs else None)
+
+
+def site_feature_size(site: Site) -> tuple[int, int] | None:
+    """(H, W) of the map the module will see at ``site``, or None when the probe saw no 4-D
+    tensor there."""
+    desc = _seen(site)
+    if isinstance(desc, list) and len(desc) == 4 and all(isinstance(d, int) for d in desc):
+        return desc[2], desc[3]
+    return None
+
+
 def probe_feature_size(site: Site) -> dict[str, Any]:
-    """``fit`` hook: ``{"feat_size": (H, W)}``, the size the module will see at ``site`` (the
-    point's output for ``after`` / ``residual``, its first input otherwise)."""
-    desc = site.output if site.mode in ("after", "residual") else (site.inputs[0] if site.inputs else None)
-    if not (isinstance(desc, list) and len(desc) == 4 and all(isinstance(d, int) for d in desc)):
-        raise SiteError(f"needs a 4-D feature map (N, C, H, W) here, the probe saw {desc}")
-    return {"feat_size": (desc[2], desc[3])}
+    """``fit`` hook: ``{"feat_size": (H, W)}``, the size the module will see at ``site``
+    (:func:`site_feature_size`); a :class:`SiteError` where the probe saw no 4-D feature map."""
+    size = site_feature_size(site)
+    if size is None:
+        raise SiteError(f"needs a 4-D feature map (N, C, H, W) here, the probe saw {_seen(site)}")
+    return {"feat_size": size}
+
+
+def fixed_size_fit(
+    module: str, alternative: str, fixed: Callable[[Mapping[str, Any]], bool] | None = None
+) -> Callable[[Site], dict[str, Any]]:
+    """A ``fit`` hook like :func:`probe_feature_size` for a module that takes one input size: where
+    ``fixed(site.args)`` (default: always) and the site's inputs vary in size it raises a one-line
+    :class:`SiteError` naming ``module``, the probe's size and ``alternative`` (size-free settings or
+    modules to use instead)."""
+
+    def fit(site: Site) -> dict[str, Any]:
+        fitted = probe_feature_size(site)
+        if site.inputs_vary and (fixed is None or fixed(site.args)):
+            h, w = fitted["feat_size"]
+            raise SiteError(
+                f"{module} takes one fixed input size (the probe's {h}x{w}); this task's inputs vary in "
+                f"size (Mask R-CNN resizes every image): use {alternative} or a fixed-size task"
+            )
+        return fitted
+
+    return fit
 
 
 def check_block_multiple(module: str, height: int, width: int, block_size: int) -> None:

@@ -65,7 +65,10 @@ class Site:
     absorbed sibling path (relative to ``parent``) to its module and ``absorbed_outputs`` to the
     shape the probe saw it return; both are empty while ``absorbs`` itself is being evaluated.
     ``args`` are the constructor arguments the user set (the insertion's ``args:``), so a hook can
-    follow a module option (SplitAttention's ``bottleneck``).
+    follow a module option (SplitAttention's ``bottleneck``). ``inputs_vary`` says that the
+    baseline's input size changes from batch to batch (the instance task: its images keep their own
+    sizes and Mask R-CNN resizes each one), so the probe's size is not the only one the point sees;
+    a module built for one input size refuses such a site.
     """
 
     path: str
@@ -77,6 +80,7 @@ class Site:
     absorbed: Mapping[str, nn.Module] = field(default_factory=dict)
     absorbed_outputs: Mapping[str, Any] = field(default_factory=dict)
     args: Mapping[str, Any] = field(default_factory=dict)
+    inputs_vary: bool = False
 
     @property
     def name(self) -> str:

@@ -47,7 +47,7 @@ from timm.layers import GatherExcite
 from timm.layers.coord_attn import EfficientLocalAttn, StripAttn
 from torch import nn
 
-from .feature_size import check_fixed_size, probe_feature_size
+from .feature_size import check_fixed_size, fixed_size_fit
 from .registry import register
 
 __all__ = ["RepairedGatherExcite", "ela", "ge", "positional_dd_dropped", "strip"]
@@ -168,7 +168,11 @@ def strip(channels: int, use_conv: bool = True, kernel_size: int = 3, bias: bool
         "(timm GatherExcite)"
     ),
     summary="Gather-excite: gather (mean or strided depthwise convs over an extent) -> MLP -> sigmoid gate.",
-    fit=probe_feature_size,
+    fit=fixed_size_fit(
+        "GE (global extent, extra_params)",
+        "GE with extent 2, 4 or 8 (or extra_params: false)",
+        fixed=lambda args: bool(args.get("extra_params")) and not args.get("extent"),
+    ),
     fit_args=("feat_size",),
     fidelity="variant",
     fidelity_note=(

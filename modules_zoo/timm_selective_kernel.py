@@ -11,18 +11,22 @@ channels and take a stride, as a bottleneck's ``conv2``).
   ``out / 16`` rounded to 8 (the paper ``max(C / r, L)`` with ``L = 32``: set ``rd_min: 32``),
   ``groups: 1`` (SKNet-50 is a ResNeXt, ``G = 32``); the 5x5 path is a dilated 3x3 in both.
 * ``{groups: 32, split_input: false, rd_min: 32}`` at every ``conv2`` of a ResNeXt-50 32x4d is
-  SKNet-50's configuration (SK has conv-BN-ReLU inside each path and SKNet no norm after it, so
-  torchvision's ``bn2`` must go: 27,479,784 parameters then, the paper's 27.5M).
+  SKNet-50's configuration (SK has conv-BN-ReLU inside each path and SKNet no norm after it):
+  replacing a torchvision ``Bottleneck.conv2``, SK absorbs that block's ``bn2`` automatically
+  unless ``bottleneck: false`` (``bottleneck: auto|true|false`` as for SplitAttention,
+  :mod:`modules_zoo.bottleneck_site`); 27,479,784 parameters then, the paper's 27.5M.
 * SK's attention has a BN on a 1x1 map: training needs batches of 2 or more.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from timm.layers import SelectiveKernel
 from timm.layers.helpers import make_divisible
 from torch import nn
 
-from .bottleneck_site import absorbs_bn2
+from .bottleneck_site import absorbs_bn2, check_bottleneck_choice
 from .registry import register
 from .timm_self_attention import CONV_MODES
 
@@ -42,7 +46,7 @@ __all__ = ["sk"]
     fidelity="variant",
     fidelity_note=(
         "timm SelectiveKernel: split input and attention width out/16 rounded to 8 by default; SKNet-50 is "
-        "{groups: 32, split_input: false, rd_min: 32} on a ResNeXt-50 without bn2 (its parameter count)"
+        "{groups: 32, split_input: false, rd_min: 32} on a ResNeXt-50, bn2 absorbed (its parameter count)"
     ),
     tested_by=(
         "tests/test_timm_layers.py::test_wraps_timm_unchanged",
@@ -61,6 +65,7 @@ def sk(
     rd_min: int = 0,
     keep_3x3: bool = True,
     split_input: bool = True,
+    bottleneck: bool | Literal["auto"] = "auto",
 ) -> nn.Module:
     """Selective Kernel conv (timm ``SelectiveKernel``; timm's defaults).
 
@@ -75,7 +80,11 @@ def sk(
         rd_min: attention width at least this (the paper's L = 32; timm none: 0).
         keep_3x3: larger kernels as dilated 3x3 convs (paper and timm).
         split_input: split the input channels across the paths (timm; the paper: false).
+        bottleneck: take over the ``bn2`` of a torchvision ``Bottleneck`` whose ``conv2`` this
+            module replaces: ``auto`` (there only), ``true`` (an error elsewhere) or ``false``
+            (keep ``bn2``). Read by the harness (:func:`modules_zoo.bottleneck_site.absorbs_bn2`).
     """
+    check_bottleneck_choice(bottleneck)
     out = out_channels or in_channels
     kernels = list(kernel_size) if kernel_size else [3, 5]
     if any(k < 1 or k % 2 == 0 for k in kernels):

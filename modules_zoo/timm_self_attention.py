@@ -31,7 +31,7 @@ from timm.layers.halo_attn import HaloAttn
 from timm.layers.lambda_layer import LambdaLayer
 from torch import nn
 
-from .feature_size import check_block_multiple, check_fixed_size, probe_feature_size
+from .feature_size import check_block_multiple, check_fixed_size, fixed_size_fit
 from .registry import register
 
 __all__ = [
@@ -149,7 +149,11 @@ def halo(
         "arXiv:2102.08602; no official code (timm LambdaLayer)"
     ),
     summary="Lambda layer: content and positional lambdas applied to the queries; keeps the channel count.",
-    fit=probe_feature_size,
+    fit=fixed_size_fit(
+        "Lambda (r: null)",
+        "Lambda with r: 9",
+        fixed=lambda args: "r" in args and args["r"] is None,
+    ),
     fit_args=("feat_size",),
     fidelity="variant",
     fidelity_note=("timm LambdaLayer (no official code): intra-depth u = 1, keeps the channel count"),
@@ -212,7 +216,7 @@ def lambda_layer(
         "CVPR 2021, arXiv:2101.11605; authors' reference gist (timm BottleneckAttn)"
     ),
     summary="BoTNet multi-head self-attention with 2D relative positions; one fixed input size (the probe's)",
-    fit=probe_feature_size,
+    fit=fixed_size_fit("BoT", "Halo or Lambda (r: 9)"),
     fit_args=("feat_size",),
     fidelity="variant",
     fidelity_note=(

@@ -117,6 +117,13 @@ def run_baseline(exp: Experiment, spec: BaselineSpec, model: nn.Module, batch: A
         ) from None
 
 
+def inputs_vary(spec: BaselineSpec) -> bool:
+    """Whether the baseline's input size changes between batches: instance-task images keep their
+    own sizes and Mask R-CNN resizes each one keeping its aspect ratio (a segmentation baseline
+    sees inputs of ``data.image_size`` only), so the probe's size is one of many."""
+    return spec.task == "instance"
+
+
 def resolve_variant(exp: Experiment, variant: str | Variant | None) -> Variant:
     """``None`` means every insertion; a name picks a planned variant (``baseline`` always works)."""
     if isinstance(variant, Variant):
@@ -144,7 +151,12 @@ def stitch_variant(exp: Experiment, variant: str | Variant | None = None, seed: 
     batch = spec.example_batch(exp.cfg.baseline.args, exp.cfg.probe.batch_size, exp.cfg.probe_image_size)
     try:
         built.applied = stitch(
-            model, spec.aliases(model), lambda m: run_baseline(exp, spec, m, batch), chosen, seed
+            model,
+            spec.aliases(model),
+            lambda m: run_baseline(exp, spec, m, batch),
+            chosen,
+            seed,
+            inputs_vary=inputs_vary(spec),
         )
     except StitchingError as exc:
         raise _located(exp, exc) from None

@@ -102,7 +102,9 @@ def _parent_path(path: str) -> str:
     return path.rsplit(".", 1)[0] if "." in path else ""
 
 
-def _site(model: nn.Module, path: str, mode: str, rec: PointRecord, ins: Insertion) -> registry.Site:
+def _site(
+    model: nn.Module, path: str, mode: str, rec: PointRecord, ins: Insertion, inputs_vary: bool
+) -> registry.Site:
     parent_path = _parent_path(path)
     return registry.Site(
         path=path,
@@ -112,6 +114,7 @@ def _site(model: nn.Module, path: str, mode: str, rec: PointRecord, ins: Inserti
         inputs=rec.inputs,
         output=rec.output,
         args=dict(ins.cfg.args),
+        inputs_vary=inputs_vary,
     )
 
 
@@ -124,7 +127,9 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root + ".")
 
 
-def _stitch_order(targets: list, model: nn.Module, records: dict[str, PointRecord]) -> list:
+def _stitch_order(
+    targets: list, model: nn.Module, records: dict[str, PointRecord], inputs_vary: bool
+) -> list:
     """Deeper points first; at one point a ``replace`` first, then declaration order. A module
     that absorbs siblings goes after every stitch at (or around) what it absorbs, so it takes over
     the module that will really be there (PANet's adaptive pooling after a new mask head)."""
@@ -134,7 +139,7 @@ def _stitch_order(targets: list, model: nn.Module, records: dict[str, PointRecor
         if not entry.absorbs:
             continue
         try:
-            rel = entry.absorbed_paths(_site(model, path, mode, records[path], ins))
+            rel = entry.absorbed_paths(_site(model, path, mode, records[path], ins, inputs_vary))
         except Exception:  # reported properly when this target is stitched
             continue
         absorbed[i] = [_join(_parent_path(path), r) for r in rel]
@@ -186,12 +191,15 @@ def stitch(
     run: Callable[[nn.Module], Any],
     insertions: Sequence[Insertion],
     seed: int = 0,
+    inputs_vary: bool = False,
 ) -> list[Applied]:
     """Stitch ``insertions`` into ``model`` in place and return what was done.
 
-    ``run(model)`` is one forward pass (used for the probe). Points are resolved on the
-    un-stitched model. Deeper points are stitched first, so a wrapper around a parent holds the
-    already-stitched child; at one point a ``replace`` comes first and the other insertions wrap
+    ``run(model)`` is one forward pass (used for the probe). ``inputs_vary``: the model's input
+    size changes between batches (the probe's size is one of many; entries' hooks see it as
+    :attr:`modules_zoo.registry.Site.inputs_vary`). Points are resolved on the un-stitched model.
+    Deeper points are stitched first, so a wrapper around a parent holds the already-stitched
+    child; at one point a ``replace`` comes first and the other insertions wrap
     the replacement, in declaration order. Each inserted module is initialised from
     :func:`instance_seed`.
     """
@@ -217,7 +225,7 @@ def stitch(
             raise ins.error(where, str(exc)) from None
         targets += [(order, ins, entry, mode, p) for p in hits]
     records = probe(model, run, keep_values={t[4] for t in targets})
-    targets = _stitch_order(targets, model, records)
+    targets = _stitch_order(targets, model, records, inputs_vary)
     applied: list[Applied] = []
     for _, ins, entry, mode, path in targets:
         rec = records[path]
@@ -257,12 +265,12 @@ def stitch(
                     f"this point {what} insertion {lost[0].insertion!r}; "
                     "replace a point nothing else is stitched inside",
                 )
-        site = _site(model, path, mode, rec, ins)
+        site = _site(model, path, mode, rec, ins, inputs_vary)
         absorbed_paths, absorbed_recs, site = _absorbed(ins, entry, shown, site, records, applied)
         fitted = _fit_site(ins, entry, shown, site)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(instance_seed(seed, ins.label, path))
-            added, nested = _build_module(ins, entry, rec, mode, shown, seed, fitted)
+            added, nested = _build_module(ins, entry, rec, mode, shown, seed, fitted, inputs_vary)
             adapter = _trial_fit(ins, shown, added, rec, mode, absorbed_recs)
         record = Applied(
             insertion=ins.label,
@@ -370,6 +378,7 @@ def _build_module(
     shown: str,
     seed: int,
     fitted: dict[str, Any] | None = None,
+    inputs_vary: bool = False,
 ) -> tuple[nn.Module, list[Applied]]:
     """Construct the zoo module with probe-supplied channels (and what the entry's ``fit`` hook
     derived from the site), then stitch its nested insertions."""
@@ -423,7 +432,7 @@ def _build_module(
             Insertion(f"{ins.label}/{c.module}", c, (*ins.yaml_path, "nest", j))
             for j, c in enumerate(ins.cfg.nest)
         ]
-        nested = stitch(module, dict(entry.aliases), lambda m: m(*inputs), children, seed)
+        nested = stitch(module, dict(entry.aliases), lambda m: m(*inputs), children, seed, inputs_vary)
     return module, nested
 
 

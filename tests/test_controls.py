@@ -129,3 +129,33 @@ def test_controls_listed_twice_is_an_error() -> None:
     )
     with pytest.raises(Exception, match="lists a control twice"):
         parse_experiment(text)
+
+
+def test_matched_control_of_a_size_dependent_module_gets_the_point_size(tiny_unet) -> None:
+    """BoT's relative positions (and Lambda's with r: null) depend on H, W: the control's fit hook
+    passes the point's size on, so it matches the module built there (no 'BoT needs feat_size')."""
+    exp = tiny_unet(
+        "insertions:\n"
+        "  - {name: B, module: BoT, at: [enc2, enc3], mode: after}\n"
+        "  - {name: L, module: Lambda, args: {r: null}, at: enc3, mode: residual}\n"
+        "ablation: {design: one-at-a-time, controls: [matched]}\n"
+    )
+    for name in ("B", "L"):
+        real = stitched(exp, Variant(f"+{name}", (name,)))
+        ctl = stitched(exp, Variant(f"+{name} (ctl)", (f"{name} (ctl)",)))
+        assert [(a.point, a.mode) for a in ctl] == [(a.point, a.mode) for a in real]
+        for r, c in zip(real, ctl, strict=True):
+            assert abs(c.params - r.params) <= TOLERANCE * r.params, (r.point, r.params, c.params)
+    # the size counts: BoT's (2H - 1) x dim_head and (2W - 1) x dim_head tables (dim_head 32 / 4)
+    assert module_params("BoT", 32, {}, (16, 16)) - module_params("BoT", 32, {}, (8, 8)) == 2 * (31 - 15) * 8
+    with pytest.raises(ValueError, match="BoT needs feat_size"):
+        module_params("BoT", 32, {})
+
+
+def test_control_feat_size_stays_out_of_run_configurations() -> None:
+    """``feat_size`` (added to MatchedBottleneck later, filled by its fit hook) is not recorded at
+    its default, so controls planned before it keep their run ids."""
+    from stitch.runs import resolved_insertion
+
+    ins = {"name": "SE (ctl)", "module": "MatchedBottleneck", "at": "enc1", "args": {"match": "SE"}}
+    assert resolved_insertion(ins)["args"] == {"match": "SE", "match_args": None, "skip": True}

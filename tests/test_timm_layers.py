@@ -1,6 +1,7 @@
 """The timm attention layers wrapped by the zoo (ELA, Strip, GE, NonLocal, BAT, SK, Halo, Lambda, BoT):
 timm's modules unchanged (state dicts and outputs of a plain timm build), parameter counts, the
-conv-replacement shapes, one-line size and build refusals, and the GatherExcite workaround's canary.
+conv-replacement shapes, one-line size and build refusals (a fixed-size module where inputs vary in
+size: Mask R-CNN), SK in a ResNet bottleneck (bn2), and the GatherExcite workaround's canary.
 The shape / gradient / state-dict contract of every entry is in tests/test_zoo.py."""
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from timm.layers.coord_attn import EfficientLocalAttn, StripAttn
 from timm.layers.halo_attn import HaloAttn
 from timm.layers.lambda_layer import LambdaLayer
 from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 import modules_zoo
 from modules_zoo.feature_size import InputSizeError
 from stitch.config.schema_model import NestedInsertionCfg
 from stitch.errors import StitchingError
-from stitch.surgery import Insertion, stitch
+from stitch.surgery import Applied, Insertion, stitch
 
 
 @pytest.fixture(autouse=True)
@@ -281,3 +283,136 @@ def test_stitching_refuses_a_size_in_one_line(module: str, at: str, size: int, m
     with pytest.raises(StitchingError, match=re.escape(message)) as info:
         _stitch(_two_convs(), size, module, at)
     assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------- inputs that vary in size
+FIXED_SIZE = [
+    ("BoT", {}, "BoT takes one fixed input size (the probe's 16x16); ", "use Halo or Lambda (r: 9) or"),
+    (
+        "Lambda",
+        {"r": None},
+        "Lambda (r: null) takes one fixed input size (the probe's 16x16); ",
+        "use Lambda with r: 9 or",
+    ),
+    (
+        "GE",
+        {"extra_params": True},
+        "GE (global extent, extra_params) takes one fixed input size (the probe's 8x8); ",
+        "use GE with extent 2, 4 or 8 (or extra_params: false) or",
+    ),
+]
+
+
+def _stitch_varying(module: str, args: dict, inputs_vary: bool) -> nn.Module:
+    model = _two_convs()
+    x = torch.randn(2, 3, 16, 16)
+    cfg = NestedInsertionCfg(module=module, at="2", args=args)
+    stitch(model, {}, lambda m: m(x), [Insertion("A", cfg)], inputs_vary=inputs_vary)
+    return model
+
+
+@pytest.mark.parametrize("module,args,message,fix", FIXED_SIZE)
+def test_fixed_size_module_refused_where_inputs_vary(module: str, args: dict, message: str, fix: str) -> None:
+    with pytest.raises(StitchingError) as info:
+        _stitch_varying(module, args, inputs_vary=True)
+    text = str(info.value)
+    assert "\n" not in text and f"insertion 'A' at '2': {message}" in text
+    assert "this task's inputs vary in size (Mask R-CNN resizes every image): " + fix in text
+    assert text.endswith(" a fixed-size task")
+    _stitch_varying(module, args, inputs_vary=False)  # one input size: built for the probe's
+
+
+@pytest.mark.parametrize(
+    "module,args",
+    [
+        ("Lambda", {}),
+        ("Lambda", {"r": 3}),
+        ("GE", {"extra_params": True, "extent": 2}),
+        ("GE", {}),
+        ("Halo", {}),
+    ],
+)
+def test_size_free_settings_stitch_where_inputs_vary(module: str, args: dict) -> None:
+    model = _stitch_varying(module, args, inputs_vary=True)
+    assert model(torch.randn(2, 3, 32, 48)).shape == (2, 32, 16, 24)  # another size works
+
+
+def test_inputs_vary_for_the_instance_task_only() -> None:
+    from stitch.baselines.maskrcnn import MASKRCNN
+    from stitch.build import inputs_vary
+    from stitch.registry import BASELINES
+
+    assert inputs_vary(MASKRCNN)
+    assert not inputs_vary(BASELINES["unet"])  # segmentation: data.image_size crops only
+
+
+def test_validate_refuses_bot_in_mask_rcnn_in_one_line(write_experiment, capsys) -> None:
+    from stitch.cli import main
+
+    path = write_experiment("""
+        name: bot
+        task: instance
+        baseline:
+          model: maskrcnn
+          args: {backbone: mobilenet_v3_small, min_size: 64, max_size: 64, num_classes: 3}
+        probe: {image_size: [64, 64]}
+        insertions:
+          - {name: B, module: BoT, at: c4, mode: after}
+    """)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: ") and "insertions[0].at: insertion 'B' at 'c4': " in err
+    assert (
+        "BoT takes one fixed input size (the probe's 4x4); this task's inputs vary in size (Mask R-CNN "
+        "resizes every image): use Halo or Lambda (r: 9) or a fixed-size task"
+    ) in err
+
+
+# ----------------------------------------------------------------------------- SK in a ResNet bottleneck
+def _sk_block() -> Bottleneck:
+    ds = nn.Sequential(nn.Conv2d(32, 64, 1, 2, bias=False), nn.BatchNorm2d(64))
+    return Bottleneck(32, 16, 2, ds)
+
+
+def _stitch_sk(block: nn.Module, args: dict, mode: str = "replace") -> Applied:
+    x = torch.randn(2, block.conv1.in_channels, 8, 8)
+    cfg = NestedInsertionCfg(module="SK", at="conv2", mode=mode, args=args)
+    (applied,) = stitch(block, {}, lambda m: m(x), [Insertion("SK", cfg)])
+    return applied
+
+
+def test_sk_bottleneck_auto_absorbs_bn2_false_keeps_it() -> None:
+    block = _sk_block()
+    applied = _stitch_sk(block, {})
+    assert (
+        isinstance(block.bn2, nn.Identity) and applied.absorbed == ["bn2"] and applied.absorbed_params == 32
+    )
+    kept = _sk_block()
+    applied = _stitch_sk(kept, {"bottleneck": False})
+    assert isinstance(kept.bn2, nn.BatchNorm2d) and applied.absorbed == [] and applied.absorbed_params == 0
+    assert isinstance(kept.conv2, SelectiveKernel)
+    assert kept(torch.randn(2, 32, 8, 8)).shape == (2, 64, 4, 4)
+
+
+def test_sk_bottleneck_auto_absorbs_only_when_replacing_a_bottleneck_conv2() -> None:
+    block = _sk_block()
+    assert _stitch_sk(block, {}, mode="after").absorbed == []
+    assert isinstance(block.bn2, nn.BatchNorm2d)
+    basic = BasicBlock(16, 16)
+    assert _stitch_sk(basic, {}).absorbed == [] and isinstance(basic.bn2, nn.BatchNorm2d)
+
+
+def test_sk_bottleneck_true_elsewhere_and_bad_values_are_one_line_errors() -> None:
+    with pytest.raises(StitchingError) as info:
+        _stitch_sk(BasicBlock(16, 16), {"bottleneck": True})
+    assert "\n" not in str(info.value)
+    assert (
+        "bottleneck: true needs mode replace at the conv2 of a torchvision ResNet Bottleneck "
+        "(this point is 'conv2' in a BasicBlock, mode replace); use bottleneck: auto or false here"
+    ) in str(info.value)
+    with pytest.raises(StitchingError, match="SK: argument 'bottleneck'='sometimes': "):
+        _stitch_sk(_sk_block(), {"bottleneck": "sometimes"})
+    with pytest.raises(ValueError, match="bottleneck must be auto, true or false, not 'sometimes'"):
+        _build("SK", {"in_channels": 16}, {"bottleneck": "sometimes"})
+    assert _stitch_sk(_sk_block(), {"bottleneck": True}).absorbed == ["bn2"]
