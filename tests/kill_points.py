@@ -9,14 +9,22 @@ command, polls the run directory about every millisecond and kills when the trig
 the :class:`KillPoint` it returns says which file was being written (and whether its temporary
 file was still there after the kill, i.e. the kill cut the write), the phase (the last line
 the process logged) and the time.
+
+:class:`ForkServer` starts such processes quickly: one process imports stitch's command line
+once and forks a child per command, which then runs exactly what ``python -m stitch ARGS`` runs
+(the same ``sys.argv``, ``main()``, ``sys.exit`` and interpreter exit) without paying the imports
+(torch, torchvision, pydantic, optuna: seconds per start on a 2-core machine) again.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import select
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,10 +111,12 @@ def run_once(
     trigger: Trigger | None,
     output: Path,
     training: bool = True,
+    server: ForkServer | None = None,
 ) -> tuple[int, KillPoint | None]:
     """Run ``cmd`` (stdout and stderr to ``output``) and kill it when ``trigger`` fires; returns
     its exit status and the kill point (None when it ended by itself first). ``training`` is
-    recorded in the kill point (whether runs were left to train when it started)."""
+    recorded in the kill point (whether runs were left to train when it started). With a
+    ``server``, ``cmd`` (``python -m stitch ARGS``) is started by it (its env and cwd apply)."""
     log = run_dir / "log.txt"
     log_size = log.stat().st_size if log.exists() else 0
     where = trigger.where if trigger is not None else ""
@@ -115,7 +125,12 @@ def run_once(
     started_work: float | None = None
     with open(output, "w") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc: subprocess.Popen | Child
+        if server is None:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        else:
+            assert cmd[1:3] == ["-m", "stitch"], cmd
+            proc = server.start(cmd[3:], output)
 
         def kill(tmp: Path | None) -> tuple[int, KillPoint]:
             at = time.perf_counter() - start
@@ -151,3 +166,139 @@ def run_once(
                 proc.kill()
                 proc.wait()
     return proc.returncode, None
+
+
+#: the fork server's program: import stitch's command line and the modules its commands import on
+#: start (argv[1:]); then for each request line ``{"args": [...], "output": path}`` fork a child
+#: that runs ``python -m stitch ARGS`` with stdin empty and stdout and stderr to ``output``. The
+#: server answers ``{"pid": n}``, and ``{"code": c}`` once the child has ended (c < 0: the signal
+#: that ended it, as subprocess reports it).
+SERVER = r"""
+import importlib, json, os, sys
+import stitch.cli
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except ImportError:  # an optional dependency: its command imports it, or fails, as it would
+        pass
+main_path = os.path.join(os.path.dirname(stitch.cli.__file__), "__main__.py")
+for line in sys.stdin:
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:  # the child: as ``python -m stitch ARGS`` after its imports
+        null = os.open(os.devnull, os.O_RDONLY)
+        out = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(null)
+        os.close(out)
+        sys.stdin = open(0, closefd=False)
+        sys.argv = [main_path, *request["args"]]
+        sys.exit(stitch.cli.main())
+    print(json.dumps({"pid": pid}), flush=True)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"code": os.waitstatus_to_exitcode(status)}), flush=True)
+"""
+
+
+#: what ``stitch run`` and ``stitch sweep`` of a tiny ``shapes`` U-Net experiment import as they
+#: go (most of their start-up time when imported in each process)
+PRELOAD = (
+    "stitch.run",
+    "stitch.sweep.runner",
+    "stitch.sweep.outputs",
+    "stitch.costs",
+    "stitch.baselines.unet",
+    "stitch.data.shapes",
+    "stitch.data.transforms",
+    "torchvision.transforms.v2",
+    "matplotlib.pyplot",
+    "pandas",
+    "pandas.io.formats.style",
+    "optuna.storages._rdb.models",
+    "alembic.command",
+    "alembic.migration",
+)
+
+
+class ForkServer:
+    """A process that has imported stitch's command line (and ``preload``) and starts each
+    ``stitch ARGS`` command as a forked child of itself: a real process of its own, killed and
+    interrupted like ``python -m stitch ARGS``, but started in milliseconds. One command at a time;
+    ``env`` and ``cwd`` are every command's; :meth:`close` ends it."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, preload: tuple[str, ...] = PRELOAD) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SERVER, *preload],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self.received = b""  # read from the server, not yet answered
+
+    def close(self) -> None:
+        """End the server (after its running command, if any, which :meth:`Child.kill` ends)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def answer(self, timeout: float | None) -> dict[str, int] | None:
+        """The server's next answer, or None when none came within ``timeout`` seconds."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()  # read unbuffered, so that select() sees every answer
+        while b"\n" not in self.received:
+            if timeout is not None and not select.select([fd], [], [], timeout)[0]:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise RuntimeError(f"the fork server ended (exit status {self.proc.wait()})")
+            self.received += chunk
+        line, self.received = self.received.split(b"\n", 1)
+        return json.loads(line)
+
+    def start(self, args: list[str], output: Path) -> Child:
+        """Start ``stitch ARGS`` (stdout and stderr to ``output``)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"args": args, "output": str(output)}).encode() + b"\n")
+        self.proc.stdin.flush()
+        answer = self.answer(None)
+        assert answer is not None
+        return Child(self, answer["pid"])
+
+
+class Child:
+    """A command started by a :class:`ForkServer`: the part of ``subprocess.Popen`` the kill tests use."""
+
+    def __init__(self, server: ForkServer, pid: int) -> None:
+        self.server, self.pid = server, pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            answer = self.server.answer(0)
+            if answer is not None:
+                self.returncode = answer["code"]
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            answer = self.server.answer(timeout)
+            if answer is None:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            self.returncode = answer["code"]
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL, and wait for the end (the server answers nothing else meanwhile)."""
+        self.send_signal(signal.SIGKILL)
+        self.wait()

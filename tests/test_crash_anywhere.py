@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 import torch
-from kill_points import TMP_FILE, KillPoint, Trigger, run_once
+from kill_points import TMP_FILE, ForkServer, KillPoint, Trigger, run_once
 
 from stitch.store import ResultStore, RunRow
 
@@ -209,6 +209,9 @@ def test_sigkill_anywhere_ends_as_an_uninterrupted_run(
     # the uninterrupted run, in its own process beside the killed ones (they share only the
     # generated data, which stitch prepares atomically); compared once both have ended
     straight = tmp_path / "straight" / "crash"
+    # the killed processes are forked from one that imported stitch once (the imports were most
+    # of each attempt's time); the uninterrupted run is a plain `python -m stitch`
+    server = ForkServer(env, ROOT)
     with open(tmp_path / "straight.out", "w") as out:
         reference = subprocess.Popen(
             command("straight"), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
@@ -221,7 +224,7 @@ def test_sigkill_anywhere_ends_as_an_uninterrupted_run(
             training = not all_done(killed, RUNS)
             trigger = next_trigger(rng, training, kills)
             output = tmp_path / f"attempt-{attempt:02d}.out"
-            code, kill = run_once(command("killed"), env, ROOT, killed, trigger, output, training)
+            code, kill = run_once(command("killed"), env, ROOT, killed, trigger, output, training, server)
             if kill is None:
                 assert code == 0, f"attempt {attempt} failed by itself:\n{output.read_text()}"
                 if trigger is None:
@@ -234,6 +237,7 @@ def test_sigkill_anywhere_ends_as_an_uninterrupted_run(
             pytest.fail(f"not finished after {MAX_ATTEMPTS} attempts")
         assert reference.wait(timeout=600) == 0, (tmp_path / "straight.out").read_text()
     finally:
+        server.close()
         if reference.poll() is None:  # the test failed: leave no process behind
             reference.kill()
             reference.wait()

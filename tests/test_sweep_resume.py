@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from kill_points import Child, ForkServer
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 from yaml_snippets import tiny_shapes_unet
@@ -106,9 +107,16 @@ class Watch:
         )
 
 
-def run_until(cmd: list[str], when: Callable[[], bool], sig: int, timeout: float = 120) -> tuple[int, bool]:
-    """Start ``cmd``, send ``sig`` as soon as ``when()`` holds; ``(exit code, whether it was sent)``."""
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def run_until(
+    cmd: list[str], when: Callable[[], bool], sig: int, timeout: float = 120, server: ForkServer | None = None
+) -> tuple[int, bool]:
+    """Start ``cmd`` (forked by ``server`` when given), send ``sig`` as soon as ``when()`` holds;
+    ``(exit code, whether it was sent)``."""
+    proc: subprocess.Popen | Child
+    if server is None:
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    else:
+        proc = server.start(cmd[3:], Path(os.devnull))
     deadline = time.monotonic() + timeout
     sent = False
     while proc.poll() is None and time.monotonic() < deadline:
@@ -168,18 +176,27 @@ def test_a_sweep_killed_five_times_ends_with_the_requested_distinct_configuratio
         ("a run just finished", lambda b: watch.done_runs() > b["done"]),
         ("the second new checkpoint", lambda b: len(watch.checkpoints() - b["checkpoints"]) >= 2),
     ]
-    for name, moment in moments:
-        base = watch.snapshot()
-        code, sent = run_until(cmd, lambda m=moment, b=base: m(b), signal.SIGKILL)
-        if sent:
-            kills.append(name)
-        else:  # the sweep ended before that moment came
-            assert code == 0
-    print("kill points:", kills)
-    assert len(kills) == 5, kills
-    # to the end, and the reference, in processes like the killed ones (this process may run torch
-    # with more threads: its float32 sums would differ in the last bits)
-    assert subprocess.run(cmd, env=ENV, capture_output=True).returncode == 0
+    # every sweep is forked from one process that imported stitch and optuna once (the imports were
+    # most of each start's time), with ENV; not this process, which may run torch with more
+    # threads (its float32 sums would differ in the last bits)
+    server = ForkServer(ENV, Path.cwd())
+    try:
+        for name, moment in moments:
+            base = watch.snapshot()
+            code, sent = run_until(cmd, lambda m=moment, b=base: m(b), signal.SIGKILL, server=server)
+            if sent:
+                kills.append(name)
+            else:  # the sweep ended before that moment came
+                assert code == 0
+        print("kill points:", kills)
+        assert len(kills) == 5, kills
+        # to the end, and the reference, in processes like the killed ones
+        assert server.start(cmd[3:], tmp_path / "end.out").wait() == 0, (tmp_path / "end.out").read_text()
+        reference = tmp_path / "reference"
+        ref_out = tmp_path / "reference.out"
+        assert server.start(command(path, reference)[3:], ref_out).wait() == 0, ref_out.read_text()
+    finally:
+        server.close()
 
     trials, rows = final_state(run_dir)
     states = [t.state for t in trials]
@@ -194,8 +211,6 @@ def test_a_sweep_killed_five_times_ends_with_the_requested_distinct_configuratio
         "no retry of a retry"
     )
 
-    reference = tmp_path / "reference"
-    assert subprocess.run(command(path, reference), env=ENV, capture_output=True).returncode == 0
     _, ref_rows = final_state(reference / "resume")
     common = set(ref_rows) & set(rows)
     assert common  # at least the first configuration
