@@ -21,7 +21,8 @@ Defaults are timm's. Papers, official code and where timm differs from them:
   false``, GE-θ⁺ = ``extra_params: true, use_mlp: true``; ``extent`` 2, 4, 8 (0 = global). With
   ``extra_params`` timm gathers with ``log2(extent)`` stride-2 depthwise 3x3 convs + BN (the paper's
   GE-θ); at global extent with ``extra_params`` the gather is a depthwise conv whose kernel is the
-  whole map, so that module takes one fixed input size (the probe's, given by the ``fit`` hook).
+  whole map, so that module takes one fixed input size (the probe's, given by the ``fit`` hook;
+  refused in one line where inputs vary in size, the instance task).
 
 timm 1.0.31 bug: ``GatherExcite`` passes its ``{'device', 'dtype'}`` dict as ``*dd`` (the two key
 strings as positional arguments) to ``ConvMlp``, ``create_conv2d`` and ``nn.BatchNorm2d``, so it

@@ -4,7 +4,9 @@ Wrapped, not rewritten: each builder picks the timm class that ``timm.layers.cre
 for ``'halo'``, ``'lambda'``, ``'bottleneck'`` (timm 1.0.31) and names the user knobs;
 forwards are timm's, after a one-line input-size check where timm only asserts without a message
 (:mod:`modules_zoo.feature_size`). All three default to mode ``replace`` (they can change channels
-and take a stride, as a bottleneck's ``conv2``); defaults are timm's. Papers, code, differences:
+and take a stride, as a bottleneck's ``conv2``); defaults are timm's. BoT and Lambda with
+``r: null`` take one input size, so they are refused in one line where inputs vary in size (the
+instance task: :func:`modules_zoo.feature_size.fixed_size_fit`). Papers, code, differences:
 
 * Halo: Vaswani, Ramachandran, Srinivas, Parmar, Hechtman, Shlens, "Scaling Local Self-Attention
   for Parameter Efficient Visual Backbones", CVPR 2021, arXiv:2103.12731; no official code (timm's

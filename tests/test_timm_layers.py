@@ -311,7 +311,7 @@ def _stitch_varying(module: str, args: dict, inputs_vary: bool) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("module,args,message,fix", FIXED_SIZE)
+@pytest.mark.parametrize("module,args,message,fix", FIXED_SIZE, ids=["BoT", "Lambda-r-null", "GE-global"])
 def test_fixed_size_module_refused_where_inputs_vary(module: str, args: dict, message: str, fix: str) -> None:
     with pytest.raises(StitchingError) as info:
         _stitch_varying(module, args, inputs_vary=True)
