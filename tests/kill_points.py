@@ -169,8 +169,9 @@ def run_once(
 
 
 #: the fork server's program: import stitch's command line and the modules its commands import on
-#: start (argv[1:]); then for each request line ``{"args": [...], "output": path}`` fork a child
-#: that runs ``python -m stitch ARGS`` with stdin empty and stdout and stderr to ``output``. The
+#: start (argv[1:]); then for each request line ``{"args": [...], "output": path, "errors": path
+#: or null}`` fork a child that runs ``python -m stitch ARGS`` with stdin empty, stdout to
+#: ``output`` and stderr to ``errors`` (null: to ``output`` too). The
 #: server answers ``{"pid": n}``, and ``{"code": c}`` once the child has ended (c < 0: the signal
 #: that ended it, as subprocess reports it).
 SERVER = r"""
@@ -188,11 +189,12 @@ for line in sys.stdin:
     if pid == 0:  # the child: as ``python -m stitch ARGS`` after its imports
         null = os.open(os.devnull, os.O_RDONLY)
         out = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        err = os.open(request["errors"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if request["errors"] else out
         os.dup2(null, 0)
         os.dup2(out, 1)
-        os.dup2(out, 2)
-        os.close(null)
-        os.close(out)
+        os.dup2(err, 2)
+        for fd in {null, out, err}:
+            os.close(fd)
         sys.stdin = open(0, closefd=False)
         sys.argv = [main_path, *request["args"]]
         sys.exit(stitch.cli.main())
@@ -262,10 +264,11 @@ class ForkServer:
         line, self.received = self.received.split(b"\n", 1)
         return json.loads(line)
 
-    def start(self, args: list[str], output: Path) -> Child:
-        """Start ``stitch ARGS`` (stdout and stderr to ``output``)."""
+    def start(self, args: list[str], output: Path, errors: Path | None = None) -> Child:
+        """Start ``stitch ARGS`` with stdout to ``output`` and stderr to ``errors`` (None: to ``output``)."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"args": args, "output": str(output)}).encode() + b"\n")
+        request = {"args": args, "output": str(output), "errors": None if errors is None else str(errors)}
+        self.proc.stdin.write(json.dumps(request).encode() + b"\n")
         self.proc.stdin.flush()
         answer = self.answer(None)
         assert answer is not None

@@ -4,17 +4,17 @@ that was never interrupted (history, metrics, weights), with gradient accumulati
 
 from __future__ import annotations
 
+import gc
 import os
 import shlex
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from kill_points import ForkServer
 from torch import nn
 from yaml_snippets import tiny_shapes_unet
 
@@ -77,6 +77,17 @@ class Setup:
         return train(model, *args, callbacks=callbacks, stop_after=stop_after, num_workers=num_workers)
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoopState, nn.Module]:
+    """The uninterrupted run of the default :class:`Setup` (its state and model), trained once for
+    the tests that compare with it (the generated data and the training are the same in every
+    test's folder)."""
+    tmp_path = tmp_path_factory.mktemp("straight")
+    setup = Setup(tmp_path)
+    model = setup.model()
+    return setup.train(model, tmp_path / "a"), model
+
+
 def same_run(a: tuple[LoopState, nn.Module], b: tuple[LoopState, nn.Module]) -> None:
     (sa, ma), (sb, mb) = a, b
     assert untimed(sa.history) == untimed(sb.history)
@@ -95,14 +106,18 @@ def interrupted_then_resumed(setup: Setup, ckpt: Path, at: tuple[int, int], **tr
     with pytest.raises(TrainingInterrupted) as info:
         setup.train(setup.model(), ckpt, [CtrlCAt(*at)], **train_cfg)
     assert (ckpt / INTERRUPTED).exists()
+    exc = info.value
+    # the interrupted loop's frames (and its DataLoader workers) go now, as in a process that ends:
+    # collected only after the resumed run has forked its own workers, their shutdown waits 5 s each
+    del info
+    exc.__traceback__ = None
+    gc.collect()
     model = setup.model()  # as a new process would build it
-    return info.value, (setup.train(model, ckpt, **train_cfg), model)
+    return exc, (setup.train(model, ckpt, **train_cfg), model)
 
 
-def test_ctrl_c_mid_epoch_resumes_to_exactly_the_uninterrupted_run(tmp_path: Path) -> None:
+def test_ctrl_c_mid_epoch_resumes_to_exactly_the_uninterrupted_run(tmp_path: Path, straight) -> None:
     setup = Setup(tmp_path)
-    straight_model = setup.model()
-    straight = (setup.train(straight_model, tmp_path / "a"), straight_model)
     before = signal.getsignal(signal.SIGINT)
     exc, resumed = interrupted_then_resumed(setup, tmp_path / "b", (2, 2))
     assert signal.getsignal(signal.SIGINT) is before  # the handler is put back, raised or returned
@@ -124,10 +139,8 @@ def test_with_accumulation_and_workers_it_stops_at_the_end_of_the_optimiser_step
     same_run(straight, resumed)
 
 
-def test_ctrl_c_at_the_last_step_of_an_epoch(tmp_path: Path) -> None:
+def test_ctrl_c_at_the_last_step_of_an_epoch(tmp_path: Path, straight) -> None:
     setup = Setup(tmp_path)
-    straight_model = setup.model()
-    straight = (setup.train(straight_model, tmp_path / "a"), straight_model)
     exc, resumed = interrupted_then_resumed(setup, tmp_path / "b", (1, 4))
     assert (exc.epoch, exc.step) == (1, 4)  # before epoch 1's evaluation and checkpoint
     same_run(straight, resumed)
@@ -144,10 +157,8 @@ class CtrlCAtEval(Callback):
             signal.raise_signal(signal.SIGINT)
 
 
-def test_ctrl_c_after_the_last_step_still_stops_with_everything_saved(tmp_path: Path) -> None:
+def test_ctrl_c_after_the_last_step_still_stops_with_everything_saved(tmp_path: Path, straight) -> None:
     setup = Setup(tmp_path)
-    straight_model = setup.model()
-    straight = (setup.train(straight_model, tmp_path / "a"), straight_model)
     with pytest.raises(TrainingInterrupted) as info:
         setup.train(setup.model(), tmp_path / "b", [CtrlCAtEval(3)])
     assert (info.value.epoch, info.value.step) == (3, 4) and info.value.path.name == "epoch-0003.pt"
@@ -155,20 +166,17 @@ def test_ctrl_c_after_the_last_step_still_stops_with_everything_saved(tmp_path: 
     same_run(straight, (setup.train(model, tmp_path / "b"), model))  # nothing left to train
 
 
-def test_a_mid_epoch_checkpoint_of_another_batch_size_is_ignored(tmp_path: Path) -> None:
+def test_a_mid_epoch_checkpoint_of_another_batch_size_is_ignored(tmp_path: Path, straight) -> None:
     """After an out-of-memory retry (half the batch, twice the accumulation) the epoch starts over
     from its epoch checkpoint, and the mid-epoch checkpoint goes once that epoch is done."""
     setup = Setup(tmp_path)
-    straight_model = setup.model()
-    straight = setup.train(straight_model, tmp_path / "a")
     with pytest.raises(TrainingInterrupted):
         setup.train(setup.model(), tmp_path / "b", [CtrlCAt(2, 3)])
     state = setup.train(setup.model(), tmp_path / "b", batch_size=1, grad_accum=2)
     assert state.epoch == 3 and not (tmp_path / "b" / INTERRUPTED).exists()
-    assert untimed(state.history)[0] == untimed(straight.history)[0]  # epoch 1 from its checkpoint
-    assert (
-        state.history[1]["train_loss"] != straight.history[1]["train_loss"]
-    )  # epoch 2 again, smaller batches
+    history = straight[0].history
+    assert untimed(state.history)[0] == untimed(history)[0]  # epoch 1 from its checkpoint
+    assert state.history[1]["train_loss"] != history[1]["train_loss"]  # epoch 2 again, smaller batches
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
@@ -214,23 +222,27 @@ def test_ctrl_c_on_stitch_run_resumes_to_the_same_result(tmp_path: Path) -> None
     path = tmp_path / "tiny.yaml"
     path.write_text(tiny_shapes_unet("tiny_run", tmp_path / "data", 10) + "seeds: [0]\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "stitch", "run", str(path), "--quiet"]
-    proc = subprocess.Popen(
-        cmd + ["--out", str(tmp_path / "stopped")],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    ckpt_root = tmp_path / "stopped" / "tiny_run" / "ckpt"
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(ckpt_root.glob("*/epoch-0002.pt")):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, "the run finished before it could be interrupted"
-    (ckpt,) = ckpt_root.glob(f"*/{INTERRUPTED}")
+    args = ["run", str(path), "--quiet"]
+    # the three processes are forked from one that imported stitch once (kill_points.ForkServer):
+    # each runs what `python -m stitch run ...` runs, without the imports' seconds
+    server = ForkServer(env, ROOT)
+    try:
+        stopped = [*args, "--out", str(tmp_path / "stopped")]
+        proc = server.start(stopped, tmp_path / "stopped.out", tmp_path / "stopped.err")
+        ckpt_root = tmp_path / "stopped" / "tiny_run" / "ckpt"
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(ckpt_root.glob("*/epoch-0002.pt")):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, "the run finished before it could be interrupted"
+        out, err = (tmp_path / "stopped.out").read_text(), (tmp_path / "stopped.err").read_text()
+        (ckpt,) = ckpt_root.glob(f"*/{INTERRUPTED}")
+        for out_dir in ("stopped", "straight"):
+            output = tmp_path / f"{out_dir}-again.out"
+            code = server.start([*args, "--out", str(tmp_path / out_dir)], output).wait(timeout=300)
+            assert code == 0, output.read_text()
+    finally:
+        server.close()
     resume = shlex.join(["stitch", "run", str(path), "--quiet", "--out", str(tmp_path / "stopped")])
     assert (
         "Baseline seed 0: interrupted at epoch " in out
@@ -238,10 +250,6 @@ def test_ctrl_c_on_stitch_run_resumes_to_the_same_result(tmp_path: Path) -> None
     )
     last = err.strip().splitlines()[-1]  # the CLI's own last line says the same
     assert last.startswith("interrupted at epoch ") and last.endswith(f"; resume with: {resume}")
-    for out_dir in ("stopped", "straight"):
-        subprocess.run(
-            cmd + ["--out", str(tmp_path / out_dir)], cwd=ROOT, env=env, check=True, capture_output=True
-        )
     rows = []
     for out_dir in ("stopped", "straight"):
         with ResultStore(tmp_path / out_dir / "tiny_run" / "runs.sqlite") as store:
