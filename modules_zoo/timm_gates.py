@@ -22,7 +22,9 @@ Defaults are timm's. Papers, official code and where timm differs from them:
   ``extra_params`` timm gathers with ``log2(extent)`` stride-2 depthwise 3x3 convs + BN (the paper's
   GE-θ); at global extent with ``extra_params`` the gather is a depthwise conv whose kernel is the
   whole map, so that module takes one fixed input size (the probe's, given by the ``fit`` hook;
-  refused in one line where inputs vary in size, the instance task).
+  refused in one line where inputs vary in size, the instance task). timm pads that conv by
+  ``(k - 1) // 2`` per side as for any conv, so its gather is an (H - 1 + H % 2) x (W - 1 + W % 2)
+  map resized back to H x W, not the paper's one value per channel (the zoo keeps timm's).
 
 timm 1.0.31 bug: ``GatherExcite`` passes its ``{'device', 'dtype'}`` dict as ``*dd`` (the two key
 strings as positional arguments) to ``ConvMlp``, ``create_conv2d`` and ``nn.BatchNorm2d``, so it
@@ -69,6 +71,7 @@ def _without_dd_strings(fn: Callable[..., Any]) -> Callable[..., Any]:
 def positional_dd_dropped() -> Iterator[None]:
     """While open, timm's ``gather_excite`` module calls ``ConvMlp`` and ``create_conv2d`` without
     the stray positional ``'device'`` / ``'dtype'`` strings of its ``*dd`` bug (timm 1.0.31)."""
+    # Build-time only, not thread-safe: another thread building a timm GE meanwhile sees the swap.
     saved = timm_gather_excite.ConvMlp, timm_gather_excite.create_conv2d
     timm_gather_excite.ConvMlp = _without_dd_strings(saved[0])  # type: ignore[misc,assignment]
     timm_gather_excite.create_conv2d = _without_dd_strings(saved[1])
@@ -178,9 +181,13 @@ def strip(channels: int, use_conv: bool = True, kernel_size: int = 3, bias: bool
     fidelity="variant",
     fidelity_note=(
         "timm's reimplementation (the official code is partial Caffe): GE-theta-minus, GE-theta, "
-        "GE-theta-plus through extra_params / use_mlp"
+        "GE-theta-plus through extra_params / use_mlp; at global extent timm pads the whole-map gather "
+        "conv, so it is not one value per channel"
     ),
-    tested_by=("tests/test_timm_layers.py::test_gather_excite_workaround_builds_every_variant",),
+    tested_by=(
+        "tests/test_timm_layers.py::test_gather_excite_workaround_builds_every_variant",
+        "tests/test_timm_layers.py::test_gather_excite_workaround_equals_the_transcription",
+    ),
 )
 def ge(
     channels: int,

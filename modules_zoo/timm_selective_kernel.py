@@ -50,8 +50,7 @@ __all__ = ["sk"]
     ),
     tested_by=(
         "tests/test_timm_layers.py::test_wraps_timm_unchanged",
-        "tests/test_timm_layers.py::test_sk_sknet50_configuration_parameter_count",
-        "tests/test_split_attention.py::test_sk_at_every_resnext50_conv2_absorbs_bn2_as_sknet50",
+        "tests/test_timm_layers.py::test_sk_at_every_resnext50_conv2_absorbs_bn2_as_sknet50",
     ),
 )
 def sk(

@@ -13,6 +13,11 @@ as a bag of tensors (weights, BN statistics) and recomputes the official forward
   ``MODELS/model_resnet.py``); ECA: github.com/BangguWu/ECANet ``models/eca_module.py``; GCNet:
   github.com/open-mmlab/mmcv ``mmcv/cnn/bricks/context_block.py``: module transcriptions (train
   mode too) and maps of their state-dict keys onto timm's.
+* Gather-Excite: Hu, Shen, Albanie, Sun, Vedaldi, NeurIPS 2018, arXiv:1810.12348 (the official
+  GENet code is partial Caffe): the paper's GE-θ / GE-θ⁺ forward on timm's state-dict layout
+  (``gather.conv<i>`` / ``gather.norm<i>``, ``mlp.fc1`` / ``mlp.fc2``), as a function of the tensors.
+
+Also :func:`perturbed`, the tests' one way to move weights and BN statistics off their init.
 """
 
 from __future__ import annotations
@@ -22,6 +27,21 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def perturbed(m: nn.Module, scale: float, bn_stats: bool = True) -> nn.Module:
+    """``m`` with ``scale * randn`` added to every parameter and (``bn_stats``) every BatchNorm's
+    running mean drawn from N(0, 0.2) and variance from U(0.5, 1.5), in that order, so outputs
+    depend on every weight and statistic (eval and train). Returns ``m`` (changed in place)."""
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(scale * torch.randn_like(p))
+        if bn_stats:
+            for bn in m.modules():
+                if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+                    bn.running_mean.normal_(0.0, 0.2)
+                    bn.running_var.uniform_(0.5, 1.5)
+    return m
 
 
 def _bn_eval(x: Tensor, bn: nn.BatchNorm2d) -> Tensor:
@@ -529,3 +549,36 @@ def context_block_to_timm(state: dict[str, Tensor]) -> dict[str, Tensor]:
         name = {"0": "fc1", "1": "norm", "3": "fc2"}[index]
         out[f"{prefix}.{name}.{leaf}"] = value.flatten() if name == "norm" else value
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Gather-Excite (GE-θ, GE-θ⁺; timm's state-dict layout)
+# --------------------------------------------------------------------------------------------
+def gather_excite_forward(state: dict[str, Tensor], x: Tensor, extent: int, eps: float = 1e-5) -> Tensor:
+    """GE with a parametric gather (eval): ``x * sigmoid(excite(gather(x)))`` upsampled to x's size.
+
+    The gather (the paper's GE-θ) is ``log2(extent)`` depthwise 3x3 stride-2 convs (padding 1, no
+    bias), each followed by BN, with a ReLU between them; at global extent (``extent=0``) one
+    depthwise conv whose kernel is the whole map, padded by ``(k - 1) // 2`` per side as timm pads
+    it (the paper's global gather has no padding and gives one value per channel). The excite is the
+    1x1-conv MLP fc1 -> ReLU -> fc2 (GE-θ⁺) when ``state`` has ``mlp.fc1.weight``, else nothing
+    (GE-θ). The gate is resized to x's size by nearest-neighbour interpolation.
+    """
+    size = x.shape[-2:]
+    n_convs = 1 if extent == 0 else int(math.log2(extent))
+    g = x
+    for i in range(1, n_convs + 1):
+        w = state[f"gather.conv{i}.weight"]
+        kh, kw = w.shape[-2:]
+        stride = 1 if extent == 0 else 2
+        g = F.conv2d(g, w, None, stride, ((kh - 1) // 2, (kw - 1) // 2), groups=w.shape[0])
+        norm = [state[f"gather.norm{i}.{k}"] for k in ("running_mean", "running_var", "weight", "bias")]
+        g = F.batch_norm(g, *norm, training=False, eps=eps)
+        if i < n_convs:
+            g = F.relu(g)
+    if "mlp.fc1.weight" in state:
+        g = F.conv2d(g, state["mlp.fc1.weight"], state["mlp.fc1.bias"])
+        g = F.conv2d(F.relu(g), state["mlp.fc2.weight"], state["mlp.fc2.bias"])
+    if g.shape[-2:] != (1, 1):
+        g = F.interpolate(g, size=size, mode="nearest")
+    return x * torch.sigmoid(g)

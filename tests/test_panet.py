@@ -69,13 +69,6 @@ def batch(n: int = 1):
     return MASKRCNN.example_batch({"num_classes": 3}, n, (SIZE, SIZE))
 
 
-def perturb(m: nn.Module, scale: float = 0.05) -> nn.Module:
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(scale * torch.randn_like(p))
-    return m
-
-
 def copy_params(dst: nn.Module, src: nn.Module) -> None:
     """Copy ``src``'s parameters into ``dst`` in order (same layer types and order, shapes checked)."""
     dp, sp = list(dst.parameters()), list(src.parameters())
@@ -164,7 +157,7 @@ def test_all_three_survive_zero_detections_deepcopy_and_state_dict(write_experim
     with torch.no_grad():
         ref_out = model([image])[0]
         assert torch.equal(copy.deepcopy(model)([image])[0]["masks"], ref_out["masks"])
-        other = perturb(copy.deepcopy(model), 0.5)
+        other = ref.perturbed(copy.deepcopy(model), 0.5, bn_stats=False)
         assert not torch.equal(other([image])[0]["scores"], ref_out["scores"])
         other.load_state_dict(model.state_dict())
         torch.testing.assert_close(other([image])[0]["masks"], ref_out["masks"])
@@ -426,7 +419,8 @@ def test_init_pytorch_keeps_the_layer_defaults_and_run_configs_record_init() -> 
 def test_2fc_afp_output_equals_the_official_head() -> None:
     """Official roi_2mlp_head_gn_panet forward (HEAD) with copied weights == AFP, and == AFP followed
     by the stitched TwoMLPHead (fc6, fc7 now nn.Identity)."""
-    official = perturb(ref.PanetOfficial2MLPHead(16, 64, 7, 4), 0.1).double().eval()  # random GN affine
+    official = ref.PanetOfficial2MLPHead(16, 64, 7, 4)
+    official = ref.perturbed(official, 0.1, bn_stats=False).double().eval()  # random GN affine
     afp = AdaptiveFeaturePooling(16, 64, "fc", output_size=7, norm="gn").double().eval()
     copy_params(afp, official)
     feats, boxes, shapes = _afp_inputs()
@@ -501,7 +495,7 @@ def test_pafpn_and_bottom_up_outputs_equal_the_official_forward(norm: str, relu:
     """The official GN code has ReLU in the bottom-up convs, its no-GN code has none."""
     channels = [16, 32, 64, 128]
     official = ref.PanetOfficialFPN(channels[::-1], 32, use_gn=norm == "gn").double().eval()
-    ours = perturb(PAFPN(channels, 32, norm=norm, relu=relu)).double().eval()
+    ours = ref.perturbed(PAFPN(channels, 32, norm=norm, relu=relu), 0.05, bn_stats=False).double().eval()
     _to_official_fpn(official, ours)
     x = levels(channels, size=32, dtype=torch.float64)
     with torch.no_grad():
@@ -530,7 +524,7 @@ def _double_inputs(channels: int):
 def test_conv_box_afp_output_equals_the_official_4conv1fc_head() -> None:
     """roi_Xconv1fc_gn_head_panet (HEAD) with copied weights == AFP (conv1 per level + the 3 shared
     convs it took from torchvision's FastRCNNConvFCHead) followed by what is left of that head."""
-    official = perturb(ref.PanetOfficialBoxHead(64, 64, 32, 7), 0.1).double().eval()
+    official = ref.perturbed(ref.PanetOfficialBoxHead(64, 64, 32, 7), 0.1, bn_stats=False).double().eval()
     head = FastRCNNConvFCHead((64, 7, 7), [64] * 4, [32], norm_layer=lambda c: nn.GroupNorm(32, c)).double()
     afp = AdaptiveFeaturePooling(64, 64, "conv", norm="gn", shared=list(head)[1:4]).double().eval()
     for i in range(4):
@@ -550,7 +544,9 @@ def test_conv_box_afp_output_equals_the_official_4conv1fc_head() -> None:
 def test_mask_afp_and_ff_output_equal_the_official_ff_head() -> None:
     """mask_rcnn_fcn_head_v1upXconvs_gn_adp_ff + mask_rcnn_outputs (HEAD) with copied weights ==
     AFP at mask_roi_pool (conv1 per level) followed by FullyConnectedFusion (its conv1 absorbed)."""
-    official = perturb(ref.PanetOfficialMaskHeadFF(5, 64, 64, 6, 12), 0.1).double().eval()
+    official = (
+        ref.perturbed(ref.PanetOfficialMaskHeadFF(5, 64, 64, 6, 12), 0.1, bn_stats=False).double().eval()
+    )
     afp = AdaptiveFeaturePooling(64, 64, "conv", output_size=6, norm="gn").double().eval()
     ff = FullyConnectedFusion(64, 5, roi_size=6, dim=64, norm="gn").double().eval()
     setattr(ff, "0", nn.Identity())
@@ -612,7 +608,7 @@ def _afp_inputs(n_rois: int = 6, channels: int = 16):
 @pytest.mark.parametrize("first_layer", ["conv", "fc"])
 def test_afp_pools_every_roi_from_every_level_and_fuses_by_elementwise_max(first_layer: str) -> None:
     afp = AdaptiveFeaturePooling(16, 32, first_layer, output_size=7, norm="none").eval()
-    perturb(afp, 0.1)
+    ref.perturbed(afp, 0.1, bn_stats=False)
     feats, boxes, shapes = _afp_inputs()
     with torch.no_grad():
         out = afp(feats, boxes, shapes)
@@ -662,7 +658,7 @@ def test_afp_and_ff_accept_zero_rois() -> None:
 
 
 def test_ff_adds_the_same_fc_map_to_every_class() -> None:
-    ff = perturb(FullyConnectedFusion(16, 5, roi_size=6, dim=64, norm="gn"), 0.1).eval()
+    ff = ref.perturbed(FullyConnectedFusion(16, 5, roi_size=6, dim=64, norm="gn"), 0.1, bn_stats=False).eval()
     x = torch.randn(3, 16, 6, 6)
     with torch.no_grad():
         out = ff(x)

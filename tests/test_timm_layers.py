@@ -26,6 +26,11 @@ from stitch.config.schema_model import NestedInsertionCfg
 from stitch.errors import StitchingError
 from stitch.surgery import Applied, Insertion, stitch
 
+try:  # tests/ may or may not become a package
+    from . import reference_impls as ref
+except ImportError:
+    import reference_impls as ref
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
@@ -38,17 +43,6 @@ def _build(name: str, probe: dict, args: dict | None = None) -> nn.Module:
 
 def _count(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
-
-
-def _perturb(m: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        for mod in m.modules():
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                mod.running_mean.normal_(0.0, 0.2)
-                mod.running_var.uniform_(0.5, 1.5)
-    return m
 
 
 C = {"channels": 32, "in_channels": 32, "out_channels": 32, "stride": 1, "feat_size": (16, 16)}
@@ -85,7 +79,7 @@ PLAIN_TIMM: list[tuple[str, dict, Callable[[], nn.Module]]] = [
     "name,args,plain", PLAIN_TIMM, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(PLAIN_TIMM)]
 )
 def test_wraps_timm_unchanged(name: str, args: dict, plain: Callable[[], nn.Module]) -> None:
-    ours, theirs = _perturb(_build(name, C, args)), plain()
+    ours, theirs = ref.perturbed(_build(name, C, args), 0.1), plain()
     assert isinstance(ours, type(theirs))
     assert {k: v.shape for k, v in ours.state_dict().items()} == {
         k: v.shape for k, v in theirs.state_dict().items()
@@ -129,26 +123,6 @@ def test_non_local_defaults_match_the_official_nlnet_parameter_count() -> None:
     # BAT with the official sizes: the official blocks have 2C + 4 more (conv biases timm leaves out)
     bat = sum(_count(_build("BAT", {"channels": c})) for c in widths)
     assert bat == 4_668_976 == 4_677_188 - sum(2 * c + 4 for c in widths)
-
-
-def test_sk_sknet50_configuration_parameter_count() -> None:
-    """SKNet-50 (Li et al., CVPR 2019: 27.5M): ResNeXt-50 32x4d with SK {groups: 32, split_input:
-    false, rd_min: 32} as every conv2 and no bn2 after it (built on the meta device: no weights)."""
-    torchvision = pytest.importorskip("torchvision")
-    with torch.device("meta"):
-        net = torchvision.models.resnext50_32x4d()
-        assert _count(net) == 25_028_904
-        for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
-            for block in layer:
-                conv = block.conv2
-                probe = {
-                    "in_channels": conv.in_channels,
-                    "out_channels": conv.out_channels,
-                    "stride": conv.stride[0],
-                }
-                block.conv2 = _build("SK", probe, {"groups": 32, "split_input": False, "rd_min": 32})
-                block.bn2 = nn.Identity()
-    assert _count(net) == 27_479_784
 
 
 @pytest.mark.parametrize("name,out", [("SK", 128), ("Halo", 128), ("BoT", 128), ("Lambda", 64)])
@@ -252,6 +226,23 @@ def test_gather_excite_workaround_builds_every_variant() -> None:
     from timm.layers.mlp import ConvMlp
 
     assert timm_ge.ConvMlp is ConvMlp
+
+
+@pytest.mark.parametrize(
+    "args,size",
+    [
+        ({"extent": 4, "extra_params": True}, (12, 20)),  # GE-θ+ (MLP)
+        ({"extent": 4, "extra_params": True, "use_mlp": False}, (12, 20)),  # GE-θ
+        ({"extent": 2, "extra_params": True}, (9, 7)),
+        ({"extra_params": True}, (8, 6)),  # global extent: the probe's size only
+    ],
+    ids=["theta-plus-extent4", "theta-extent4", "theta-plus-extent2", "theta-plus-global"],
+)
+def test_gather_excite_workaround_equals_the_transcription(args: dict, size: tuple[int, int]) -> None:
+    m = ref.perturbed(_build("GE", {**C, "feat_size": size}, args), 0.3).double().eval()
+    x = torch.randn(2, 32, *size, dtype=torch.float64)
+    expected = ref.gather_excite_forward(m.state_dict(), x, args.get("extent", 0))
+    torch.testing.assert_close(m(x), expected, rtol=0, atol=1e-12)
 
 
 def _two_convs() -> nn.Sequential:
@@ -401,6 +392,24 @@ def test_sk_bottleneck_auto_absorbs_only_when_replacing_a_bottleneck_conv2() -> 
     assert isinstance(block.bn2, nn.BatchNorm2d)
     basic = BasicBlock(16, 16)
     assert _stitch_sk(basic, {}).absorbed == [] and isinstance(basic.bn2, nn.BatchNorm2d)
+
+
+def test_sk_at_every_resnext50_conv2_absorbs_bn2_as_sknet50() -> None:
+    """SKNet-50 (Li et al., CVPR 2019, Table: 27.5M) through the harness: SK with the paper's sizes
+    at every conv2 of torchvision's ResNeXt-50 32x4d takes over each bn2 (SKNet has no norm after
+    the SK conv)."""
+    torchvision = pytest.importorskip("torchvision")
+    net = torchvision.models.resnext50_32x4d()
+    assert sum(p.numel() for p in net.parameters()) == 25_028_904
+    x = torch.randn(1, 3, 32, 32)  # a small probe: only the shapes matter here
+    args = {"groups": 32, "split_input": False, "rd_min": 32}
+    cfg = NestedInsertionCfg(module="SK", at="layer*.*.conv2", args=args)
+    with torch.no_grad():
+        applied = stitch(net, {}, lambda m: m(x), [Insertion("SK", cfg)])
+    assert len(applied) == 16 and all(a.absorbed == [a.point.replace("conv2", "bn2")] for a in applied)
+    assert all(isinstance(block.bn2, nn.Identity) for layer in (net.layer1, net.layer4) for block in layer)
+    assert sum(p.numel() for p in net.parameters()) == 27_479_784
+    assert sum(a.delta for a in applied) == 27_479_784 - 25_028_904
 
 
 def test_sk_bottleneck_true_elsewhere_and_bad_values_are_one_line_errors() -> None:

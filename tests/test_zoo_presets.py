@@ -36,18 +36,6 @@ def build(name: str, channels: int, **args: object) -> nn.Module:
     return modules_zoo.get(name).build({"channels": channels}, args)
 
 
-def perturbed(m: nn.Module) -> nn.Module:
-    """Every parameter and BN statistic moved away from its (often zero) initial value."""
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.normal_(0.0, 0.2)
-                mod.running_var.uniform_(0.5, 1.5)
-    return m
-
-
 @pytest.fixture(scope="module")
 def resnet50() -> nn.Module:
     torch.manual_seed(0)
@@ -98,7 +86,7 @@ def test_cbam_official_matches_the_official_module_in_eval_and_train() -> None:
     """40 channels: the official ``40 // 16 = 2`` hidden units (timm would round 2.5 up to 3);
     the spatial gate's (max, mean) order, BN momentum 0.01 (running stats after a train step)."""
     torch.manual_seed(0)
-    official = perturbed(ref.CbamOfficial(40, 16)).double()
+    official = ref.perturbed(ref.CbamOfficial(40, 16), 0.3).double()
     ours = build("CBAM", 40, preset="official").double()
     ours.load_state_dict(ref.cbam_official_to_timm(official.state_dict()))
     x = torch.randn(3, 40, 6, 5, dtype=torch.float64)
@@ -167,7 +155,7 @@ def test_gc_mmdet_matches_mmcv_context_block(module, fusion, use_attn) -> None:
     torch.manual_seed(0)
     types = {None: ("channel_add",), "mul": ("channel_mul",), "both": ("channel_add", "channel_mul")}[fusion]
     official = ref.ContextBlockOfficial(40, 1.0 / 16, "att" if use_attn else "avg", types)
-    official = perturbed(official).double().eval()
+    official = ref.perturbed(official, 0.3).double().eval()
     args = {"preset": "mmdet", "use_attn": use_attn} | ({"fusion": fusion} if fusion else {})
     ours = build(module, 40, **args).double().eval()
     ours.load_state_dict(ref.context_block_to_timm(official.state_dict()))
