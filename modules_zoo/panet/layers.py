@@ -1,5 +1,6 @@
 """Layers and constants the PANet modules share: Detectron's GroupNorm settings, the
-``conv -> [norm] -> [ReLU]`` block, the official fill rules (MSRAFill, XavierFill) and the norm of a site."""
+``conv -> [norm] -> [ReLU]`` and ``Linear -> [GroupNorm] -> ReLU`` blocks, the official fill rules
+(MSRAFill, XavierFill) and the norm of a site."""
 
 from __future__ import annotations
 
@@ -74,6 +75,16 @@ def conv_norm_act(
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
+
+
+def fc_norm_act(fin: int, fout: int, norm: str) -> nn.Sequential:
+    """``Linear -> [GroupNorm(32)] -> ReLU`` (official ``roi_2mlp_head_gn_panet`` fc1 / fc2 layout)."""
+    if norm not in ("none", "gn"):
+        raise ValueError(f"norm must be 'none' or 'gn' for an fc layer, not {norm!r}")
+    layers: list[nn.Module] = [nn.Linear(fin, fout)]
+    if norm == "gn":
+        layers.append(nn.GroupNorm(GN_GROUPS, fout, eps=GN_EPS))
+    return nn.Sequential(*layers, nn.ReLU(inplace=True))
 
 
 def kaiming_convs(module: nn.Module) -> None:

@@ -179,6 +179,18 @@ def _bottom_up_fit(site: Site) -> dict[str, Any]:
     }
 
 
+#: fidelity of PAFPN and BottomUpPath (the same bottom-up path) and the tests backing it
+BOTTOM_UP_FIDELITY = (
+    "`norm: gn` is the official GN code; `norm: none, relu: false` the official non-GN code; "
+    "the default `relu: true` follows the paper"
+)
+BOTTOM_UP_TESTED_BY = (
+    "tests/test_panet.py::test_pafpn_and_bottom_up_outputs_equal_the_official_forward",
+    "tests/test_panet.py::test_neck_parameter_counts_match_official",
+    "tests/test_panet.py::test_bottom_up_convs_and_afp_convs_use_the_official_fills",
+)
+
+
 @register(
     "PAFPN",
     kind="neck",
@@ -189,15 +201,8 @@ def _bottom_up_fit(site: Site) -> dict[str, Any]:
     fit=_fpn_fit,
     fit_args=("site_norm",),
     fidelity="official-output",
-    fidelity_note=(
-        "`norm: gn` is the official GN code; `norm: none, relu: false` the official non-GN code; "
-        "the default `relu: true` follows the paper"
-    ),
-    tested_by=(
-        "tests/test_panet.py::test_pafpn_and_bottom_up_outputs_equal_the_official_forward",
-        "tests/test_panet.py::test_neck_parameter_counts_match_official",
-        "tests/test_panet.py::test_bottom_up_convs_and_afp_convs_use_the_official_fills",
-    ),
+    fidelity_note=BOTTOM_UP_FIDELITY,
+    tested_by=BOTTOM_UP_TESTED_BY,
 )
 def pafpn(
     in_channels_list: list[int],
@@ -232,15 +237,8 @@ def pafpn(
     fit=_bottom_up_fit,
     fit_args=("num_levels", "site_norm"),
     fidelity="official-output",
-    fidelity_note=(
-        "`norm: gn` is the official GN code; `norm: none, relu: false` the official non-GN code; "
-        "the default `relu: true` follows the paper"
-    ),
-    tested_by=(
-        "tests/test_panet.py::test_pafpn_and_bottom_up_outputs_equal_the_official_forward",
-        "tests/test_panet.py::test_neck_parameter_counts_match_official",
-        "tests/test_panet.py::test_bottom_up_convs_and_afp_convs_use_the_official_fills",
-    ),
+    fidelity_note=BOTTOM_UP_FIDELITY,
+    tested_by=BOTTOM_UP_TESTED_BY,
 )
 def bottom_up_path(
     channels: int,

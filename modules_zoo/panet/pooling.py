@@ -20,29 +20,18 @@ from torchvision.ops.poolers import MultiScaleRoIAlign
 
 from ..registry import Site, SiteError, register
 from .layers import (
-    GN_EPS,
-    GN_GROUPS,
     REFERENCE,
     Init,
     Norm,
     check_init,
     conv_norm_act,
+    fc_norm_act,
     kaiming_convs,
     norm_of,
     resolve_norm,
     xavier_fill,
 )
 from .mask_head import FullyConnectedFusion
-
-
-def fc_norm_act(fin: int, fout: int, norm: str) -> nn.Sequential:
-    """``Linear -> [GroupNorm(32)] -> ReLU`` (official ``roi_2mlp_head_gn_panet`` fc1 / fc2 layout)."""
-    if norm not in ("none", "gn"):
-        raise ValueError(f"norm must be 'none' or 'gn' for an fc layer, not {norm!r}")
-    layers: list[nn.Module] = [nn.Linear(fin, fout)]
-    if norm == "gn":
-        layers.append(nn.GroupNorm(GN_GROUPS, fout, eps=GN_EPS))
-    return nn.Sequential(*layers, nn.ReLU(inplace=True))
 
 
 def _rois(boxes: Sequence[Tensor], like: Tensor) -> Tensor:
