@@ -327,9 +327,10 @@ def test_a_killed_worker_is_detected_by_its_heartbeat_and_its_trial_retried_once
     heartbeat), retries it once with the same parameters, and the run finishes."""
     import os
     import signal
-    import subprocess
     import sys
     import time
+
+    from kill_points import ForkServer
 
     epochs = 10  # enough for the kill to land in the middle of the first trial's run
     path = sweep_file(tmp_path, SLOTS.replace("trials: 4", "trials: 2"))
@@ -347,22 +348,29 @@ def test_a_killed_worker_is_detected_by_its_heartbeat_and_its_trial_retried_once
         "--n-trials",
         "2",
     ]
-    worker = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = tmp_path / "runs" / "tiny_sweep"
 
     def training() -> bool:  # a checkpoint exists: the first trial is in the middle of its run
         return (run_dir / "ckpt").is_dir() and any((run_dir / "ckpt").glob("*/epoch-*.pt"))
 
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not training():
-        time.sleep(0.02)
-    assert training()
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.wait()
-    killed = [t for t in _trials(run_dir) if t.state.name == "RUNNING"]
-    assert len(killed) == 1  # left running by the dead worker
-    time.sleep(3)  # longer than the grace period
-    assert subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600).returncode == 0
+    # both workers are forked from one process that imported stitch once (kill_points.ForkServer),
+    # each running what `python -m stitch sweep ...` runs
+    server = ForkServer(env, Path.cwd())
+    try:
+        worker = server.start(cmd[3:], Path(os.devnull))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not training():
+            time.sleep(0.02)
+        assert training()
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        killed = [t for t in _trials(run_dir) if t.state.name == "RUNNING"]
+        assert len(killed) == 1  # left running by the dead worker
+        time.sleep(3)  # longer than the grace period
+        again = server.start(cmd[3:], tmp_path / "again.out")
+        assert again.wait(timeout=600) == 0, (tmp_path / "again.out").read_text()
+    finally:
+        server.close()
     trials = _trials(run_dir)
     dead = next(t for t in trials if t.number == killed[0].number)
     assert dead.state.name == "FAIL"
