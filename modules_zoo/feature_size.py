@@ -7,7 +7,8 @@ kernel is the whole map) or need sizes divisible by a block size, and timm check
 :func:`probe_feature_size` gives a fixed-size module the size the shape probe saw at its point,
 and :func:`fixed_size_fit` makes such a hook refuse, in one line, a site whose inputs vary in size
 (:attr:`Site.inputs_vary`: Mask R-CNN), where the module would pass the probe and fail at the
-first batch of another size.
+first batch of another size. :func:`block_multiple_fit` does the same for a module that needs sizes
+divisible by its block size, unless the padding guarantees that at the point's stride.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from typing import Any
 from .registry import Site, SiteError
 
 __all__ = [
+    "PADDED_MULTIPLE",
     "InputSizeError",
+    "block_multiple_fit",
     "check_block_multiple",
     "check_fixed_size",
     "fixed_size_fit",
+    "guaranteed_multiple",
     "probe_feature_size",
     "site_feature_size",
 ]
@@ -72,6 +76,51 @@ def fixed_size_fit(
                 f"size (Mask R-CNN resizes every image): use {alternative} or a fixed-size task"
             )
         return fitted
+
+    return fit
+
+
+#: torchvision's ``GeneralizedRCNNTransform`` pads every Mask R-CNN batch to multiples of this
+#: (``size_divisible=32``): the only sizes a point of a task whose inputs vary is sure to see.
+PADDED_MULTIPLE = 32
+
+
+def guaranteed_multiple(site: Site) -> int:
+    """What H and W at ``site`` are always multiples of where the task's inputs vary: the padded
+    multiple divided by the point's stride (the probe's input size over its feature size), 1 where
+    that stride does not divide it or is unknown."""
+    size = site_feature_size(site)
+    if size is None or site.input_size is None:
+        return 1
+    strides = {full // part if part and full % part == 0 else 0 for full, part in zip(site.input_size, size)}
+    stride = strides.pop() if len(strides) == 1 else 0
+    return PADDED_MULTIPLE // stride if stride and PADDED_MULTIPLE % stride == 0 else 1
+
+
+def block_multiple_fit(module: str, default_block_size: int) -> Callable[[Site], dict[str, Any]]:
+    """A ``fit`` hook for a module that needs H and W multiples of its ``block_size`` argument:
+    where the site's inputs vary in size it raises a one-line :class:`SiteError` unless every size
+    the point can see is such a multiple (``block_size`` divides :func:`guaranteed_multiple`),
+    naming the block sizes and points that fit. It fills in no argument."""
+
+    def fit(site: Site) -> dict[str, Any]:
+        block = site.args.get("block_size", default_block_size)
+        multiple = guaranteed_multiple(site)
+        if site.inputs_vary and isinstance(block, int) and block > 0 and multiple % block:
+            size = site_feature_size(site)
+            seen = f" (the probe's {size[0]}x{size[1]})" if size else ""
+            where = (
+                f", a point of stride {PADDED_MULTIPLE // block} or finer"
+                if PADDED_MULTIPLE % block == 0
+                else ""
+            )
+            raise SiteError(
+                f"{module} needs H and W multiples of block_size={block}, but this task's inputs vary in "
+                f"size (Mask R-CNN pads every batch to a multiple of {PADDED_MULTIPLE}): at this point{seen} "
+                f"they are only sure to be multiples of {multiple}; use a block_size "
+                f"that divides {multiple}{where}, or another module"
+            )
+        return {}
 
     return fit
 

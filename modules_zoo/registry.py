@@ -68,7 +68,9 @@ class Site:
     follow a module option (SplitAttention's ``bottleneck``). ``inputs_vary`` says that the
     baseline's input size changes from batch to batch (the instance task: its images keep their own
     sizes and Mask R-CNN resizes each one), so the probe's size is not the only one the point sees;
-    a module built for one input size refuses such a site.
+    a module built for one input size refuses such a site. ``input_size`` is (H, W) of the largest
+    4-D tensor any layer took in the probe: the input as the model's layers see it (Mask R-CNN: the
+    resized and padded batch), so a hook can tell the point's stride; None when there is none.
     """
 
     path: str
@@ -81,6 +83,7 @@ class Site:
     absorbed_outputs: Mapping[str, Any] = field(default_factory=dict)
     args: Mapping[str, Any] = field(default_factory=dict)
     inputs_vary: bool = False
+    input_size: tuple[int, int] | None = None
 
     @property
     def name(self) -> str:

@@ -29,7 +29,10 @@ default is 2 groups and ``C / 4`` rounded to 8). Where timm still differs from t
 * BAT: timm's ``ConvNormAct`` convs have no bias (the official 1x1 convs do: 2C + 4 parameters fewer
   per block), no kaiming re-init, ``H // s`` and ``W // s`` for the two resize matrices (official:
   ``H // s`` for both, square maps only). H and W must be multiples of ``block_size``:
-  :class:`CheckedBatNonLocalAttn` says so in one line (timm asserts without a message).
+  :class:`CheckedBatNonLocalAttn` says so in one line (timm asserts without a message), and where
+  inputs vary in size (the instance task) the ``fit`` hook refuses BAT unless the padding keeps
+  every size such a multiple at the point (Mask R-CNN pads to multiples of 32: never with ``s = 7``;
+  :func:`modules_zoo.feature_size.block_multiple_fit`).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from timm.layers import BatNonLocalAttn, NonLocalAttn
 from timm.layers.helpers import make_divisible
 from torch import nn
 
-from .feature_size import check_block_multiple
+from .feature_size import block_multiple_fit, check_block_multiple
 from .registry import register
 
 __all__ = ["CheckedBatNonLocalAttn", "bat", "non_local"]
@@ -99,6 +102,7 @@ def non_local(channels: int, use_scale: bool = True, rd_ratio: float = 0.5, rd_d
         "Bilinear attentional transform block, x + dropout(conv(BAT(conv(x)))); H and W multiples of "
         "block_size."
     ),
+    fit=block_multiple_fit("BAT", 7),
     fidelity="variant",
     fidelity_note=(
         "timm BatNonLocalAttn at the official sizes: 1x1 convs without the official biases (2C + 4 "

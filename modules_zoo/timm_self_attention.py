@@ -6,7 +6,10 @@ forwards are timm's, after a one-line input-size check where timm only asserts w
 (:mod:`modules_zoo.feature_size`). All three default to mode ``replace`` (they can change channels
 and take a stride, as a bottleneck's ``conv2``); defaults are timm's. BoT and Lambda with
 ``r: null`` take one input size, so they are refused in one line where inputs vary in size (the
-instance task: :func:`modules_zoo.feature_size.fixed_size_fit`). Papers, code, differences:
+instance task: :func:`modules_zoo.feature_size.fixed_size_fit`); there Halo is refused unless the
+padding keeps every size a multiple of its ``block_size`` at the point (Mask R-CNN pads batches to
+multiples of 32: block 8 only at stride 4; :func:`modules_zoo.feature_size.block_multiple_fit`).
+Papers, code, differences:
 
 * Halo: Vaswani, Ramachandran, Srinivas, Parmar, Hechtman, Shlens, "Scaling Local Self-Attention
   for Parameter Efficient Visual Backbones", CVPR 2021, arXiv:2103.12731; no official code (timm's
@@ -33,7 +36,7 @@ from timm.layers.halo_attn import HaloAttn
 from timm.layers.lambda_layer import LambdaLayer
 from torch import nn
 
-from .feature_size import check_block_multiple, check_fixed_size, fixed_size_fit
+from .feature_size import block_multiple_fit, check_block_multiple, check_fixed_size, fixed_size_fit
 from .registry import register
 
 __all__ = [
@@ -90,6 +93,7 @@ def _check_heads(module: str, out_channels: int, num_heads: int, stride: int) ->
         "Parameter Efficient Visual Backbones', CVPR 2021, arXiv:2103.12731; no official code (timm HaloAttn)"
     ),
     summary="Blocked local self-attention with a halo and relative positions; H, W multiples of block_size.",
+    fit=block_multiple_fit("Halo", 8),
     fidelity="variant",
     fidelity_note=(
         "timm HaloAttn (work in progress in timm; no official code); its stride-2 query subsampling may not"
@@ -218,7 +222,9 @@ def lambda_layer(
         "CVPR 2021, arXiv:2101.11605; authors' reference gist (timm BottleneckAttn)"
     ),
     summary="BoTNet multi-head self-attention with 2D relative positions; one fixed input size (the probe's)",
-    fit=fixed_size_fit("BoT", "Halo or Lambda (r: 9)"),
+    fit=fixed_size_fit(
+        "BoT", "Lambda (r: 9) (Halo only where its block_size divides 32 / stride: block 8 at stride 4)"
+    ),
     fit_args=("feat_size",),
     fidelity="variant",
     fidelity_note=(

@@ -102,10 +102,28 @@ def _parent_path(path: str) -> str:
     return path.rsplit(".", 1)[0] if "." in path else ""
 
 
+def _input_size(records: dict[str, PointRecord]) -> tuple[int, int] | None:
+    """(H, W) of the largest 4-D tensor any layer took first in the probe (the model's input as its
+    layers see it: Mask R-CNN's resized, padded batch), or None."""
+    sizes = [
+        (d[2], d[3])
+        for rec in records.values()
+        for d in (rec.inputs or [])[:1]
+        if isinstance(d, list) and len(d) == 4 and all(isinstance(v, int) for v in d)
+    ]
+    return max(sizes, key=lambda hw: hw[0] * hw[1], default=None)
+
+
 def _site(
-    model: nn.Module, path: str, mode: str, rec: PointRecord, ins: Insertion, inputs_vary: bool
+    model: nn.Module,
+    path: str,
+    mode: str,
+    records: dict[str, PointRecord],
+    ins: Insertion,
+    inputs_vary: bool,
 ) -> registry.Site:
     parent_path = _parent_path(path)
+    rec = records[path]
     return registry.Site(
         path=path,
         mode=mode,
@@ -115,6 +133,7 @@ def _site(
         output=rec.output,
         args=dict(ins.cfg.args),
         inputs_vary=inputs_vary,
+        input_size=_input_size(records),
     )
 
 
@@ -139,7 +158,7 @@ def _stitch_order(
         if not entry.absorbs:
             continue
         try:
-            rel = entry.absorbed_paths(_site(model, path, mode, records[path], ins, inputs_vary))
+            rel = entry.absorbed_paths(_site(model, path, mode, records, ins, inputs_vary))
         except Exception:  # reported properly when this target is stitched
             continue
         absorbed[i] = [_join(_parent_path(path), r) for r in rel]
@@ -265,7 +284,7 @@ def stitch(
                     f"this point {what} insertion {lost[0].insertion!r}; "
                     "replace a point nothing else is stitched inside",
                 )
-        site = _site(model, path, mode, rec, ins, inputs_vary)
+        site = _site(model, path, mode, records, ins, inputs_vary)
         absorbed_paths, absorbed_recs, site = _absorbed(ins, entry, shown, site, records, applied)
         fitted = _fit_site(ins, entry, shown, site)
         with torch.random.fork_rng(devices=[]):

@@ -278,7 +278,12 @@ def test_stitching_refuses_a_size_in_one_line(module: str, at: str, size: int, m
 
 # ----------------------------------------------------------------------------- inputs that vary in size
 FIXED_SIZE = [
-    ("BoT", {}, "BoT takes one fixed input size (the probe's 16x16); ", "use Halo or Lambda (r: 9) or"),
+    (
+        "BoT",
+        {},
+        "BoT takes one fixed input size (the probe's 16x16); ",
+        "use Lambda (r: 9) (Halo only where its block_size divides 32 / stride: block 8 at stride 4) or",
+    ),
     (
         "Lambda",
         {"r": None},
@@ -320,12 +325,86 @@ def test_fixed_size_module_refused_where_inputs_vary(module: str, args: dict, me
         ("Lambda", {"r": 3}),
         ("GE", {"extra_params": True, "extent": 2}),
         ("GE", {}),
-        ("Halo", {}),
     ],
 )
 def test_size_free_settings_stitch_where_inputs_vary(module: str, args: dict) -> None:
+    """These settings take any size (Halo and BAT need block multiples: tested in Mask R-CNN below)."""
     model = _stitch_varying(module, args, inputs_vary=True)
     assert model(torch.randn(2, 3, 32, 48)).shape == (2, 32, 16, 24)  # another size works
+
+
+def _tiny_mask_rcnn(write_experiment, insertions: str):
+    """A tiny MobileNetV3 Mask R-CNN experiment: images resized to a short side of 64 (long side
+    at most 96) and padded to multiples of 32; the probe's 64x64 gives c2 16x16 (stride 4) and c4
+    4x4 (stride 16)."""
+    from stitch.config import load_experiment
+
+    return load_experiment(
+        write_experiment(
+            """
+            name: blocks
+            task: instance
+            baseline:
+              model: maskrcnn
+              args: {backbone: mobilenet_v3_small, min_size: 64, max_size: 96, num_classes: 3}
+            probe: {image_size: [64, 64]}
+            insertions:
+            """
+            + insertions
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "insertion,message",
+    [
+        (
+            "{name: H, module: Halo, at: c4, mode: after}",
+            "insertion 'H' at 'c4': Halo needs H and W multiples of block_size=8, but this task's inputs "
+            "vary in size (Mask R-CNN pads every batch to a multiple of 32): at this point (the probe's "
+            "4x4) they are only sure to be multiples of 2; use a block_size that divides 2, a point of "
+            "stride 4 or finer, or another module",
+        ),
+        (
+            "{name: B, module: BAT, at: c2}",
+            "insertion 'B' at 'c2': BAT needs H and W multiples of block_size=7, but this task's inputs "
+            "vary in size (Mask R-CNN pads every batch to a multiple of 32): at this point (the probe's "
+            "16x16) they are only sure to be multiples of 8; use a block_size that divides 8, or another "
+            "module",
+        ),
+    ],
+    ids=["Halo-c4", "BAT-c2"],
+)
+def test_block_size_modules_refused_where_padding_does_not_keep_the_multiple(
+    write_experiment, insertion: str, message: str
+) -> None:
+    from stitch.build import build_model
+    from stitch.errors import StitchError
+
+    with pytest.raises(StitchError) as info:
+        build_model(_tiny_mask_rcnn(write_experiment, f"  - {insertion}\n"))
+    assert "\n" not in str(info.value) and message in str(info.value)
+
+
+def test_block_size_modules_stitch_where_padding_keeps_the_multiple(write_experiment) -> None:
+    """Halo's block 8 at stride 4 (c2), BAT's block 4 there, Halo's block 2 at stride 16 (c4): every
+    padded batch fits, including images of other sizes and aspect ratios than the probe's."""
+    from stitch.build import build_model
+
+    exp = _tiny_mask_rcnn(
+        write_experiment,
+        """
+              - {name: H, module: Halo, at: c2, mode: after}
+              - {name: B, module: BAT, at: c2, args: {block_size: 4}}
+              - {name: H2, module: Halo, at: c4, mode: after, args: {block_size: 2}}
+            """,
+    )
+    model = build_model(exp).eval()
+    with torch.no_grad():  # 40x96 is padded to 64x96: c2 16x24, c4 4x6 (not multiples of 8)
+        out = model([torch.rand(3, 40, 96), torch.rand(3, 64, 50)])
+    assert len(out) == 2
+    kinds = [type(m).__name__ for m in model.modules()]
+    assert kinds.count("CheckedHaloAttn") == 2 and kinds.count("CheckedBatNonLocalAttn") == 1
 
 
 def test_inputs_vary_for_the_instance_task_only() -> None:
@@ -356,7 +435,8 @@ def test_validate_refuses_bot_in_mask_rcnn_in_one_line(write_experiment, capsys)
     assert err.startswith("error: ") and "insertions[0].at: insertion 'B' at 'c4': " in err
     assert (
         "BoT takes one fixed input size (the probe's 4x4); this task's inputs vary in size (Mask R-CNN "
-        "resizes every image): use Halo or Lambda (r: 9) or a fixed-size task"
+        "resizes every image): use Lambda (r: 9) (Halo only where its block_size divides 32 / stride: "
+        "block 8 at stride 4) or a fixed-size task"
     ) in err
 
 
