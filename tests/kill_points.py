@@ -170,8 +170,9 @@ def run_once(
 
 #: the fork server's program: import stitch's command line and the modules its commands import on
 #: start (argv[1:]); then for each request line ``{"args": [...], "output": path, "errors": path
-#: or null}`` fork a child that runs ``python -m stitch ARGS`` with stdin empty, stdout to
-#: ``output`` and stderr to ``errors`` (null: to ``output`` too). The
+#: or null, "input": path or null, "code": str or null}`` fork a child that runs ``python -m stitch
+#: ARGS`` (``python -c CODE ARGS`` when code is given) with stdin from ``input`` (null: empty),
+#: stdout to ``output`` and stderr to ``errors`` (null: to ``output`` too). The
 #: server answers ``{"pid": n}``, and ``{"code": c}`` once the child has ended (c < 0: the signal
 #: that ended it, as subprocess reports it).
 SERVER = r"""
@@ -186,16 +187,20 @@ main_path = os.path.join(os.path.dirname(stitch.cli.__file__), "__main__.py")
 for line in sys.stdin:
     request = json.loads(line)
     pid = os.fork()
-    if pid == 0:  # the child: as ``python -m stitch ARGS`` after its imports
-        null = os.open(os.devnull, os.O_RDONLY)
+    if pid == 0:  # the child: as ``python -m stitch ARGS`` (or ``python -c CODE ARGS``) after its imports
         out = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         err = os.open(request["errors"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if request["errors"] else out
+        null = os.open(request["input"] or os.devnull, os.O_RDONLY)  # last: a FIFO waits for its writer
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(err, 2)
         for fd in {null, out, err}:
             os.close(fd)
         sys.stdin = open(0, closefd=False)
+        if request["code"] is not None:
+            sys.argv = ["-c", *request["args"]]
+            exec(compile(request["code"], "<string>", "exec"), {"__name__": "__main__"})
+            sys.exit(0)
         sys.argv = [main_path, *request["args"]]
         sys.exit(stitch.cli.main())
     print(json.dumps({"pid": pid}), flush=True)
@@ -264,10 +269,25 @@ class ForkServer:
         line, self.received = self.received.split(b"\n", 1)
         return json.loads(line)
 
-    def start(self, args: list[str], output: Path, errors: Path | None = None) -> Child:
-        """Start ``stitch ARGS`` with stdout to ``output`` and stderr to ``errors`` (None: to ``output``)."""
+    def start(
+        self,
+        args: list[str],
+        output: Path,
+        errors: Path | None = None,
+        code: str | None = None,
+        stdin: Path | None = None,
+    ) -> Child:
+        """Start ``stitch ARGS`` (``python -c CODE ARGS`` with ``code``) with stdout to ``output``,
+        stderr to ``errors`` (None: to ``output``) and stdin from ``stdin`` (None: empty; a FIFO
+        blocks the child until it is opened for writing)."""
         assert self.proc.stdin is not None
-        request = {"args": args, "output": str(output), "errors": None if errors is None else str(errors)}
+        request = {
+            "args": args,
+            "output": str(output),
+            "errors": None if errors is None else str(errors),
+            "input": None if stdin is None else str(stdin),
+            "code": code,
+        }
         self.proc.stdin.write(json.dumps(request).encode() + b"\n")
         self.proc.stdin.flush()
         answer = self.answer(None)

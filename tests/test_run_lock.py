@@ -12,9 +12,11 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kill_points import ForkServer
 from yaml_snippets import tiny_shapes_unet
 
 from stitch.cli import main
@@ -34,23 +36,81 @@ _HOLDER = textwrap.dedent("""\
 """)
 
 
-def hold(run_dir: Path, seconds: float | None = None) -> subprocess.Popen:
+class Holder:
+    """A real second process holding a run directory's lock (``_HOLDER``), forked by the module's
+    :class:`ForkServer` (stitch.run_lock, which imports torch, imported once): its stdin is a FIFO
+    this test writes, its stdout a file."""
+
+    server: ForkServer | None = None  # set by the module's holder_server fixture
+    folder: Path | None = None
+    count = 0
+    started: list[Holder] = []  # noqa: RUF012 -- every holder of the module, ended after each test
+
+    def __init__(self, code: str, args: list[str]) -> None:
+        assert self.server is not None and self.folder is not None, "needs the holder_server fixture"
+        Holder.count += 1
+        fifo, self.output = self.folder / f"stdin-{self.count}", self.folder / f"stdout-{self.count}"
+        os.mkfifo(fifo)
+        self.child = self.server.start(args, self.output, code=code, stdin=fifo)
+        self.feed = open(fifo, "wb")  # noqa: SIM115 -- closed by release(): the child's stdin ends
+        self.pid = self.child.pid
+        Holder.started.append(self)
+
+    def first_line(self) -> str:
+        """The first line the holder printed (waits for it)."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            text = self.output.read_text()
+            if "\n" in text:
+                return text.split("\n", 1)[0] + "\n"
+            if self.child.poll() is not None:
+                return text
+            time.sleep(0.005)
+        return self.output.read_text()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.child.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.child.wait(timeout)
+
+    def release(self) -> None:
+        """Close its stdin (it leaves the block) and wait for its end."""
+        self.feed.close()
+        self.child.wait(timeout=30)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def holder_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    Holder.folder = tmp_path_factory.mktemp("holders")
+    Holder.server = ForkServer({**os.environ, "OMP_NUM_THREADS": "1"}, Path.cwd(), ("stitch.run_lock",))
+    try:
+        yield
+    finally:
+        Holder.server.close()
+        Holder.server = None
+
+
+@pytest.fixture(autouse=True)
+def end_holders() -> Iterator[None]:
+    """After each test, no holder left running (the server forks the next one only then)."""
+    yield
+    while Holder.started:
+        holder = Holder.started.pop()
+        holder.feed.close()
+        holder.child.kill()  # nothing when it has ended
+
+
+def hold(run_dir: Path, seconds: float | None = None) -> Holder:
     """A real second process holding ``run_dir``'s lock (returned once it has it)."""
-    args = [sys.executable, "-c", _HOLDER, str(run_dir)] + ([str(seconds)] if seconds else [])
-    proc = subprocess.Popen(
-        args,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.stdout is not None and proc.stdout.readline() == "held\n"
-    return proc
+    holder = Holder(_HOLDER, [str(run_dir)] + ([str(seconds)] if seconds else []))
+    assert holder.first_line() == "held\n"
+    return holder
 
 
-def release(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.communicate(timeout=30)  # closes its stdin: it leaves the block
+def release(holder: Holder) -> None:
+    holder.release()
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -121,11 +181,8 @@ def test_a_forked_child_of_a_sigkilled_holder_does_not_keep_the_lock(tmp_path: P
             print(child.pid, flush=True)
             time.sleep(60)
     """)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True
-    )
-    assert holder.stdout is not None
-    child = int(holder.stdout.readline())
+    holder = Holder(script, [str(tmp_path)])
+    child = int(holder.first_line())
     try:
         with pytest.raises(RunDirLocked), run_dir_lock(tmp_path, "stitch run"):
             pass
