@@ -5,14 +5,14 @@ rows of a single-process run."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
+from kill_points import ForkServer
 from postgres_fixture import postgres_url  # noqa: F401
 from test_jobs import rows_of, trained, two_by_two
 
@@ -36,18 +36,27 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return path, rows_of(tmp / "single" / NAME)
 
 
-def two_workers(path: Path, out: Path, url: str) -> list[str]:
-    """Run two `stitch run --storage url` workers at once (--out out/w0, out/w1); their output."""
-    cmd = [sys.executable, "-m", "stitch", "run", str(path), "--storage", url, "--quiet", "--out"]
+@pytest.fixture(scope="module")
+def servers() -> Iterator[list[ForkServer]]:
+    """Two fork servers, one per worker so that both run at once: each worker is forked from a
+    process that imported stitch once (kill_points.ForkServer), as ``python -m stitch`` would run."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    workers = [
-        subprocess.Popen(
-            [*cmd, str(out / f"w{k}")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        for k in range(2)
-    ]
-    outputs = [w.communicate(timeout=600)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], outputs
+    started = [ForkServer(env, Path.cwd()) for _ in range(2)]
+    try:
+        yield started
+    finally:
+        for server in started:
+            server.close()
+
+
+def two_workers(path: Path, out: Path, url: str, servers: list[ForkServer]) -> list[str]:
+    """Run two `stitch run --storage url` workers at once (--out out/w0, out/w1); their output."""
+    args = ["run", str(path), "--storage", url, "--quiet", "--out"]
+    logs = [out / f"w{k}.out" for k in range(2)]
+    workers = [server.start([*args, str(out / f"w{k}")], logs[k]) for k, server in enumerate(servers)]
+    codes = [w.wait(timeout=600) for w in workers]
+    outputs = [log.read_text() for log in logs]
+    assert codes == [0, 0], outputs
     return outputs
 
 
@@ -69,16 +78,21 @@ def check_once_and_equal(out: Path, url: str, reference: dict) -> None:
     assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING", "FAIL")]
 
 
-def test_two_workers_share_a_sqlite_store(tmp_path: Path, reference) -> None:
+def test_two_workers_share_a_sqlite_store(tmp_path: Path, reference, servers) -> None:
     path, rows = reference
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    two_workers(path, tmp_path, url)
+    two_workers(path, tmp_path, url, servers)
     check_once_and_equal(tmp_path, url, rows)
 
 
-def test_two_workers_share_a_postgresql_store(tmp_path: Path, reference, postgres_url: str) -> None:  # noqa: F811
+def test_two_workers_share_a_postgresql_store(
+    tmp_path: Path,
+    reference,
+    postgres_url: str,  # noqa: F811
+    servers,
+) -> None:
     path, rows = reference
-    two_workers(path, tmp_path, postgres_url)
+    two_workers(path, tmp_path, postgres_url, servers)
     check_once_and_equal(tmp_path, postgres_url, rows)
     # a worker started afterwards trains nothing and writes the whole ablation into its directory
     assert (
