@@ -319,10 +319,24 @@ def markdown_cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
+def fidelity_index(entries: Sequence[ZooEntry]) -> list[str]:
+    """One Markdown list item per fidelity level naming its entries: a short index above the wide
+    table, so a reader finds which modules match the official code without scanning its last column."""
+    items = []
+    for level, label in FIDELITY_LEVELS.items():
+        names = [f"`{e.name}`" for e in entries if e.fidelity == level]
+        if names:
+            items.append(f"- **{label}**: {', '.join(names)}")
+    return items
+
+
 def zoo_markdown(entries: Sequence[ZooEntry]) -> str:
-    """The docs' module table: one row per entry with its name, kind, summary, modes (the default
-    first, in bold), user arguments with their defaults, reference and fidelity (with its note)."""
+    """The docs' module table, after :func:`fidelity_index`: one row per entry with its name, kind,
+    summary, modes (the default first, in bold), user arguments with their defaults, reference and
+    fidelity (with its note)."""
     lines = [
+        *fidelity_index(entries),
+        "",
         "| name | kind | what it does | modes | arguments | reference | fidelity |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]

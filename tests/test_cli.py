@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from yaml_snippets import TINY_UNET
 
+import modules_zoo
 from stitch.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,7 +296,11 @@ def test_zoo_markdown_prints_the_docs_table_and_rewrites_only_its_block(tmp_path
     from stitch.listings import ZOO_TABLE_BEGIN, ZOO_TABLE_END
 
     code, table, _ = run_cli(capsys, "zoo", "--markdown")
-    assert code == 0 and table.startswith("| name | kind | what it does | modes | arguments | reference |")
+    index, _, rows = table.partition("\n\n")
+    assert code == 0 and rows.startswith("| name | kind | what it does | modes | arguments | reference |")
+    # the index above the table names every module once, under its fidelity level
+    assert index.startswith("- **matches official code output-for-output**: ") and "`CoordAtt`" in index
+    assert sorted(index.count(f"`{name}`") for name in modules_zoo.names()) == [1] * len(modules_zoo.names())
     row = next(line for line in table.splitlines() if line.startswith("| `CoordAtt` |"))
     assert "| **after**, before, residual, replace | `reduction=32` |" in row
     assert row.endswith("| matches official code output-for-output |")
