@@ -154,12 +154,16 @@ def test_a_short_caption_and_the_method_text_under_the_table(layouts) -> None:
     )
     md = (run_dir / "report" / "ablation.md").read_text()
     assert md.splitlines()[0] == f"Table: {short}"
-    # every sentence the caption stated before is under the table
-    assert table.caption in md.split("\n\n", 2)[2] and "Noise floor: with 4 seeds" in table.caption
+    # every sentence the caption stated before is under the table, but the title only once (above)
+    title = "Attention in a tiny U-Net."
+    assert table.caption.startswith(title) and table.details() == table.caption[len(title) :].lstrip()
+    below = md.split("\n\n", 2)[2]
+    assert table.details() in below and "Noise floor: with 4 seeds" in below and md.count(title) == 1
+    tex = (run_dir / "report" / "ablation.tex").read_text()
+    assert tex.count("Attention in a tiny U-Net") == 1
     # the columns this layout leaves out are named there (their numbers are in the CSV)
     assert "Not shown in this layout (report.columns; the CSV has them): mDice (%), " in table.caption
-    tex = (run_dir / "report" / "ablation.tex").read_text()
-    assert "\\par\\smallskip\n{\\footnotesize\\raggedright Attention in a tiny U-Net. Mean" in tex
+    assert "\\par\\smallskip\n{\\footnotesize\\raggedright Mean" in tex
     # the page layout shows the interval, and its caption says so
     page = md_cells(layouts["page"] / "report" / "ablation.md")
     assert "\u0394mIoU (pp) [95 % CI]" in page["+SE"]

@@ -124,4 +124,5 @@ def ablation_table(res: ExperimentResults) -> Table:
         records,
         short_caption=short_caption(res, title, ci=any(c.key == "diff" for c in shown)),
         layout=cfg.report.layout,
+        title=title,
     )

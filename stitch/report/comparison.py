@@ -183,6 +183,7 @@ def _comparison_one(res: ExperimentResults) -> Table:
         records,
         short_caption=short_caption(res, title, ci=any(c.key == "diff" for c in shown)),
         layout=cfg.report.layout,
+        title=title,
     )
 
 

@@ -70,14 +70,22 @@ class Table:
     #: ``caption`` itself, with no notes paragraph)
     short_caption: str = ""
     layout: str = "column"  # report.layout: what the LaTeX is sized for
+    #: the title both captions open with; the method text under the table leaves it out, since
+    #: the short caption above has just said it
+    title: str = ""
 
     def shown_caption(self) -> str:
         """The caption above the table: the short one when there is one."""
         return self.short_caption or self.caption
 
     def details(self) -> str:
-        """The method text under the table (empty when the caption above is already all of it)."""
-        return self.caption if self.short_caption else ""
+        """The method text under the table, without the title the caption above opens with (empty
+        when the caption above is already all of it)."""
+        if not self.short_caption:
+            return ""
+        if self.title and self.caption.startswith(self.title):
+            return self.caption[len(self.title) :].lstrip()
+        return self.caption
 
     def cell(self, row: str, column: str) -> Cell:
         """The cell at (row key, column key or header)."""
