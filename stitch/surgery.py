@@ -118,12 +118,12 @@ def _site(
     model: nn.Module,
     path: str,
     mode: str,
-    records: dict[str, PointRecord],
+    rec: PointRecord,
     ins: Insertion,
     inputs_vary: bool,
+    input_size: tuple[int, int] | None,
 ) -> registry.Site:
     parent_path = _parent_path(path)
-    rec = records[path]
     return registry.Site(
         path=path,
         mode=mode,
@@ -133,7 +133,7 @@ def _site(
         output=rec.output,
         args=dict(ins.cfg.args),
         inputs_vary=inputs_vary,
-        input_size=_input_size(records),
+        input_size=input_size,
     )
 
 
@@ -147,7 +147,11 @@ def _inside(path: str, root: str) -> bool:
 
 
 def _stitch_order(
-    targets: list, model: nn.Module, records: dict[str, PointRecord], inputs_vary: bool
+    targets: list,
+    model: nn.Module,
+    records: dict[str, PointRecord],
+    inputs_vary: bool,
+    input_size: tuple[int, int] | None,
 ) -> list:
     """Deeper points first; at one point a ``replace`` first, then declaration order. A module
     that absorbs siblings goes after every stitch at (or around) what it absorbs, so it takes over
@@ -158,7 +162,7 @@ def _stitch_order(
         if not entry.absorbs:
             continue
         try:
-            rel = entry.absorbed_paths(_site(model, path, mode, records, ins, inputs_vary))
+            rel = entry.absorbed_paths(_site(model, path, mode, records[path], ins, inputs_vary, input_size))
         except Exception:  # reported properly when this target is stitched
             continue
         absorbed[i] = [_join(_parent_path(path), r) for r in rel]
@@ -244,7 +248,8 @@ def stitch(
             raise ins.error(where, str(exc)) from None
         targets += [(order, ins, entry, mode, p) for p in hits]
     records = probe(model, run, keep_values={t[4] for t in targets})
-    targets = _stitch_order(targets, model, records, inputs_vary)
+    input_size = _input_size(records)  # once per probe: every site of this model shares it
+    targets = _stitch_order(targets, model, records, inputs_vary, input_size)
     applied: list[Applied] = []
     for _, ins, entry, mode, path in targets:
         rec = records[path]
@@ -284,7 +289,7 @@ def stitch(
                     f"this point {what} insertion {lost[0].insertion!r}; "
                     "replace a point nothing else is stitched inside",
                 )
-        site = _site(model, path, mode, records, ins, inputs_vary)
+        site = _site(model, path, mode, rec, ins, inputs_vary, input_size)
         absorbed_paths, absorbed_recs, site = _absorbed(ins, entry, shown, site, records, applied)
         fitted = _fit_site(ins, entry, shown, site)
         with torch.random.fork_rng(devices=[]):
